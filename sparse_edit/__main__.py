@@ -1,0 +1,3 @@
+from sparse_edit.cli import main
+
+main()

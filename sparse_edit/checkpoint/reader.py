@@ -1,0 +1,267 @@
+"""Open and validate a Hugging Face model folder without loading its weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from sparse_edit.architectures import Dimensions, Family, dimensions, family_for_model_type
+from sparse_edit.errors import SparseEditError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+# Files that hold weights in another format; copying them next to edited safetensors would
+# leave a stale, unedited copy of the model in the output.
+FOREIGN_WEIGHT_PATTERNS = (*PICKLE_PATTERNS, "*.gguf", "*.h5", "*.msgpack", "*.onnx")
+
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+DTYPE_TORCH = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    shard: str
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_BYTES.get(self.dtype, 0)
+
+
+def read_header_bytes(path: Path) -> bytes:
+    """The raw JSON header of a safetensors file (used for fingerprints)."""
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) != 8:
+            raise SparseEditError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+        (size,) = struct.unpack("<Q", prefix)
+        if size > path.stat().st_size - 8:
+            raise SparseEditError(f"{path}: safetensors header length exceeds the file; the file is truncated")
+        return handle.read(size)
+
+
+@dataclass
+class Checkpoint:
+    """A validated Hugging Face model folder with safetensors weights."""
+
+    path: Path
+    config: dict[str, Any]
+    shards: list[str]
+    tensors: dict[str, TensorInfo]
+    index: dict[str, Any] | None
+    shard_metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Checkpoint:
+        folder = Path(path)
+        if not folder.exists():
+            raise SparseEditError(f"{folder}: no such model folder")
+        if not folder.is_dir():
+            raise SparseEditError(f"{folder}: expected a model folder (with config.json and *.safetensors)")
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise SparseEditError(f"{folder}: no config.json; point to a Hugging Face model folder")
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SparseEditError(f"{config_path}: not valid JSON ({exc})") from exc
+        if not isinstance(config, dict):
+            raise SparseEditError(f"{config_path}: expected a JSON object")
+
+        index_path = folder / INDEX_FILE
+        single_path = folder / SINGLE_FILE
+        index: dict[str, Any] | None = None
+        if index_path.is_file():
+            index = _read_index(index_path)
+            weight_map: dict[str, str] = index["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        elif single_path.is_file():
+            weight_map = {}
+            shards = [SINGLE_FILE]
+        else:
+            pickles = [p.name for pattern in PICKLE_PATTERNS for p in folder.glob(pattern)]
+            if pickles:
+                raise SparseEditError(
+                    f"{folder}: only pickle weights found ({', '.join(sorted(pickles))}); sparse-edit never "
+                    "unpickles. If you trust the file, convert it once with transformers: "
+                    "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR, safe_serialization=True)"
+                )
+            raise SparseEditError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE} found")
+
+        tensors: dict[str, TensorInfo] = {}
+        metadata: dict[str, dict[str, str]] = {}
+        for shard in shards:
+            shard_path = folder / shard
+            if not shard_path.is_file():
+                raise SparseEditError(f"{index_path}: shard {shard} listed in weight_map does not exist")
+            read_header_bytes(shard_path)
+            try:
+                with safe_open(str(shard_path), framework="pt") as handle:
+                    metadata[shard] = dict(handle.metadata() or {})
+                    for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                        tensor_slice = handle.get_slice(name)
+                        if name in tensors:
+                            raise SparseEditError(
+                                f"{shard_path}: tensor {name} also appears in {tensors[name].shard}"
+                            )
+                        tensors[name] = TensorInfo(
+                            name, tuple(tensor_slice.get_shape()), tensor_slice.get_dtype(), shard
+                        )
+            except SafetensorError as exc:
+                raise SparseEditError(f"{shard_path}: safetensors header does not parse ({exc})") from exc
+
+        for name, shard in weight_map.items():
+            info = tensors.get(name)
+            if info is None or info.shard != shard:
+                raise SparseEditError(f"{index_path}: weight_map says {name} is in {shard}, but it is not there")
+        if index is not None:
+            unlisted = sorted(set(tensors) - set(weight_map))
+            if unlisted:
+                raise SparseEditError(
+                    f"{index_path}: tensors present in shards but missing from weight_map: {', '.join(unlisted[:5])}"
+                )
+        return cls(folder, config, shards, tensors, index, metadata)
+
+    @cached_property
+    def family(self) -> Family:
+        return family_for_model_type(self.config.get("model_type"), where=str(self.path / "config.json"))
+
+    @cached_property
+    def dims(self) -> Dimensions:
+        return dimensions(self.config, where=str(self.path / "config.json"))
+
+    @property
+    def sharded(self) -> bool:
+        return self.index is not None
+
+    @property
+    def tied_embeddings(self) -> bool:
+        # transformers ties by default when the flag is absent; a missing lm_head also means tied.
+        flag = self.config.get("tie_word_embeddings")
+        if flag is None and isinstance(self.config.get("text_config"), dict):
+            flag = self.config["text_config"].get("tie_word_embeddings")
+        return bool(flag if flag is not None else True) or "lm_head.weight" not in self.tensors
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(info.numel for info in self.tensors.values())
+
+    @property
+    def dtypes(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for info in self.tensors.values():
+            counts[info.dtype] = counts.get(info.dtype, 0) + 1
+        return counts
+
+    def shard_sizes(self) -> dict[str, int]:
+        return {shard: (self.path / shard).stat().st_size for shard in self.shards}
+
+    def torch_dtype(self, name: str) -> torch.dtype:
+        return DTYPE_TORCH[self.tensors[name].dtype]
+
+    def require(self, name: str) -> TensorInfo:
+        info = self.tensors.get(name)
+        if info is None:
+            raise SparseEditError(f"{self.path}: tensor {name} not found in the checkpoint")
+        return info
+
+    def load_tensor(self, name: str) -> torch.Tensor:
+        """Read one tensor from its shard (lazily, without loading the rest)."""
+        info = self.require(name)
+        with safe_open(str(self.path / info.shard), framework="pt") as handle:
+            return handle.get_tensor(name)
+
+    def fingerprint(self) -> str:
+        """sha256 over every shard header: names, shapes, dtypes and offsets of all tensors."""
+        digest = hashlib.sha256()
+        for shard in self.shards:
+            digest.update(shard.encode())
+            digest.update(read_header_bytes(self.path / shard))
+        return digest.hexdigest()
+
+    def structure(self) -> dict[str, Any]:
+        """What an artifact must match to be applied to this model."""
+        return {
+            "model_type": self.config.get("model_type"),
+            "num_layers": self.dims.num_layers,
+            "hidden_size": self.dims.hidden_size,
+            "mlp_width": self.dims.mlp_width,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        family = self.family
+        return {
+            "path": str(self.path),
+            "family": family.name,
+            "model_type": self.config.get("model_type"),
+            "architectures": self.config.get("architectures"),
+            "num_layers": self.dims.num_layers,
+            "hidden_size": self.dims.hidden_size,
+            "mlp_width": self.dims.mlp_width,
+            "dtypes": self.dtypes,
+            "shards": self.shard_sizes(),
+            "sharded": self.sharded,
+            "tied_embeddings": self.tied_embeddings,
+            "parameters": self.parameter_count,
+            "fingerprint": self.fingerprint(),
+        }
+
+
+def _read_index(index_path: Path) -> dict[str, Any]:
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SparseEditError(f"{index_path}: not valid JSON ({exc})") from exc
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise SparseEditError(f"{index_path}: missing or empty weight_map")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise SparseEditError(f"{index_path}: weight_map entry {name!r} has no shard file name")
+        shard_path = Path(shard)
+        if shard_path.is_absolute() or ".." in shard_path.parts or len(shard_path.parts) != 1:
+            raise SparseEditError(
+                f"{index_path}: weight_map entry {name!r} points outside the folder ({shard}); "
+                "shard names must be plain file names"
+            )
+    return index

@@ -1,0 +1,109 @@
+"""Tiny random checkpoints with a byte-level tokenizer, for tests and offline dry runs.
+
+Nothing here downloads anything: configs are built in code and saved with ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# A small chat template in the usual role-tag style; enough for apply_chat_template.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|marker|>"]
+TINY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2")
+
+
+def byte_tokenizer(chat_template: str | None = CHAT_TEMPLATE) -> Any:
+    """A byte-level tokenizer (every UTF-8 byte is a token) that handles any language."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(SPECIAL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", padding_side="left"
+    )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def tiny_config(model_type: str, *, layers: int = 2, hidden: int = 32, mlp: int = 64, tied: bool = False) -> Any:
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        GemmaConfig,
+        GPT2Config,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
+
+    vocab = 256 + len(SPECIAL_TOKENS)
+    ids: dict[str, Any] = {"pad_token_id": 256, "bos_token_id": 257, "eos_token_id": 258, "tie_word_embeddings": tied}
+    common: dict[str, Any] = {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": mlp,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        **ids,
+    }
+    head_dim: dict[str, Any] = {"head_dim": hidden // 4}
+    builders: dict[str, Any] = {
+        "llama": lambda: LlamaConfig(**common),
+        "mistral": lambda: MistralConfig(**common),
+        "qwen2": lambda: Qwen2Config(**common),
+        "qwen3": lambda: Qwen3Config(**common, **head_dim),
+        "gemma": lambda: GemmaConfig(**common, **head_dim),
+        "gemma2": lambda: Gemma2Config(**common, **head_dim),
+        "gemma3_text": lambda: Gemma3TextConfig(**common, **head_dim),
+        "phi3": lambda: Phi3Config(**common),
+        "gpt2": lambda: GPT2Config(
+            vocab_size=vocab, n_embd=hidden, n_inner=mlp, n_layer=layers, n_head=4, n_positions=512, **ids
+        ),
+    }
+    if model_type not in builders:
+        raise ValueError(f"no tiny config for {model_type}; known: {', '.join(builders)}")
+    return builders[model_type]()
+
+
+def build_tiny_model(
+    dest: str | Path,
+    model_type: str = "llama",
+    *,
+    layers: int = 2,
+    hidden: int = 32,
+    mlp: int = 64,
+    tied: bool = False,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | None = None,
+    seed: int = 0,
+) -> Path:
+    """Save a random tiny model (and tokenizer) to ``dest``; returns the folder."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = tiny_config(model_type, layers=layers, hidden=hidden, mlp=mlp, tied=tied)
+    model = AutoModelForCausalLM.from_config(config).to(dtype)
+    dest = Path(dest)
+    kwargs: dict[str, Any] = {}
+    if max_shard_size is not None:
+        kwargs["max_shard_size"] = max_shard_size
+    model.save_pretrained(dest, **kwargs)
+    byte_tokenizer().save_pretrained(dest)
+    return dest
