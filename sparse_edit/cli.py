@@ -10,6 +10,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
+from sparse_edit.config import LocateOptions
 from sparse_edit.errors import EXIT_CHECK_FAILED, EXIT_ERROR, CheckFailed, SparseEditError
 
 P = ParamSpec("P")
@@ -78,6 +79,86 @@ def inspect(
         _print_json(summary)
         return
     _print_table([(key, _format_value(value)) for key, value in summary.items()])
+
+
+def _split_list(values: list[str] | None) -> list[str] | None:
+    """Accept repeated flags and comma-separated lists alike."""
+    if not values:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+ConfigFlag = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML file with the settings; flags override it.")
+]
+L = LocateOptions
+
+
+@command
+def locate(
+    config: ConfigFlag = None,
+    model: Annotated[Path | None, typer.Option(help=L.help("model"))] = None,
+    harmful: Annotated[list[str] | None, typer.Option(help=L.help("harmful"))] = None,
+    harmless: Annotated[list[str] | None, typer.Option(help=L.help("harmless"))] = None,
+    reference_lang: Annotated[str | None, typer.Option(help=L.help("reference_lang"))] = None,
+    languages: Annotated[list[str] | None, typer.Option(help=L.help("languages"))] = None,
+    limit: Annotated[int | None, typer.Option(help=L.help("limit"))] = None,
+    pooling: Annotated[str | None, typer.Option(help=L.help("pooling"))] = None,
+    tau_mag: Annotated[float | None, typer.Option(help=L.help("tau_mag"))] = None,
+    tau_stat: Annotated[float | None, typer.Option(help=L.help("tau_stat"))] = None,
+    max_neurons: Annotated[int | None, typer.Option(help=L.help("max_neurons"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=L.help("batch_size"))] = None,
+    max_length: Annotated[int | None, typer.Option(help=L.help("max_length"))] = None,
+    system_prompt: Annotated[str | None, typer.Option(help=L.help("system_prompt"))] = None,
+    device: Annotated[str | None, typer.Option(help=L.help("device"))] = None,
+    dtype: Annotated[str | None, typer.Option(help=L.help("dtype"))] = None,
+    seed: Annotated[int | None, typer.Option(help=L.help("seed"))] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=L.help("output"))] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=L.help("overwrite"))] = False,
+    quiet: QuietFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Find safety neurons per language and layer; write them with their statistics to an artifact."""
+    from sparse_edit.config import load_options
+    from sparse_edit.console import Reporter
+    from sparse_edit.locate import layer_table, run_locate
+
+    overrides = {
+        "model": model,
+        "harmful": harmful or None,
+        "harmless": harmless or None,
+        "reference_lang": reference_lang,
+        "languages": _split_list(languages),
+        "limit": limit,
+        "pooling": pooling,
+        "tau_mag": tau_mag,
+        "tau_stat": tau_stat,
+        "max_neurons": max_neurons,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "system_prompt": system_prompt,
+        "device": device,
+        "dtype": dtype,
+        "seed": seed,
+        "output": output,
+        "overwrite": overwrite or None,
+    }
+    options = load_options(LocateOptions, config, overrides)
+    if options.output.exists() and not options.overwrite:
+        raise SparseEditError(f"--output {options.output}: already exists; pass --overwrite to replace it")
+    reporter = Reporter(quiet=quiet or as_json)
+    artifact = run_locate(options, reporter)
+    artifact.save(options.output)
+    if as_json:
+        _print_json(artifact.summary())
+        return
+    sizes_header = " ".join(f"{lang:>5}" for lang in artifact.languages)
+    typer.echo(f"layer {sizes_header}  jaccard-to-{artifact.reference_lang}")
+    for row in layer_table(artifact):
+        sizes = " ".join(f"{row['sizes'][lang]:>5}" for lang in artifact.languages)
+        typer.echo(f"{row['layer']:>5} {sizes}  {row['mean_jaccard_to_reference']}")
+    typer.echo(f"recommended layer: {artifact.recommended_layer} ({artifact.recommended_rule})")
+    typer.echo(f"wrote {options.output}")
 
 
 def _format_value(value: Any) -> str:

@@ -52,7 +52,12 @@ def tiny_config(model_type: str, *, layers: int = 2, hidden: int = 32, mlp: int 
     )
 
     vocab = 256 + len(SPECIAL_TOKENS)
-    ids: dict[str, Any] = {"pad_token_id": 256, "bos_token_id": 257, "eos_token_id": 258, "tie_word_embeddings": tied}
+    ids: dict[str, Any] = {
+        "pad_token_id": 256,
+        "bos_token_id": 257,
+        "eos_token_id": 258,
+        "tie_word_embeddings": tied,
+    }
     common: dict[str, Any] = {
         "vocab_size": vocab,
         "hidden_size": hidden,

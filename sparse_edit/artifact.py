@@ -1,0 +1,215 @@
+"""The locate artifact: one safetensors file with tensors and schema-versioned JSON metadata.
+
+Tensors: ``neurons.<lang>.<layer>`` (int64 indices), ``stats.<lang>.<class>.mean|var`` and
+``scores.<lang>.gap|z|d`` ([layers, mlp_width] float32). Metadata key ``sparse_edit`` holds
+a JSON object with the model fingerprint, settings, source hashes and per-layer summaries.
+No pickle is involved in either direction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from sparse_edit import __version__
+from sparse_edit.checkpoint import Checkpoint
+from sparse_edit.errors import SparseEditError
+from sparse_edit.neurons import ClassStats, Scores, jaccard
+
+KIND = "sparse-edit/locate"
+SCHEMA_VERSION = 1
+META_KEY = "sparse_edit"
+
+
+def atomic_write_bytes(path: Path, content: bytes) -> None:
+    """Write next to ``path`` and rename, so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_metadata(path: Path) -> dict[str, Any] | None:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(META_KEY)
+    except (SafetensorError, OSError) as exc:
+        raise SparseEditError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return json.loads(raw) if raw else None
+
+
+def is_locate_artifact(path: Path) -> bool:
+    meta = read_metadata(path)
+    return bool(meta and meta.get("kind") == KIND)
+
+
+@dataclass
+class LocateArtifact:
+    """Safety-neuron sets and statistics for one model, per language and layer."""
+
+    model: dict[str, Any]
+    settings: dict[str, Any]
+    sources: list[dict[str, Any]]
+    reference_lang: str
+    languages: list[str]
+    num_layers: int
+    mlp_width: int
+    counts: dict[str, dict[str, int]]
+    neurons: dict[str, list[torch.Tensor]]
+    stats: dict[str, dict[str, ClassStats]]
+    scores: dict[str, Scores]
+    recommended_layer: int | None
+    recommended_rule: str
+    tool_version: str = __version__
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ---- derived views -------------------------------------------------------------
+    def set_sizes(self) -> dict[str, list[int]]:
+        return {lang: [int(index.numel()) for index in self.neurons[lang]] for lang in self.languages}
+
+    def jaccard_to_reference(self) -> dict[str, list[float]]:
+        ref = self.neurons[self.reference_lang]
+        return {
+            lang: [round(jaccard(ref[layer], self.neurons[lang][layer]), 4) for layer in range(self.num_layers)]
+            for lang in self.languages
+            if lang != self.reference_lang
+        }
+
+    def neuron_set(self, lang: str, layer: int) -> torch.Tensor:
+        if lang not in self.neurons:
+            raise SparseEditError(f"artifact has no language {lang!r}; it has {', '.join(self.languages)}")
+        if not 0 <= layer < self.num_layers:
+            raise SparseEditError(f"--layer {layer}: the model has layers 0..{self.num_layers - 1}")
+        return self.neurons[lang][layer]
+
+    def check_model(self, checkpoint: Checkpoint, where: str) -> list[str]:
+        """Refuse a different architecture; return warnings for same shape but different weights files."""
+        if checkpoint.structure() != self.model["structure"]:
+            raise SparseEditError(
+                f"{where}: artifact was made for {self.model['structure']}, but {checkpoint.path} is "
+                f"{checkpoint.structure()}; run locate on this model"
+            )
+        if checkpoint.fingerprint() != self.model["fingerprint"]:
+            return [
+                f"{where}: artifact was made from {self.model['path']}, whose shard headers differ from {checkpoint.path}"
+            ]
+        return []
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "kind": KIND,
+            "schema_version": SCHEMA_VERSION,
+            "tool_version": self.tool_version,
+            "model": self.model["path"],
+            "model_type": self.model["structure"]["model_type"],
+            "reference_lang": self.reference_lang,
+            "languages": self.languages,
+            "pooling": self.settings.get("pooling"),
+            "prompts": self.counts,
+            "neurons_per_layer": self.set_sizes(),
+            "jaccard_to_reference": self.jaccard_to_reference(),
+            "recommended_layer": self.recommended_layer,
+            "recommended_rule": self.recommended_rule,
+        }
+
+    # ---- (de)serialisation ---------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        from safetensors.torch import save
+
+        tensors: dict[str, torch.Tensor] = {}
+        for lang in self.languages:
+            for layer, index in enumerate(self.neurons[lang]):
+                tensors[f"neurons.{lang}.{layer}"] = index.to(torch.int64).contiguous()
+            for label, stats in self.stats[lang].items():
+                tensors[f"stats.{lang}.{label}.mean"] = stats.mean.to(torch.float32).contiguous()
+                tensors[f"stats.{lang}.{label}.var"] = stats.var.to(torch.float32).contiguous()
+            scores = self.scores[lang]
+            for name in ("gap", "z", "d"):
+                tensors[f"scores.{lang}.{name}"] = getattr(scores, name).to(torch.float32).contiguous()
+        meta = {
+            "kind": KIND,
+            "schema_version": SCHEMA_VERSION,
+            "tool_version": self.tool_version,
+            "model": self.model,
+            "settings": self.settings,
+            "sources": self.sources,
+            "reference_lang": self.reference_lang,
+            "languages": self.languages,
+            "num_layers": self.num_layers,
+            "mlp_width": self.mlp_width,
+            "counts": self.counts,
+            "recommended_layer": self.recommended_layer,
+            "recommended_rule": self.recommended_rule,
+            "summary": {
+                "neurons_per_layer": self.set_sizes(),
+                "jaccard_to_reference": self.jaccard_to_reference(),
+            },
+            "extra": self.extra,
+        }
+        return save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+
+    def save(self, path: Path) -> None:
+        atomic_write_bytes(Path(path), self.to_bytes())
+
+    @classmethod
+    def load(cls, path: Path) -> LocateArtifact:
+        path = Path(path)
+        if not path.is_file():
+            raise SparseEditError(f"{path}: no such artifact file; run sparse-edit locate first")
+        meta = read_metadata(path)
+        if not meta or meta.get("kind") != KIND:
+            raise SparseEditError(f"{path}: not a sparse-edit locate artifact")
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise SparseEditError(
+                f"{path}: artifact schema {meta.get('schema_version')} is not supported (expected {SCHEMA_VERSION}); "
+                "re-run locate with this version"
+            )
+        tensors = load_file(str(path))
+        languages: list[str] = meta["languages"]
+        num_layers = int(meta["num_layers"])
+        neurons = {lang: [tensors[f"neurons.{lang}.{layer}"] for layer in range(num_layers)] for lang in languages}
+        stats = {
+            lang: {
+                label: ClassStats(
+                    int(meta["counts"][lang][label]),
+                    tensors[f"stats.{lang}.{label}.mean"],
+                    tensors[f"stats.{lang}.{label}.var"],
+                )
+                for label in ("harmful", "harmless")
+            }
+            for lang in languages
+        }
+        scores = {
+            lang: Scores(tensors[f"scores.{lang}.gap"], tensors[f"scores.{lang}.z"], tensors[f"scores.{lang}.d"])
+            for lang in languages
+        }
+        return cls(
+            model=meta["model"],
+            settings=meta["settings"],
+            sources=meta["sources"],
+            reference_lang=meta["reference_lang"],
+            languages=languages,
+            num_layers=num_layers,
+            mlp_width=int(meta["mlp_width"]),
+            counts=meta["counts"],
+            neurons=neurons,
+            stats=stats,
+            scores=scores,
+            recommended_layer=meta["recommended_layer"],
+            recommended_rule=meta["recommended_rule"],
+            tool_version=meta["tool_version"],
+            extra=meta.get("extra", {}),
+        )

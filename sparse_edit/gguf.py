@@ -1,0 +1,63 @@
+"""Accept a ``.gguf`` file wherever a model folder is expected, via a cached conversion.
+
+transformers dequantises GGUF weights to ordinary float tensors; the result is saved once as
+a plain safetensors folder in the cache (``$SPARSE_EDIT_CACHE`` or ``~/.cache/sparse-edit``)
+keyed by the file's sha256, so later runs load it directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from sparse_edit.errors import SparseEditError
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SPARSE_EDIT_CACHE", Path.home() / ".cache" / "sparse-edit"))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ensure_hf_folder(path: Path) -> Path:
+    """``path`` itself for a folder; for a .gguf file, the cached safetensors conversion."""
+    path = Path(path)
+    if path.suffix != ".gguf":
+        return path
+    if not path.is_file():
+        raise SparseEditError(f"{path}: no such GGUF file")
+    target = cache_root() / "gguf" / file_sha256(path)[:16]
+    if (target / "config.json").is_file():
+        return target
+    convert_gguf(path, target)
+    return target
+
+
+def convert_gguf(path: Path, target: Path) -> None:
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read the file)
+    except ImportError:
+        raise SparseEditError(
+            f"{path}: reading GGUF needs the gguf package: pip install 'sparse-edit[gguf]'"
+        ) from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    staging = target.with_name(target.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    # A model loaded from GGUF carries a quantizer that refuses save_pretrained; the weights are plain floats.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(target)

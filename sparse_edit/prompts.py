@@ -1,0 +1,226 @@
+"""Multilingual prompt sets: loading, validation and parallel-id checks.
+
+Three layouts are accepted, chosen by file extension:
+
+* ``.jsonl``: one object per line, ``{"id", "lang", "text"}`` plus an optional ``"label"``
+  (``harmful`` or ``harmless``);
+* ``.json``: a list of ``{"instruction": ...}`` objects for one language (PolyRefuse layout);
+  the id is the list index and the language comes from ``lang=`` or the file name
+  (the last ``_``-separated two-letter part, e.g. ``harmful_train_translated_th.json``);
+* ``.csv``: a wide table with one column per language and an optional ``id`` column
+  (MultiJail layout, UTF-8 with or without BOM).
+
+A source string may be a glob pattern, and may end in ``:LANG`` to set the language of a
+``.json`` file explicitly, or ``:lang1,lang2`` to pick columns of a ``.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sparse_edit.errors import SparseEditError
+
+Label = Literal["harmful", "harmless"]
+LABELS: tuple[Label, ...] = ("harmful", "harmless")
+_LANG_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
+# Columns of a wide CSV that are never languages.
+_NON_LANGUAGE_COLUMNS = {"id", "source", "tags", "category", "label", "split"}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    lang: str
+    text: str
+    label: Label
+
+
+@dataclass(frozen=True)
+class LoadedSource:
+    spec: str
+    files: tuple[Path, ...]
+    sha256: str
+    prompts: tuple[Prompt, ...]
+
+
+def _split_spec(spec: str) -> tuple[str, list[str] | None]:
+    # "path:th" or "path:en,zh" - but never split a Windows drive letter or a bare path.
+    head, sep, tail = spec.rpartition(":")
+    if sep and head and tail and all(_LANG_CODE.match(part) for part in tail.split(",")):
+        return head, tail.split(",")
+    return spec, None
+
+
+def language_from_filename(path: Path) -> str | None:
+    parts = path.stem.split("_")
+    for part in reversed(parts):
+        if re.fullmatch(r"[a-z]{2}", part):
+            return part
+    return None
+
+
+def _expand(pattern: str, flag: str) -> list[Path]:
+    matches = sorted(Path(p) for p in glob.glob(pattern))
+    if not matches:
+        raise SparseEditError(f"{flag}: {pattern} matches no file")
+    for path in matches:
+        if not path.is_file():
+            raise SparseEditError(f"{flag}: {path} is not a file")
+    return matches
+
+
+def _label_of(raw: object, where: str, default: Label) -> Label:
+    if raw is None:
+        return default
+    if raw not in LABELS:
+        raise SparseEditError(f"{where}: label must be 'harmful' or 'harmless', got {raw!r}")
+    return raw
+
+
+def _read_jsonl(path: Path, label: Label) -> list[Prompt]:
+    prompts = []
+    with path.open(encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SparseEditError(f"{where}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise SparseEditError(f"{where}: expected an object with id, lang and text")
+            missing = [key for key in ("id", "lang", "text") if key not in row]
+            if missing:
+                raise SparseEditError(f"{where}: missing {', '.join(missing)} (rows need id, lang, text)")
+            text = row["text"]
+            if not isinstance(text, str) or not text.strip():
+                raise SparseEditError(f"{where}: text is empty or not a string")
+            row_label = _label_of(row.get("label"), where, label)
+            if row_label != label:
+                continue
+            prompts.append(Prompt(str(row["id"]), str(row["lang"]), text, label))
+    return prompts
+
+
+def _read_instruction_list(path: Path, lang: str | None, label: Label) -> list[Prompt]:
+    lang = lang or language_from_filename(path)
+    if lang is None:
+        raise SparseEditError(f"{path}: cannot tell the language from the file name; append :LANG, e.g. {path}:th")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise SparseEditError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    if not isinstance(rows, list):
+        raise SparseEditError(f"{path}: expected a JSON list of objects with an 'instruction' field")
+    prompts = []
+    for position, row in enumerate(rows):
+        text = row.get("instruction") if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise SparseEditError(f"{path}: item {position} has no non-empty 'instruction'")
+        prompts.append(Prompt(str(position), lang, text, label))
+    return prompts
+
+
+def _read_wide_csv(path: Path, langs: list[str] | None, label: Label) -> list[Prompt]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = list(reader.fieldnames or [])
+        language_columns = [c for c in columns if c not in _NON_LANGUAGE_COLUMNS and _LANG_CODE.match(c)]
+        if langs is not None:
+            unknown = [lang for lang in langs if lang not in columns]
+            if unknown:
+                raise SparseEditError(
+                    f"{path}: no column for {', '.join(unknown)}; columns are {', '.join(columns)}"
+                )
+            language_columns = langs
+        if not language_columns:
+            raise SparseEditError(f"{path}: no language columns (two-letter codes) in the header")
+        prompts = []
+        for number, row in enumerate(reader, start=2):
+            row_id = row.get("id") or str(number - 2)
+            for lang in language_columns:
+                text = row.get(lang)
+                if text is None:
+                    raise SparseEditError(f"{path}:{number}: row has fewer columns than the header")
+                if text.strip():
+                    prompts.append(Prompt(row_id, lang, text, label))
+    return prompts
+
+
+def load_source(spec: str, label: Label, flag: str) -> LoadedSource:
+    """Load one source spec (file, glob, optional ``:LANG`` suffix) as prompts of ``label``."""
+    pattern, langs = _split_spec(spec)
+    files = _expand(pattern, flag)
+    digest = hashlib.sha256()
+    prompts: list[Prompt] = []
+    for path in files:
+        digest.update(path.read_bytes())
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            loaded = _read_jsonl(path, label)
+        elif suffix == ".json":
+            if langs is not None and len(langs) != 1:
+                raise SparseEditError(f"{flag}: {spec}: a .json file holds one language; give one :LANG")
+            loaded = _read_instruction_list(path, langs[0] if langs else None, label)
+        elif suffix == ".csv":
+            loaded = _read_wide_csv(path, langs, label)
+        else:
+            raise SparseEditError(f"{flag}: {path}: unknown prompt format {suffix!r}; use .jsonl, .json or .csv")
+        if not loaded:
+            raise SparseEditError(f"{flag}: {path}: no {label} prompts in this file")
+        prompts.extend(loaded)
+    return LoadedSource(spec, tuple(files), digest.hexdigest(), tuple(prompts))
+
+
+def load_sources(specs: Sequence[str], label: Label, flag: str) -> tuple[list[Prompt], list[LoadedSource]]:
+    sources = [load_source(spec, label, flag) for spec in specs]
+    prompts = [p for source in sources for p in source.prompts]
+    seen: set[tuple[str, str]] = set()
+    for prompt in prompts:
+        key = (prompt.lang, prompt.id)
+        if key in seen:
+            raise SparseEditError(f"{flag}: id {prompt.id} appears twice for language {prompt.lang}")
+        seen.add(key)
+    return prompts, sources
+
+
+def by_language(prompts: Iterable[Prompt]) -> dict[str, list[Prompt]]:
+    groups: dict[str, list[Prompt]] = {}
+    for prompt in prompts:
+        groups.setdefault(prompt.lang, []).append(prompt)
+    return groups
+
+
+def missing_parallel_ids(prompts: Iterable[Prompt], reference: str) -> dict[str, list[str]]:
+    """For every language, the ids present in ``reference`` but missing in that language (and vice versa)."""
+    groups = {lang: {p.id for p in items} for lang, items in by_language(prompts).items()}
+    ref_ids = groups.get(reference, set())
+    report: dict[str, list[str]] = {}
+    for lang, ids in groups.items():
+        if lang == reference:
+            continue
+        gaps = sorted(ref_ids.symmetric_difference(ids), key=_id_sort_key)
+        if gaps:
+            report[lang] = gaps
+    return report
+
+
+def _id_sort_key(value: str) -> tuple[int, int | str]:
+    return (0, int(value)) if value.isdigit() else (1, value)
+
+
+def describe_missing(report: dict[str, list[str]], limit: int = 5) -> str:
+    parts = []
+    for lang, ids in sorted(report.items()):
+        shown = ", ".join(ids[:limit]) + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
+        parts.append(f"{lang}: {shown}")
+    return "; ".join(parts)

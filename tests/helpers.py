@@ -1,0 +1,83 @@
+"""Prompt files and planted models for tests."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+WORDS = {
+    "en": ["how", "do", "I", "make", "a", "cake", "bread", "story", "poem", "list", "city", "river", "plan", "water", "light"],
+    "th": ["ฉัน", "จะ", "ทำ", "เค้ก", "ขนม", "เรื่อง", "บทกวี", "เมือง", "แม่น้ำ", "น้ำ", "แสง"],
+    "yo": ["bawo", "ni", "mo", "se", "le", "ṣe", "akara", "itan", "ewi", "ilu", "odo", "omi", "imole"],
+}
+
+
+def random_texts(lang: str, count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS[lang]) for _ in range(rng.randint(3, 9))) for _ in range(count)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def parallel_prompt_files(
+    folder: Path, langs=("en", "th", "yo"), count: int = 12, suffix: tuple[str, str] = ("", "")
+):
+    """harmful.jsonl / harmless.jsonl with the same ids in every language."""
+    harmful, harmless = [], []
+    for lang in langs:
+        texts = random_texts(lang, count, seed=1)
+        others = random_texts(lang, count, seed=2)
+        harmful += [{"id": i, "lang": lang, "text": t + suffix[0]} for i, t in enumerate(texts)]
+        harmless += [{"id": i, "lang": lang, "text": t + suffix[1]} for i, t in enumerate(others)]
+    return write_jsonl(folder / "harmful.jsonl", harmful), write_jsonl(folder / "harmless.jsonl", harmless)
+
+
+PLANTED = [3, 17, 42]
+
+
+def planted_llama(folder: Path, tiny_models) -> Path:
+    """A one-layer Llama where neurons PLANTED fire only on <|marker|> and nothing mixes positions.
+
+    Residual dimension 0 is reserved for the marker; <|system|> has an all-zero embedding and is
+    the harmless stand-in at the same position, so every other neuron sees identical inputs.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = tiny_models("llama", layers=1)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    marker = tokenizer.convert_tokens_to_ids("<|marker|>")
+    neutral = tokenizer.convert_tokens_to_ids("<|system|>")
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        embed[:, 0] = 0
+        embed[marker] = 0
+        embed[marker, 0] = 1
+        embed[neutral] = 0
+        mlp = model.model.layers[0].mlp
+        model.model.layers[0].self_attn.o_proj.weight.zero_()
+        mlp.gate_proj.weight[:, 0] = 0
+        mlp.up_proj.weight[:, 0] = 0
+        for j in PLANTED:
+            mlp.gate_proj.weight[j] = 0
+            mlp.up_proj.weight[j] = 0
+            mlp.gate_proj.weight[j, 0] = 5
+            mlp.up_proj.weight[j, 0] = 5
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def planted_prompts(folder: Path, langs=("en", "th"), count: int = 16) -> tuple[Path, Path]:
+    harmful, harmless = [], []
+    for lang in langs:
+        for i, text in enumerate(random_texts(lang, count, seed=3)):
+            harmful.append({"id": i, "lang": lang, "text": text + "<|marker|>"})
+            harmless.append({"id": i, "lang": lang, "text": text + "<|system|>"})
+    return write_jsonl(folder / "harmful.jsonl", harmful), write_jsonl(folder / "harmless.jsonl", harmless)

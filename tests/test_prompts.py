@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sparse_edit.errors import SparseEditError
+from sparse_edit.prompts import load_source, missing_parallel_ids
+from tests.conftest import SHARED_DATA
+
+
+def test_jsonl_rows_and_labels(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        '{"id": 1, "lang": "en", "text": "bad", "label": "harmful"}\n\n'
+        '{"id": 2, "lang": "en", "text": "fine", "label": "harmless"}\n'
+    )
+    assert [p.text for p in load_source(str(path), "harmful", "--harmful").prompts] == ["bad"]
+    assert [p.id for p in load_source(str(path), "harmless", "--harmless").prompts] == ["2"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"id": 1, "lang": "en", "text": "a"}\n{"id": 2, "lang": "en"\n', "p.jsonl:2: not valid JSON"),
+        ('{"id": 1, "text": "a"}\n', "p.jsonl:1: missing lang"),
+        ('{"id": 1, "lang": "en", "text": "  "}\n', "p.jsonl:1: text is empty"),
+        ('{"id": 1, "lang": "en", "text": "a", "label": "evil"}\n', "label must be"),
+        ("", "no harmful prompts"),
+    ],
+)
+def test_jsonl_errors_name_the_line(tmp_path, content, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text(content)
+    with pytest.raises(SparseEditError, match=message):
+        load_source(str(path), "harmful", "--harmful")
+
+
+def test_instruction_list_language_from_name_or_suffix(tmp_path):
+    path = tmp_path / "harmful_train_translated_th.json"
+    path.write_text(json.dumps([{"instruction": "x", "category": None}, {"instruction": "y"}]))
+    loaded = load_source(str(path), "harmful", "--harmful")
+    assert {p.lang for p in loaded.prompts} == {"th"} and [p.id for p in loaded.prompts] == ["0", "1"]
+    other = tmp_path / "prompts.json"
+    other.write_text(json.dumps([{"instruction": "x"}]))
+    with pytest.raises(SparseEditError, match="append :LANG"):
+        load_source(str(other), "harmful", "--harmful")
+    assert load_source(f"{other}:sw", "harmful", "--harmful").prompts[0].lang == "sw"
+
+
+def test_wide_csv_with_bom_and_missing_cells(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("\ufeffid,tags,en,bn\n7,x,hello,হ্যালো\n8,y,bye,\n", encoding="utf-8")
+    prompts = load_source(str(path), "harmful", "--harmful").prompts
+    assert [(p.id, p.lang) for p in prompts] == [("7", "en"), ("7", "bn"), ("8", "en")]
+    assert missing_parallel_ids(prompts, "en") == {"bn": ["8"]}
+    with pytest.raises(SparseEditError, match="no column for sw"):
+        load_source(f"{path}:en,sw", "harmful", "--harmful")
+
+
+def test_glob_that_matches_nothing(tmp_path):
+    with pytest.raises(SparseEditError, match="matches no file"):
+        load_source(str(tmp_path / "*.jsonl"), "harmful", "--harmful")
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data (PolyRefuse, MultiJail) is not present")
+def test_real_prompt_sets_load_and_are_parallel():
+    poly = load_source(str(SHARED_DATA / "polyrefuse" / "harmful_train_translated_*.json"), "harmful", "--harmful")
+    assert len({p.lang for p in poly.prompts}) == 14 and len(poly.prompts) == 14 * 260
+    assert missing_parallel_ids(poly.prompts, "en") == {}
+    jail = load_source(str(SHARED_DATA / "multijail" / "MultiJail.csv"), "harmful", "--harmful")
+    assert {p.lang for p in jail.prompts} == {"en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"}
