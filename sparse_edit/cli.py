@@ -10,7 +10,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
-from sparse_edit.config import LocateOptions
+from sparse_edit.config import ApplyOptions, LocateOptions
 from sparse_edit.errors import EXIT_CHECK_FAILED, EXIT_ERROR, CheckFailed, SparseEditError
 
 P = ParamSpec("P")
@@ -158,6 +158,127 @@ def locate(
         sizes = " ".join(f"{row['sizes'][lang]:>5}" for lang in artifact.languages)
         typer.echo(f"{row['layer']:>5} {sizes}  {row['mean_jaccard_to_reference']}")
     typer.echo(f"recommended layer: {artifact.recommended_layer} ({artifact.recommended_rule})")
+    typer.echo(f"wrote {options.output}")
+
+
+A = ApplyOptions
+# Settings apply takes from the locate artifact when neither the config file nor a flag sets them.
+INHERITED_FROM_ARTIFACT = (
+    "model",
+    "harmful",
+    "harmless",
+    "reference_lang",
+    "languages",
+    "system_prompt",
+    "max_length",
+)
+
+
+@command
+def apply(
+    config: ConfigFlag = None,
+    artifact: Annotated[Path | None, typer.Option(help=A.help("artifact"))] = None,
+    model: Annotated[Path | None, typer.Option(help=A.help("model") + " Default: the artifact's model.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=A.help("output"))] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=A.help("overwrite"))] = False,
+    strategy: Annotated[str | None, typer.Option(help=A.help("strategy"))] = None,
+    layer: Annotated[str | None, typer.Option(help=A.help("layer"))] = None,
+    candidate_layers: Annotated[list[str] | None, typer.Option(help=A.help("candidate_layers"))] = None,
+    proj: Annotated[str | None, typer.Option(help=A.help("proj"))] = None,
+    nullspace: Annotated[str | None, typer.Option(help=A.help("nullspace"))] = None,
+    nullspace_threshold: Annotated[float | None, typer.Option(help=A.help("nullspace_threshold"))] = None,
+    target: Annotated[str | None, typer.Option(help=A.help("target"))] = None,
+    low_langs: Annotated[list[str] | None, typer.Option(help=A.help("low_langs"))] = None,
+    neuron_lang: Annotated[str | None, typer.Option(help=A.help("neuron_lang"))] = None,
+    gamma: Annotated[float | None, typer.Option(help=A.help("gamma"))] = None,
+    lam: Annotated[float | None, typer.Option(help=A.help("lam"))] = None,
+    rank: Annotated[int | None, typer.Option(help=A.help("rank"))] = None,
+    harmful: Annotated[
+        list[str] | None, typer.Option(help=A.help("harmful") + " Default: the artifact's.")
+    ] = None,
+    harmless: Annotated[
+        list[str] | None, typer.Option(help=A.help("harmless") + " Default: the artifact's.")
+    ] = None,
+    reference_lang: Annotated[str | None, typer.Option(help=A.help("reference_lang"))] = None,
+    languages: Annotated[list[str] | None, typer.Option(help=A.help("languages"))] = None,
+    limit: Annotated[int | None, typer.Option(help=A.help("limit"))] = None,
+    dev_fraction: Annotated[float | None, typer.Option(help=A.help("dev_fraction"))] = None,
+    dev_limit: Annotated[int | None, typer.Option(help=A.help("dev_limit"))] = None,
+    kl_budget: Annotated[float | None, typer.Option(help=A.help("kl_budget"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=A.help("batch_size"))] = None,
+    max_length: Annotated[int | None, typer.Option(help=A.help("max_length"))] = None,
+    system_prompt: Annotated[str | None, typer.Option(help=A.help("system_prompt"))] = None,
+    device: Annotated[str | None, typer.Option(help=A.help("device"))] = None,
+    dtype: Annotated[str | None, typer.Option(help=A.help("dtype"))] = None,
+    seed: Annotated[int | None, typer.Option(help=A.help("seed"))] = None,
+    quiet: QuietFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compute the closed-form edit from a locate artifact and write the edited checkpoint."""
+    from sparse_edit.apply import run_apply
+    from sparse_edit.artifact import read_metadata
+    from sparse_edit.config import load_options, read_config
+    from sparse_edit.console import Reporter
+
+    overrides = {
+        "artifact": artifact,
+        "model": model,
+        "output": output,
+        "overwrite": overwrite or None,
+        "strategy": strategy,
+        "layer": layer,
+        "candidate_layers": [int(v) for v in _split_list(candidate_layers) or []] or None,
+        "proj": proj,
+        "nullspace": nullspace,
+        "nullspace_threshold": nullspace_threshold,
+        "target": target,
+        "low_langs": _split_list(low_langs),
+        "neuron_lang": neuron_lang,
+        "gamma": gamma,
+        "lam": lam,
+        "rank": rank,
+        "harmful": harmful or None,
+        "harmless": harmless or None,
+        "reference_lang": reference_lang,
+        "languages": _split_list(languages),
+        "limit": limit,
+        "dev_fraction": dev_fraction,
+        "dev_limit": dev_limit,
+        "kl_budget": kl_budget,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "system_prompt": system_prompt,
+        "device": device,
+        "dtype": dtype,
+        "seed": seed,
+    }
+    artifact_path = artifact or read_config(config).get("artifact")
+    defaults: dict[str, Any] = {}
+    if artifact_path is not None and Path(str(artifact_path)).is_file():
+        settings = (read_metadata(Path(str(artifact_path))) or {}).get("settings", {})
+        defaults = {key: settings[key] for key in INHERITED_FROM_ARTIFACT if settings.get(key) is not None}
+    options = load_options(ApplyOptions, config, overrides, defaults)
+    reporter = Reporter(quiet=quiet or as_json)
+    result = run_apply(options, reporter)
+    if as_json:
+        _print_json(result.manifest)
+        return
+    diag = result.manifest["diagnostics"]
+    typer.echo(
+        f"edited layer {result.manifest['layer']}: {result.manifest['changed_parameters']} parameters "
+        f"({result.manifest['changed_fraction']:.4%}), rank {diag['rank']}"
+    )
+    for key in (
+        "fit_train",
+        "fit_dev",
+        "leak_train",
+        "leak_dev",
+        "refusal_gain_harmful",
+        "refusal_gain_harmless",
+        "kl_harmless",
+    ):
+        if isinstance(diag.get(key), float):
+            typer.echo(f"  {key:<22} {diag[key]:.4f}")
     typer.echo(f"wrote {options.output}")
 
 

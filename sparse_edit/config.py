@@ -98,19 +98,25 @@ class LocateOptions(ModelOptions, PromptOptions):
 T = TypeVar("T", bound=Options)
 
 
-def load_options(model: type[T], config_file: Path | None, overrides: dict[str, Any]) -> T:
-    """Merge a TOML file and command-line overrides into one validated options object."""
-    values: dict[str, Any] = {}
-    where = "command line"
-    if config_file is not None:
-        where = str(config_file)
-        try:
-            values = tomllib.loads(config_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SparseEditError(f"--config {config_file}: no such file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SparseEditError(f"--config {config_file}: not valid TOML ({exc})") from exc
+def read_config(config_file: Path | None) -> dict[str, Any]:
+    if config_file is None:
+        return {}
+    try:
+        return tomllib.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SparseEditError(f"--config {config_file}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SparseEditError(f"--config {config_file}: not valid TOML ({exc})") from exc
+
+
+def load_options(
+    model: type[T], config_file: Path | None, overrides: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> T:
+    """Merge defaults, a TOML file and command-line overrides (in that order) into one validated object."""
+    values = dict(defaults or {})
+    values.update(read_config(config_file))
     values.update({key: value for key, value in overrides.items() if value is not None})
+    where = str(config_file) if config_file is not None else "command line"
     try:
         return model.model_validate(values)
     except ValidationError as exc:
@@ -127,3 +133,70 @@ def _describe(exc: ValidationError, model: type[Options], where: str) -> str:
     if error["type"] == "missing":
         return f"{where}: {key} is required; set it in the config file or pass {flag}"
     return f"{where}: {key} ({flag}): {error['msg']}"
+
+
+class ApplyOptions(ModelOptions, PromptOptions):
+    """``sparse-edit apply``: compute the closed-form edit and write the edited checkpoint."""
+
+    artifact: Path = Field(description="Locate artifact (.safetensors) made for this model.")
+    output: Path = Field(description="Folder for the edited checkpoint (written atomically).")
+    overwrite: bool = Field(False, description="Replace an existing output folder.")
+    strategy: Literal["paper"] = Field(
+        "paper",
+        description="paper: the published edit, the input weights (gate_proj rows) of one layer's safety neurons.",
+    )
+    layer: str = Field(
+        "auto",
+        description="Layer to edit, or auto: try the candidate layers on a dev split of the anchors and keep the "
+        "largest refusal log-odds gain on low-resource harmful prompts within --kl-budget.",
+    )
+    candidate_layers: list[int] | None = Field(
+        None,
+        description="Layers tried by --layer auto (default: the recommended layer and 4 layers from L/3 to L-2).",
+    )
+    proj: Literal["gate", "gate,up"] = Field(
+        "gate", description="Edit gate_proj rows only, or gate_proj and up_proj rows (same solve, two targets)."
+    )
+    nullspace: Literal["soft", "hard"] = Field(
+        "soft",
+        description="soft: penalise change on harmless inputs (gamma); hard: solve only inside the directions "
+        "harmless inputs barely use (relative eigenvalue threshold).",
+    )
+    nullspace_threshold: float = Field(
+        1e-3, gt=0, lt=1, description="hard null space: keep eigen-directions below this fraction of the largest."
+    )
+    target: Literal["parallel", "class-mean"] = Field(
+        "parallel",
+        description="parallel: move each low-resource prompt to its reference-language translation (same id); "
+        "class-mean: to the mean of reference-language harmful prompts (no parallel data needed).",
+    )
+    low_langs: list[str] | None = Field(
+        None,
+        description="Languages whose harmful prompts form X_low (default: every language except the reference).",
+    )
+    neuron_lang: str | None = Field(
+        None, description="Whose safety-neuron set to edit (default: the reference language's)."
+    )
+    gamma: float = Field(1.0, gt=0, description="Weight of the harmless (null-space) term, normalised per token.")
+    lam: float = Field(
+        1e-2, gt=0, description="Ridge weight, relative to the mean squared key norm per dimension."
+    )
+    rank: int = Field(32, ge=1, description="Maximum rank of the update.")
+    dev_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of prompt ids held out (same ids in every language) for dev diagnostics.",
+    )
+    dev_limit: int = Field(
+        24, ge=1, description="At most this many dev prompts per language and class for probes."
+    )
+    kl_budget: float = Field(0.05, gt=0, description="Harmless per-token KL (nats) that --layer auto may spend.")
+    seed: int = Field(0, description="Seed of the dev split.")
+
+    @field_validator("layer")
+    @classmethod
+    def _layer(cls, value: str) -> str:
+        if value != "auto" and not value.isdigit():
+            raise ValueError("use a layer number or auto")
+        return value

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+PLAIN_LINE_SECONDS = 10.0
+
 
 @dataclass
 class Reporter:
@@ -60,7 +62,7 @@ class ProgressTask:
         self.start = time.perf_counter()
         self._bar: Progress | None = None
         self._task_id: object = None
-        self._next_line = max(1, total // 10)
+        self._last_line = self.start
 
     def bind(self, bar: Progress, task_id: object) -> None:
         self._bar, self._task_id = bar, task_id
@@ -73,9 +75,10 @@ class ProgressTask:
         self.done += n
         if self._bar is not None:
             self._bar.update(self._task_id, advance=n, rate=f"{self.rate():.1f} {self.unit}/s")  # type: ignore[arg-type]
-        elif self.done >= self._next_line and self.done < self.total:
+        elif self.done < self.total and time.perf_counter() - self._last_line >= PLAIN_LINE_SECONDS:
+            # Plain logs (CI): a line every few seconds, so long runs show life without flooding.
             self.reporter.info(f"{self.description}: {self.done}/{self.total} ({self.rate():.1f} {self.unit}/s)")
-            self._next_line += max(1, self.total // 10)
+            self._last_line = time.perf_counter()
 
     def finish(self) -> None:
         elapsed = time.perf_counter() - self.start

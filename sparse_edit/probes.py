@@ -1,0 +1,64 @@
+"""No-generation measurements: refusal log-odds per prompt and per-token KL between two weight states."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+from sparse_edit.modeling import Encoded, LoadedModel, batches
+from sparse_edit.refusal import opening_token_ids, refusal_log_odds
+
+EditContext = Callable[[], AbstractContextManager[object]]
+
+
+def _no_edit() -> AbstractContextManager[object]:
+    return nullcontext()
+
+
+def _batches(loaded: LoadedModel, encoded: Sequence[Encoded], batch_size: int) -> Iterator:
+    return batches(encoded, batch_size, int(loaded.tokenizer.pad_token_id))
+
+
+def refusal_scores(
+    loaded: LoadedModel, encoded: Sequence[Encoded], batch_size: int, edit: EditContext = _no_edit
+) -> dict[str, list[float]]:
+    """Refusal log-odds at the last prompt position, grouped by language."""
+    cache: dict[str, list[int]] = {}
+    out: dict[str, list[float]] = {}
+    with edit(), torch.inference_mode():
+        for batch in _batches(loaded, encoded, batch_size):
+            logits = loaded.model(**batch.model_inputs(loaded.input_device), use_cache=False).logits[:, -1]
+            langs = [item.prompt.lang for item in batch.items]
+            ids = [cache.setdefault(lang, opening_token_ids(loaded.tokenizer, lang)) for lang in langs]
+            for lang, value in zip(langs, refusal_log_odds(logits.cpu(), ids).tolist(), strict=True):
+                out.setdefault(lang, []).append(value)
+    return out
+
+
+def token_kl(
+    loaded: LoadedModel, encoded: Sequence[Encoded], batch_size: int, edit: EditContext
+) -> tuple[float, float]:
+    """Mean per-token KL(base ‖ edited) in nats and the change of mean token NLL, over non-pad positions."""
+    total_kl, total_tokens, nll_base, nll_edit, predicted = 0.0, 0, 0.0, 0.0, 0
+    with torch.inference_mode():
+        for batch in _batches(loaded, encoded, batch_size):
+            inputs = batch.model_inputs(loaded.input_device)
+            base = torch.log_softmax(loaded.model(**inputs, use_cache=False).logits.float(), -1)
+            with edit():
+                edited = torch.log_softmax(loaded.model(**inputs, use_cache=False).logits.float(), -1)
+            mask = inputs["attention_mask"].bool()
+            kl = (base.exp() * (base - edited)).sum(-1)
+            total_kl += float(kl[mask].sum())
+            total_tokens += int(mask.sum())
+            targets = inputs["input_ids"][:, 1:]
+            next_mask = mask[:, 1:] & mask[:, :-1]
+            predicted += int(next_mask.sum())
+            nll_base -= float(base[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)[next_mask].sum())
+            nll_edit -= float(edited[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)[next_mask].sum())
+    return total_kl / max(total_tokens, 1), (nll_edit - nll_base) / max(predicted, 1)
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
