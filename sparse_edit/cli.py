@@ -282,6 +282,41 @@ def apply(
     typer.echo(f"wrote {options.output}")
 
 
+@command
+def verify(
+    base: Annotated[Path, typer.Argument(help="The unedited model folder.")],
+    edited: Annotated[Path, typer.Argument(help="The folder written by sparse-edit apply.")],
+    skip_forward: Annotated[
+        bool, typer.Option("--skip-forward", help="Do not load the model for a forward pass.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check that EDITED differs from BASE exactly by its recorded delta, and still loads and runs."""
+    from sparse_edit.verify import verify as run_verify
+
+    report = run_verify(base, edited, run_forward=not skip_forward)
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        for check in report.checks:
+            typer.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<18} {check.detail}")
+    if not report.ok:
+        raise CheckFailed(f"verify: {', '.join(report.failed)}")
+
+
+@command
+def revert(
+    edited: Annotated[Path, typer.Argument(help="The folder written by sparse-edit apply.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the restored base checkpoint.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+) -> None:
+    """Restore the base checkpoint from an edited folder (exact: the original rows are stored in the delta)."""
+    from sparse_edit.verify import revert as run_revert
+
+    rewritten = run_revert(edited, output, overwrite)
+    typer.echo(f"restored {len(rewritten)} shard(s) into {output}")
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items())

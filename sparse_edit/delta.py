@@ -70,7 +70,7 @@ def applied_in_memory(
             for edit in edits:
                 param = model.get_parameter(edit.slice.tensor)
                 index = edit.neurons.to(param.device)
-                rows = edit.slice.read(param.data, index).clone()
+                rows = edit.slice.read(param.data, index).clone(memory_format=torch.contiguous_format)
                 saved.append((param.data, edit, rows))
                 new = apply_rows(rows, edit.rows_delta, storage[edit.slice.tensor]).to(param.dtype)
                 edit.slice.write(param.data, index, new)
@@ -95,11 +95,11 @@ def write_back(checkpoint: Checkpoint, edits: Sequence[SliceEdit]) -> WriteBack:
     replacements: dict[str, torch.Tensor] = {}
     retention: dict[str, float] = {}
     for name, group in by_tensor.items():
-        tensor = checkpoint.load_tensor(name).clone()
+        tensor = checkpoint.load_tensor(name).clone(memory_format=torch.contiguous_format)
         intended, kept = 0.0, 0.0
         for edit in group:
             rows = edit.slice.read(tensor, edit.neurons)
-            edit.original = rows.clone()
+            edit.original = rows.clone(memory_format=torch.contiguous_format)
             delta = edit.rows_delta
             new = apply_rows(rows, delta, tensor.dtype)
             realised = new.float() - rows.float()
@@ -125,10 +125,13 @@ class EditDelta:
         for i, edit in enumerate(self.edits):
             if edit.original is None:
                 raise ValueError("write_back() records the original rows; call it before saving the delta")
-            tensors[f"edit.{i}.neurons"] = edit.neurons.to(torch.int64).contiguous()
-            tensors[f"edit.{i}.a"] = edit.a.float().contiguous()
-            tensors[f"edit.{i}.b"] = edit.b.float().contiguous()
-            tensors[f"edit.{i}.original"] = edit.original.contiguous()
+            # Copies: slices of one solve share factors, and safetensors refuses shared storage.
+            tensors[f"edit.{i}.neurons"] = edit.neurons.to(torch.int64).clone(
+                memory_format=torch.contiguous_format
+            )
+            tensors[f"edit.{i}.a"] = edit.a.float().clone(memory_format=torch.contiguous_format)
+            tensors[f"edit.{i}.b"] = edit.b.float().clone(memory_format=torch.contiguous_format)
+            tensors[f"edit.{i}.original"] = edit.original.clone(memory_format=torch.contiguous_format)
             slices.append(
                 {
                     "layer": edit.layer,

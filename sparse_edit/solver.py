@@ -14,8 +14,8 @@ for the ridge solution ``M = Q⁻¹ KᵀV/N``, so the best rank-r ``ΔW`` is ``R
 truncated SVD of ``R M``.
 
 ``nullspace="hard"`` instead restricts ``ΔW`` to the eigenvectors of ``G/N_s`` whose
-eigenvalues are below ``threshold × largest eigenvalue``: preserved inputs are then (nearly)
-exactly untouched, at the price of a weaker fit.
+eigenvalues are below ``threshold × largest eigenvalue`` (and keeps the γ penalty inside it):
+preserved inputs are then (nearly) exactly untouched, at the price of a weaker fit.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def solve(problem: EditProblem, settings: SolveSettings) -> Solution:
             f"--nullspace hard: no direction of the harmless inputs has variance below "
             f"{settings.threshold:g} x the largest; raise --nullspace-threshold or use --nullspace soft"
         )
-    q_sub = basis.T @ (a * keys.T @ keys + c * eye) @ basis
+    # The γ term stays inside the subspace: what little harmless energy it holds is still penalised.
+    q_sub = basis.T @ (a * keys.T @ keys + b * gram + c * eye) @ basis
     left_sub, right, jitter, sv = _whitened_truncation(q_sub, basis.T @ rhs, settings.rank)
     return Solution(basis @ left_sub, right, jitter, int(basis.shape[1]), sv)
 

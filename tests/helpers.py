@@ -9,7 +9,23 @@ from pathlib import Path
 import torch
 
 WORDS = {
-    "en": ["how", "do", "I", "make", "a", "cake", "bread", "story", "poem", "list", "city", "river", "plan", "water", "light"],
+    "en": [
+        "how",
+        "do",
+        "I",
+        "make",
+        "a",
+        "cake",
+        "bread",
+        "story",
+        "poem",
+        "list",
+        "city",
+        "river",
+        "plan",
+        "water",
+        "light",
+    ],
     "th": ["ฉัน", "จะ", "ทำ", "เค้ก", "ขนม", "เรื่อง", "บทกวี", "เมือง", "แม่น้ำ", "น้ำ", "แสง"],
     "yo": ["bawo", "ni", "mo", "se", "le", "ṣe", "akara", "itan", "ewi", "ilu", "odo", "omi", "imole"],
 }

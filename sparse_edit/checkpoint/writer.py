@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -73,9 +73,14 @@ def _is_foreign_weight(path: Path) -> bool:
     return any(path.match(pattern) for pattern in FOREIGN_WEIGHT_PATTERNS)
 
 
-def copy_support_files(source: Checkpoint, staging: Path, warn: Callable[[str], None] | None = None) -> None:
+def copy_support_files(
+    source: Checkpoint,
+    staging: Path,
+    warn: Callable[[str], None] | None = None,
+    exclude: Collection[str] = (),
+) -> None:
     """Copy config, tokenizer, chat template, model card and other non-weight files."""
-    weight_files = set(source.shards) | {INDEX_FILE}
+    weight_files = set(source.shards) | {INDEX_FILE} | set(exclude)
     skipped: list[str] = []
     for item in sorted(source.path.iterdir()):
         if item.name in weight_files or item.name == TOOL_DIR or item.name.startswith("."):
@@ -134,17 +139,18 @@ def write_checkpoint(
     overwrite: bool = False,
     extra_files: Mapping[str, bytes] | None = None,
     warn: Callable[[str], None] | None = None,
+    exclude: Collection[str] = (),
 ) -> list[str]:
     """Write ``source`` with ``replacements`` to ``dest`` atomically.
 
-    ``extra_files`` maps paths relative to the output folder to their contents (manifest,
+    ``exclude`` names top-level files not to copy. ``extra_files`` maps paths relative to the output folder to their contents (manifest,
     delta, model card); they are written last and win over copied files of the same name.
     Returns the names of the rewritten shards.
     """
     dest = Path(dest)
     check_destination(source.path, dest, overwrite)
     with staged_folder(dest, overwrite) as staging:
-        copy_support_files(source, staging, warn)
+        copy_support_files(source, staging, warn, exclude)
         rewritten = write_shards(source, staging, replacements)
         for relative, content in (extra_files or {}).items():
             target = staging / relative

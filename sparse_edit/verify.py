@@ -1,0 +1,193 @@
+"""``sparse-edit verify BASE EDITED`` and ``sparse-edit revert``: prove or undo an edit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparse_edit.checkpoint import Checkpoint, write_checkpoint
+from sparse_edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta, apply_rows, slice_leak
+from sparse_edit.errors import SparseEditError
+
+# Relative tolerance for "the stored rows are what the delta says", per checkpoint dtype:
+# two float rounding steps of that dtype (the add may run on another device than the original).
+ROW_TOLERANCE = {torch.float32: 1e-6, torch.float16: 2 * 2**-10, torch.bfloat16: 2 * 2**-7, torch.float64: 1e-12}
+LEAK_TOLERANCE = 0.1  # relative difference allowed between recomputed and recorded leak
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    checks: list[Check] = field(default_factory=list)
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, name: str, ok: bool, detail: str) -> bool:
+        self.checks.append(Check(name, ok, detail))
+        return ok
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    @property
+    def failed(self) -> list[str]:
+        return [check.name for check in self.checks if not check.ok]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checks": [check.__dict__ for check in self.checks],
+            "numbers": self.numbers,
+        }
+
+
+def _planned_mask(shape: tuple[int, ...], delta: EditDelta, name: str) -> torch.Tensor:
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for edit in delta.edits:
+        if edit.slice.tensor != name:
+            continue
+        index = edit.neurons + edit.slice.offset
+        if edit.slice.axis == 0:
+            mask[index] = True
+        else:
+            mask[:, index] = True
+    return mask
+
+
+def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> VerifyReport:
+    base = Checkpoint.open(base_path)
+    edited = Checkpoint.open(edited_path)
+    report = VerifyReport()
+    delta = EditDelta.load(edited_path / DELTA_FILE)
+    manifest_path = edited_path / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+
+    layout_base = {n: (i.shape, i.dtype) for n, i in base.tensors.items()}
+    layout_edited = {n: (i.shape, i.dtype) for n, i in edited.tensors.items()}
+    differ = sorted(set(layout_base.items()) ^ set(layout_edited.items()))
+    report.add(
+        "layout",
+        not differ,
+        "same tensor names, shapes and dtypes" if not differ else f"differs at {differ[0][0]}",
+    )
+    report.add(
+        "base",
+        delta.base_fingerprint == base.fingerprint(),
+        "the delta was made from this base"
+        if delta.base_fingerprint == base.fingerprint()
+        else "the delta was made from another checkpoint",
+    )
+    if differ:
+        return report
+
+    planned = {edit.slice.tensor for edit in delta.edits}
+    unplanned_changes = [
+        name for name in sorted(base.tensors) if name not in planned and not _same_tensor(base, edited, name)
+    ]
+    report.add(
+        "untouched",
+        not unplanned_changes,
+        f"{len(base.tensors) - len(planned)} tensors outside the plan are identical"
+        if not unplanned_changes
+        else f"{len(unplanned_changes)} unplanned tensor(s) changed, first {unplanned_changes[0]}",
+    )
+
+    outside_ok, rows_ok, original_ok = True, True, True
+    worst = 0.0
+    leaks: dict[str, float] = {}
+    for name in sorted(planned):
+        before, after = base.load_tensor(name), edited.load_tensor(name)
+        mask = _planned_mask(tuple(before.shape), delta, name)
+        outside_ok &= bool(torch.equal(before[~mask], after[~mask]))
+        for edit in (e for e in delta.edits if e.slice.tensor == name):
+            rows = edit.slice.read(before, edit.neurons)
+            stored = edit.slice.read(after, edit.neurons)
+            expected = apply_rows(rows, edit.rows_delta, before.dtype)
+            error = float(
+                ((stored.float() - expected.float()).abs() / expected.float().abs().clamp(min=1e-6)).max()
+            )
+            worst = max(worst, error)
+            rows_ok &= error <= ROW_TOLERANCE.get(before.dtype, 1e-6) or torch.equal(stored, expected)
+            original_ok &= edit.original is not None and torch.equal(edit.original, rows)
+            gram = delta.grams.get(edit.layer)
+            if gram is not None:
+                realised = stored.double() - rows.double()
+                leaks[f"{name}:{edit.projection}"] = slice_leak(edit, rows.double(), realised, gram)
+    report.add(
+        "planned rows only",
+        outside_ok,
+        "only the planned rows changed" if outside_ok else "rows outside the plan changed",
+    )
+    report.add("matches delta", rows_ok, f"largest relative deviation {worst:.3g}")
+    report.add(
+        "original rows",
+        original_ok,
+        "the delta's original rows equal the base (revert is exact)"
+        if original_ok
+        else "the delta's original rows differ from the base",
+    )
+
+    recorded = manifest.get("diagnostics", {}).get("leak_train")
+    if leaks:
+        leak = max(leaks.values())
+        report.numbers["leak_recomputed"] = leak
+        if isinstance(recorded, float):
+            close = abs(leak - recorded) <= LEAK_TOLERANCE * max(recorded, 1e-4)
+            report.add(
+                "leak", close, f"harmless leak {leak:.4g} recomputed from the weights (manifest: {recorded:.4g})"
+            )
+        else:
+            report.add("leak", True, f"harmless leak {leak:.4g} recomputed from the weights")
+
+    if run_forward:
+        report.add("loads", *_forward_check(edited_path))
+    return report
+
+
+def _same_tensor(base: Checkpoint, edited: Checkpoint, name: str) -> bool:
+    return torch.equal(base.load_tensor(name), edited.load_tensor(name))
+
+
+def _forward_check(folder: Path) -> tuple[bool, str]:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        with torch.inference_mode():
+            logits = model(torch.tensor([[1, 2, 3, 4]])).logits
+    except (OSError, ValueError, RuntimeError) as exc:
+        return False, f"transformers could not load or run it: {str(exc).splitlines()[0]}"
+    finite = bool(torch.isfinite(logits).all())
+    return (
+        finite,
+        "loads with transformers; forward pass logits are finite"
+        if finite
+        else "forward pass gave non-finite logits",
+    )
+
+
+def revert(edited_path: Path, output: Path, overwrite: bool = False) -> list[str]:
+    """Write the base checkpoint back from an edited folder and its delta (exact: original rows are stored)."""
+    edited = Checkpoint.open(edited_path)
+    delta = EditDelta.load(edited_path / DELTA_FILE)
+    replacements: dict[str, torch.Tensor] = {}
+    for edit in delta.edits:
+        name = edit.slice.tensor
+        if edit.original is None:
+            raise SparseEditError(f"{edited_path / DELTA_FILE}: no original rows stored; cannot revert")
+        tensor = replacements.get(name)
+        if tensor is None:
+            tensor = replacements[name] = edited.load_tensor(name).clone()
+        edit.slice.write(tensor, edit.neurons, edit.original)
+    # The model card describes the edit, so it does not belong to the restored base.
+    return write_checkpoint(edited, output, replacements, overwrite=overwrite, exclude={"README.md"})

@@ -1,0 +1,266 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sparse_edit.checkpoint import Checkpoint
+from sparse_edit.cli import app
+from sparse_edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta
+from sparse_edit.testing import TINY_FAMILIES
+from tests.helpers import parallel_prompt_files
+
+runner = CliRunner()
+
+
+def run_cli(*args: str, code: int = 0):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> tuple[Path, Path]:
+    return parallel_prompt_files(tmp_path_factory.mktemp("prompts"), count=10)
+
+
+@pytest.fixture(scope="module")
+def located(tiny_models, prompts, tmp_path_factory):
+    """model_type -> (model folder, artifact path), computed once per family."""
+    cache: dict[tuple, tuple[Path, Path]] = {}
+    root = tmp_path_factory.mktemp("artifacts")
+
+    def make(model_type: str, **model_options) -> tuple[Path, Path]:
+        key = (model_type, tuple(sorted((k, str(v)) for k, v in model_options.items())))
+        if key not in cache:
+            model = tiny_models(model_type, **model_options)
+            artifact = root / f"{model.name}.safetensors"
+            run_cli(
+                "locate",
+                "--model",
+                model,
+                "--harmful",
+                prompts[0],
+                "--harmless",
+                prompts[1],
+                "--device",
+                "cpu",
+                "--tau-stat",
+                "0.3",
+                "-o",
+                artifact,
+                "-q",
+            )
+            cache[key] = (model, artifact)
+        return cache[key]
+
+    return make
+
+
+def apply_args(artifact: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "apply",
+        "--artifact",
+        str(artifact),
+        "-o",
+        str(output),
+        "--layer",
+        "1",
+        "--gamma",
+        "0.01",
+        "--lam",
+        "1e-3",
+        "--device",
+        "cpu",
+        "-q",
+        *extra,
+    ]
+
+
+def changed_rows(base: Path, edited: Path) -> dict[str, torch.Tensor]:
+    """Per changed tensor, a boolean mask of changed entries."""
+    a, b = Checkpoint.open(base), Checkpoint.open(edited)
+    return {
+        n: a.load_tensor(n) != b.load_tensor(n)
+        for n in a.tensors
+        if not torch.equal(a.load_tensor(n), b.load_tensor(n))
+    }
+
+
+@pytest.mark.parametrize("model_type", TINY_FAMILIES)
+def test_apply_fits_changes_only_planned_rows_and_verifies(located, tmp_path, model_type):
+    model, artifact = located(model_type)
+    out = tmp_path / "edited"
+    manifest = json.loads(run_cli(*apply_args(artifact, out), "--json").stdout)
+    assert manifest["diagnostics"]["fit_train"] < 0.5
+    delta = EditDelta.load(out / DELTA_FILE)
+    ckpt = Checkpoint.open(model)
+    d_ff = ckpt.dims.mlp_width
+    planned = {(e.slice.tensor, int(n) + e.slice.offset, e.slice.axis) for e in delta.edits for n in e.neurons}
+    changes = changed_rows(model, out)
+    assert set(changes) == {e.slice.tensor for e in delta.edits}
+    for name, mask in changes.items():
+        axis = next(e.slice.axis for e in delta.edits if e.slice.tensor == name)
+        touched = mask.any(dim=1 - axis).nonzero().flatten().tolist()
+        assert {(name, i, axis) for i in touched} <= planned
+        assert touched, "the edit changed nothing"
+        assert max(touched) < (d_ff if model_type != "phi3" else d_ff)  # gate rows of a fused tensor come first
+    assert "passed" not in run_cli("verify", model, out).stdout  # all lines "ok"
+    assert all(line.startswith("ok") for line in run_cli("verify", model, out).stdout.splitlines())
+
+
+def test_phi3_gate_and_up_rows_use_the_fused_offset(located, tmp_path):
+    model, artifact = located("phi3")
+    out = tmp_path / "edited"
+    run_cli(*apply_args(artifact, out, "--proj", "gate,up"))
+    delta = EditDelta.load(out / DELTA_FILE)
+    assert [e.slice.offset for e in delta.edits] == [0, 64]
+    mask = changed_rows(model, out)["model.layers.1.mlp.gate_up_proj.weight"]
+    rows = mask.any(dim=1).nonzero().flatten()
+    neurons = delta.edits[0].neurons
+    assert set(rows.tolist()) <= set(neurons.tolist()) | set((neurons + 64).tolist())
+    assert (rows >= 64).any() and (rows < 64).any()
+
+
+def test_two_runs_are_byte_identical(located, tmp_path):
+    _, artifact = located("qwen2")
+    for name in ("one", "two"):
+        run_cli(*apply_args(artifact, tmp_path / name))
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    for relative in files:
+        assert (tmp_path / "one" / relative).read_bytes() == (tmp_path / "two" / relative).read_bytes(), relative
+
+
+def test_bf16_sharded_reports_retention_and_reverts_exactly(located, tmp_path):
+    model, artifact = located("llama", max_shard_size="20KB", dtype=torch.bfloat16)
+    out = tmp_path / "edited"
+    manifest = json.loads(run_cli(*apply_args(artifact, out), "--json").stdout)
+    retention = manifest["diagnostics"]["retention"]
+    assert set(retention) == {"model.layers.1.mlp.gate_proj.weight"}
+    assert 0.5 < retention["model.layers.1.mlp.gate_proj.weight"] <= 1.05
+    source = Checkpoint.open(model)
+    untouched = [s for s in source.shards if s != source.tensors["model.layers.1.mlp.gate_proj.weight"].shard]
+    for shard in untouched:
+        assert (out / shard).read_bytes() == (model / shard).read_bytes()
+    run_cli("verify", model, out)
+    restored = tmp_path / "restored"
+    run_cli("revert", out, "-o", restored)
+    assert changed_rows(model, restored) == {}
+    assert not (restored / "sparse_edit").exists()
+
+
+def test_hard_nullspace_edit_stays_in_the_low_variance_subspace(located, tmp_path):
+    model, artifact = located("llama")
+    out = tmp_path / "edited"
+    args = apply_args(artifact, out, "--nullspace", "hard", "--nullspace-threshold", "0.05")
+    manifest = json.loads(run_cli(*args, "--json").stdout)
+    assert manifest["diagnostics"]["nullspace_dim"] >= 1
+    delta = EditDelta.load(out / DELTA_FILE)
+    values, vectors = torch.linalg.eigh(delta.grams[1])
+    busy = vectors[:, values >= 0.05 * values.max()]  # directions harmless tokens use
+    change = delta.edits[0].rows_delta.double().T  # [d, m]
+    assert float((busy.T @ change).norm() / change.norm()) < 1e-4
+    run_cli("verify", model, out)
+
+
+def test_layer_auto_records_its_table(located, tmp_path):
+    _, artifact = located("llama", layers=4)
+    out = tmp_path / "edited"
+    manifest = json.loads(
+        run_cli(
+            "apply",
+            "--artifact",
+            artifact,
+            "-o",
+            out,
+            "--layer",
+            "auto",
+            "--candidate-layers",
+            "1,2,3",
+            "--device",
+            "cpu",
+            "-q",
+            "--json",
+        ).stdout
+    )
+    table = manifest["candidates"]
+    assert [row["layer"] for row in table] == [1, 2, 3]
+    assert manifest["layer"] in (1, 2, 3)
+    assert all("kl_harmless" in row and "refusal_gain_harmful" in row for row in table)
+    best = max((r for r in table if r["kl_harmless"] <= 0.05), key=lambda r: r["refusal_gain_harmful"])
+    assert manifest["layer"] == best["layer"]
+
+
+def test_verify_catches_tampering(located, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, artifact = located("llama")
+    out = tmp_path / "edited"
+    run_cli(*apply_args(artifact, out))
+    tensors = load_file(str(out / "model.safetensors"))
+    tensors["model.layers.0.self_attn.q_proj.weight"][0, 0] += 1
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    result = run_cli("verify", model, out, "--skip-forward", code=1)
+    assert "FAIL  untouched" in result.stdout and "untouched" in result.stderr
+
+    out2 = tmp_path / "edited2"
+    run_cli(*apply_args(artifact, out2))
+    delta = EditDelta.load(out2 / DELTA_FILE)
+    tensors = load_file(str(out2 / "model.safetensors"))
+    name, neuron = delta.edits[0].slice.tensor, int(delta.edits[0].neurons[0])
+    tensors[name][neuron] *= 2
+    save_file(tensors, str(out2 / "model.safetensors"), metadata={"format": "pt"})
+    result = run_cli("verify", model, out2, "--skip-forward", code=1)
+    assert "FAIL  matches delta" in result.stdout
+
+
+def test_apply_refuses_bad_inputs(located, tiny_models, tmp_path):
+    model, artifact = located("llama")
+    result = run_cli(
+        "apply",
+        "--artifact",
+        artifact,
+        "--model",
+        tiny_models("llama", layers=3),
+        "-o",
+        tmp_path / "x",
+        "--device",
+        "cpu",
+        code=2,
+    )
+    assert "run locate on this model" in result.stderr and not (tmp_path / "x").exists()
+    result = run_cli("apply", "--artifact", artifact, "-o", model, "--device", "cpu", code=2)
+    assert "input folder" in result.stderr
+    result = run_cli(
+        "apply",
+        "--artifact",
+        tmp_path / "missing.safetensors",
+        "--model",
+        model,
+        "--harmful",
+        "a",
+        "--harmless",
+        "b",
+        "-o",
+        tmp_path / "y",
+        code=2,
+    )
+    assert "no such artifact" in result.stderr
+    result = run_cli(*apply_args(artifact, tmp_path / "z", "--layer", "9"), code=2)
+    assert "--layer 9" in result.stderr and not (tmp_path / "z").exists()
+
+
+def test_manifest_and_model_card(located, tmp_path):
+    model, artifact = located("gemma3_text")
+    out = tmp_path / "edited"
+    run_cli(*apply_args(artifact, out))
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["base"]["fingerprint"] == Checkpoint.open(model).fingerprint()
+    assert manifest["changed_parameters"] == sum(e["neurons"] for e in manifest["edits"]) * 32
+    assert {"fit_train", "leak_train", "relative_norm", "rank", "retention"} <= set(manifest["diagnostics"])
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model:") and "layer 1" in card
