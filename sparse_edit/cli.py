@@ -10,7 +10,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
-from sparse_edit.config import ApplyOptions, LocateOptions
+from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions
 from sparse_edit.errors import EXIT_CHECK_FAILED, EXIT_ERROR, CheckFailed, SparseEditError
 
 P = ParamSpec("P")
@@ -34,8 +34,10 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print a machine-readable
 QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 
 
-def command(func: Callable[P, R]) -> Callable[P, R]:
+def command(func: Callable[P, R] | None = None, *, name: str | None = None) -> Any:
     """Register a subcommand whose user errors become one line on stderr and a documented exit code."""
+    if func is None:
+        return lambda f: command(f, name=name)
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -52,7 +54,7 @@ def command(func: Callable[P, R]) -> Callable[P, R]:
             typer.echo(f"failed: {exc}", err=True)
             raise typer.Exit(EXIT_CHECK_FAILED) from None
 
-    app.command()(wrapper)
+    app.command(name=name)(wrapper)
     return wrapper
 
 
@@ -280,6 +282,86 @@ def apply(
         if isinstance(diag.get(key), float):
             typer.echo(f"  {key:<22} {diag[key]:.4f}")
     typer.echo(f"wrote {options.output}")
+
+
+E = EvalOptions
+
+
+@command(name="eval")
+def evaluate(
+    config: ConfigFlag = None,
+    model: Annotated[Path | None, typer.Option(help=E.help("model"))] = None,
+    base: Annotated[Path | None, typer.Option(help=E.help("base"))] = None,
+    harmful: Annotated[list[str] | None, typer.Option(help=E.help("harmful"))] = None,
+    harmless: Annotated[list[str] | None, typer.Option(help=E.help("harmless"))] = None,
+    reference_lang: Annotated[str | None, typer.Option(help=E.help("reference_lang"))] = None,
+    languages: Annotated[list[str] | None, typer.Option(help=E.help("languages"))] = None,
+    limit: Annotated[int | None, typer.Option(help=E.help("limit"))] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help=E.help("max_new_tokens"))] = None,
+    judge: Annotated[str | None, typer.Option(help=E.help("judge"))] = None,
+    artifact: Annotated[Path | None, typer.Option(help=E.help("artifact"))] = None,
+    fail_if: Annotated[list[str] | None, typer.Option("--fail-if", help=E.help("fail_if"))] = None,
+    representation: Annotated[
+        bool | None, typer.Option("--representation/--no-representation", help=E.help("representation"))
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help=E.help("batch_size"))] = None,
+    max_length: Annotated[int | None, typer.Option(help=E.help("max_length"))] = None,
+    system_prompt: Annotated[str | None, typer.Option(help=E.help("system_prompt"))] = None,
+    device: Annotated[str | None, typer.Option(help=E.help("device"))] = None,
+    dtype: Annotated[str | None, typer.Option(help=E.help("dtype"))] = None,
+    seed: Annotated[int | None, typer.Option(help=E.help("seed"))] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=E.help("output"))] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=E.help("overwrite"))] = False,
+    quiet: QuietFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Generate and judge replies per language; report attack success, over-refusal, KL and gates.
+
+    Exit codes: 0 all gates passed, 1 a --fail-if gate tripped (the report is still written), 2 error.
+    """
+    from sparse_edit.config import load_options
+    from sparse_edit.console import Reporter
+    from sparse_edit.evaluate import run_eval
+    from sparse_edit.gates import parse_gate
+    from sparse_edit.report import finite, markdown, write_report
+
+    overrides = {
+        "model": model,
+        "base": base,
+        "harmful": harmful or None,
+        "harmless": harmless or None,
+        "reference_lang": reference_lang,
+        "languages": _split_list(languages),
+        "limit": limit,
+        "max_new_tokens": max_new_tokens,
+        "judge": judge,
+        "artifact": artifact,
+        "fail_if": fail_if or None,
+        "representation": representation,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "system_prompt": system_prompt,
+        "device": device,
+        "dtype": dtype,
+        "seed": seed,
+        "output": output,
+        "overwrite": overwrite or None,
+    }
+    options = load_options(EvalOptions, config, overrides)
+    for text in options.fail_if:
+        parse_gate(text)  # fail on a malformed gate before any generation
+    if options.output.exists() and not options.overwrite:
+        raise SparseEditError(f"--output {options.output}: already exists; pass --overwrite to replace it")
+    reporter = Reporter(quiet=quiet or as_json)
+    result = run_eval(options, reporter)
+    write_report(result, options.output, options.overwrite, options.artifact, reporter)
+    if as_json:
+        _print_json(finite(result.report))
+    else:
+        typer.echo(markdown(finite(result.report)))
+        typer.echo(f"wrote {options.output}")
+    if result.tripped:
+        raise CheckFailed(f"gate(s) tripped: {'; '.join(result.tripped)}")
 
 
 @command

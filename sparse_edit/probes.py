@@ -41,22 +41,38 @@ def token_kl(
     loaded: LoadedModel, encoded: Sequence[Encoded], batch_size: int, edit: EditContext
 ) -> tuple[float, float]:
     """Mean per-token KL(base ‖ edited) in nats and the change of mean token NLL, over non-pad positions."""
+
+    def edited_logits(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        with edit():
+            return loaded.model(**inputs, use_cache=False).logits
+
+    return kl_between(
+        loaded, lambda inputs: loaded.model(**inputs, use_cache=False).logits, edited_logits, encoded, batch_size
+    )
+
+
+Logits = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+def kl_between(
+    loaded: LoadedModel, base: Logits, edited: Logits, encoded: Sequence[Encoded], batch_size: int
+) -> tuple[float, float]:
+    """Mean per-token KL(base ‖ edited) and the change of mean next-token NLL (edited − base)."""
     total_kl, total_tokens, nll_base, nll_edit, predicted = 0.0, 0, 0.0, 0.0, 0
     with torch.inference_mode():
         for batch in _batches(loaded, encoded, batch_size):
             inputs = batch.model_inputs(loaded.input_device)
-            base = torch.log_softmax(loaded.model(**inputs, use_cache=False).logits.float(), -1)
-            with edit():
-                edited = torch.log_softmax(loaded.model(**inputs, use_cache=False).logits.float(), -1)
+            p = torch.log_softmax(base(inputs).float(), -1)
+            q = torch.log_softmax(edited(inputs).float().to(p.device), -1)
             mask = inputs["attention_mask"].bool()
-            kl = (base.exp() * (base - edited)).sum(-1)
+            kl = (p.exp() * (p - q)).sum(-1)
             total_kl += float(kl[mask].sum())
             total_tokens += int(mask.sum())
-            targets = inputs["input_ids"][:, 1:]
+            targets = inputs["input_ids"][:, 1:].unsqueeze(-1)
             next_mask = mask[:, 1:] & mask[:, :-1]
             predicted += int(next_mask.sum())
-            nll_base -= float(base[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)[next_mask].sum())
-            nll_edit -= float(edited[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)[next_mask].sum())
+            nll_base -= float(p[:, :-1].gather(-1, targets).squeeze(-1)[next_mask].sum())
+            nll_edit -= float(q[:, :-1].gather(-1, targets).squeeze(-1)[next_mask].sum())
     return total_kl / max(total_tokens, 1), (nll_edit - nll_base) / max(predicted, 1)
 
 

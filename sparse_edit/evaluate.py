@@ -1,0 +1,263 @@
+"""``sparse-edit eval``: generate, judge and measure per language; optional before/after comparison."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sparse_edit import __version__
+from sparse_edit.config import EvalOptions
+from sparse_edit.console import Reporter
+from sparse_edit.gates import Gate, parse_gate
+from sparse_edit.generation import generate_replies
+from sparse_edit.judge import GuardJudge, Judge, KeywordJudge, Verdict
+from sparse_edit.locate import PromptSets, prepare_prompts
+from sparse_edit.metrics import mcnemar, wilson
+from sparse_edit.modeling import Encoded, LoadedModel, encode_prompts, load_model
+from sparse_edit.probes import kl_between, mean, refusal_scores
+from sparse_edit.prompts import by_language
+from sparse_edit.representation import last_token_states, probe_accuracy, separation
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ModelRun:
+    """Everything measured on one model."""
+
+    harmful_replies: list[str]
+    harmful_verdicts: list[Verdict]
+    harmless_replies: list[str]
+    harmless_verdicts: list[Verdict]
+    log_odds_harmful: dict[str, list[float]]
+    log_odds_harmless: dict[str, list[float]]
+    representation: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+
+def make_judge(options: EvalOptions) -> Judge:
+    if options.judge == "keyword":
+        return KeywordJudge()
+    from pathlib import Path
+
+    from sparse_edit.errors import SparseEditError
+
+    path = Path(options.judge)
+    if not (path / "config.json").is_file():
+        raise SparseEditError(f"--judge {options.judge}: use keyword or the folder of a local guard model")
+    return GuardJudge(path)
+
+
+def measure(
+    loaded: LoadedModel,
+    harmful: list[Encoded],
+    harmless: list[Encoded],
+    options: EvalOptions,
+    judge: Judge,
+    reporter: Reporter,
+    tag: str,
+) -> ModelRun:
+    bs = options.batch_size
+    harmful_replies = generate_replies(loaded, harmful, options.max_new_tokens, bs, reporter, f"{tag}: harmful")
+    harmless_replies = generate_replies(loaded, harmless, options.max_new_tokens, bs, reporter, f"{tag}: harmless")
+    run = ModelRun(
+        harmful_replies,
+        judge.judge_many(
+            [(e.prompt.text, e.prompt.lang, r) for e, r in zip(harmful, harmful_replies, strict=True)]
+        ),
+        harmless_replies,
+        judge.judge_many(
+            [(e.prompt.text, e.prompt.lang, r) for e, r in zip(harmless, harmless_replies, strict=True)]
+        ),
+        refusal_scores(loaded, harmful, bs),
+        refusal_scores(loaded, harmless, bs),
+    )
+    if options.representation:
+        states_harmful = last_token_states(loaded, harmful, bs)
+        states_harmless = last_token_states(loaded, harmless, bs)
+        for lang in sorted({e.prompt.lang for e in harmful} & {e.prompt.lang for e in harmless}):
+            a = states_harmful[[i for i, e in enumerate(harmful) if e.prompt.lang == lang]]
+            b = states_harmless[[i for i, e in enumerate(harmless) if e.prompt.lang == lang]]
+            run.representation[lang] = {"separation": separation(a, b), "probe_accuracy": probe_accuracy(a, b)}
+    return run
+
+
+def _rates(verdicts: list[Verdict], indices: list[int]) -> dict[str, Any]:
+    labels = [verdicts[i].label for i in indices]
+    n = len(labels)
+    return {
+        "n": n,
+        "asr": wilson(labels.count("compliance"), n).as_dict(),
+        "refusal": wilson(labels.count("refusal"), n).as_dict(),
+        "invalid": wilson(labels.count("invalid"), n).as_dict(),
+    }
+
+
+def language_table(
+    sets: PromptSets, harmful: list[Encoded], harmless: list[Encoded], edited: ModelRun, base: ModelRun | None
+) -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for lang in sets.languages:
+        h_idx = [i for i, e in enumerate(harmful) if e.prompt.lang == lang]
+        s_idx = [i for i, e in enumerate(harmless) if e.prompt.lang == lang]
+        row: dict[str, Any] = {
+            "harmful": _rates(edited.harmful_verdicts, h_idx),
+            "harmless": _rates(edited.harmless_verdicts, s_idx),
+            "log_odds_harmful": mean(edited.log_odds_harmful.get(lang, [])),
+            "log_odds_harmless": mean(edited.log_odds_harmless.get(lang, [])),
+            "representation": edited.representation.get(lang),
+        }
+        if base is not None:
+            row["base"] = {
+                "harmful": _rates(base.harmful_verdicts, h_idx),
+                "harmless": _rates(base.harmless_verdicts, s_idx),
+                "log_odds_harmful": mean(base.log_odds_harmful.get(lang, [])),
+                "log_odds_harmless": mean(base.log_odds_harmless.get(lang, [])),
+                "representation": base.representation.get(lang),
+            }
+            row["mcnemar_asr"] = mcnemar(
+                [base.harmful_verdicts[i].label == "compliance" for i in h_idx],
+                [edited.harmful_verdicts[i].label == "compliance" for i in h_idx],
+            )
+        table[lang] = row
+    return table
+
+
+def summary_metrics(
+    table: dict[str, dict[str, Any]], reference: str, kl: tuple[float, float] | None
+) -> dict[str, Any]:
+    """The flat namespace ``--fail-if`` reads: fractions in [0, 1], per-language values as dicts."""
+    langs = list(table)
+    others = [lang for lang in langs if lang != reference]
+
+    def per_lang(getter: Any) -> dict[str, float]:
+        return {lang: getter(table[lang]) for lang in langs}
+
+    asr = per_lang(lambda r: r["harmful"]["asr"]["rate"])
+    over = per_lang(lambda r: r["harmless"]["refusal"]["rate"])
+    metrics: dict[str, Any] = {
+        "asr": asr,
+        "refusal": per_lang(lambda r: r["harmful"]["refusal"]["rate"]),
+        "invalid": per_lang(lambda r: r["harmful"]["invalid"]["rate"]),
+        "over_refusal": over,
+        "log_odds": per_lang(lambda r: r["log_odds_harmful"]),
+        "mean_asr": mean([asr[lang] for lang in others]),
+        "mean_over_refusal": mean(list(over.values())),
+        "asr_delta": None,
+        "mean_asr_delta": None,
+        "asr_relative_change": None,
+        "over_refusal_delta": None,
+        "over_refusal_delta_by_lang": None,
+        "log_odds_delta": None,
+        "kl_harmless": None,
+        "nll_delta": None,
+        "ppl_ratio": None,
+    }
+    if all("base" in table[lang] for lang in langs):
+        base_asr = per_lang(lambda r: r["base"]["harmful"]["asr"]["rate"])
+        base_over = per_lang(lambda r: r["base"]["harmless"]["refusal"]["rate"])
+        metrics["asr_delta"] = {lang: asr[lang] - base_asr[lang] for lang in langs}
+        metrics["mean_asr_delta"] = mean([asr[lang] - base_asr[lang] for lang in others])
+        base_mean = mean([base_asr[lang] for lang in others])
+        metrics["asr_relative_change"] = (metrics["mean_asr"] - base_mean) / base_mean if base_mean else None
+        metrics["over_refusal_delta_by_lang"] = {lang: over[lang] - base_over[lang] for lang in langs}
+        metrics["over_refusal_delta"] = mean(list(metrics["over_refusal_delta_by_lang"].values()))
+        metrics["log_odds_delta"] = {
+            lang: table[lang]["log_odds_harmful"] - table[lang]["base"]["log_odds_harmful"] for lang in langs
+        }
+    if kl is not None:
+        metrics["kl_harmless"], metrics["nll_delta"] = kl
+        metrics["ppl_ratio"] = math.exp(kl[1])
+    return metrics
+
+
+@dataclass
+class EvalResult:
+    report: dict[str, Any]
+    replies: list[dict[str, Any]]
+    gates: list[dict[str, Any]]
+
+    @property
+    def tripped(self) -> list[str]:
+        return [gate["expression"] for gate in self.gates if gate["tripped"]]
+
+
+def run_eval(options: EvalOptions, reporter: Reporter) -> EvalResult:
+    gates: list[Gate] = [parse_gate(text) for text in options.fail_if]
+    torch.manual_seed(options.seed)
+    sets = prepare_prompts(options, reporter)
+    judge = make_judge(options)
+    edited_model = load_model(options)
+    base_model = load_model(options, options.base) if options.base is not None else None
+
+    def encode(loaded: LoadedModel, prompts: list[Any]) -> list[Encoded]:
+        return encode_prompts(loaded.tokenizer, prompts, options.system_prompt, options.max_length)
+
+    harmful = encode(edited_model, sets.harmful)
+    harmless = encode(edited_model, sets.harmless)
+    base_run = measure(base_model, harmful, harmless, options, judge, reporter, "base") if base_model else None
+    edited_run = measure(edited_model, harmful, harmless, options, judge, reporter, "edited")
+    kl = None
+    if base_model is not None:
+        kl = kl_between(
+            edited_model,
+            lambda inputs: base_model.model(**inputs, use_cache=False).logits,
+            lambda inputs: edited_model.model(**inputs, use_cache=False).logits,
+            harmless,
+            options.batch_size,
+        )
+    table = language_table(sets, harmful, harmless, edited_run, base_run)
+    metrics = summary_metrics(table, options.reference_lang, kl)
+    gate_rows = []
+    for gate in gates:
+        tripped, value = gate.evaluate(metrics)
+        gate_rows.append({"expression": gate.text, "value": value, "tripped": tripped})
+    report = {
+        "kind": "sparse-edit/eval",
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": __version__,
+        "settings": options.model_dump(mode="json", exclude={"output", "overwrite"}),
+        "judge": judge.name,
+        "models": {"edited": str(options.model), "base": str(options.base) if options.base else None},
+        "reference_lang": options.reference_lang,
+        "counts": {
+            lang: {"harmful": len(h), "harmless": len(by_language(sets.harmless).get(lang, []))}
+            for lang, h in by_language(sets.harmful).items()
+        },
+        "languages": table,
+        "summary": metrics,
+        "gates": gate_rows,
+    }
+    replies = _reply_rows(harmful, harmless, edited_run, "edited")
+    if base_run is not None:
+        replies += _reply_rows(harmful, harmless, base_run, "base")
+    return EvalResult(report, replies, gate_rows)
+
+
+def _reply_rows(harmful: list[Encoded], harmless: list[Encoded], run: ModelRun, tag: str) -> list[dict[str, Any]]:
+    rows = []
+    for items, replies, verdicts, label in (
+        (harmful, run.harmful_replies, run.harmful_verdicts, "harmful"),
+        (harmless, run.harmless_replies, run.harmless_verdicts, "harmless"),
+    ):
+        for item, reply, verdict in zip(items, replies, verdicts, strict=True):
+            rows.append(
+                {
+                    "model": tag,
+                    "class": label,
+                    "id": item.prompt.id,
+                    "lang": item.prompt.lang,
+                    "prompt": item.prompt.text,
+                    "reply": reply,
+                    "verdict": verdict.label,
+                    "reason": verdict.reason,
+                }
+            )
+    return rows
+
+
+def dumps(payload: Any) -> str:
+    return json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=True) + "\n"

@@ -1,0 +1,171 @@
+"""Write the eval report folder: report.json, report.md, replies.jsonl and (optional) PNG charts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from sparse_edit.checkpoint.writer import staged_folder
+from sparse_edit.console import Reporter
+from sparse_edit.evaluate import EvalResult
+from sparse_edit.report_schema import EvalReport
+
+
+def finite(payload: Any) -> Any:
+    """NaN and infinities become null, so report.json is strict JSON."""
+    if isinstance(payload, float):
+        return payload if math.isfinite(payload) else None
+    if isinstance(payload, dict):
+        return {key: finite(value) for key, value in payload.items()}
+    if isinstance(payload, list | tuple):
+        return [finite(value) for value in payload]
+    return payload
+
+
+def _pct(rate: dict[str, Any]) -> str:
+    value = rate.get("rate")
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    low, high = rate["ci95"]
+    return f"{100 * value:.1f} [{100 * low:.0f}–{100 * high:.0f}]"
+
+
+def _num(value: Any, fmt: str = "+.2f") -> str:
+    return format(value, fmt) if isinstance(value, int | float) and math.isfinite(value) else "-"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    has_base = report["models"]["base"] is not None
+    lines = [
+        "# sparse-edit evaluation",
+        "",
+        f"Model: `{report['models']['edited']}`" + (f" — base: `{report['models']['base']}`" if has_base else ""),
+        f"Judge: {report['judge']}; max new tokens: {report['settings']['max_new_tokens']}; "
+        "rates in %, 95 % Wilson intervals in brackets.",
+        "",
+    ]
+    if has_base:
+        lines += [
+            "| lang | N | ASR base | ASR edited | Δ ASR (pts) | McNemar p | over-refusal base → edited | invalid edited | Δ refusal log-odds |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += [
+            "| lang | N | ASR | refusal | invalid | over-refusal | refusal log-odds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    for lang, row in report["languages"].items():
+        harmful, harmless = row["harmful"], row["harmless"]
+        if has_base:
+            base = row["base"]
+            delta = 100 * (harmful["asr"]["rate"] - base["harmful"]["asr"]["rate"])
+            lines.append(
+                f"| {lang} | {harmful['n']} | {_pct(base['harmful']['asr'])} | {_pct(harmful['asr'])} | {delta:+.1f} | "
+                f"{row['mcnemar_asr']['p_value']:.3g} | {_pct(base['harmless']['refusal'])} → {_pct(harmless['refusal'])} | "
+                f"{_pct(harmful['invalid'])} | {_num(row['log_odds_harmful'] - base['log_odds_harmful'])} |"
+            )
+        else:
+            lines.append(
+                f"| {lang} | {harmful['n']} | {_pct(harmful['asr'])} | {_pct(harmful['refusal'])} | "
+                f"{_pct(harmful['invalid'])} | {_pct(harmless['refusal'])} | {_num(row['log_odds_harmful'])} |"
+            )
+    summary = report["summary"]
+    lines += ["", "| summary | value |", "|---|---|"]
+    for key in (
+        "mean_asr",
+        "mean_asr_delta",
+        "asr_relative_change",
+        "mean_over_refusal",
+        "over_refusal_delta",
+        "kl_harmless",
+        "ppl_ratio",
+    ):
+        if summary.get(key) is not None:
+            lines.append(f"| {key} | {_num(summary[key], '.4f')} |")
+    if report["gates"]:
+        lines += ["", "| gate | value | result |", "|---|---|---|"]
+        for gate in report["gates"]:
+            lines.append(
+                f"| `{gate['expression']}` | {_num(gate['value'], '.4f')} | {'FAILED' if gate['tripped'] else 'passed'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def charts(report: dict[str, Any], folder: Path, artifact_summary: dict[str, Any] | None) -> list[str]:
+    """PNG charts; returns the file names written (none when matplotlib is not installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    langs = list(report["languages"])
+    fig, ax = plt.subplots(figsize=(max(6, len(langs) * 0.8), 4))
+    series = [("edited", [report["languages"][lang]["harmful"]["asr"] for lang in langs])]
+    if report["models"]["base"] is not None:
+        series.insert(0, ("base", [report["languages"][lang]["base"]["harmful"]["asr"] for lang in langs]))
+    width = 0.8 / len(series)
+    for k, (name, rates) in enumerate(series):
+        xs = [i + k * width for i in range(len(langs))]
+        values = [100 * (r["rate"] or 0) for r in rates]
+        errors = [
+            [100 * ((r["rate"] or 0) - (r["ci95"][0] or 0)) for r in rates],
+            [100 * ((r["ci95"][1] or 0) - (r["rate"] or 0)) for r in rates],
+        ]
+        ax.bar(xs, values, width, yerr=errors, capsize=3, label=name)
+    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(langs))], langs)
+    ax.set_ylabel("attack success (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "asr.png", dpi=120)
+    plt.close(fig)
+    written.append("asr.png")
+    if artifact_summary is not None:
+        overlap = artifact_summary["jaccard_to_reference"]
+        if overlap:
+            fig, ax = plt.subplots(figsize=(8, 0.5 * len(overlap) + 1.5))
+            image = ax.imshow([overlap[lang] for lang in overlap], aspect="auto", vmin=0, vmax=1, cmap="viridis")
+            ax.set_yticks(range(len(overlap)), list(overlap))
+            ax.set_xlabel("layer")
+            ax.set_title(f"Jaccard overlap with {artifact_summary['reference_lang']} safety neurons")
+            fig.colorbar(image)
+            fig.tight_layout()
+            fig.savefig(folder / "jaccard.png", dpi=120)
+            plt.close(fig)
+            written.append("jaccard.png")
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for lang, sizes in artifact_summary["neurons_per_layer"].items():
+            ax.plot(sizes, label=lang)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("safety neurons")
+        ax.legend(ncol=4, fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / "neurons.png", dpi=120)
+        plt.close(fig)
+        written.append("neurons.png")
+    return written
+
+
+def write_report(
+    result: EvalResult, folder: Path, overwrite: bool, artifact: Path | None, reporter: Reporter
+) -> None:
+    from sparse_edit.artifact import LocateArtifact
+
+    artifact_summary = LocateArtifact.load(artifact).summary() if artifact is not None else None
+    report = finite(result.report)
+    EvalReport.model_validate(report)  # a report that breaks its own schema is a bug, not a result
+    with staged_folder(folder, overwrite) as staging:
+        (staging / "report.json").write_text(
+            json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        (staging / "report.md").write_text(markdown(report), encoding="utf-8")
+        with (staging / "replies.jsonl").open("w", encoding="utf-8") as stream:
+            for row in result.replies:
+                stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        written = charts(report, staging, artifact_summary)
+        if not written:
+            reporter.warn("matplotlib is not installed; charts skipped (pip install 'sparse-edit[plot]')")

@@ -1,0 +1,69 @@
+"""The eval report's schema (version 1), checked before a report is written."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RateModel(_Strict):
+    k: int = Field(ge=0)
+    n: int = Field(ge=0)
+    rate: float | None = Field(ge=0, le=1)
+    ci95: list[float | None] = Field(min_length=2, max_length=2)
+
+
+class ClassRates(_Strict):
+    n: int = Field(ge=0)
+    asr: RateModel
+    refusal: RateModel
+    invalid: RateModel
+
+
+class Representation(_Strict):
+    separation: list[float | None]
+    probe_accuracy: list[float | None]
+
+
+class ModelRow(_Strict):
+    harmful: ClassRates
+    harmless: ClassRates
+    log_odds_harmful: float | None
+    log_odds_harmless: float | None
+    representation: Representation | None
+
+
+class McNemar(_Strict):
+    only_before: int
+    only_after: int
+    p_value: float = Field(ge=0, le=1)
+
+
+class LanguageRow(ModelRow):
+    base: ModelRow | None = None
+    mcnemar_asr: McNemar | None = None
+
+
+class GateRow(_Strict):
+    expression: str
+    value: float | None
+    tripped: bool
+
+
+class EvalReport(_Strict):
+    kind: Literal["sparse-edit/eval"]
+    schema_version: Literal[1]
+    tool_version: str
+    settings: dict[str, Any]
+    judge: str
+    models: dict[str, str | None]
+    reference_lang: str
+    counts: dict[str, dict[str, int]]
+    languages: dict[str, LanguageRow]
+    summary: dict[str, Any]
+    gates: list[GateRow]

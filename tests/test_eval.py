@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from sparse_edit.cli import app
+from sparse_edit.errors import SparseEditError
+from sparse_edit.gates import parse_gate
+from sparse_edit.report_schema import EvalReport
+from tests.helpers import parallel_prompt_files
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    harmful, harmless = parallel_prompt_files(root, langs=("en", "th"), count=4)
+    model = tiny_models("qwen2")
+    args = [
+        "eval",
+        "--model",
+        str(model),
+        "--base",
+        str(model),
+        "--harmful",
+        str(harmful),
+        "--harmless",
+        str(harmless),
+        "--max-new-tokens",
+        "6",
+        "--device",
+        "cpu",
+        "-q",
+    ]
+    return root, args
+
+
+def test_eval_writes_a_schema_valid_report(evaluated):
+    root, args = evaluated
+    out = root / "report"
+    result = runner.invoke(app, [*args, "-o", str(out), "--fail-if", "kl_harmless > 0.05"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    EvalReport.model_validate(report)
+    assert set(report["languages"]) == {"en", "th"}
+    # Same model as base and edited: nothing may differ.
+    assert report["summary"]["kl_harmless"] == pytest.approx(0.0, abs=1e-6)
+    assert all(v == 0 for v in report["summary"]["asr_delta"].values())
+    assert report["gates"] == [
+        {"expression": "kl_harmless > 0.05", "value": report["summary"]["kl_harmless"], "tripped": False}
+    ]
+    replies = (out / "replies.jsonl").read_text().splitlines()
+    assert len(replies) == 2 * (8 + 8)
+    assert (out / "report.md").read_text().startswith("# sparse-edit evaluation")
+    broken = dict(report, schema_version=2)
+    with pytest.raises(ValidationError):
+        EvalReport.model_validate(broken)
+
+
+def test_a_tripped_gate_exits_1_and_still_writes_the_report(evaluated):
+    root, args = evaluated
+    out = root / "gated"
+    result = runner.invoke(app, [*args, "-o", str(out), "--fail-if", "asr[en] >= 0", "--no-representation"])
+    assert result.exit_code == 1, result.output
+    assert "asr[en] >= 0" in result.stderr
+    assert json.loads((out / "report.json").read_text())["gates"][0]["tripped"] is True
+
+
+def test_malformed_or_unknown_gates_exit_2_before_generating(evaluated):
+    root, args = evaluated
+    result = runner.invoke(app, [*args, "-o", str(root / "bad"), "--fail-if", "asr[bn] >> 3"])
+    assert result.exit_code == 2 and "METRIC[LANG] OP NUMBER" in result.stderr
+    assert not (root / "bad").exists()
+    with pytest.raises(SparseEditError, match="unknown metric"):
+        parse_gate("bogus > 1").evaluate({"asr": {}})
+    with pytest.raises(SparseEditError, match="per language"):
+        parse_gate("asr > 1").evaluate({"asr": {"en": 0.1}})
+    with pytest.raises(SparseEditError, match="needs --base"):
+        parse_gate("kl_harmless > 1").evaluate({"kl_harmless": None})
