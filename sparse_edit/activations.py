@@ -62,6 +62,6 @@ def capture(
             handle.remove()
 
 
-def run_base(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
+def run_base(model: Any, inputs: dict[str, torch.Tensor], hidden_states: bool = False) -> Any:
     """Forward through the decoder stack only; the LM head is not needed for activations."""
-    return model.base_model(**inputs, use_cache=False)
+    return model.base_model(**inputs, use_cache=False, output_hidden_states=hidden_states)

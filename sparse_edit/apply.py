@@ -1,17 +1,18 @@
-"""``sparse-edit apply``: features -> closed-form solve -> (layer choice) -> surgical write."""
+"""``sparse-edit apply``: features -> closed-form solve per candidate -> choice on a dev split -> write."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import platform
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from sparse_edit import __version__
-from sparse_edit.architectures import NeuronSlice, Projection
+from sparse_edit.architectures import Projection
 from sparse_edit.artifact import LocateArtifact
 from sparse_edit.checkpoint import Checkpoint, write_checkpoint
 from sparse_edit.checkpoint.writer import check_destination
@@ -19,16 +20,18 @@ from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
 from sparse_edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta, SliceEdit, applied_in_memory, write_back
 from sparse_edit.errors import SparseEditError
-from sparse_edit.features import pooled_features, token_gram
+from sparse_edit.features import FeatureRequest, Features, Site, collect
 from sparse_edit.locate import prepare_prompts
 from sparse_edit.modeling import Encoded, LoadedModel, encode_prompts, load_model
-from sparse_edit.probes import mean, refusal_scores, token_kl
+from sparse_edit.probes import mean, patched_refusal_scores, refusal_scores, token_kl
 from sparse_edit.prompts import Prompt
-from sparse_edit.solver import EditProblem, SolveSettings, fit_ratio, leak_ratio, solve
+from sparse_edit.solver import SolveSettings
+from sparse_edit.strategies import Candidate, LayerData, edit_neurons, output_candidate, pair_rows, paper_candidate
 
-LAYER_RULE = (
-    "largest mean refusal log-odds gain on dev low-resource harmful prompts among candidates whose mean "
-    "harmless per-token KL is within --kl-budget; if none is, the candidate with the smallest KL"
+SELECTION_RULE = (
+    "largest selective gain (mean refusal log-odds gain on dev low-resource harmful prompts minus the gain on dev "
+    "harmless prompts) among candidates whose mean harmless per-token KL is within --kl-budget; if none is, the "
+    "candidate with the smallest KL"
 )
 
 
@@ -43,10 +46,11 @@ class Anchors:
 
     low_train: list[Encoded]
     ref_train: list[Encoded]
+    safe_train: list[Encoded]
+    ref_safe_train: list[Encoded]
     low_dev: list[Encoded]
     ref_dev: list[Encoded]
-    harmless_train: list[Encoded]
-    harmless_dev: list[Encoded]
+    safe_dev: list[Encoded]
 
 
 def _cap_per_language(prompts: list[Prompt], limit: int) -> list[Prompt]:
@@ -80,105 +84,16 @@ def build_anchors(options: ApplyOptions, loaded: LoadedModel, low_langs: list[st
         raise SparseEditError(f"--reference-lang {ref}: no harmful training prompts in that language")
     if not safe_train:
         raise SparseEditError("--harmless: no harmless training prompts left after the dev split")
+    ref_safe = [p for p in safe_train if p.lang == ref]
     return Anchors(
         encode(low_train),
         encode(ref_train),
+        encode(safe_train),
+        encode(ref_safe),
         encode(low_dev),
         encode(ref_dev),
-        encode(safe_train),
         encode(safe_dev),
     )
-
-
-@dataclass
-class Targets:
-    """Row-aligned key and reference features for the low-resource harmful prompts of one split."""
-
-    keys: torch.Tensor  # [N, d] MLP inputs of low-resource prompts
-    reference: torch.Tensor  # [N, d] the target point for each row
-
-
-def targets_for(
-    low: list[Encoded], low_x: torch.Tensor, ref: list[Encoded], ref_x: torch.Tensor, kind: str
-) -> Targets:
-    if kind == "class-mean":
-        centre = ref_x.mean(0, keepdim=True)
-        return Targets(low_x, centre.expand_as(low_x))
-    ref_row = {item.prompt.id: i for i, item in enumerate(ref)}
-    pairs = [(i, ref_row[item.prompt.id]) for i, item in enumerate(low) if item.prompt.id in ref_row]
-    if not pairs:
-        raise SparseEditError(
-            "--target parallel: no low-resource prompt shares an id with a reference-language prompt; "
-            "use --target class-mean or add parallel prompts"
-        )
-    rows, ref_rows = zip(*pairs, strict=True)
-    return Targets(low_x[list(rows)], ref_x[list(ref_rows)])
-
-
-@dataclass
-class Candidate:
-    layer: int
-    edits: list[SliceEdit]
-    diagnostics: dict[str, Any] = field(default_factory=dict)
-
-
-def paper_candidate(
-    layer: int,
-    neurons: torch.Tensor,
-    checkpoint: Checkpoint,
-    projections: list[Projection],
-    train: Targets,
-    dev: Targets | None,
-    gram: torch.Tensor,
-    tokens: int,
-    dev_gram: torch.Tensor | None,
-    settings: SolveSettings,
-) -> Candidate:
-    """The published edit: input weights of the safety neurons, pre-activation target (X_ref − X_low) W_S."""
-    family, d_ff = checkpoint.family, checkpoint.dims.mlp_width
-    slices: list[tuple[Projection, NeuronSlice, torch.Tensor]] = []
-    for projection in projections:
-        neuron_slice = family.neuron_slice(layer, projection, d_ff)
-        weight = checkpoint.load_tensor(neuron_slice.tensor)
-        slices.append((projection, neuron_slice, neuron_slice.read(weight, neurons).T.to(torch.float64)))
-    w_s = torch.cat([w for _, _, w in slices], dim=1)  # [d, m * len(projections)]
-
-    def problem(t: Targets) -> EditProblem:
-        keys = t.keys.to(torch.float64)
-        return EditProblem(keys, (t.reference.to(torch.float64) - keys) @ w_s, gram, tokens)
-
-    train_problem = problem(train)
-    solution = solve(train_problem, settings)
-    delta = solution.delta
-    m = int(neurons.numel())
-    edits = [
-        SliceEdit(
-            layer=layer,
-            projection=projection,
-            slice=neuron_slice,
-            neurons=neurons,
-            a=solution.right[:, k * m : (k + 1) * m].T.float().contiguous(),
-            b=solution.left.T.float().contiguous(),
-            key_axis="columns",
-        )
-        for k, (projection, neuron_slice, _) in enumerate(slices)
-    ]
-    diagnostics: dict[str, Any] = {
-        "neurons": m,
-        "rank": solution.rank,
-        "jitter": solution.jitter,
-        "nullspace_dim": solution.nullspace_dim,
-        "fit_train": fit_ratio(train_problem.keys, train_problem.targets, delta),
-        "leak_train": leak_ratio(gram, delta, w_s),
-        "relative_norm": float(delta.norm() / w_s.norm()) if float(w_s.norm()) > 0 else 0.0,
-        "anchors_train": int(train.keys.shape[0]),
-    }
-    if dev is not None and dev.keys.shape[0] > 0:
-        dev_problem = problem(dev)
-        diagnostics["fit_dev"] = fit_ratio(dev_problem.keys, dev_problem.targets, delta)
-    if dev_gram is not None:
-        diagnostics["leak_dev"] = leak_ratio(dev_gram, delta, w_s)
-    return Candidate(layer, edits, diagnostics)
 
 
 def default_candidates(num_layers: int, recommended: int | None) -> list[int]:
@@ -190,9 +105,279 @@ def default_candidates(num_layers: int, recommended: int | None) -> list[int]:
 
 
 @dataclass
+class Plan:
+    """What apply will try: strategies x layer sets, and the neuron set of every (strategy, layer)."""
+
+    strategies: list[str]
+    layer_sets: list[tuple[int, ...]]
+    neurons: dict[tuple[str, int], torch.Tensor]
+    sites: list[Site]
+
+
+def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, low_langs: list[str]) -> Plan:
+    fixed = options.fixed_layers()
+    layer_sets = (
+        [fixed]
+        if fixed
+        else [
+            (layer,)
+            for layer in (options.candidate_layers or default_candidates(num_layers, artifact.recommended_layer))
+        ]
+    )
+    for layers in layer_sets:
+        for layer in layers:
+            if not 0 <= layer < num_layers:
+                raise SparseEditError(f"--layer {layer}: the model has layers 0..{num_layers - 1}")
+    ref = options.reference_lang
+    neurons: dict[tuple[str, int], torch.Tensor] = {}
+    for strategy in options.strategy:
+        for layers in layer_sets:
+            for layer in layers:
+                if strategy == "paper":
+                    chosen = artifact.neuron_set(options.neuron_lang or ref, layer)
+                else:
+                    chosen = edit_neurons(
+                        artifact, layer, options.output_neurons, ref, low_langs, options.max_edit_neurons
+                    )
+                neurons[(strategy, layer)] = chosen
+    usable = [
+        ls for ls in layer_sets if all(neurons[(s, layer)].numel() for s in options.strategy for layer in ls)
+    ]
+    if not usable:
+        raise SparseEditError("no neurons to edit at the requested layer(s); pick another --layer or neuron set")
+    sites: list[Site] = []
+    if "paper" in options.strategy:
+        sites.append("mlp_input")
+    if "output" in options.strategy:
+        sites += ["neurons", "residual"]
+    return Plan(list(options.strategy), usable, neurons, sites)
+
+
+def gather(
+    loaded: LoadedModel,
+    anchors: Anchors,
+    layers: Sequence[int],
+    plan: Plan,
+    options: ApplyOptions,
+    reporter: Reporter,
+) -> dict[int, LayerData]:
+    """Collect every feature the planned strategies need at ``layers`` (one pass per prompt group)."""
+    subsets = {layer: plan.neurons[("output", layer)] for layer in layers if ("output", layer) in plan.neurons}
+    rows = FeatureRequest(layers, plan.sites, subsets, options.positions)
+    grams = FeatureRequest(layers, [s for s in plan.sites if s != "residual"], subsets, gram=True)
+    bs = options.batch_size
+
+    def run(items: list[Encoded], request: FeatureRequest, label: str) -> Features | None:
+        return collect(loaded, items, request, bs, reporter, label) if items else None
+
+    low = run(anchors.low_train, rows, "anchors: low-resource harmful")
+    ref = run(anchors.ref_train, rows, "anchors: reference harmful")
+    safe = run(anchors.safe_train, grams, "anchors: harmless tokens")
+    ref_safe = None
+    if "residual" in plan.sites:
+        if not anchors.ref_safe_train:
+            raise SparseEditError(
+                f"--strategy output needs harmless prompts in {options.reference_lang} for the refusal direction"
+            )
+        ref_safe = run(
+            anchors.ref_safe_train,
+            FeatureRequest(layers, ["residual"], {}, options.positions),
+            "anchors: reference harmless",
+        )
+    dev_low = run(anchors.low_dev, rows, "dev: low-resource harmful")
+    dev_ref = run(anchors.ref_dev, rows, "dev: reference harmful")
+    dev_safe = run(anchors.safe_dev, grams, "dev: harmless tokens")
+    assert low is not None and ref is not None and safe is not None
+    pairs = pair_rows(anchors.low_train, anchors.ref_train, options.positions, options.target)
+    if options.target == "parallel" and not pairs[0]:
+        raise SparseEditError(
+            "--target parallel: no low-resource prompt shares an id with a reference-language prompt; "
+            "use --target class-mean or add parallel prompts"
+        )
+    out = {}
+    for layer in layers:
+
+        def site_rows(features: Features, layer: int = layer) -> dict[str, torch.Tensor]:
+            return {site: features.rows[(site, layer)] for site in plan.sites if (site, layer) in features.rows}
+
+        dev = None
+        if dev_low is not None and dev_ref is not None and dev_safe is not None:
+            dev_pairs = pair_rows(anchors.low_dev, anchors.ref_dev, options.positions, options.target)
+            dev = LayerData(
+                site_rows(dev_low),
+                site_rows(dev_ref),
+                dev_pairs,
+                {site: dev_safe.grams[(site, layer)] for site, _ in dev_safe.grams if _ == layer},
+                dev_safe.tokens,
+                None,
+            )
+        out[layer] = LayerData(
+            site_rows(low),
+            site_rows(ref),
+            pairs,
+            {site: safe.grams[(site, layer)] for site, _ in safe.grams if _ == layer},
+            safe.tokens,
+            ref_safe.rows[("residual", layer)] if ref_safe is not None else None,
+            dev,
+        )
+    return out
+
+
+def solve_at(
+    strategy: str,
+    layer: int,
+    data: LayerData,
+    plan: Plan,
+    checkpoint: Checkpoint,
+    options: ApplyOptions,
+    settings: SolveSettings,
+    share: float,
+) -> tuple[list[SliceEdit], dict[str, Any]]:
+    neurons = plan.neurons[(strategy, layer)]
+    if strategy == "paper":
+        projections: list[Projection] = ["gate", "up"] if options.proj == "gate,up" else ["gate"]
+        return paper_candidate(layer, neurons, checkpoint, projections, data, settings, share)
+    output_settings = SolveSettings(
+        options.output_gamma, settings.lam, settings.rank, settings.nullspace, settings.threshold
+    )
+    return output_candidate(layer, neurons, checkpoint, data, output_settings, options.gain, share)
+
+
+def build_candidates(
+    loaded: LoadedModel,
+    anchors: Anchors,
+    plan: Plan,
+    options: ApplyOptions,
+    storage: dict[str, torch.dtype],
+    reporter: Reporter,
+) -> list[Candidate]:
+    checkpoint = loaded.checkpoint
+    settings = SolveSettings(
+        options.gamma, options.lam, options.rank, options.nullspace, options.nullspace_threshold
+    )
+    candidates: list[Candidate] = []
+    singles = sorted({ls[0] for ls in plan.layer_sets if len(ls) == 1})
+    shared = gather(loaded, anchors, singles, plan, options, reporter) if singles else {}
+    for strategy in plan.strategies:
+        for layers in plan.layer_sets:
+            candidate = Candidate(strategy, layers)
+            per_layer = []
+            for step, layer in enumerate(layers):
+                if len(layers) == 1:
+                    data = shared[layer]
+                else:
+                    # Sequential: features come from the model with the earlier layers' edits applied.
+                    with applied_in_memory(
+                        loaded.model, candidate.edits, storage_for(checkpoint, candidate.edits, storage)
+                    ):
+                        data = gather(loaded, anchors, [layer], plan, options, reporter)[layer]
+                edits, diagnostics = solve_at(
+                    strategy, layer, data, plan, checkpoint, options, settings, 1.0 / (len(layers) - step)
+                )
+                if diagnostics["jitter"]:
+                    reporter.warn(f"{strategy} layer {layer}: Cholesky needed jitter {diagnostics['jitter']:.3g}")
+                candidate.edits += edits
+                per_layer.append(
+                    {"layer": layer, "neurons": int(plan.neurons[(strategy, layer)].numel()), **diagnostics}
+                )
+            candidate.diagnostics = summarise_layers(per_layer)
+            candidate.diagnostics["changed_parameters"] = sum(e.changed_parameters for e in candidate.edits)
+            candidates.append(candidate)
+    return candidates
+
+
+def storage_for(
+    checkpoint: Checkpoint, edits: Sequence[SliceEdit], known: dict[str, torch.dtype]
+) -> dict[str, torch.dtype]:
+    for edit in edits:
+        known.setdefault(edit.slice.tensor, checkpoint.torch_dtype(edit.slice.tensor))
+    return known
+
+
+def summarise_layers(per_layer: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row per candidate: worst fit/leak over its layers, plus the per-layer details."""
+    summary: dict[str, Any] = {"neurons": sum(row["neurons"] for row in per_layer), "per_layer": per_layer}
+    for key in ("fit_train", "fit_dev", "leak_train", "leak_dev", "relative_norm"):
+        values = [row[key] for row in per_layer if isinstance(row.get(key), float)]
+        if values:
+            summary[key] = max(values)
+    summary["rank"] = max(row["rank"] for row in per_layer)
+    summary["nullspace_dim"] = per_layer[0]["nullspace_dim"]
+    return summary
+
+
+def measure_candidates(
+    loaded: LoadedModel,
+    candidates: list[Candidate],
+    anchors: Anchors,
+    storage: dict[str, torch.dtype],
+    options: ApplyOptions,
+    reporter: Reporter,
+) -> None:
+    """Refusal log-odds on dev prompts and harmless KL, base vs each candidate edit (in memory)."""
+    bs = options.batch_size
+    harmful, harmless = anchors.low_dev, anchors.safe_dev
+    base_harmful = refusal_scores(loaded, harmful, bs) if harmful else {}
+    base_harmless = refusal_scores(loaded, harmless, bs) if harmless else {}
+    with reporter.progress("dev probes", len(candidates), unit="candidates") as progress:
+        for candidate in candidates:
+
+            def edit(candidate: Candidate = candidate) -> Any:
+                return applied_in_memory(loaded.model, candidate.edits, storage)
+
+            diag = candidate.diagnostics
+            if harmful:
+                after = refusal_scores(loaded, harmful, bs, edit)
+                gains = {lang: mean(after[lang]) - mean(base_harmful[lang]) for lang in after}
+                diag["refusal_gain_harmful"] = mean(list(gains.values()))
+                diag["refusal_gain_by_lang"] = gains
+            if harmless:
+                after = refusal_scores(loaded, harmless, bs, edit)
+                gains = {lang: mean(after[lang]) - mean(base_harmless[lang]) for lang in after}
+                diag["refusal_gain_harmless"] = mean(list(gains.values()))
+                diag["kl_harmless"], diag["nll_change_harmless"] = token_kl(loaded, harmless, bs, edit)
+            if "refusal_gain_harmful" in diag:
+                diag["selective_gain"] = diag["refusal_gain_harmful"] - diag.get("refusal_gain_harmless", 0.0)
+            if options.ceiling and harmful and anchors.ref_dev:
+                patched = patched_refusal_scores(loaded, harmful, anchors.ref_dev, candidate.edits, bs)
+                diag["ceiling_gain_harmful"] = mean(
+                    [mean(patched[lang]) - mean(base_harmful[lang]) for lang in patched]
+                )
+            progress.advance()
+
+
+def choose(candidates: list[Candidate], budget: float, reporter: Reporter) -> Candidate:
+    within = [c for c in candidates if c.diagnostics.get("kl_harmless", 0.0) <= budget]
+    if within:
+        return max(within, key=lambda c: c.diagnostics.get("selective_gain", 0.0))
+    best = min(candidates, key=lambda c: c.diagnostics.get("kl_harmless", float("inf")))
+    reporter.warn(f"no candidate stays within --kl-budget {budget}; chose {best.label} (smallest KL)")
+    return best
+
+
+def format_table(candidates: list[Candidate], chosen: Candidate) -> str:
+    header = f"{'candidate':<16} {'|S|':>5} {'params':>8} {'fit':>6} {'leak':>6} {'gain(harm)':>10} {'gain(safe)':>10} {'KL':>8} {'ceiling':>8}"
+    lines = [header]
+    for candidate in candidates:
+        row = candidate.diagnostics
+
+        def num(key: str, fmt: str, row: dict[str, Any] = row) -> str:
+            value = row.get(key)
+            return format(value, fmt) if isinstance(value, float) else "-"
+
+        mark = " <- chosen" if candidate is chosen else ""
+        lines.append(
+            f"{candidate.label:<16} {row['neurons']:>5} {row['changed_parameters']:>8} {num('fit_dev', '6.3f'):>6} "
+            f"{num('leak_dev', '6.3f'):>6} {num('refusal_gain_harmful', '+10.3f'):>10} "
+            f"{num('refusal_gain_harmless', '+10.3f'):>10} {num('kl_harmless', '8.4f'):>8} "
+            f"{num('ceiling_gain_harmful', '+8.3f'):>8}{mark}"
+        )
+    return "\n".join(lines)
+
+
+@dataclass
 class ApplyResult:
     manifest: dict[str, Any]
-    candidates: list[dict[str, Any]]
     chosen: Candidate
 
 
@@ -204,95 +389,35 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> ApplyResult:
     for warning in artifact.check_model(checkpoint, f"--artifact {options.artifact}"):
         reporter.warn(warning)
     ref = options.reference_lang
-    low_langs = options.low_langs or [lang for lang in artifact.languages if lang != ref]
-    low_langs = [lang for lang in low_langs if lang != ref]
+    low_langs = [lang for lang in (options.low_langs or artifact.languages) if lang != ref]
     if not low_langs:
         raise SparseEditError("--low-langs: no low-resource language to edit for (all equal the reference)")
-    neuron_lang = options.neuron_lang or ref
-
-    num_layers = loaded.num_layers
-    if options.layer == "auto":
-        layers = options.candidate_layers or default_candidates(num_layers, artifact.recommended_layer)
-    else:
-        layers = [int(options.layer)]
-    for layer in layers:
-        if not 0 <= layer < num_layers:
-            raise SparseEditError(f"--layer {layer}: the model has layers 0..{num_layers - 1}")
-    layers = [layer for layer in layers if artifact.neuron_set(neuron_lang, layer).numel() > 0]
-    if not layers:
-        raise SparseEditError(
-            f"no safety neurons for {neuron_lang} at the requested layer(s); pick another --layer"
-        )
-
+    plan = make_plan(options, artifact, loaded.num_layers, low_langs)
     anchors = build_anchors(options, loaded, low_langs, reporter)
-    bs = options.batch_size
-    x_low = pooled_features(
-        loaded, anchors.low_train, layers, "mlp_input", bs, reporter, label="harmful anchors (low)"
-    )
-    x_ref = pooled_features(
-        loaded, anchors.ref_train, layers, "mlp_input", bs, reporter, label=f"harmful anchors ({ref})"
-    )
-    safe = token_gram(loaded, anchors.harmless_train, layers, "mlp_input", bs, reporter)
-    have_dev = bool(anchors.low_dev) and bool(anchors.ref_dev)
-    if have_dev:
-        d_low = pooled_features(
-            loaded, anchors.low_dev, layers, "mlp_input", bs, reporter, label="dev harmful (low)"
-        )
-        d_ref = pooled_features(
-            loaded, anchors.ref_dev, layers, "mlp_input", bs, reporter, label=f"dev harmful ({ref})"
-        )
-    safe_dev = (
-        token_gram(loaded, anchors.harmless_dev, layers, "mlp_input", bs, reporter, "dev harmless")
-        if anchors.harmless_dev
-        else None
-    )
-
-    settings = SolveSettings(
-        options.gamma, options.lam, options.rank, options.nullspace, options.nullspace_threshold
-    )
-    projections: list[Projection] = ["gate", "up"] if options.proj == "gate,up" else ["gate"]
-    candidates = []
-    for layer in layers:
-        train = targets_for(anchors.low_train, x_low[layer], anchors.ref_train, x_ref[layer], options.target)
-        dev = (
-            targets_for(anchors.low_dev, d_low[layer], anchors.ref_dev, d_ref[layer], options.target)
-            if have_dev
-            else None
-        )
-        candidate = paper_candidate(
-            layer,
-            artifact.neuron_set(neuron_lang, layer),
-            checkpoint,
-            projections,
-            train,
-            dev,
-            safe.gram[layer],
-            safe.tokens,
-            safe_dev.gram[layer] if safe_dev else None,
-            settings,
-        )
-        if candidate.diagnostics["jitter"]:
-            reporter.warn(f"layer {layer}: Cholesky needed jitter {candidate.diagnostics['jitter']:.3g}")
-        candidates.append(candidate)
-
-    storage = {e.slice.tensor: checkpoint.torch_dtype(e.slice.tensor) for c in candidates for e in c.edits}
-    if have_dev or anchors.harmless_dev:
-        measure_candidates(loaded, candidates, anchors, storage, bs, reporter)
+    storage: dict[str, torch.dtype] = {}
+    candidates = build_candidates(loaded, anchors, plan, options, storage, reporter)
+    for candidate in candidates:
+        storage_for(checkpoint, candidate.edits, storage)
+    if anchors.low_dev or anchors.safe_dev:
+        measure_candidates(loaded, candidates, anchors, storage, options, reporter)
     chosen = choose(candidates, options.kl_budget, reporter) if len(candidates) > 1 else candidates[0]
-    table = [{"layer": c.layer, **c.diagnostics} for c in candidates]
-    if len(candidates) > 1:
-        reporter.info(format_table(table, chosen.layer))
+    reporter.info(format_table(candidates, chosen))
 
     written = write_back(checkpoint, chosen.edits)
+    chosen.diagnostics["retention"] = written.retention
     for name, kept in written.retention.items():
-        chosen.diagnostics.setdefault("retention", {})[name] = kept
         if kept < 0.9:
             reporter.warn(
                 f"{name}: only {kept:.1%} of the update survived the cast to {checkpoint.tensors[name].dtype}"
             )
-    delta = EditDelta(chosen.edits, {chosen.layer: safe.gram[chosen.layer]}, safe.tokens, checkpoint.fingerprint())
+    grams, tokens = final_grams(loaded, anchors, chosen, plan, options, storage, reporter)
+    delta = EditDelta(chosen.edits, grams, tokens, checkpoint.fingerprint())
     delta_bytes = delta.to_bytes()
-    manifest = build_manifest(options, artifact, checkpoint, chosen, table, delta_bytes, neuron_lang, low_langs)
+    table = [
+        {"candidate": c.label, "strategy": c.strategy, "layers": list(c.layers), **c.diagnostics}
+        for c in candidates
+    ]
+    manifest = build_manifest(options, checkpoint, chosen, table, delta_bytes, low_langs)
     extra = {
         DELTA_FILE: delta_bytes,
         MANIFEST_FILE: (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
@@ -306,78 +431,48 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> ApplyResult:
         extra_files=extra,
         warn=reporter.warn,
     )
-    return ApplyResult(manifest, table, chosen)
+    return ApplyResult(manifest, chosen)
 
 
-def measure_candidates(
+def final_grams(
     loaded: LoadedModel,
-    candidates: list[Candidate],
     anchors: Anchors,
+    chosen: Candidate,
+    plan: Plan,
+    options: ApplyOptions,
     storage: dict[str, torch.dtype],
-    batch_size: int,
     reporter: Reporter,
-) -> None:
-    """Refusal log-odds on dev prompts and harmless KL, base vs each candidate edit (in memory)."""
-    probe_harmful = anchors.low_dev
-    probe_harmless = anchors.harmless_dev
-    base_harmful = refusal_scores(loaded, probe_harmful, batch_size) if probe_harmful else {}
-    base_harmless = refusal_scores(loaded, probe_harmless, batch_size) if probe_harmless else {}
-    with reporter.progress("probe candidates", len(candidates), unit="layers") as progress:
-        for candidate in candidates:
+) -> tuple[dict[int, torch.Tensor], int]:
+    """The harmless Gram of each edited layer's keys, stored in the delta so verify can recompute the leak.
 
-            def edit(candidate: Candidate = candidate) -> Any:
-                return applied_in_memory(loaded.model, candidate.edits, storage)
-
-            if probe_harmful:
-                after = refusal_scores(loaded, probe_harmful, batch_size, edit)
-                gains = {lang: mean(after[lang]) - mean(base_harmful[lang]) for lang in after}
-                candidate.diagnostics["refusal_gain_harmful"] = mean(list(gains.values()))
-                candidate.diagnostics["refusal_gain_by_lang"] = gains
-            if probe_harmless:
-                after = refusal_scores(loaded, probe_harmless, batch_size, edit)
-                gains = {lang: mean(after[lang]) - mean(base_harmless[lang]) for lang in after}
-                candidate.diagnostics["refusal_gain_harmless"] = mean(list(gains.values()))
-                kl, nll = token_kl(loaded, probe_harmless, batch_size, edit)
-                candidate.diagnostics["kl_harmless"] = kl
-                candidate.diagnostics["nll_change_harmless"] = nll
-            progress.advance()
-
-
-def choose(candidates: list[Candidate], budget: float, reporter: Reporter) -> Candidate:
-    within = [c for c in candidates if c.diagnostics.get("kl_harmless", 0.0) <= budget]
-    if within:
-        return max(within, key=lambda c: c.diagnostics.get("refusal_gain_harmful", 0.0))
-    best = min(candidates, key=lambda c: c.diagnostics.get("kl_harmless", float("inf")))
-    reporter.warn(f"no candidate layer stays within --kl-budget {budget}; chose layer {best.layer} (smallest KL)")
-    return best
-
-
-def format_table(rows: list[dict[str, Any]], chosen: int) -> str:
-    header = f"{'layer':>5} {'|S|':>5} {'fit':>6} {'leak':>6} {'gain(harm)':>10} {'gain(safe)':>10} {'KL':>8}"
-    lines = [header]
-    for row in rows:
-
-        def num(key: str, fmt: str, row: dict[str, Any] = row) -> str:
-            value = row.get(key)
-            return format(value, fmt) if isinstance(value, float) else "-"
-
-        mark = " <- chosen" if row["layer"] == chosen else ""
-        lines.append(
-            f"{row['layer']:>5} {row['neurons']:>5} {num('fit_dev', '6.3f'):>6} {num('leak_dev', '6.3f'):>6} "
-            f"{num('refusal_gain_harmful', '+10.3f'):>10} {num('refusal_gain_harmless', '+10.3f'):>10} "
-            f"{num('kl_harmless', '8.4f'):>8}{mark}"
-        )
-    return "\n".join(lines)
+    Collected from the model with the earlier layers' edits applied, as the sequential solve saw it.
+    """
+    site: Site = "mlp_input" if chosen.strategy == "paper" else "neurons"
+    grams: dict[int, torch.Tensor] = {}
+    tokens = 0
+    for step, layer in enumerate(chosen.layers):
+        earlier = [e for e in chosen.edits if e.layer in chosen.layers[:step]]
+        subsets = {layer: plan.neurons[("output", layer)]} if site == "neurons" else {}
+        with applied_in_memory(loaded.model, earlier, storage):
+            features = collect(
+                loaded,
+                anchors.safe_train,
+                FeatureRequest([layer], [site], subsets, gram=True),
+                options.batch_size,
+                reporter,
+                f"leak statistics, layer {layer}",
+            )
+        grams[layer] = features.grams[(site, layer)]
+        tokens = features.tokens
+    return grams, tokens
 
 
 def build_manifest(
     options: ApplyOptions,
-    artifact: LocateArtifact,
     checkpoint: Checkpoint,
     chosen: Candidate,
     table: list[dict[str, Any]],
     delta_bytes: bytes,
-    neuron_lang: str,
     low_langs: list[str],
 ) -> dict[str, Any]:
     import safetensors
@@ -404,17 +499,18 @@ def build_manifest(
             "sha256": hashlib.sha256(options.artifact.read_bytes()).hexdigest(),
         },
         "delta_sha256": hashlib.sha256(delta_bytes).hexdigest(),
-        "strategy": options.strategy,
-        "layer": chosen.layer,
-        "layer_rule": LAYER_RULE if len(table) > 1 else "given by --layer",
-        "neuron_lang": neuron_lang,
+        "strategy": chosen.strategy,
+        "layers": list(chosen.layers),
+        "selection_rule": SELECTION_RULE if len(table) > 1 else "given by --strategy and --layer",
         "low_langs": low_langs,
         "edits": [
             {
                 "tensor": edit.slice.tensor,
+                "layer": edit.layer,
                 "projection": edit.projection,
                 "neurons": int(edit.neurons.numel()),
                 "rank": int(edit.a.shape[1]),
+                "changed_parameters": edit.changed_parameters,
                 "delta_norm": float(edit.rows_delta.norm()),
             }
             for edit in chosen.edits
@@ -427,15 +523,15 @@ def build_manifest(
 
 
 def model_card(manifest: dict[str, Any]) -> str:
-    base = manifest["base"]["path"]
     edits = "\n".join(
-        f"- `{e['tensor']}`: {e['neurons']} neuron rows, rank {e['rank']}, ‖ΔW‖ = {e['delta_norm']:.4g}"
+        f"- `{e['tensor']}`: {e['neurons']} neurons ({e['projection']}), rank {e['rank']}, ‖ΔW‖ = {e['delta_norm']:.4g}"
         for e in manifest["edits"]
     )
     diag = manifest["diagnostics"]
+    layers = ", ".join(map(str, manifest["layers"]))
     lines = [
         "---",
-        f"base_model: {json.dumps(base)}",
+        f"base_model: {json.dumps(manifest['base']['path'])}",
         "tags:",
         "- sparse-edit",
         "- safety",
@@ -443,15 +539,15 @@ def model_card(manifest: dict[str, Any]) -> str:
         "",
         f"# Edited with sparse-edit {manifest['tool_version']}",
         "",
-        f"A closed-form, low-rank edit of layer {manifest['layer']} ({manifest['strategy']} strategy) that maps "
-        f"harmful prompts in {', '.join(manifest['low_langs'])} toward the {manifest['settings']['reference_lang']} "
-        "safety pattern while a null-space term keeps harmless inputs unchanged. Nothing else was changed.",
+        f"A closed-form, low-rank edit of layer(s) {layers} ({manifest['strategy']} strategy) that moves harmful "
+        f"prompts in {', '.join(manifest['low_langs'])} toward the {manifest['settings']['reference_lang']} safety "
+        "pattern while a null-space term keeps harmless inputs unchanged. Nothing else was changed.",
         "",
         edits,
         "",
         f"Changed parameters: {manifest['changed_parameters']} ({manifest['changed_fraction']:.4%} of the model).",
         "",
-        "| diagnostic | value |",
+        "| diagnostic (dev split unless marked train) | value |",
         "|---|---|",
     ]
     for key in (
@@ -470,6 +566,4 @@ def model_card(manifest: dict[str, Any]) -> str:
         "",
         "`sparse_edit/manifest.json` holds every setting and number; `sparse_edit/delta.safetensors` the update.",
     ]
-    if manifest.get("evaluation"):
-        lines += ["", "## Evaluation", "", manifest["evaluation"]]
     return "\n".join(lines) + "\n"

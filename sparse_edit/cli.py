@@ -183,7 +183,13 @@ def apply(
     model: Annotated[Path | None, typer.Option(help=A.help("model") + " Default: the artifact's model.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=A.help("output"))] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=A.help("overwrite"))] = False,
-    strategy: Annotated[str | None, typer.Option(help=A.help("strategy"))] = None,
+    strategy: Annotated[list[str] | None, typer.Option(help=A.help("strategy"))] = None,
+    output_neurons: Annotated[str | None, typer.Option(help=A.help("output_neurons"))] = None,
+    max_edit_neurons: Annotated[int | None, typer.Option(help=A.help("max_edit_neurons"))] = None,
+    gain: Annotated[float | None, typer.Option(help=A.help("gain"))] = None,
+    output_gamma: Annotated[float | None, typer.Option(help=A.help("output_gamma"))] = None,
+    positions: Annotated[int | None, typer.Option(help=A.help("positions"))] = None,
+    ceiling: Annotated[bool, typer.Option("--ceiling", help=A.help("ceiling"))] = False,
     layer: Annotated[str | None, typer.Option(help=A.help("layer"))] = None,
     candidate_layers: Annotated[list[str] | None, typer.Option(help=A.help("candidate_layers"))] = None,
     proj: Annotated[str | None, typer.Option(help=A.help("proj"))] = None,
@@ -227,7 +233,13 @@ def apply(
         "model": model,
         "output": output,
         "overwrite": overwrite or None,
-        "strategy": strategy,
+        "strategy": _split_list(strategy),
+        "output_neurons": output_neurons,
+        "max_edit_neurons": max_edit_neurons,
+        "gain": gain,
+        "output_gamma": output_gamma,
+        "positions": positions,
+        "ceiling": ceiling or None,
         "layer": layer,
         "candidate_layers": [int(v) for v in _split_list(candidate_layers) or []] or None,
         "proj": proj,
@@ -265,10 +277,11 @@ def apply(
     if as_json:
         _print_json(result.manifest)
         return
-    diag = result.manifest["diagnostics"]
+    manifest = result.manifest
+    diag = manifest["diagnostics"]
     typer.echo(
-        f"edited layer {result.manifest['layer']}: {result.manifest['changed_parameters']} parameters "
-        f"({result.manifest['changed_fraction']:.4%}), rank {diag['rank']}"
+        f"edited {manifest['strategy']} at layer(s) {', '.join(map(str, manifest['layers']))}: "
+        f"{manifest['changed_parameters']} parameters ({manifest['changed_fraction']:.4%}), rank {diag['rank']}"
     )
     for key in (
         "fit_train",

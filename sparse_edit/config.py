@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sparse_edit.errors import SparseEditError
 
+StrategyName = Literal["paper", "output"]
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -31,7 +32,10 @@ class Options(BaseModel):
 class ModelOptions(Options):
     """How a model is loaded and run."""
 
-    model: Path = Field(description="Model folder (Hugging Face layout with safetensors weights) or a .gguf file.")
+    model: Path = Field(
+        description="Model folder (Hugging Face layout with safetensors weights), a .gguf file, or zoo:NAME for a "
+        "pinned offline model (zoo:smollm2-135m-instruct, zoo:qwen2.5-coder-0.5b-instruct, zoo:gemma-3-270m)."
+    )
     device: str = Field(
         "auto",
         description="auto, cpu, cuda, cuda:N or mps. auto uses CUDA when present (spread over all GPUs with "
@@ -141,18 +145,46 @@ class ApplyOptions(ModelOptions, PromptOptions):
     artifact: Path = Field(description="Locate artifact (.safetensors) made for this model.")
     output: Path = Field(description="Folder for the edited checkpoint (written atomically).")
     overwrite: bool = Field(False, description="Replace an existing output folder.")
-    strategy: Literal["paper"] = Field(
-        "paper",
-        description="paper: the published edit, the input weights (gate_proj rows) of one layer's safety neurons.",
+    strategy: list[StrategyName] = Field(
+        default_factory=lambda: list[StrategyName](["paper"]),
+        description="paper: the published edit, input rows (gate_proj) of the safety neurons. output: down_proj "
+        "columns of a neuron set, fitted to raise the layer's refusal-direction projection. Several (paper,output) "
+        "are compared on the dev split, like layers.",
     )
     layer: str = Field(
         "auto",
-        description="Layer to edit, or auto: try the candidate layers on a dev split of the anchors and keep the "
-        "largest refusal log-odds gain on low-resource harmful prompts within --kl-budget.",
+        description="Layer to edit; N,M,... edits those layers one after another (features re-collected from the "
+        "partially edited model, the remaining gap spread over the layers left); auto tries --candidate-layers on a "
+        "dev split and keeps the best selective refusal gain within --kl-budget.",
     )
     candidate_layers: list[int] | None = Field(
         None,
         description="Layers tried by --layer auto (default: the recommended layer and 4 layers from L/3 to L-2).",
+    )
+    output_neurons: Literal["low-union", "reference", "all"] = Field(
+        "low-union",
+        description="output strategy: edit the columns of the union of the low-resource languages' safety neurons, "
+        "the reference language's, or all neurons.",
+    )
+    max_edit_neurons: int | None = Field(
+        512, ge=1, description="output strategy: at most this many columns per layer (strongest mean Cohen's d)."
+    )
+    gain: float = Field(2.0, gt=0, description="output strategy: multiple of the refusal-projection gap to close.")
+    output_gamma: float = Field(
+        100.0,
+        gt=0,
+        description="output strategy: its own harmless weight (its keys are neuron activations, which harmless "
+        "prompts share more; smaller values leak onto harmless prompts).",
+    )
+    positions: int = Field(
+        1,
+        ge=1,
+        description="Anchor rows per prompt: the last N prompt tokens (the template tail after the request).",
+    )
+    ceiling: bool = Field(
+        False,
+        description="Also measure each candidate's patching ceiling: refusal gain when the edited neurons' "
+        "activations of low-resource prompts are replaced by those of the parallel reference prompts.",
     )
     proj: Literal["gate", "gate,up"] = Field(
         "gate", description="Edit gate_proj rows only, or gate_proj and up_proj rows (same solve, two targets)."
@@ -197,9 +229,12 @@ class ApplyOptions(ModelOptions, PromptOptions):
     @field_validator("layer")
     @classmethod
     def _layer(cls, value: str) -> str:
-        if value != "auto" and not value.isdigit():
-            raise ValueError("use a layer number or auto")
+        if value != "auto" and not all(part.strip().isdigit() for part in value.split(",")):
+            raise ValueError("use a layer number, a comma-separated list of layers, or auto")
         return value
+
+    def fixed_layers(self) -> tuple[int, ...] | None:
+        return None if self.layer == "auto" else tuple(int(part) for part in self.layer.split(","))
 
 
 class EvalOptions(ModelOptions, PromptOptions):

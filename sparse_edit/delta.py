@@ -183,10 +183,11 @@ class EditDelta:
         return cls(edits, grams, int(meta["gram_tokens"]), meta["base_fingerprint"], meta.get("extra", {}))
 
 
-def slice_leak(edit: SliceEdit, rows: torch.Tensor, delta_rows: torch.Tensor, gram: torch.Tensor) -> float:
-    """‖X_safe ΔW‖ / ‖X_safe W‖ for one slice, with G = X_safeᵀ X_safe over the edit's keys."""
-    from sparse_edit.solver import leak_ratio
-
-    if edit.key_axis == "columns":
-        return leak_ratio(gram, delta_rows.T, rows.T)
-    return leak_ratio(gram, delta_rows, rows)
+def slice_energies(
+    edit: SliceEdit, rows: torch.Tensor, delta_rows: torch.Tensor, gram: torch.Tensor
+) -> tuple[float, float]:
+    """(‖X_safe ΔW‖², ‖X_safe W‖²) for one slice, with G = X_safeᵀ X_safe over the edit's keys."""
+    gram = gram.to(torch.float64)
+    if edit.key_axis == "columns":  # keys multiply the rows' columns: X Wᵀ
+        return float(torch.trace(delta_rows @ gram @ delta_rows.T)), float(torch.trace(rows @ gram @ rows.T))
+    return float(torch.trace(delta_rows.T @ gram @ delta_rows)), float(torch.trace(rows.T @ gram @ rows))

@@ -1,95 +1,114 @@
-"""Features at candidate edit layers: pooled per-prompt vectors and streamed token Gram matrices."""
+"""Features at candidate edit layers, collected in one forward pass per prompt list.
+
+For each layer three sites can be read: the MLP input (``mlp_input``), the neuron
+activations (``neurons``, optionally only a subset of them) and the layer's output in the
+residual stream (``residual``). Prompts are either pooled into rows (the last ``positions``
+tokens of each prompt, input order kept) or summed into a float64 Gram matrix over every
+non-pad token (for the harmless preservation term).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
-from sparse_edit.activations import Pooling, Site, capture, pool, run_base
+from sparse_edit.activations import capture, run_base
 from sparse_edit.console import Reporter
 from sparse_edit.errors import SparseEditError
 from sparse_edit.modeling import Encoded, LoadedModel, batches, out_of_memory_hint
 
-
-def _forward(loaded: LoadedModel, inputs: dict[str, torch.Tensor], batch_size: int) -> None:
-    try:
-        with torch.inference_mode():
-            run_base(loaded.model, inputs)
-    except torch.OutOfMemoryError as exc:
-        raise SparseEditError(out_of_memory_hint(batch_size)) from exc
-
-
-def pooled_features(
-    loaded: LoadedModel,
-    encoded: Sequence[Encoded],
-    layers: Sequence[int],
-    site: Site,
-    batch_size: int,
-    reporter: Reporter,
-    pooling: Pooling = "last",
-    label: str = "features",
-) -> dict[int, torch.Tensor]:
-    """Per layer, a float32 [N, D] matrix whose row i is prompt i pooled (input order kept)."""
-    rows: dict[int, list[tuple[int, torch.Tensor]]] = {layer: [] for layer in layers}
-    position = {id(item): i for i, item in enumerate(encoded)}
-    state: dict[str, object] = {}
-
-    def sink(layer: int, activation: torch.Tensor) -> None:
-        mask = state["mask"]
-        assert isinstance(mask, torch.Tensor)
-        pooled = pool(activation, mask.to(activation.device), pooling).float().cpu()
-        for index, vector in zip(state["positions"], pooled, strict=True):  # type: ignore[call-overload]
-            rows[layer].append((index, vector))
-
-    pad = int(loaded.tokenizer.pad_token_id)
-    with (
-        reporter.progress(label, len(encoded)) as progress,
-        capture(loaded.family, loaded.model, layers, site, sink),
-    ):
-        for batch in batches(encoded, batch_size, pad):
-            state["mask"] = batch.attention_mask
-            state["positions"] = [position[id(item)] for item in batch.items]
-            _forward(loaded, batch.model_inputs(loaded.input_device), batch_size)
-            progress.advance(len(batch.items))
-    return {layer: torch.stack([v for _, v in sorted(pairs, key=lambda p: p[0])]) for layer, pairs in rows.items()}
+Site = Literal["mlp_input", "neurons", "residual"]
 
 
 @dataclass
-class TokenGram:
-    gram: dict[int, torch.Tensor]  # layer -> [D, D] float64, Σ x xᵀ over non-pad tokens
+class FeatureRequest:
+    layers: Sequence[int]
+    sites: Sequence[Site]
+    neuron_subsets: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> indices kept for "neurons"
+    positions: int = 1
+    gram: bool = False
+
+
+@dataclass
+class Features:
+    rows: dict[tuple[Site, int], torch.Tensor]  # float32 [N * positions, D] (prompt-major)
+    grams: dict[tuple[Site, int], torch.Tensor]  # float64 [D, D]
     tokens: int
+    count: int
 
 
-def token_gram(
+def _tail(activation: torch.Tensor, positions: int) -> torch.Tensor:
+    """[B, T, D] -> [B, positions, D]: the last tokens (left padding puts them at the end)."""
+    return activation[:, -positions:, :]
+
+
+def _bind(add: Callable[[Site, int, torch.Tensor], None], site: Site) -> Callable[[int, torch.Tensor], None]:
+    return lambda layer, activation: add(site, layer, activation)
+
+
+def collect(
     loaded: LoadedModel,
     encoded: Sequence[Encoded],
-    layers: Sequence[int],
-    site: Site,
+    request: FeatureRequest,
     batch_size: int,
     reporter: Reporter,
-    label: str = "harmless tokens",
-) -> TokenGram:
-    """Σ x xᵀ over every non-pad token position, streamed in float64."""
-    grams: dict[int, torch.Tensor] = {}
-    state: dict[str, torch.Tensor] = {}
+    label: str,
+) -> Features:
+    position = {id(item): i for i, item in enumerate(encoded)}
+    rows: dict[tuple[Site, int], list[tuple[int, torch.Tensor]]] = {}
+    grams: dict[tuple[Site, int], torch.Tensor] = {}
+    state: dict[str, object] = {}
     tokens = 0
 
-    def sink(layer: int, activation: torch.Tensor) -> None:
-        mask = state["mask"].to(activation.device).bool()
-        x = activation[mask].to(torch.float64)
-        update = (x.T @ x).cpu()
-        grams[layer] = grams[layer] + update if layer in grams else update
+    def add(site: Site, layer: int, activation: torch.Tensor) -> None:
+        if site == "neurons" and layer in request.neuron_subsets:
+            activation = activation.index_select(-1, request.neuron_subsets[layer].to(activation.device))
+        mask = state["mask"]
+        assert isinstance(mask, torch.Tensor)
+        if request.gram:
+            x = activation[mask.to(activation.device).bool()].to(torch.float64)
+            update = (x.T @ x).cpu()
+            key = (site, layer)
+            grams[key] = grams[key] + update if key in grams else update
+            return
+        tail = _tail(activation, request.positions).float().cpu()
+        indices = state["positions"]
+        assert isinstance(indices, list)
+        for index, block in zip(indices, tail, strict=True):
+            rows.setdefault((site, layer), []).append((index, block))
 
+    layers = list(request.layers)
+    hook_sites = [site for site in request.sites if site != "residual"]
     pad = int(loaded.tokenizer.pad_token_id)
-    with (
-        reporter.progress(label, len(encoded)) as progress,
-        capture(loaded.family, loaded.model, layers, site, sink),
-    ):
-        for batch in batches(encoded, batch_size, pad):
-            state["mask"] = batch.attention_mask
-            _forward(loaded, batch.model_inputs(loaded.input_device), batch_size)
-            tokens += int(batch.attention_mask.sum())
-            progress.advance(len(batch.items))
-    return TokenGram(grams, tokens)
+    with reporter.progress(label, len(encoded)) as progress:
+        contexts = [capture(loaded.family, loaded.model, layers, site, _bind(add, site)) for site in hook_sites]
+        for context in contexts:
+            context.__enter__()
+        try:
+            for batch in batches(encoded, batch_size, pad):
+                state["mask"] = batch.attention_mask
+                state["positions"] = [position[id(item)] for item in batch.items]
+                try:
+                    with torch.inference_mode():
+                        output = run_base(
+                            loaded.model,
+                            batch.model_inputs(loaded.input_device),
+                            hidden_states="residual" in request.sites,
+                        )
+                except torch.OutOfMemoryError as exc:
+                    raise SparseEditError(out_of_memory_hint(batch_size)) from exc
+                if "residual" in request.sites:
+                    for layer in layers:
+                        add("residual", layer, output.hidden_states[layer + 1])
+                tokens += int(batch.attention_mask.sum())
+                progress.advance(len(batch.items))
+        finally:
+            for context in reversed(contexts):
+                context.__exit__(None, None, None)
+    stacked = {
+        key: torch.cat([block for _, block in sorted(pairs, key=lambda p: p[0])]) for key, pairs in rows.items()
+    }
+    return Features(stacked, grams, tokens, len(encoded))

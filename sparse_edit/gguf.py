@@ -27,8 +27,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+ZOO_PREFIX = "zoo:"
+
+
 def ensure_hf_folder(path: Path) -> Path:
-    """``path`` itself for a folder; for a .gguf file, the cached safetensors conversion."""
+    """``path`` itself for a folder; for a .gguf file, the cached safetensors conversion;
+    for ``zoo:NAME``, the pinned offline model of that name (see ``sparse_edit.zoo``)."""
+    if str(path).startswith(ZOO_PREFIX):
+        from sparse_edit.zoo import fetch
+
+        return fetch(str(path)[len(ZOO_PREFIX) :])
     path = Path(path)
     if path.suffix != ".gguf":
         return path

@@ -10,6 +10,10 @@ from sparse_edit.errors import SparseEditError
 
 
 def describe(path: Path) -> dict[str, Any]:
+    from sparse_edit.gguf import ZOO_PREFIX, ensure_hf_folder
+
+    if str(path).startswith(ZOO_PREFIX) or path.suffix == ".gguf":
+        path = ensure_hf_folder(path)
     if path.is_dir():
         return Checkpoint.open(path).summary()
     if path.is_file() and path.suffix == ".safetensors":

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 
-from sparse_edit.modeling import Encoded, LoadedModel, batches
+from sparse_edit.activations import capture
+from sparse_edit.delta import SliceEdit
+from sparse_edit.modeling import Batch, Encoded, LoadedModel, batches
 from sparse_edit.refusal import opening_token_ids, refusal_log_odds
 
 EditContext = Callable[[], AbstractContextManager[object]]
@@ -22,19 +25,71 @@ def _batches(loaded: LoadedModel, encoded: Sequence[Encoded], batch_size: int) -
 
 
 def refusal_scores(
-    loaded: LoadedModel, encoded: Sequence[Encoded], batch_size: int, edit: EditContext = _no_edit
+    loaded: LoadedModel,
+    encoded: Sequence[Encoded],
+    batch_size: int,
+    edit: EditContext = _no_edit,
+    before_batch: Callable[[Batch], None] | None = None,
 ) -> dict[str, list[float]]:
     """Refusal log-odds at the last prompt position, grouped by language."""
     cache: dict[str, list[int]] = {}
     out: dict[str, list[float]] = {}
     with edit(), torch.inference_mode():
         for batch in _batches(loaded, encoded, batch_size):
+            if before_batch is not None:
+                before_batch(batch)
             logits = loaded.model(**batch.model_inputs(loaded.input_device), use_cache=False).logits[:, -1]
             langs = [item.prompt.lang for item in batch.items]
             ids = [cache.setdefault(lang, opening_token_ids(loaded.tokenizer, lang)) for lang in langs]
             for lang, value in zip(langs, refusal_log_odds(logits.cpu(), ids).tolist(), strict=True):
                 out.setdefault(lang, []).append(value)
     return out
+
+
+def patched_refusal_scores(
+    loaded: LoadedModel,
+    low: Sequence[Encoded],
+    reference: Sequence[Encoded],
+    edits: Sequence[SliceEdit],
+    batch_size: int,
+) -> dict[str, list[float]]:
+    """The patching ceiling: refusal log-odds of ``low`` prompts when, at every edited layer, the edited
+    neurons' last-token activations are replaced by those of the reference prompt with the same id."""
+    sets = {edit.layer: edit.neurons for edit in edits}
+    layers = sorted(sets)
+    stored: dict[tuple[int, str], torch.Tensor] = {}
+    ids: list[str] = []
+
+    def keep(layer: int, activation: torch.Tensor) -> None:
+        for prompt_id, row in zip(ids, activation[:, -1], strict=True):
+            stored[(layer, prompt_id)] = row.index_select(0, sets[layer].to(row.device)).clone()
+
+    def remember(batch: Batch) -> None:
+        ids[:] = [item.prompt.id for item in batch.items]
+
+    with capture(loaded.family, loaded.model, layers, "neurons", keep):
+        refusal_scores(loaded, reference, batch_size, before_batch=remember)
+
+    handles = []
+
+    def make_hook(layer: int) -> Callable[..., Any]:
+        def hook(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            activation = args[0].clone()
+            index = sets[layer].to(activation.device)
+            for row, prompt_id in enumerate(ids):
+                if (layer, prompt_id) in stored:
+                    activation[row, -1, index] = stored[(layer, prompt_id)].to(activation.dtype)
+            return (activation, *args[1:])
+
+        return hook
+
+    try:
+        for layer in layers:
+            handles.append(loaded.family.out_proj(loaded.model, layer).register_forward_pre_hook(make_hook(layer)))
+        return refusal_scores(loaded, low, batch_size, before_batch=remember)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def token_kl(

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from sparse_edit.checkpoint import Checkpoint, write_checkpoint
-from sparse_edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta, apply_rows, slice_leak
+from sparse_edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta, apply_rows, slice_energies
 from sparse_edit.errors import SparseEditError
 
 # Relative tolerance for "the stored rows are what the delta says", per checkpoint dtype:
@@ -104,7 +104,7 @@ def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> Veri
 
     outside_ok, rows_ok, original_ok = True, True, True
     worst = 0.0
-    leaks: dict[str, float] = {}
+    energies: dict[int, tuple[float, float]] = {}
     for name in sorted(planned):
         before, after = base.load_tensor(name), edited.load_tensor(name)
         mask = _planned_mask(tuple(before.shape), delta, name)
@@ -121,8 +121,9 @@ def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> Veri
             original_ok &= edit.original is not None and torch.equal(edit.original, rows)
             gram = delta.grams.get(edit.layer)
             if gram is not None:
-                realised = stored.double() - rows.double()
-                leaks[f"{name}:{edit.projection}"] = slice_leak(edit, rows.double(), realised, gram)
+                moved, base_energy = slice_energies(edit, rows.double(), stored.double() - rows.double(), gram)
+                previous = energies.get(edit.layer, (0.0, 0.0))
+                energies[edit.layer] = (previous[0] + moved, previous[1] + base_energy)
     report.add(
         "planned rows only",
         outside_ok,
@@ -138,6 +139,8 @@ def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> Veri
     )
 
     recorded = manifest.get("diagnostics", {}).get("leak_train")
+    # Leak per layer over all its slices (as apply computes it), worst layer reported.
+    leaks = {layer: (moved / base) ** 0.5 if base > 0 else 0.0 for layer, (moved, base) in energies.items()}
     if leaks:
         leak = max(leaks.values())
         report.numbers["leak_recomputed"] = leak

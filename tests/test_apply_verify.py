@@ -188,11 +188,10 @@ def test_layer_auto_records_its_table(located, tmp_path):
         ).stdout
     )
     table = manifest["candidates"]
-    assert [row["layer"] for row in table] == [1, 2, 3]
-    assert manifest["layer"] in (1, 2, 3)
-    assert all("kl_harmless" in row and "refusal_gain_harmful" in row for row in table)
-    best = max((r for r in table if r["kl_harmless"] <= 0.05), key=lambda r: r["refusal_gain_harmful"])
-    assert manifest["layer"] == best["layer"]
+    assert [row["layers"] for row in table] == [[1], [2], [3]]
+    assert all("kl_harmless" in row and "selective_gain" in row for row in table)
+    best = max((r for r in table if r["kl_harmless"] <= 0.05), key=lambda r: r["selective_gain"])
+    assert manifest["layers"] == best["layers"]
 
 
 def test_verify_catches_tampering(located, tmp_path):
@@ -263,4 +262,112 @@ def test_manifest_and_model_card(located, tmp_path):
     assert manifest["changed_parameters"] == sum(e["neurons"] for e in manifest["edits"]) * 32
     assert {"fit_train", "leak_train", "relative_norm", "rank", "retention"} <= set(manifest["diagnostics"])
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nbase_model:") and "layer 1" in card
+    assert card.startswith("---\nbase_model:") and "layer(s) 1 " in card
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "gpt2", "phi3"])
+def test_output_strategy_edits_only_down_columns_of_its_neurons(located, tmp_path, model_type):
+    model, artifact = located(model_type)
+    out = tmp_path / "edited"
+    manifest = json.loads(
+        run_cli(
+            *apply_args(
+                artifact,
+                out,
+                "--strategy",
+                "output",
+                "--output-neurons",
+                "all",
+                "--max-edit-neurons",
+                "40",
+                "--output-gamma",
+                "0.01",
+            ),
+            "--json",
+        ).stdout
+    )
+    assert manifest["strategy"] == "output"
+    assert manifest["diagnostics"]["fit_train"] < 0.5  # the refusal-projection gap at the layer closes
+    delta = EditDelta.load(out / DELTA_FILE)
+    (edit,) = delta.edits
+    assert edit.projection == "down" and edit.neurons.numel() == 40
+    changes = changed_rows(model, out)
+    assert set(changes) == {edit.slice.tensor}
+    touched = changes[edit.slice.tensor].any(dim=1 - edit.slice.axis).nonzero().flatten()
+    assert set(touched.tolist()) <= set(edit.neurons.tolist())
+    assert manifest["changed_parameters"] == 40 * 32
+    run_cli("verify", model, out)
+    again = tmp_path / "again"
+    run_cli(
+        *apply_args(
+            artifact,
+            again,
+            "--strategy",
+            "output",
+            "--output-neurons",
+            "all",
+            "--max-edit-neurons",
+            "40",
+            "--output-gamma",
+            "0.01",
+        )
+    )
+    assert (again / DELTA_FILE).read_bytes() == (out / DELTA_FILE).read_bytes()
+
+
+def test_sequential_two_layer_edit_verifies(located, tmp_path):
+    model, artifact = located("llama")
+    out = tmp_path / "edited"
+    args = apply_args(
+        artifact,
+        out,
+        "--strategy",
+        "output",
+        "--output-neurons",
+        "all",
+        "--max-edit-neurons",
+        "32",
+        "--output-gamma",
+        "0.01",
+    )
+    args[args.index("--layer") + 1] = "0,1"
+    manifest = json.loads(run_cli(*args, "--json").stdout)
+    assert manifest["layers"] == [0, 1]
+    assert [e["layer"] for e in manifest["edits"]] == [0, 1]
+    assert [row["layer"] for row in manifest["diagnostics"]["per_layer"]] == [0, 1]
+    assert set(changed_rows(model, out)) == {
+        "model.layers.0.mlp.down_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+    }
+    run_cli("verify", model, out)
+
+
+def test_strategies_and_layers_are_compared_with_a_ceiling(located, tmp_path):
+    _, artifact = located("llama", layers=4)
+    out = tmp_path / "edited"
+    manifest = json.loads(
+        run_cli(
+            "apply",
+            "--artifact",
+            artifact,
+            "-o",
+            out,
+            "--strategy",
+            "paper,output",
+            "--candidate-layers",
+            "1,2",
+            "--output-neurons",
+            "all",
+            "--max-edit-neurons",
+            "16",
+            "--ceiling",
+            "--device",
+            "cpu",
+            "-q",
+            "--json",
+        ).stdout
+    )
+    labels = [row["candidate"] for row in manifest["candidates"]]
+    assert labels == ["paper@1", "paper@2", "output@1", "output@2"]
+    assert all(isinstance(row["ceiling_gain_harmful"], float) for row in manifest["candidates"])
+    assert manifest["selection_rule"].startswith("largest selective gain")

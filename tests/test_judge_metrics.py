@@ -59,7 +59,28 @@ def test_thinking_blocks_are_stripped():
 
 
 def test_markers_cover_required_languages():
-    required = ["en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv", "ja", "id", "he", "de", "fr", "es", "ru", "pl", "nl", "yo"]
+    required = [
+        "en",
+        "zh",
+        "it",
+        "vi",
+        "ar",
+        "ko",
+        "th",
+        "bn",
+        "sw",
+        "jv",
+        "ja",
+        "id",
+        "he",
+        "de",
+        "fr",
+        "es",
+        "ru",
+        "pl",
+        "nl",
+        "yo",
+    ]
     assert set(required) <= set(marker_languages())
 
 

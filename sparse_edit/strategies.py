@@ -1,0 +1,228 @@
+"""Edit strategies: which weights an edit touches and what it fits, all through one solver.
+
+* ``paper``: the published edit. Keys are MLP inputs of low-resource harmful prompts, the
+  target is the reference-language pre-activation of the safety neurons,
+  ``(X_ref − X_low) W_S``; the update goes into those neurons' input rows (gate, and
+  optionally up).
+* ``output``: an output-side edit in the residual stream. Keys are the activations of a
+  neuron set, the target raises the prompt's projection on the layer's refusal direction
+  (reference harmful mean − reference harmless mean of the layer output) to the reference
+  harmful level, times a gain; the update goes into those neurons' ``down_proj`` columns.
+
+Both use the harmless token Gram of their own keys as the null-space term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from sparse_edit.architectures import Projection
+from sparse_edit.artifact import LocateArtifact
+from sparse_edit.checkpoint import Checkpoint
+from sparse_edit.delta import SliceEdit
+from sparse_edit.modeling import Encoded
+from sparse_edit.solver import EditProblem, SolveSettings, fit_ratio, leak_ratio, solve
+
+StrategyName = Literal["paper", "output"]
+NeuronChoice = Literal["reference", "low-union", "all"]
+F64 = torch.float64
+
+
+@dataclass
+class Candidate:
+    strategy: str
+    layers: tuple[int, ...]
+    edits: list[SliceEdit] = field(default_factory=list)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.strategy}@{','.join(map(str, self.layers))}"
+
+
+def edit_neurons(
+    artifact: LocateArtifact,
+    layer: int,
+    choice: NeuronChoice,
+    reference: str,
+    low_langs: Sequence[str],
+    cap: int | None,
+) -> torch.Tensor:
+    """The neuron set an edit touches at ``layer``; capped by the low languages' mean Cohen's d."""
+    if choice == "reference":
+        index = artifact.neuron_set(reference, layer)
+    elif choice == "all":
+        index = torch.arange(artifact.mlp_width)
+    else:
+        sets = [artifact.neuron_set(lang, layer) for lang in low_langs]
+        index = torch.unique(torch.cat(sets)) if sets else torch.empty(0, dtype=torch.int64)
+    if cap is not None and index.numel() > cap:
+        strength = torch.stack([artifact.scores[lang].d[layer, index] for lang in low_langs]).mean(0)
+        index = index[torch.argsort(strength, descending=True, stable=True)[:cap]]
+    return torch.sort(index).values.to(torch.int64)
+
+
+def pair_rows(
+    low: Sequence[Encoded], ref: Sequence[Encoded], positions: int, kind: str
+) -> tuple[list[int], list[int]]:
+    """Row indices (prompt-major, ``positions`` rows per prompt) pairing each low row with its target row.
+
+    ``parallel`` pairs a prompt with the reference prompt of the same id, position by position;
+    ``class-mean`` returns an empty reference list (the caller uses the reference mean).
+    """
+    low_rows = list(range(len(low) * positions))
+    if kind == "class-mean":
+        return low_rows, []
+    ref_index = {item.prompt.id: i for i, item in enumerate(ref)}
+    keep, targets = [], []
+    for i, item in enumerate(low):
+        j = ref_index.get(item.prompt.id)
+        if j is None:
+            continue
+        keep += [i * positions + p for p in range(positions)]
+        targets += [j * positions + p for p in range(positions)]
+    return keep, targets
+
+
+@dataclass
+class LayerData:
+    """Everything a strategy needs at one layer (rows are prompt-major, float32)."""
+
+    low_rows: dict[str, torch.Tensor]  # site -> [N_low * k, D]
+    ref_rows: dict[str, torch.Tensor]  # site -> [N_ref * k, D]
+    pairs: tuple[list[int], list[int]]
+    safe_gram: dict[str, torch.Tensor]  # site -> [D, D] float64
+    safe_tokens: int
+    ref_harmless_residual: torch.Tensor | None  # [M * k, d] for the refusal direction
+    dev: LayerData | None = None
+
+
+def _target_points(data: LayerData, site: str) -> tuple[torch.Tensor, torch.Tensor]:
+    low_idx, ref_idx = data.pairs
+    keys = data.low_rows[site][low_idx].to(F64)
+    if ref_idx:
+        return keys, data.ref_rows[site][ref_idx].to(F64)
+    return keys, data.ref_rows[site].to(F64).mean(0, keepdim=True).expand_as(keys)
+
+
+def paper_candidate(
+    layer: int,
+    neurons: torch.Tensor,
+    checkpoint: Checkpoint,
+    projections: Sequence[Projection],
+    data: LayerData,
+    settings: SolveSettings,
+    share: float = 1.0,
+) -> tuple[list[SliceEdit], dict[str, Any]]:
+    family, d_ff = checkpoint.family, checkpoint.dims.mlp_width
+    slices = []
+    for projection in projections:
+        neuron_slice = family.neuron_slice(layer, projection, d_ff)
+        weight = checkpoint.load_tensor(neuron_slice.tensor)
+        slices.append((projection, neuron_slice, neuron_slice.read(weight, neurons).T.to(F64)))
+    w_s = torch.cat([w for _, _, w in slices], dim=1)  # [d, m * len(projections)]
+
+    def problem(d: LayerData) -> EditProblem:
+        keys, targets = _target_points(d, "mlp_input")
+        return EditProblem(keys, share * (targets - keys) @ w_s, data.safe_gram["mlp_input"], data.safe_tokens)
+
+    train = problem(data)
+    solution = solve(train, settings)
+    m = int(neurons.numel())
+    edits = [
+        SliceEdit(
+            layer=layer,
+            projection=projection,
+            slice=neuron_slice,
+            neurons=neurons,
+            a=solution.right[:, k * m : (k + 1) * m].T.float().contiguous(),
+            b=solution.left.T.float().contiguous(),
+            key_axis="columns",
+        )
+        for k, (projection, neuron_slice, _) in enumerate(slices)
+    ]
+    delta = solution.delta
+    diagnostics = _diagnostics(
+        solution.rank, solution.jitter, solution.nullspace_dim, train, delta, w_s, data, "mlp_input"
+    )
+    if data.dev is not None and data.dev.low_rows["mlp_input"].shape[0]:
+        dev = problem(data.dev)
+        diagnostics["fit_dev"] = fit_ratio(dev.keys, dev.targets, delta)
+        diagnostics["leak_dev"] = leak_ratio(data.dev.safe_gram["mlp_input"], delta, w_s)
+    return edits, diagnostics
+
+
+def refusal_direction(data: LayerData) -> torch.Tensor:
+    assert data.ref_harmless_residual is not None
+    direction = data.ref_rows["residual"].to(F64).mean(0) - data.ref_harmless_residual.to(F64).mean(0)
+    return direction / direction.norm().clamp(min=1e-12)
+
+
+def output_candidate(
+    layer: int,
+    neurons: torch.Tensor,
+    checkpoint: Checkpoint,
+    data: LayerData,
+    settings: SolveSettings,
+    gain: float,
+    share: float = 1.0,
+) -> tuple[list[SliceEdit], dict[str, Any]]:
+    family, d_ff = checkpoint.family, checkpoint.dims.mlp_width
+    neuron_slice = family.neuron_slice(layer, "down", d_ff)
+    w_s = neuron_slice.read(checkpoint.load_tensor(neuron_slice.tensor), neurons).to(F64)  # [m, d]
+    direction = refusal_direction(data)
+    level = float((data.ref_rows["residual"].to(F64) @ direction).mean())
+
+    def problem(d: LayerData) -> EditProblem:
+        low_idx, _ = d.pairs
+        keys = d.low_rows["neurons"][low_idx].to(F64)
+        projection = d.low_rows["residual"][low_idx].to(F64) @ direction
+        shift = (share * gain * (level - projection)).clamp(min=0)
+        return EditProblem(keys, shift[:, None] * direction[None, :], data.safe_gram["neurons"], data.safe_tokens)
+
+    train = problem(data)
+    solution = solve(train, settings)
+    edit = SliceEdit(
+        layer=layer,
+        projection="down",
+        slice=neuron_slice,
+        neurons=neurons,
+        a=solution.left.float().contiguous(),
+        b=solution.right.float().contiguous(),
+        key_axis="rows",
+    )
+    delta = solution.delta
+    diagnostics = _diagnostics(
+        solution.rank, solution.jitter, solution.nullspace_dim, train, delta, w_s, data, "neurons"
+    )
+    diagnostics["refusal_level"] = level
+    if data.dev is not None and data.dev.low_rows["neurons"].shape[0]:
+        dev = problem(data.dev)
+        diagnostics["fit_dev"] = fit_ratio(dev.keys, dev.targets, delta)
+        diagnostics["leak_dev"] = leak_ratio(data.dev.safe_gram["neurons"], delta, w_s)
+    return [edit], diagnostics
+
+
+def _diagnostics(
+    rank: int,
+    jitter: float,
+    nullspace_dim: int | None,
+    train: EditProblem,
+    delta: torch.Tensor,
+    w_s: torch.Tensor,
+    data: LayerData,
+    site: str,
+) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "jitter": jitter,
+        "nullspace_dim": nullspace_dim,
+        "anchors_train": int(train.keys.shape[0]),
+        "fit_train": fit_ratio(train.keys, train.targets, delta),
+        "leak_train": leak_ratio(data.safe_gram[site], delta, w_s),
+        "relative_norm": float(delta.norm() / w_s.norm()) if float(w_s.norm()) > 0 else 0.0,
+    }
