@@ -148,7 +148,7 @@ def locate(
     options = load_options(LocateOptions, config, overrides)
     if options.output.exists() and not options.overwrite:
         raise SparseEditError(f"--output {options.output}: already exists; pass --overwrite to replace it")
-    reporter = Reporter(quiet=quiet or as_json)
+    reporter = Reporter(quiet=quiet)
     artifact = run_locate(options, reporter)
     artifact.save(options.output)
     if as_json:
@@ -272,7 +272,7 @@ def apply(
         settings = (read_metadata(Path(str(artifact_path))) or {}).get("settings", {})
         defaults = {key: settings[key] for key in INHERITED_FROM_ARTIFACT if settings.get(key) is not None}
     options = load_options(ApplyOptions, config, overrides, defaults)
-    reporter = Reporter(quiet=quiet or as_json)
+    reporter = Reporter(quiet=quiet)
     result = run_apply(options, reporter)
     if as_json:
         _print_json(result.manifest)
@@ -365,7 +365,7 @@ def evaluate(
         parse_gate(text)  # fail on a malformed gate before any generation
     if options.output.exists() and not options.overwrite:
         raise SparseEditError(f"--output {options.output}: already exists; pass --overwrite to replace it")
-    reporter = Reporter(quiet=quiet or as_json)
+    reporter = Reporter(quiet=quiet)
     result = run_eval(options, reporter)
     write_report(result, options.output, options.overwrite, options.artifact, reporter)
     if as_json:

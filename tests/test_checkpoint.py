@@ -95,11 +95,11 @@ def test_writer_killed_midway_leaves_no_destination(tmp_path, tiny_models):
         import os, signal, torch
         import sparse_edit.checkpoint.writer as w
         from sparse_edit.checkpoint import Checkpoint
-        original = w.save_file
+        original = w.patch_shard
         def dying(*args, **kwargs):
             original(*args, **kwargs)
             os.kill(os.getpid(), signal.SIGKILL)
-        w.save_file = dying
+        w.patch_shard = dying
         ckpt = Checkpoint.open({str(source)!r})
         name = "model.layers.0.mlp.gate_proj.weight"
         w.write_checkpoint(ckpt, {str(dest)!r}, {{name: ckpt.load_tensor(name) + 1}})

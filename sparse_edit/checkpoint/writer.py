@@ -10,14 +10,14 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from sparse_edit.checkpoint.reader import FOREIGN_WEIGHT_PATTERNS, INDEX_FILE, Checkpoint
+from sparse_edit.checkpoint.reader import FOREIGN_WEIGHT_PATTERNS, INDEX_FILE, Checkpoint, read_header_bytes
 from sparse_edit.errors import SparseEditError
 
 # Our own output folder inside an edited checkpoint; never carried over from an input.
@@ -97,6 +97,51 @@ def copy_support_files(
         warn(f"not copied (weights in another format would stay unedited): {', '.join(skipped)}")
 
 
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    # safetensors stores little-endian, row-major data; a uint8 view gives exactly those bytes.
+    return tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def _aligned_header(header: dict[str, object]) -> bytes:
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return raw + b" " * (-len(raw) % 8)  # safetensors pads the header to 8 bytes with spaces
+
+
+def patch_shard(src: Path, dst: Path, replacements: Mapping[str, torch.Tensor]) -> None:
+    """Write ``src`` to ``dst`` with the bytes of ``replacements`` swapped in.
+
+    Shapes and dtypes are unchanged, so every other tensor's bytes and offsets stay as they
+    are: the data section is copied and only the replaced byte ranges are written. Memory use
+    is the replaced tensors plus a copy buffer, whatever the shard size. The metadata keeps
+    every original entry and gains ``format: pt``.
+    """
+    old_header = read_header_bytes(src)
+    header = json.loads(old_header)
+    metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+    metadata["format"] = "pt"
+    header["__metadata__"] = metadata
+    new_header = _aligned_header(header)
+    patches = []
+    for name, tensor in replacements.items():
+        begin, end = header[name]["data_offsets"]
+        data = _tensor_bytes(tensor)
+        if len(data) != end - begin:
+            raise ValueError(f"replacement for {name} has {len(data)} bytes, the shard holds {end - begin}")
+        patches.append((begin, data))
+    old_start, new_start = 8 + len(old_header), 8 + len(new_header)
+    if new_header == old_header:
+        shutil.copyfile(src, dst)  # kernel-side copy where the filesystem offers one
+    else:
+        with src.open("rb") as inp, dst.open("wb") as out:
+            out.write(struct.pack("<Q", len(new_header)) + new_header)
+            inp.seek(old_start)
+            shutil.copyfileobj(inp, out, 1 << 24)
+    with dst.open("r+b") as out:
+        for begin, data in patches:
+            out.seek(new_start + begin)
+            out.write(data)
+
+
 def write_shards(source: Checkpoint, staging: Path, replacements: Mapping[str, torch.Tensor]) -> list[str]:
     """Write every shard into ``staging``; returns the shards that were rewritten."""
     for name, tensor in replacements.items():
@@ -114,14 +159,7 @@ def write_shards(source: Checkpoint, staging: Path, replacements: Mapping[str, t
         if shard not in by_shard:
             _link_or_copy(source.path / shard, staging / shard)
             continue
-        # One shard in memory at a time keeps peak memory near the largest shard.
-        tensors = load_file(str(source.path / shard))
-        for name in by_shard[shard]:
-            tensors[name] = replacements[name].detach().to("cpu").contiguous()
-        metadata = {str(k): str(v) for k, v in source.shard_metadata.get(shard, {}).items()}
-        metadata["format"] = "pt"
-        save_file(tensors, str(staging / shard), metadata=metadata)
-        del tensors
+        patch_shard(source.path / shard, staging / shard, {name: replacements[name] for name in by_shard[shard]})
 
     if source.index is not None:
         index = json.loads(json.dumps(source.index))

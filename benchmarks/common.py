@@ -1,0 +1,45 @@
+"""Helpers shared by the benchmarks: peak memory of a child process and timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SHARED = ROOT.parent / "shared" / "data"
+
+# Run in a child process: prints {"seconds": ..., "rss_start_mb": ..., "rss_peak_mb": ...} for the code's body.
+CHILD_TEMPLATE = """
+import json, resource, time
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+{setup}
+start_rss = rss_mb()
+start = time.perf_counter()
+{body}
+seconds = time.perf_counter() - start
+print("RESULT" + json.dumps({{"seconds": seconds, "rss_start_mb": start_rss,
+      "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def run_child(setup: str, body: str) -> dict[str, float]:
+    code = CHILD_TEMPLATE.format(setup=setup, body=body)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :])
+
+
+def save(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
