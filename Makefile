@@ -23,8 +23,11 @@ lint: install
 	$(VENV)/bin/mypy
 
 bench: install
-	$(PY) -m pytest -q -m slow tests benchmarks
+	$(PY) -m pytest -q -m slow tests
 	$(PY) benchmarks/run_all.py
+
+demo: install
+	bash examples/demo.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -65,8 +65,10 @@ def main() -> None:
         print(f"checkpoint {size_mb:.0f} MB in {result['shards']} shards")
         print(f"naive load+edit+save_pretrained: {naive['seconds']:.2f} s, peak RSS {naive['rss_peak_mb']:.0f} MB")
         print(f"sparse-edit write_checkpoint:    {ours['seconds']:.2f} s, peak RSS {ours['rss_peak_mb']:.0f} MB")
-        print(f"speedup x{result['speedup']:.1f}; peak RSS ratio {result['peak_rss_ratio']:.3f} "
-              f"(above process start: {result['peak_rss_above_start_ratio']:.3f})")
+        print(
+            f"speedup x{result['speedup']:.1f}; peak RSS ratio {result['peak_rss_ratio']:.3f} "
+            f"(above process start: {result['peak_rss_above_start_ratio']:.3f})"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

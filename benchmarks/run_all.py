@@ -1,0 +1,13 @@
+"""`make bench`: every benchmark in one run; results land in benchmarks/results/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+for script in ("bench_write.py", "bench_speed.py", "real_model.py"):
+    print(f"== {script}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script)], cwd=HERE, check=True)
