@@ -277,6 +277,9 @@ def build_candidates(
                 if diagnostics["jitter"]:
                     reporter.warn(f"{strategy} layer {layer}: Cholesky needed jitter {diagnostics['jitter']:.3g}")
                 candidate.edits += edits
+                # The harmless Gram of this layer's keys, as the solve saw it: verify recomputes the leak from it.
+                candidate.grams[layer] = data.safe_gram["mlp_input" if strategy == "paper" else "neurons"]
+                candidate.gram_tokens = data.safe_tokens
                 per_layer.append(
                     {"layer": layer, "neurons": int(plan.neurons[(strategy, layer)].numel()), **diagnostics}
                 )
@@ -410,8 +413,7 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> ApplyResult:
             reporter.warn(
                 f"{name}: only {kept:.1%} of the update survived the cast to {checkpoint.tensors[name].dtype}"
             )
-    grams, tokens = final_grams(loaded, anchors, chosen, plan, options, storage, reporter)
-    delta = EditDelta(chosen.edits, grams, tokens, checkpoint.fingerprint())
+    delta = EditDelta(chosen.edits, chosen.grams, chosen.gram_tokens, checkpoint.fingerprint())
     delta_bytes = delta.to_bytes()
     table = [
         {"candidate": c.label, "strategy": c.strategy, "layers": list(c.layers), **c.diagnostics}
@@ -432,39 +434,6 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> ApplyResult:
         warn=reporter.warn,
     )
     return ApplyResult(manifest, chosen)
-
-
-def final_grams(
-    loaded: LoadedModel,
-    anchors: Anchors,
-    chosen: Candidate,
-    plan: Plan,
-    options: ApplyOptions,
-    storage: dict[str, torch.dtype],
-    reporter: Reporter,
-) -> tuple[dict[int, torch.Tensor], int]:
-    """The harmless Gram of each edited layer's keys, stored in the delta so verify can recompute the leak.
-
-    Collected from the model with the earlier layers' edits applied, as the sequential solve saw it.
-    """
-    site: Site = "mlp_input" if chosen.strategy == "paper" else "neurons"
-    grams: dict[int, torch.Tensor] = {}
-    tokens = 0
-    for step, layer in enumerate(chosen.layers):
-        earlier = [e for e in chosen.edits if e.layer in chosen.layers[:step]]
-        subsets = {layer: plan.neurons[("output", layer)]} if site == "neurons" else {}
-        with applied_in_memory(loaded.model, earlier, storage):
-            features = collect(
-                loaded,
-                anchors.safe_train,
-                FeatureRequest([layer], [site], subsets, gram=True),
-                options.batch_size,
-                reporter,
-                f"leak statistics, layer {layer}",
-            )
-        grams[layer] = features.grams[(site, layer)]
-        tokens = features.tokens
-    return grams, tokens
 
 
 def build_manifest(

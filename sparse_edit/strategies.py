@@ -38,6 +38,8 @@ class Candidate:
     layers: tuple[int, ...]
     edits: list[SliceEdit] = field(default_factory=list)
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    grams: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> harmless Gram of its keys
+    gram_tokens: int = 0
 
     @property
     def label(self) -> str:
