@@ -171,6 +171,7 @@ INHERITED_FROM_ARTIFACT = (
     "harmless",
     "reference_lang",
     "languages",
+    "limit",
     "system_prompt",
     "max_length",
 )

@@ -137,7 +137,9 @@ def summary_metrics(
         return {lang: getter(table[lang]) for lang in langs}
 
     asr = per_lang(lambda r: r["harmful"]["asr"]["rate"])
-    over = per_lang(lambda r: r["harmless"]["refusal"]["rate"])
+    # Over-refusal only where the language has harmless prompts.
+    with_harmless = [lang for lang in langs if table[lang]["harmless"]["n"] > 0]
+    over = {lang: table[lang]["harmless"]["refusal"]["rate"] for lang in with_harmless}
     metrics: dict[str, Any] = {
         "asr": asr,
         "refusal": per_lang(lambda r: r["harmful"]["refusal"]["rate"]),
@@ -158,12 +160,12 @@ def summary_metrics(
     }
     if all("base" in table[lang] for lang in langs):
         base_asr = per_lang(lambda r: r["base"]["harmful"]["asr"]["rate"])
-        base_over = per_lang(lambda r: r["base"]["harmless"]["refusal"]["rate"])
+        base_over = {lang: table[lang]["base"]["harmless"]["refusal"]["rate"] for lang in with_harmless}
         metrics["asr_delta"] = {lang: asr[lang] - base_asr[lang] for lang in langs}
         metrics["mean_asr_delta"] = mean([asr[lang] - base_asr[lang] for lang in others])
         base_mean = mean([base_asr[lang] for lang in others])
         metrics["asr_relative_change"] = (metrics["mean_asr"] - base_mean) / base_mean if base_mean else None
-        metrics["over_refusal_delta_by_lang"] = {lang: over[lang] - base_over[lang] for lang in langs}
+        metrics["over_refusal_delta_by_lang"] = {lang: over[lang] - base_over[lang] for lang in with_harmless}
         metrics["over_refusal_delta"] = mean(list(metrics["over_refusal_delta_by_lang"].values()))
         metrics["log_odds_delta"] = {
             lang: table[lang]["log_odds_harmful"] - table[lang]["base"]["log_odds_harmful"] for lang in langs
@@ -188,7 +190,7 @@ class EvalResult:
 def run_eval(options: EvalOptions, reporter: Reporter) -> EvalResult:
     gates: list[Gate] = [parse_gate(text) for text in options.fail_if]
     torch.manual_seed(options.seed)
-    sets = prepare_prompts(options, reporter)
+    sets = prepare_prompts(options, reporter, harmless_everywhere=False)
     judge = make_judge(options)
     edited_model = load_model(options)
     base_model = load_model(options, options.base) if options.base is not None else None

@@ -51,8 +51,11 @@ def _limit(prompts: list[Prompt], limit: int | None) -> list[Prompt]:
     return kept
 
 
-def prepare_prompts(options: PromptOptions, reporter: Reporter) -> PromptSets:
-    """Load, filter and check the harmful and harmless prompt sources."""
+def prepare_prompts(options: PromptOptions, reporter: Reporter, harmless_everywhere: bool = True) -> PromptSets:
+    """Load, filter and check the harmful and harmless prompt sources.
+
+    With ``harmless_everywhere`` false (eval), a language may have harmful prompts only.
+    """
     harmful, harmful_sources = load_sources(options.harmful, "harmful", "--harmful")
     harmless, harmless_sources = load_sources(options.harmless, "harmless", "--harmless")
     found = sorted({p.lang for p in harmful} | {p.lang for p in harmless})
@@ -65,7 +68,7 @@ def prepare_prompts(options: PromptOptions, reporter: Reporter) -> PromptSets:
             raise SparseEditError(
                 f"--languages: {lang} has no harmful prompts in --harmful; add a source or drop it"
             )
-        if lang not in harmless_langs:
+        if lang not in harmless_langs and harmless_everywhere:
             raise SparseEditError(
                 f"--languages: {lang} has no harmless prompts in --harmless; add a source or drop it"
             )

@@ -371,3 +371,30 @@ def test_strategies_and_layers_are_compared_with_a_ceiling(located, tmp_path):
     assert labels == ["paper@1", "paper@2", "output@1", "output@2"]
     assert all(isinstance(row["ceiling_gain_harmful"], float) for row in manifest["candidates"])
     assert manifest["selection_rule"].startswith("largest selective gain")
+
+
+def test_apply_inherits_prompt_settings_from_the_artifact(tiny_models, prompts, tmp_path):
+    model = tiny_models("llama")
+    artifact = tmp_path / "a.safetensors"
+    run_cli(
+        "locate",
+        "--model",
+        model,
+        "--harmful",
+        prompts[0],
+        "--harmless",
+        prompts[1],
+        "--languages",
+        "en,th",
+        "--limit",
+        "6",
+        "--device",
+        "cpu",
+        "-o",
+        artifact,
+        "-q",
+    )
+    manifest = json.loads(run_cli(*apply_args(artifact, tmp_path / "out"), "--json").stdout)
+    settings = manifest["settings"]
+    assert (settings["limit"], settings["languages"], settings["model"]) == (6, ["en", "th"], str(model))
+    assert manifest["low_langs"] == ["th"]

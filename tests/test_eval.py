@@ -81,3 +81,40 @@ def test_malformed_or_unknown_gates_exit_2_before_generating(evaluated):
         parse_gate("asr > 1").evaluate({"asr": {"en": 0.1}})
     with pytest.raises(SparseEditError, match="needs --base"):
         parse_gate("kl_harmless > 1").evaluate({"kl_harmless": None})
+
+
+def test_languages_without_harmless_prompts_get_attack_success_only(tiny_models, tmp_path):
+    from tests.helpers import write_jsonl
+
+    harmful, _ = parallel_prompt_files(tmp_path, langs=("en", "th", "yo"), count=3)
+    harmless = write_jsonl(
+        tmp_path / "safe.jsonl", [{"id": i, "lang": "en", "text": f"hello {i}"} for i in range(3)]
+    )
+    out = tmp_path / "report"
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(tiny_models("qwen2")),
+            "--base",
+            str(tiny_models("qwen2")),
+            "--harmful",
+            str(harmful),
+            "--harmless",
+            str(harmless),
+            "--max-new-tokens",
+            "3",
+            "--no-representation",
+            "--device",
+            "cpu",
+            "-q",
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["languages"]["yo"]["harmless"]["n"] == 0
+    assert set(report["summary"]["over_refusal"]) == {"en"}
+    assert set(report["summary"]["asr"]) == {"en", "th", "yo"}
