@@ -10,7 +10,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
-from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions
+from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, ModelOptions, Options, PromptOptions
 from sparse_edit.errors import EXIT_CHECK_FAILED, EXIT_ERROR, CheckFailed, SparseEditError
 
 P = ParamSpec("P")
@@ -93,27 +93,57 @@ def _split_list(values: list[str] | None) -> list[str] | None:
 ConfigFlag = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML file with the settings; flags override it.")
 ]
+M, P = ModelOptions, PromptOptions
+# Flags shared by locate, apply and eval: one declaration, help from the options model.
+ModelFlag = Annotated[Path | None, typer.Option(help=M.help("model"))]
+BatchSizeFlag = Annotated[int | None, typer.Option(help=M.help("batch_size"))]
+MaxLengthFlag = Annotated[int | None, typer.Option(help=M.help("max_length"))]
+SystemPromptFlag = Annotated[str | None, typer.Option(help=M.help("system_prompt"))]
+DeviceFlag = Annotated[str | None, typer.Option(help=M.help("device"))]
+DtypeFlag = Annotated[str | None, typer.Option(help=M.help("dtype"))]
+HarmfulFlag = Annotated[list[str] | None, typer.Option(help=P.help("harmful"))]
+HarmlessFlag = Annotated[list[str] | None, typer.Option(help=P.help("harmless"))]
+ReferenceFlag = Annotated[str | None, typer.Option(help=P.help("reference_lang"))]
+LanguagesFlag = Annotated[list[str] | None, typer.Option(help=P.help("languages"))]
+LimitFlag = Annotated[int | None, typer.Option(help=P.help("limit"))]
+# Fields whose flags take comma-separated lists as well as repeats.
+COMMA_LISTS = {"languages", "low_langs", "strategy", "candidate_layers"}
+
+
+def overrides_for(model: type[Options], values: dict[str, Any]) -> dict[str, Any]:
+    """The flags the user gave, keyed by options field: unset flags (None, False, empty) do not override."""
+    given: dict[str, Any] = {}
+    for name in model.model_fields:
+        value = values.get(name)
+        if name in COMMA_LISTS:
+            value = _split_list(value)
+        if value is None or value is False or value == []:
+            continue
+        given[name] = value
+    return given
+
+
 L = LocateOptions
 
 
 @command
 def locate(
     config: ConfigFlag = None,
-    model: Annotated[Path | None, typer.Option(help=L.help("model"))] = None,
-    harmful: Annotated[list[str] | None, typer.Option(help=L.help("harmful"))] = None,
-    harmless: Annotated[list[str] | None, typer.Option(help=L.help("harmless"))] = None,
-    reference_lang: Annotated[str | None, typer.Option(help=L.help("reference_lang"))] = None,
-    languages: Annotated[list[str] | None, typer.Option(help=L.help("languages"))] = None,
-    limit: Annotated[int | None, typer.Option(help=L.help("limit"))] = None,
+    model: ModelFlag = None,
+    harmful: HarmfulFlag = None,
+    harmless: HarmlessFlag = None,
+    reference_lang: ReferenceFlag = None,
+    languages: LanguagesFlag = None,
+    limit: LimitFlag = None,
     pooling: Annotated[str | None, typer.Option(help=L.help("pooling"))] = None,
     tau_mag: Annotated[float | None, typer.Option(help=L.help("tau_mag"))] = None,
     tau_stat: Annotated[float | None, typer.Option(help=L.help("tau_stat"))] = None,
     max_neurons: Annotated[int | None, typer.Option(help=L.help("max_neurons"))] = None,
-    batch_size: Annotated[int | None, typer.Option(help=L.help("batch_size"))] = None,
-    max_length: Annotated[int | None, typer.Option(help=L.help("max_length"))] = None,
-    system_prompt: Annotated[str | None, typer.Option(help=L.help("system_prompt"))] = None,
-    device: Annotated[str | None, typer.Option(help=L.help("device"))] = None,
-    dtype: Annotated[str | None, typer.Option(help=L.help("dtype"))] = None,
+    batch_size: BatchSizeFlag = None,
+    max_length: MaxLengthFlag = None,
+    system_prompt: SystemPromptFlag = None,
+    device: DeviceFlag = None,
+    dtype: DtypeFlag = None,
     seed: Annotated[int | None, typer.Option(help=L.help("seed"))] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=L.help("output"))] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=L.help("overwrite"))] = False,
@@ -125,26 +155,7 @@ def locate(
     from sparse_edit.console import Reporter
     from sparse_edit.locate import layer_table, run_locate
 
-    overrides = {
-        "model": model,
-        "harmful": harmful or None,
-        "harmless": harmless or None,
-        "reference_lang": reference_lang,
-        "languages": _split_list(languages),
-        "limit": limit,
-        "pooling": pooling,
-        "tau_mag": tau_mag,
-        "tau_stat": tau_stat,
-        "max_neurons": max_neurons,
-        "batch_size": batch_size,
-        "max_length": max_length,
-        "system_prompt": system_prompt,
-        "device": device,
-        "dtype": dtype,
-        "seed": seed,
-        "output": output,
-        "overwrite": overwrite or None,
-    }
+    overrides = overrides_for(LocateOptions, locals())
     options = load_options(LocateOptions, config, overrides)
     if options.output.exists() and not options.overwrite:
         raise SparseEditError(f"--output {options.output}: already exists; pass --overwrite to replace it")
@@ -181,7 +192,7 @@ INHERITED_FROM_ARTIFACT = (
 def apply(
     config: ConfigFlag = None,
     artifact: Annotated[Path | None, typer.Option(help=A.help("artifact"))] = None,
-    model: Annotated[Path | None, typer.Option(help=A.help("model") + " Default: the artifact's model.")] = None,
+    model: ModelFlag = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=A.help("output"))] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=A.help("overwrite"))] = False,
     strategy: Annotated[list[str] | None, typer.Option(help=A.help("strategy"))] = None,
@@ -208,65 +219,31 @@ def apply(
     harmless: Annotated[
         list[str] | None, typer.Option(help=A.help("harmless") + " Default: the artifact's.")
     ] = None,
-    reference_lang: Annotated[str | None, typer.Option(help=A.help("reference_lang"))] = None,
-    languages: Annotated[list[str] | None, typer.Option(help=A.help("languages"))] = None,
-    limit: Annotated[int | None, typer.Option(help=A.help("limit"))] = None,
+    reference_lang: ReferenceFlag = None,
+    languages: LanguagesFlag = None,
+    limit: LimitFlag = None,
     dev_fraction: Annotated[float | None, typer.Option(help=A.help("dev_fraction"))] = None,
     dev_limit: Annotated[int | None, typer.Option(help=A.help("dev_limit"))] = None,
     kl_budget: Annotated[float | None, typer.Option(help=A.help("kl_budget"))] = None,
-    batch_size: Annotated[int | None, typer.Option(help=A.help("batch_size"))] = None,
-    max_length: Annotated[int | None, typer.Option(help=A.help("max_length"))] = None,
-    system_prompt: Annotated[str | None, typer.Option(help=A.help("system_prompt"))] = None,
-    device: Annotated[str | None, typer.Option(help=A.help("device"))] = None,
-    dtype: Annotated[str | None, typer.Option(help=A.help("dtype"))] = None,
+    batch_size: BatchSizeFlag = None,
+    max_length: MaxLengthFlag = None,
+    system_prompt: SystemPromptFlag = None,
+    device: DeviceFlag = None,
+    dtype: DtypeFlag = None,
     seed: Annotated[int | None, typer.Option(help=A.help("seed"))] = None,
     quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Compute the closed-form edit from a locate artifact and write the edited checkpoint."""
+    """Compute the closed-form edit from a locate artifact and write the edited checkpoint.
+
+    The model, prompt sources, languages and limit default to the artifact's.
+    """
     from sparse_edit.apply import run_apply
     from sparse_edit.artifact import read_metadata
     from sparse_edit.config import load_options, read_config
     from sparse_edit.console import Reporter
 
-    overrides = {
-        "artifact": artifact,
-        "model": model,
-        "output": output,
-        "overwrite": overwrite or None,
-        "strategy": _split_list(strategy),
-        "output_neurons": output_neurons,
-        "max_edit_neurons": max_edit_neurons,
-        "gain": gain,
-        "output_gamma": output_gamma,
-        "positions": positions,
-        "ceiling": ceiling or None,
-        "layer": layer,
-        "candidate_layers": [int(v) for v in _split_list(candidate_layers) or []] or None,
-        "proj": proj,
-        "nullspace": nullspace,
-        "nullspace_threshold": nullspace_threshold,
-        "target": target,
-        "low_langs": _split_list(low_langs),
-        "neuron_lang": neuron_lang,
-        "gamma": gamma,
-        "lam": lam,
-        "rank": rank,
-        "harmful": harmful or None,
-        "harmless": harmless or None,
-        "reference_lang": reference_lang,
-        "languages": _split_list(languages),
-        "limit": limit,
-        "dev_fraction": dev_fraction,
-        "dev_limit": dev_limit,
-        "kl_budget": kl_budget,
-        "batch_size": batch_size,
-        "max_length": max_length,
-        "system_prompt": system_prompt,
-        "device": device,
-        "dtype": dtype,
-        "seed": seed,
-    }
+    overrides = overrides_for(ApplyOptions, locals())
     artifact_path = artifact or read_config(config).get("artifact")
     defaults: dict[str, Any] = {}
     if artifact_path is not None and Path(str(artifact_path)).is_file():
@@ -304,13 +281,13 @@ E = EvalOptions
 @command(name="eval")
 def evaluate(
     config: ConfigFlag = None,
-    model: Annotated[Path | None, typer.Option(help=E.help("model"))] = None,
+    model: ModelFlag = None,
     base: Annotated[Path | None, typer.Option(help=E.help("base"))] = None,
-    harmful: Annotated[list[str] | None, typer.Option(help=E.help("harmful"))] = None,
-    harmless: Annotated[list[str] | None, typer.Option(help=E.help("harmless"))] = None,
-    reference_lang: Annotated[str | None, typer.Option(help=E.help("reference_lang"))] = None,
-    languages: Annotated[list[str] | None, typer.Option(help=E.help("languages"))] = None,
-    limit: Annotated[int | None, typer.Option(help=E.help("limit"))] = None,
+    harmful: HarmfulFlag = None,
+    harmless: HarmlessFlag = None,
+    reference_lang: ReferenceFlag = None,
+    languages: LanguagesFlag = None,
+    limit: LimitFlag = None,
     max_new_tokens: Annotated[int | None, typer.Option(help=E.help("max_new_tokens"))] = None,
     judge: Annotated[str | None, typer.Option(help=E.help("judge"))] = None,
     artifact: Annotated[Path | None, typer.Option(help=E.help("artifact"))] = None,
@@ -318,11 +295,11 @@ def evaluate(
     representation: Annotated[
         bool | None, typer.Option("--representation/--no-representation", help=E.help("representation"))
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help=E.help("batch_size"))] = None,
-    max_length: Annotated[int | None, typer.Option(help=E.help("max_length"))] = None,
-    system_prompt: Annotated[str | None, typer.Option(help=E.help("system_prompt"))] = None,
-    device: Annotated[str | None, typer.Option(help=E.help("device"))] = None,
-    dtype: Annotated[str | None, typer.Option(help=E.help("dtype"))] = None,
+    batch_size: BatchSizeFlag = None,
+    max_length: MaxLengthFlag = None,
+    system_prompt: SystemPromptFlag = None,
+    device: DeviceFlag = None,
+    dtype: DtypeFlag = None,
     seed: Annotated[int | None, typer.Option(help=E.help("seed"))] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=E.help("output"))] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=E.help("overwrite"))] = False,
@@ -339,28 +316,7 @@ def evaluate(
     from sparse_edit.gates import parse_gate
     from sparse_edit.report import finite, markdown, write_report
 
-    overrides = {
-        "model": model,
-        "base": base,
-        "harmful": harmful or None,
-        "harmless": harmless or None,
-        "reference_lang": reference_lang,
-        "languages": _split_list(languages),
-        "limit": limit,
-        "max_new_tokens": max_new_tokens,
-        "judge": judge,
-        "artifact": artifact,
-        "fail_if": fail_if or None,
-        "representation": representation,
-        "batch_size": batch_size,
-        "max_length": max_length,
-        "system_prompt": system_prompt,
-        "device": device,
-        "dtype": dtype,
-        "seed": seed,
-        "output": output,
-        "overwrite": overwrite or None,
-    }
+    overrides = overrides_for(EvalOptions, locals())
     options = load_options(EvalOptions, config, overrides)
     for text in options.fail_if:
         parse_gate(text)  # fail on a malformed gate before any generation
