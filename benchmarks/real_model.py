@@ -23,9 +23,12 @@ from common import ROOT, SHARED, save
 
 RUNS = ROOT / "runs" / "qwen"
 POLY = SHARED / "polyrefuse"
+# Layers as chosen on the anchors' dev split by `sparse-edit apply --config
+# examples/configs/qwen-polyrefuse-apply.toml` (paper@16/18 and output@16/18 compared; see
+# benchmarks/results/qwen-apply-candidates.json): output@16, and the better paper layer, 18.
 STRATEGIES = {
-    "paper": ["--strategy", "paper", "--candidate-layers", "12,16,18"],
-    "output": ["--strategy", "output", "--candidate-layers", "12,16"],
+    "output": ["--strategy", "output", "--layer", "16"],
+    "paper": ["--strategy", "paper", "--layer", "18"],
 }
 TARGETS = {
     "relative_asr_cut": 0.5,

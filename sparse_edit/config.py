@@ -146,10 +146,10 @@ class ApplyOptions(ModelOptions, PromptOptions):
     output: Path = Field(description="Folder for the edited checkpoint (written atomically).")
     overwrite: bool = Field(False, description="Replace an existing output folder.")
     strategy: list[StrategyName] = Field(
-        default_factory=lambda: list[StrategyName](["paper"]),
-        description="paper: the published edit, input rows (gate_proj) of the safety neurons. output: down_proj "
-        "columns of a neuron set, fitted to raise the layer's refusal-direction projection. Several (paper,output) "
-        "are compared on the dev split, like layers.",
+        default_factory=lambda: list[StrategyName](["output"]),
+        description="output (default; measured best on Qwen2.5-Coder-0.5B, see README): down_proj columns of a "
+        "neuron set, fitted to raise the layer's refusal-direction projection. paper: the published edit, input "
+        "rows (gate_proj) of the safety neurons. Several (paper,output) are compared on the dev split, like layers.",
     )
     layer: str = Field(
         "auto",

@@ -76,6 +76,8 @@ def apply_args(artifact: Path, output: Path, *extra: str) -> list[str]:
         "--device",
         "cpu",
         "-q",
+        # Most mechanics tests pin the paper strategy; tests of another strategy name theirs.
+        *([] if "--strategy" in extra else ["--strategy", "paper"]),
         *extra,
     ]
 
