@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from common import run_child, save
+from common import ROOT, run_child, save
 
 BUILD = """
 import torch
@@ -44,7 +44,9 @@ write_checkpoint(ckpt, r"{dst}", {{name: tensor}})
 
 
 def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="sparse-edit-bench-"))
+    # On the project disk (not /tmp, which may be a different filesystem): both routes write here.
+    (ROOT / "runs").mkdir(exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="bench-write-", dir=ROOT / "runs"))
     try:
         src = root / "model"
         run_child(BUILD.format(path=src), "pass")
