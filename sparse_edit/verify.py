@@ -65,7 +65,9 @@ def _planned_mask(shape: tuple[int, ...], delta: EditDelta, name: str) -> torch.
 
 
 def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> VerifyReport:
-    base = Checkpoint.open(base_path)
+    from sparse_edit.gguf import ensure_hf_folder
+
+    base = Checkpoint.open(ensure_hf_folder(base_path))
     edited = Checkpoint.open(edited_path)
     report = VerifyReport()
     delta = EditDelta.load(edited_path / DELTA_FILE)
