@@ -17,8 +17,7 @@ import torch
 
 from sparse_edit.activations import capture, run_base
 from sparse_edit.console import Reporter
-from sparse_edit.errors import SparseEditError
-from sparse_edit.modeling import Encoded, LoadedModel, batches, out_of_memory_hint
+from sparse_edit.modeling import Encoded, LoadedModel, batch_memory_guard, batches
 
 Site = Literal["mlp_input", "neurons", "residual"]
 
@@ -91,15 +90,12 @@ def collect(
             for batch in batches(encoded, batch_size, pad):
                 state["mask"] = batch.attention_mask
                 state["positions"] = [position[id(item)] for item in batch.items]
-                try:
-                    with torch.inference_mode():
-                        output = run_base(
-                            loaded.model,
-                            batch.model_inputs(loaded.input_device),
-                            hidden_states="residual" in request.sites,
-                        )
-                except torch.OutOfMemoryError as exc:
-                    raise SparseEditError(out_of_memory_hint(batch_size)) from exc
+                with batch_memory_guard(batch_size), torch.inference_mode():
+                    output = run_base(
+                        loaded.model,
+                        batch.model_inputs(loaded.input_device),
+                        hidden_states="residual" in request.sites,
+                    )
                 if "residual" in request.sites:
                     for layer in layers:
                         add("residual", layer, output.hidden_states[layer + 1])

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from sparse_edit.console import Reporter
-from sparse_edit.errors import SparseEditError
-from sparse_edit.modeling import Encoded, LoadedModel, batches, out_of_memory_hint
+from sparse_edit.modeling import Encoded, LoadedModel, batch_memory_guard, batches
 
 
 def generate_replies(
@@ -28,19 +27,16 @@ def generate_replies(
         for batch in batches(encoded, batch_size, pad):
             inputs = batch.model_inputs(loaded.input_device)
             inputs.pop("position_ids")  # generate derives positions from the attention mask
-            try:
-                with torch.inference_mode():
-                    output = loaded.model.generate(
-                        **inputs,
-                        max_new_tokens=max_new_tokens,
-                        do_sample=False,
-                        pad_token_id=pad,
-                        temperature=None,
-                        top_p=None,
-                        top_k=None,
-                    )
-            except torch.OutOfMemoryError as exc:
-                raise SparseEditError(out_of_memory_hint(batch_size)) from exc
+            with batch_memory_guard(batch_size), torch.inference_mode():
+                output = loaded.model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
             new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu()
             for item, row in zip(batch.items, new_tokens, strict=True):
                 replies[position[id(item)]] = tokenizer.decode(row, skip_special_tokens=True).strip()

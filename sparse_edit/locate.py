@@ -12,7 +12,7 @@ from sparse_edit.artifact import LocateArtifact
 from sparse_edit.config import LocateOptions, PromptOptions
 from sparse_edit.console import Reporter
 from sparse_edit.errors import SparseEditError
-from sparse_edit.modeling import LoadedModel, batches, encode_prompts, load_model, out_of_memory_hint
+from sparse_edit.modeling import LoadedModel, batch_memory_guard, batches, encode_prompts, load_model
 from sparse_edit.neurons import RECOMMENDED_LAYER_RULE, ClassStats, recommend_layer, score, select
 from sparse_edit.prompts import (
     LABELS,
@@ -123,11 +123,8 @@ def collect_moments(
         for batch in batches(encoded, options.batch_size, pad_id):
             state["mask"] = batch.attention_mask
             state["groups"] = torch.tensor([groups[(i.prompt.lang, i.prompt.label)] for i in batch.items])
-            try:
-                with torch.inference_mode():
-                    run_base(model, batch.model_inputs(loaded.input_device))
-            except torch.OutOfMemoryError as exc:
-                raise SparseEditError(out_of_memory_hint(options.batch_size)) from exc
+            with batch_memory_guard(options.batch_size), torch.inference_mode():
+                run_base(model, batch.model_inputs(loaded.input_device))
             moments.count_rows(state["groups"])
             progress.advance(len(batch.items))
     return moments

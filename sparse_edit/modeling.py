@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,5 +159,12 @@ def batches(encoded: Sequence[Encoded], batch_size: int, pad_id: int) -> Iterato
         yield make_batch([encoded[i] for i in order[start : start + batch_size]], pad_id)
 
 
-def out_of_memory_hint(batch_size: int) -> str:
-    return f"ran out of memory at --batch-size {batch_size}; try --batch-size {max(1, batch_size // 2)}"
+@contextmanager
+def batch_memory_guard(batch_size: int) -> Iterator[None]:
+    """Turn an out-of-memory error of one batch into a user error that suggests a smaller batch."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise SparseEditError(
+            f"ran out of memory at --batch-size {batch_size}; try --batch-size {max(1, batch_size // 2)}"
+        ) from exc

@@ -177,3 +177,11 @@ def test_artifact_for_another_model_is_refused(tiny_models, tmp_path):
 
     with pytest.raises(SparseEditError, match="run locate on this model"):
         artifact.check_model(Checkpoint.open(tiny_models("llama", layers=3)), "--artifact")
+
+
+def test_out_of_memory_becomes_a_batch_size_hint():
+    from sparse_edit.errors import SparseEditError
+    from sparse_edit.modeling import batch_memory_guard
+
+    with pytest.raises(SparseEditError, match="try --batch-size 4"), batch_memory_guard(8):
+        raise torch.OutOfMemoryError("simulated")
