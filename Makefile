@@ -10,9 +10,15 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-install: $(PY)
+# The stamp makes repeated `make test` skip pip; editing pyproject.toml reinstalls.
+STAMP := $(VENV)/.sparse-edit-installed
+
+$(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev,plot,gguf]"
+	touch $(STAMP)
+
+install: $(STAMP)
 
 test: install
 	$(PY) -m pytest -q

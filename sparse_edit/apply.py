@@ -6,7 +6,7 @@ import hashlib
 import json
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -14,6 +14,7 @@ import torch
 from sparse_edit import __version__
 from sparse_edit.architectures import Projection
 from sparse_edit.artifact import LocateArtifact
+from sparse_edit.attribution import attribution_scores, top_neurons
 from sparse_edit.checkpoint import Checkpoint, write_checkpoint
 from sparse_edit.checkpoint.writer import check_destination
 from sparse_edit.config import ApplyOptions
@@ -112,6 +113,38 @@ class Plan:
     layer_sets: list[tuple[int, ...]]
     neurons: dict[tuple[str, int], torch.Tensor]
     sites: list[Site]
+    notes: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)  # per-layer diagnostics
+
+
+def rank_by_attribution(
+    loaded: LoadedModel, anchors: Anchors, plan: Plan, options: ApplyOptions, reporter: Reporter
+) -> None:
+    """Replace each planned neuron set by as many neurons ranked by attribution patching.
+
+    Records, per (strategy, layer), the overlap with the contrast set and both sets' first-order
+    estimate of the patching gain (mean over training prompts of the summed scores).
+    """
+    scores: dict[int, torch.Tensor] = {}
+    count = len(anchors.low_train)
+    for (strategy, layer), contrast in list(plan.neurons.items()):
+        if layer not in scores:
+            scores[layer] = attribution_scores(
+                loaded, anchors.low_train, anchors.ref_train, layer, options.batch_size, reporter
+            )
+        chosen = top_neurons(scores[layer], int(contrast.numel()))
+        if not chosen.numel():
+            raise SparseEditError(
+                f"--neuron-score attribution: no neuron at layer {layer} raises refusal when moved toward "
+                f"{options.reference_lang}; use --neuron-score contrast or another --layer"
+            )
+        union = torch.unique(torch.cat([contrast, chosen])).numel()
+        shared = contrast.numel() + chosen.numel() - union
+        plan.neurons[(strategy, layer)] = chosen
+        plan.notes[(strategy, layer)] = {
+            "jaccard_to_contrast_set": shared / union if union else 0.0,
+            "attribution_estimate": float(scores[layer][chosen].sum()) / count,
+            "attribution_estimate_contrast_set": float(scores[layer][contrast].sum()) / count,
+        }
 
 
 def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, low_langs: list[str]) -> Plan:
@@ -164,7 +197,9 @@ def gather(
     """Collect every feature the planned strategies need at ``layers`` (one pass per prompt group)."""
     subsets = {layer: plan.neurons[("output", layer)] for layer in layers if ("output", layer) in plan.neurons}
     rows = FeatureRequest(layers, plan.sites, subsets, options.positions)
-    grams = FeatureRequest(layers, [s for s in plan.sites if s != "residual"], subsets, gram=True)
+    grams = FeatureRequest(
+        layers, [s for s in plan.sites if s != "residual"], subsets, options.positions, gram=True, tail_rows=True
+    )
     bs = options.batch_size
 
     def run(items: list[Encoded], request: FeatureRequest, label: str) -> Features | None:
@@ -210,6 +245,7 @@ def gather(
                 {site: dev_safe.grams[(site, layer)] for site, _ in dev_safe.grams if _ == layer},
                 dev_safe.tokens,
                 None,
+                safe_rows=site_rows(dev_safe),
             )
         out[layer] = LayerData(
             site_rows(low),
@@ -219,6 +255,7 @@ def gather(
             safe.tokens,
             ref_safe.rows[("residual", layer)] if ref_safe is not None else None,
             dev,
+            site_rows(safe),
         )
     return out
 
@@ -240,7 +277,9 @@ def solve_at(
     output_settings = SolveSettings(
         options.output_gamma, settings.lam, settings.rank, settings.nullspace, settings.threshold
     )
-    return output_candidate(layer, neurons, checkpoint, data, output_settings, options.gain, share)
+    return output_candidate(
+        layer, neurons, checkpoint, data, output_settings, options.gain, share, options.harmless_tail_weight
+    )
 
 
 def build_candidates(
@@ -281,7 +320,12 @@ def build_candidates(
                 candidate.grams[layer] = data.safe_gram["mlp_input" if strategy == "paper" else "neurons"]
                 candidate.gram_tokens = data.safe_tokens
                 per_layer.append(
-                    {"layer": layer, "neurons": int(plan.neurons[(strategy, layer)].numel()), **diagnostics}
+                    {
+                        "layer": layer,
+                        "neurons": int(plan.neurons[(strategy, layer)].numel()),
+                        **plan.notes.get((strategy, layer), {}),
+                        **diagnostics,
+                    }
                 )
             candidate.diagnostics = summarise_layers(per_layer)
             candidate.diagnostics["changed_parameters"] = sum(e.changed_parameters for e in candidate.edits)
@@ -397,6 +441,8 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> ApplyResult:
         raise SparseEditError("--low-langs: no low-resource language to edit for (all equal the reference)")
     plan = make_plan(options, artifact, loaded.num_layers, low_langs)
     anchors = build_anchors(options, loaded, low_langs, reporter)
+    if options.neuron_score == "attribution":
+        rank_by_attribution(loaded, anchors, plan, options, reporter)
     storage: dict[str, torch.dtype] = {}
     candidates = build_candidates(loaded, anchors, plan, options, storage, reporter)
     for candidate in candidates:

@@ -166,6 +166,13 @@ class ApplyOptions(ModelOptions, PromptOptions):
         description="output strategy: edit the columns of the union of the low-resource languages' safety neurons, "
         "the reference language's, or all neurons.",
     )
+    neuron_score: Literal["contrast", "attribution"] = Field(
+        "contrast",
+        description="How edited neurons are chosen. contrast: the locate artifact's safety-neuron sets (harmful vs "
+        "harmless z / Cohen's d). attribution: the same number of neurons per layer, ranked by attribution "
+        "patching (gap to the reference-language activation x gradient of the refusal log-odds) on the training "
+        "anchors; costs one backward pass per anchor batch.",
+    )
     max_edit_neurons: int | None = Field(
         512, ge=1, description="output strategy: at most this many columns per layer (strongest mean Cohen's d)."
     )
@@ -175,6 +182,13 @@ class ApplyOptions(ModelOptions, PromptOptions):
         gt=0,
         description="output strategy: its own harmless weight (its keys are neuron activations, which harmless "
         "prompts share more; smaller values leak onto harmless prompts).",
+    )
+    harmless_tail_weight: float = Field(
+        0.0,
+        ge=0,
+        description="output strategy: also fit the harmless prompts' last --positions tokens to no shift, with "
+        "this total weight relative to the harmful rows (0 = off). The template tail is alike for every prompt, "
+        "so without it the edit pushes harmless prompts toward refusal too.",
     )
     positions: int = Field(
         1,

@@ -4,7 +4,7 @@ For each layer three sites can be read: the MLP input (``mlp_input``), the neuro
 activations (``neurons``, optionally only a subset of them) and the layer's output in the
 residual stream (``residual``). Prompts are either pooled into rows (the last ``positions``
 tokens of each prompt, input order kept) or summed into a float64 Gram matrix over every
-non-pad token (for the harmless preservation term).
+non-pad token (for the harmless preservation term), optionally with the pooled rows too.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class FeatureRequest:
     neuron_subsets: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> indices kept for "neurons"
     positions: int = 1
     gram: bool = False
+    tail_rows: bool = False  # with gram: also keep the last ``positions`` rows per prompt
 
 
 @dataclass
@@ -72,7 +73,8 @@ def collect(
             update = (x.T @ x).cpu()
             key = (site, layer)
             grams[key] = grams[key] + update if key in grams else update
-            return
+            if not request.tail_rows:
+                return
         tail = _tail(activation, request.positions).float().cpu()
         indices = state["positions"]
         assert isinstance(indices, list)

@@ -101,6 +101,7 @@ class LayerData:
     safe_tokens: int
     ref_harmless_residual: torch.Tensor | None  # [M * k, d] for the refusal direction
     dev: LayerData | None = None
+    safe_rows: dict[str, torch.Tensor] = field(default_factory=dict)  # site -> [N_safe * k, D]
 
 
 def _target_points(data: LayerData, site: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +173,11 @@ def output_candidate(
     settings: SolveSettings,
     gain: float,
     share: float = 1.0,
+    tail_weight: float = 0.0,
 ) -> tuple[list[SliceEdit], dict[str, Any]]:
+    """``tail_weight`` > 0 also fits the harmless prompts' last-token rows to a zero shift (weighted):
+    the chat-template tail looks alike for every prompt, so without those rows the edit pushes
+    harmless prompts toward refusal about as much as harmful ones."""
     family, d_ff = checkpoint.family, checkpoint.dims.mlp_width
     neuron_slice = family.neuron_slice(layer, "down", d_ff)
     w_s = neuron_slice.read(checkpoint.load_tensor(neuron_slice.tensor), neurons).to(F64)  # [m, d]
@@ -186,8 +191,18 @@ def output_candidate(
         shift = (share * gain * (level - projection)).clamp(min=0)
         return EditProblem(keys, shift[:, None] * direction[None, :], data.safe_gram["neurons"], data.safe_tokens)
 
+    def with_harmless_tail(p: EditProblem, d: LayerData) -> EditProblem:
+        rows = d.safe_rows.get("neurons")
+        if tail_weight <= 0 or rows is None or not rows.shape[0]:
+            return p
+        # Row weights balance the two groups: tail_weight = 1 gives harmless rows the harmful rows' total weight.
+        scale = (tail_weight * p.keys.shape[0] / rows.shape[0]) ** 0.5
+        keys = torch.cat([p.keys, scale * rows.to(F64)])
+        targets = torch.cat([p.targets, p.targets.new_zeros(rows.shape[0], p.targets.shape[1])])
+        return EditProblem(keys, targets, p.preserve_gram, p.preserve_count)
+
     train = problem(data)
-    solution = solve(train, settings)
+    solution = solve(with_harmless_tail(train, data), settings)
     edit = SliceEdit(
         layer=layer,
         projection="down",
@@ -206,7 +221,25 @@ def output_candidate(
         dev = problem(data.dev)
         diagnostics["fit_dev"] = fit_ratio(dev.keys, dev.targets, delta)
         diagnostics["leak_dev"] = leak_ratio(data.dev.safe_gram["neurons"], delta, w_s)
+        tail_ratio = _harmless_tail_ratio(data.dev, dev, delta, direction)
+        if tail_ratio is not None:
+            diagnostics["harmless_tail_ratio_dev"] = tail_ratio
+    tail_ratio = _harmless_tail_ratio(data, train, delta, direction)
+    if tail_ratio is not None:
+        diagnostics["harmless_tail_ratio_train"] = tail_ratio
     return [edit], diagnostics
+
+
+def _harmless_tail_ratio(
+    data: LayerData, harmful: EditProblem, delta: torch.Tensor, direction: torch.Tensor
+) -> float | None:
+    """Mean shift the edit puts on harmless last-token rows along the refusal direction, relative to
+    the mean shift it is asked to put on harmful rows (0 = perfectly selective, 1 = no selectivity)."""
+    rows = data.safe_rows.get("neurons")
+    wanted = float((harmful.targets @ direction).mean()) if harmful.targets.shape[0] else 0.0
+    if rows is None or not rows.shape[0] or wanted <= 0:
+        return None
+    return float((rows.to(F64) @ delta @ direction).mean()) / wanted
 
 
 def _diagnostics(

@@ -1,4 +1,4 @@
-"""Prompt files and planted models for tests."""
+"""Prompt files, planted models and CLI helpers for tests."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import random
 from pathlib import Path
 
 import torch
+from typer.testing import CliRunner
+
+from sparse_edit.checkpoint import Checkpoint
+from sparse_edit.cli import app
 
 WORDS = {
     "en": [
@@ -97,3 +101,44 @@ def planted_prompts(folder: Path, langs=("en", "th"), count: int = 16) -> tuple[
             harmful.append({"id": i, "lang": lang, "text": text + "<|marker|>"})
             harmless.append({"id": i, "lang": lang, "text": text + "<|system|>"})
     return write_jsonl(folder / "harmful.jsonl", harmful), write_jsonl(folder / "harmless.jsonl", harmless)
+
+
+runner = CliRunner()
+
+
+def run_cli(*args: str, code: int = 0):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result
+
+
+def apply_args(artifact: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "apply",
+        "--artifact",
+        str(artifact),
+        "-o",
+        str(output),
+        "--layer",
+        "1",
+        "--gamma",
+        "0.01",
+        "--lam",
+        "1e-3",
+        "--device",
+        "cpu",
+        "-q",
+        # Most mechanics tests pin the paper strategy; tests of another strategy name theirs.
+        *([] if "--strategy" in extra else ["--strategy", "paper"]),
+        *extra,
+    ]
+
+
+def changed_rows(base: Path, edited: Path) -> dict[str, torch.Tensor]:
+    """Per changed tensor, a boolean mask of changed entries."""
+    a, b = Checkpoint.open(base), Checkpoint.open(edited)
+    return {
+        n: a.load_tensor(n) != b.load_tensor(n)
+        for n in a.tensors
+        if not torch.equal(a.load_tensor(n), b.load_tensor(n))
+    }

@@ -1,95 +1,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from sparse_edit.checkpoint import Checkpoint
-from sparse_edit.cli import app
 from sparse_edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta
 from sparse_edit.testing import TINY_FAMILIES
-from tests.helpers import parallel_prompt_files
-
-runner = CliRunner()
-
-
-def run_cli(*args: str, code: int = 0):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, result.output
-    return result
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory) -> tuple[Path, Path]:
-    return parallel_prompt_files(tmp_path_factory.mktemp("prompts"), count=10)
-
-
-@pytest.fixture(scope="module")
-def located(tiny_models, prompts, tmp_path_factory):
-    """model_type -> (model folder, artifact path), computed once per family."""
-    cache: dict[tuple, tuple[Path, Path]] = {}
-    root = tmp_path_factory.mktemp("artifacts")
-
-    def make(model_type: str, **model_options) -> tuple[Path, Path]:
-        key = (model_type, tuple(sorted((k, str(v)) for k, v in model_options.items())))
-        if key not in cache:
-            model = tiny_models(model_type, **model_options)
-            artifact = root / f"{model.name}.safetensors"
-            run_cli(
-                "locate",
-                "--model",
-                model,
-                "--harmful",
-                prompts[0],
-                "--harmless",
-                prompts[1],
-                "--device",
-                "cpu",
-                "--tau-stat",
-                "0.3",
-                "-o",
-                artifact,
-                "-q",
-            )
-            cache[key] = (model, artifact)
-        return cache[key]
-
-    return make
-
-
-def apply_args(artifact: Path, output: Path, *extra: str) -> list[str]:
-    return [
-        "apply",
-        "--artifact",
-        str(artifact),
-        "-o",
-        str(output),
-        "--layer",
-        "1",
-        "--gamma",
-        "0.01",
-        "--lam",
-        "1e-3",
-        "--device",
-        "cpu",
-        "-q",
-        # Most mechanics tests pin the paper strategy; tests of another strategy name theirs.
-        *([] if "--strategy" in extra else ["--strategy", "paper"]),
-        *extra,
-    ]
-
-
-def changed_rows(base: Path, edited: Path) -> dict[str, torch.Tensor]:
-    """Per changed tensor, a boolean mask of changed entries."""
-    a, b = Checkpoint.open(base), Checkpoint.open(edited)
-    return {
-        n: a.load_tensor(n) != b.load_tensor(n)
-        for n in a.tensors
-        if not torch.equal(a.load_tensor(n), b.load_tensor(n))
-    }
+from tests.helpers import apply_args, changed_rows, run_cli
 
 
 @pytest.mark.parametrize("model_type", TINY_FAMILIES)
@@ -400,3 +319,30 @@ def test_apply_inherits_prompt_settings_from_the_artifact(tiny_models, prompts, 
     settings = manifest["settings"]
     assert (settings["limit"], settings["languages"], settings["model"]) == (6, ["en", "th"], str(model))
     assert manifest["low_langs"] == ["th"]
+
+
+def test_harmless_tail_rows_make_the_output_edit_selective(located, tmp_path):
+    model, artifact = located("llama")
+    flags = (
+        "--strategy",
+        "output",
+        "--output-neurons",
+        "all",
+        "--max-edit-neurons",
+        "40",
+        "--output-gamma",
+        "0.01",
+    )
+
+    def ratio(weight: str) -> float:
+        out = tmp_path / f"edited-{weight}"
+        manifest = json.loads(
+            run_cli(*apply_args(artifact, out, *flags, "--harmless-tail-weight", weight), "--json").stdout
+        )
+        assert manifest["settings"]["harmless_tail_weight"] == float(weight)
+        run_cli("verify", model, out)
+        return manifest["diagnostics"]["per_layer"][0]["harmless_tail_ratio_train"]
+
+    plain, held = ratio("0"), ratio("4")
+    # Harmless last-token rows fitted to no shift move much less along the refusal direction.
+    assert abs(held) < 0.5 * abs(plain)
