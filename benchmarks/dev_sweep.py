@@ -1,0 +1,181 @@
+"""Dev-split sweep on Qwen2.5-Coder-0.5B-Instruct: what moves refusal, measured without generation.
+
+Uses the anchors, dev split and layer of examples/configs/qwen-polyrefuse-apply.toml (layer 16)
+and the locate artifact of benchmarks/real_model.py (runs/qwen/locate.safetensors, made first
+if missing). Everything is in memory; nothing is written but the results JSON.
+
+1. Direction ceiling: the refusal log-odds gain on dev low-resource harmful prompts when the
+   last-token residual at the layer is shifted along the refusal direction to the reference
+   level × gain, by a hook (no weights changed) — what a perfect output-side fit could buy.
+2. Output edits: gain × harmless-tail weight, with dev harmful / harmless gains and KL.
+3. Neuron choice for the paper edit: the contrast set vs the same number of neurons ranked by
+   attribution patching; first-order estimates, dev gains and patching ceilings.
+
+Run: python benchmarks/dev_sweep.py   (needs ../shared/data; about 20 minutes on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import torch
+from common import ROOT, SHARED, save
+
+from sparse_edit.apply import Plan, build_anchors, gather
+from sparse_edit.artifact import LocateArtifact
+from sparse_edit.attribution import attribution_scores, top_neurons
+from sparse_edit.config import ApplyOptions, load_options
+from sparse_edit.console import Reporter
+from sparse_edit.delta import SliceEdit, applied_in_memory
+from sparse_edit.modeling import LoadedModel, load_model
+from sparse_edit.probes import EditContext, mean, patched_refusal_scores, refusal_scores, token_kl
+from sparse_edit.solver import SolveSettings
+from sparse_edit.strategies import edit_neurons, output_candidate, paper_candidate, refusal_direction
+
+LAYER = 16
+GAINS = [2.0, 4.0, 8.0, 16.0]
+TAIL_WEIGHTS = [0.0, 1.0]
+CEILING_GAINS = [1.0, 2.0, 4.0]
+
+
+@contextmanager
+def direction_shift(loaded: LoadedModel, direction: torch.Tensor, level: float, gain: float) -> Iterator[None]:
+    layer = loaded.family.layers(loaded.model)[LAYER]
+
+    def hook(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        last = hidden[:, -1, :]
+        shift = (gain * (level - last.float() @ direction)).clamp(min=0)
+        last += (shift[:, None] * direction).to(hidden.dtype)
+        return output
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def main() -> None:
+    if not SHARED.is_dir():
+        print(f"skipped: {SHARED} (PolyRefuse) is not present")
+        return
+    os.chdir(ROOT)  # the artifact's prompt sources are relative to the repository root
+    artifact_path = ROOT / "runs" / "qwen" / "locate.safetensors"
+    if not artifact_path.is_file():
+        raise SystemExit(f"{artifact_path} is missing: run python benchmarks/real_model.py (its first step) first")
+    artifact = LocateArtifact.load(artifact_path)
+    settings = artifact.settings
+    options = load_options(
+        ApplyOptions,
+        ROOT / "examples" / "configs" / "qwen-polyrefuse-apply.toml",
+        {"artifact": artifact_path, "output": ROOT / "runs" / "qwen" / "unused"},
+        {key: settings[key] for key in ("model", "harmful", "harmless", "languages", "limit") if key in settings},
+    )
+    reporter = Reporter(quiet=True)
+    loaded = load_model(options)
+    ref = options.reference_lang
+    low_langs = [lang for lang in artifact.languages if lang != ref]
+    anchors = build_anchors(options, loaded, low_langs, reporter)
+    bs = options.batch_size
+    output_set = edit_neurons(artifact, LAYER, "low-union", ref, low_langs, options.max_edit_neurons)
+    plan = Plan(["output"], [(LAYER,)], {("output", LAYER): output_set}, ["neurons", "residual"])
+    started = time.perf_counter()
+    data = gather(loaded, anchors, [LAYER], plan, options, reporter)[LAYER]
+    base_harmful = refusal_scores(loaded, anchors.low_dev, bs)
+    base_harmless = refusal_scores(loaded, anchors.safe_dev, bs)
+    rows: list[dict[str, Any]] = []
+
+    def measure(name: str, edit: EditContext, harmless_edit: EditContext | None = None, **extra: Any) -> None:
+        harmful = refusal_scores(loaded, anchors.low_dev, bs, edit)
+        harmless = refusal_scores(loaded, anchors.safe_dev, bs, harmless_edit or edit)
+        by_lang = {lang: mean(harmful[lang]) - mean(base_harmful[lang]) for lang in harmful}
+        row = {
+            "name": name,
+            "gain_harmful": mean(list(by_lang.values())),
+            "gain_harmless": mean([mean(harmless[lang]) - mean(base_harmless[lang]) for lang in harmless]),
+            "gain_harmful_by_lang": by_lang,
+            **extra,
+        }
+        rows.append(row)
+        print(
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "gain_harmful_by_lang"}
+        )
+
+    def in_memory(edits: list[SliceEdit]) -> EditContext:
+        storage = {e.slice.tensor: loaded.checkpoint.torch_dtype(e.slice.tensor) for e in edits}
+        return lambda: applied_in_memory(loaded.model, edits, storage)
+
+    direction = refusal_direction(data).float()
+    level = float((data.ref_rows["residual"].float() @ direction).mean())
+    for gain in CEILING_GAINS:
+        measure(
+            f"direction ceiling x{gain:g} (hook, last token)",
+            partial(direction_shift, loaded, direction, level, gain),
+            # The hook shifts every prompt it sees, so it is measured on harmful prompts only.
+            partial(direction_shift, loaded, direction, level, 0.0),
+        )
+    solve = SolveSettings(
+        options.output_gamma, options.lam, options.rank, options.nullspace, options.nullspace_threshold
+    )
+    for gain in GAINS:
+        for weight in TAIL_WEIGHTS:
+            edits, diag = output_candidate(LAYER, output_set, loaded.checkpoint, data, solve, gain, 1.0, weight)
+            context = in_memory(edits)
+            kl, _ = token_kl(loaded, anchors.safe_dev, bs, context)
+            measure(
+                f"output@{LAYER} gain {gain:g} tail weight {weight:g}",
+                context,
+                kl_harmless=kl,
+                fit_dev=diag.get("fit_dev"),
+                harmless_tail_ratio_dev=diag.get("harmless_tail_ratio_dev"),
+                changed_parameters=sum(e.changed_parameters for e in edits),
+            )
+    contrast = artifact.neuron_set(options.neuron_lang or ref, LAYER)
+    scores = attribution_scores(loaded, anchors.low_train, anchors.ref_train, LAYER, bs, reporter)
+    ranked = top_neurons(scores, int(contrast.numel()))
+    count = len(anchors.low_train)
+    paper_plan = Plan(["paper"], [(LAYER,)], {("paper", LAYER): contrast}, ["mlp_input"])
+    paper_data = gather(loaded, anchors, [LAYER], paper_plan, options, reporter)[LAYER]
+    paper_solve = SolveSettings(
+        options.gamma, options.lam, options.rank, options.nullspace, options.nullspace_threshold
+    )
+    for name, neurons in (("contrast", contrast), ("attribution", ranked)):
+        edits, diag = paper_candidate(LAYER, neurons, loaded.checkpoint, ["gate"], paper_data, paper_solve)
+        context = in_memory(edits)
+        patched = patched_refusal_scores(loaded, anchors.low_dev, anchors.ref_dev, edits, bs)
+        kl, _ = token_kl(loaded, anchors.safe_dev, bs, context)
+        measure(
+            f"paper@{LAYER} neurons by {name}",
+            context,
+            kl_harmless=kl,
+            fit_dev=diag.get("fit_dev"),
+            neurons=int(neurons.numel()),
+            changed_parameters=sum(e.changed_parameters for e in edits),
+            attribution_estimate=float(scores[neurons].sum()) / count,
+            patching_ceiling=mean([mean(patched[lang]) - mean(base_harmful[lang]) for lang in patched]),
+        )
+    overlap = len(set(contrast.tolist()) & set(ranked.tolist())) / len(
+        set(contrast.tolist()) | set(ranked.tolist())
+    )
+    payload = {
+        "model": str(options.model),
+        "layer": LAYER,
+        "dev_prompts": {"low_harmful": len(anchors.low_dev), "harmless": len(anchors.safe_dev)},
+        "base_refusal_log_odds_harmful": {lang: mean(v) for lang, v in base_harmful.items()},
+        "refusal_level": level,
+        "attribution_jaccard_to_contrast_set": overlap,
+        "attribution_positive_total": float(scores.clamp(min=0).sum()) / count,
+        "rows": rows,
+        "seconds": time.perf_counter() - started,
+    }
+    print(f"wrote {save('qwen-dev-sweep', payload)}")
+
+
+if __name__ == "__main__":
+    main()
