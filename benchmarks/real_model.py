@@ -31,7 +31,7 @@ STRATEGIES = {
         "--strategy", "output", "--layer", "16", "--gain", "16", "--harmless-tail-weight", "1",
     ],
     "paper@16 attribution": ["--strategy", "paper", "--layer", "16", "--neuron-score", "attribution"],
-    "output@16 gain2": ["--strategy", "output", "--layer", "16", "--gain", "2"],
+    "output@16 gain2": ["--strategy", "output", "--layer", "16", "--gain", "2", "--harmless-tail-weight", "0"],
     "paper@18": ["--strategy", "paper", "--layer", "18"],
 }  # fmt: skip
 TARGETS = {

@@ -176,7 +176,13 @@ class ApplyOptions(ModelOptions, PromptOptions):
     max_edit_neurons: int | None = Field(
         512, ge=1, description="output strategy: at most this many columns per layer (strongest mean Cohen's d)."
     )
-    gain: float = Field(2.0, gt=0, description="output strategy: multiple of the refusal-projection gap to close.")
+    gain: float = Field(
+        16.0,
+        gt=0,
+        description="output strategy: multiple of the refusal-projection gap to aim for. The fit reaches only part "
+        "of it, so the default is large; lower it to trade attack-success reduction for less over-refusal "
+        "(README: measured results).",
+    )
     output_gamma: float = Field(
         100.0,
         gt=0,
@@ -184,7 +190,7 @@ class ApplyOptions(ModelOptions, PromptOptions):
         "prompts share more; smaller values leak onto harmless prompts).",
     )
     harmless_tail_weight: float = Field(
-        0.0,
+        1.0,
         ge=0,
         description="output strategy: also fit the harmless prompts' last --positions tokens to no shift, with "
         "this total weight relative to the harmful rows (0 = off). The template tail is alike for every prompt, "
