@@ -38,9 +38,9 @@ from sparse_edit.solver import SolveSettings
 from sparse_edit.strategies import edit_neurons, output_candidate, paper_candidate, refusal_direction
 
 LAYER = 16
-GAINS = [2.0, 4.0, 8.0, 16.0]
+GAINS = [2.0, 8.0, 16.0]
 TAIL_WEIGHTS = [0.0, 1.0]
-CEILING_GAINS = [1.0, 2.0, 4.0]
+CEILING_GAINS = [1.0, 4.0]
 
 
 @contextmanager
