@@ -30,6 +30,12 @@ STRATEGIES = {
     "output@16 gain16 tail1": [
         "--strategy", "output", "--layer", "16", "--gain", "16", "--harmless-tail-weight", "1",
     ],
+    "output@16 gain8 tail1": [
+        "--strategy", "output", "--layer", "16", "--gain", "8", "--harmless-tail-weight", "1",
+    ],
+    "output@16 gain16 tail4": [
+        "--strategy", "output", "--layer", "16", "--gain", "16", "--harmless-tail-weight", "4",
+    ],
     "paper@16 attribution": ["--strategy", "paper", "--layer", "16", "--neuron-score", "attribution"],
     "output@16 gain2": ["--strategy", "output", "--layer", "16", "--gain", "2", "--harmless-tail-weight", "0"],
     "paper@18": ["--strategy", "paper", "--layer", "18"],

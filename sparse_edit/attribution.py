@@ -24,6 +24,7 @@ import torch
 
 from sparse_edit.activations import capture
 from sparse_edit.console import Reporter
+from sparse_edit.errors import SparseEditError
 from sparse_edit.modeling import Encoded, LoadedModel, batches
 from sparse_edit.refusal import opening_token_ids, refusal_log_odds
 
@@ -44,7 +45,7 @@ def reference_activations(
             ids[:] = [item.prompt.id for item in batch.items]
             loaded.model.base_model(**batch.model_inputs(loaded.input_device), use_cache=False)
     if not by_id:
-        raise ValueError("no reference prompts to attribute against")
+        raise SparseEditError("attribution: no reference-language harmful prompts to compare with")
     return by_id, torch.stack(list(by_id.values())).mean(0)
 
 
@@ -101,7 +102,7 @@ def attribution_scores(
         for parameter, flag in zip(loaded.model.parameters(), flags, strict=True):
             parameter.requires_grad_(flag)
     if total is None:
-        raise ValueError("no low-resource prompts to attribute")
+        raise SparseEditError("attribution: no low-resource harmful prompts to score")
     return total
 
 
