@@ -234,7 +234,8 @@ def _harmless_tail_ratio(
     data: LayerData, harmful: EditProblem, delta: torch.Tensor, direction: torch.Tensor
 ) -> float | None:
     """Mean shift the edit puts on harmless last-token rows along the refusal direction, relative to
-    the mean shift it is asked to put on harmful rows (0 = perfectly selective, 1 = no selectivity)."""
+    the mean shift harmful rows are asked for (0 = harmless untouched; 1 = harmless pushed as far as
+    harmful prompts should go)."""
     rows = data.safe_rows.get("neurons")
     wanted = float((harmful.targets @ direction).mean()) if harmful.targets.shape[0] else 0.0
     if rows is None or not rows.shape[0] or wanted <= 0:
