@@ -37,7 +37,7 @@ STRATEGIES = {
         "--strategy", "output", "--layer", "16", "--gain", "16", "--harmless-tail-weight", "4",
     ],
     # Two layers, half the columns each: the same parameter budget as one layer of 512.
-    "output@16,18 gain16 tail1": [
+    "output@16+18 gain16 tail1": [
         "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
         "--gain", "16", "--harmless-tail-weight", "1",
     ],
@@ -98,7 +98,7 @@ def main() -> None:
     strategies = {name: row for name, row in kept.items() if name in STRATEGIES and name not in chosen}
     summary: dict[str, object] = {"targets": TARGETS, "strategies": strategies}
     for name, flags in chosen.items():
-        slug = name.replace("@", "-").replace(" ", "-").replace(",", "-")
+        slug = name.replace("@", "-").replace(" ", "-").replace("+", "-")
         edited = RUNS / f"edited-{slug}"
         if not edited.is_dir():
             cli(
