@@ -31,7 +31,8 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> Rate:
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return Rate(k, n, max(0.0, centre - half), min(1.0, centre + half))
+    # The interval always contains p; rounding can put centre - half a hair above 0 at k = 0.
+    return Rate(k, n, min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def mcnemar(before: list[bool], after: list[bool]) -> dict[str, float | int]:

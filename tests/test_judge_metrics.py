@@ -106,3 +106,11 @@ def test_mcnemar_exact():
     # two-sided exact binomial p for 1 of 9 at p=0.5: 2 * (1 + 9) / 512 = 0.0390625
     assert result["p_value"] == pytest.approx(0.0390625)
     assert mcnemar([True], [True])["p_value"] == 1.0
+
+
+def test_wilson_interval_always_contains_the_rate():
+    for n in range(1, 60):
+        for k in range(n + 1):
+            rate = wilson(k, n)
+            assert rate.low <= rate.value <= rate.high, (k, n)
+        assert wilson(0, n).low == 0.0 and wilson(n, n).high == 1.0
