@@ -33,6 +33,7 @@ from sparse_edit.config import ApplyOptions, load_options
 from sparse_edit.console import Reporter
 from sparse_edit.delta import SliceEdit, applied_in_memory
 from sparse_edit.modeling import LoadedModel, load_model
+from sparse_edit.neurons import jaccard
 from sparse_edit.probes import EditContext, mean, patched_refusal_scores, refusal_scores, token_kl
 from sparse_edit.solver import SolveSettings
 from sparse_edit.strategies import edit_neurons, output_candidate, paper_candidate, refusal_direction
@@ -160,9 +161,7 @@ def main() -> None:
             attribution_estimate=float(scores[neurons].sum()) / count,
             patching_ceiling=mean([mean(patched[lang]) - mean(base_harmful[lang]) for lang in patched]),
         )
-    overlap = len(set(contrast.tolist()) & set(ranked.tolist())) / len(
-        set(contrast.tolist()) | set(ranked.tolist())
-    )
+    overlap = jaccard(contrast, ranked)
     payload = {
         "model": str(options.model),
         "layer": LAYER,

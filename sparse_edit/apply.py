@@ -24,6 +24,7 @@ from sparse_edit.errors import SparseEditError
 from sparse_edit.features import FeatureRequest, Features, Site, collect
 from sparse_edit.locate import prepare_prompts
 from sparse_edit.modeling import Encoded, LoadedModel, encode_prompts, load_model
+from sparse_edit.neurons import jaccard
 from sparse_edit.probes import mean, patched_refusal_scores, refusal_scores, token_kl
 from sparse_edit.prompts import Prompt
 from sparse_edit.solver import SolveSettings
@@ -137,11 +138,9 @@ def rank_by_attribution(
                 f"--neuron-score attribution: no neuron at layer {layer} raises refusal when moved toward "
                 f"{options.reference_lang}; use --neuron-score contrast or another --layer"
             )
-        union = torch.unique(torch.cat([contrast, chosen])).numel()
-        shared = contrast.numel() + chosen.numel() - union
         plan.neurons[(strategy, layer)] = chosen
         plan.notes[(strategy, layer)] = {
-            "jaccard_to_contrast_set": shared / union if union else 0.0,
+            "jaccard_to_contrast_set": jaccard(contrast, chosen),
             "attribution_estimate": float(scores[layer][chosen].sum()) / count,
             "attribution_estimate_contrast_set": float(scores[layer][contrast].sum()) / count,
         }
@@ -197,8 +196,14 @@ def gather(
     """Collect every feature the planned strategies need at ``layers`` (one pass per prompt group)."""
     subsets = {layer: plan.neurons[("output", layer)] for layer in layers if ("output", layer) in plan.neurons}
     rows = FeatureRequest(layers, plan.sites, subsets, options.positions)
+    # Harmless tail rows are keys of the output strategy only (--harmless-tail-weight).
     grams = FeatureRequest(
-        layers, [s for s in plan.sites if s != "residual"], subsets, options.positions, gram=True, tail_rows=True
+        layers,
+        [s for s in plan.sites if s != "residual"],
+        subsets,
+        options.positions,
+        gram=True,
+        tail_rows="output" in plan.strategies,
     )
     bs = options.batch_size
 

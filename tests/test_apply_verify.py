@@ -11,6 +11,20 @@ from sparse_edit.testing import TINY_FAMILIES
 from tests.helpers import apply_args, changed_rows, run_cli
 
 
+def output_flags(columns: int) -> tuple[str, ...]:
+    """The output strategy on ``columns`` neurons (the strongest of all), with a light harmless weight for tiny models."""
+    return (
+        "--strategy",
+        "output",
+        "--output-neurons",
+        "all",
+        "--max-edit-neurons",
+        str(columns),
+        "--output-gamma",
+        "0.01",
+    )
+
+
 @pytest.mark.parametrize("model_type", TINY_FAMILIES)
 def test_apply_fits_changes_only_planned_rows_and_verifies(located, tmp_path, model_type):
     model, artifact = located(model_type)
@@ -192,18 +206,7 @@ def test_output_strategy_edits_only_down_columns_of_its_neurons(located, tmp_pat
     out = tmp_path / "edited"
     manifest = json.loads(
         run_cli(
-            *apply_args(
-                artifact,
-                out,
-                "--strategy",
-                "output",
-                "--output-neurons",
-                "all",
-                "--max-edit-neurons",
-                "40",
-                "--output-gamma",
-                "0.01",
-            ),
+            *apply_args(artifact, out, *output_flags(40)),
             "--json",
         ).stdout
     )
@@ -219,38 +222,14 @@ def test_output_strategy_edits_only_down_columns_of_its_neurons(located, tmp_pat
     assert manifest["changed_parameters"] == 40 * 32
     run_cli("verify", model, out)
     again = tmp_path / "again"
-    run_cli(
-        *apply_args(
-            artifact,
-            again,
-            "--strategy",
-            "output",
-            "--output-neurons",
-            "all",
-            "--max-edit-neurons",
-            "40",
-            "--output-gamma",
-            "0.01",
-        )
-    )
+    run_cli(*apply_args(artifact, again, *output_flags(40)))
     assert (again / DELTA_FILE).read_bytes() == (out / DELTA_FILE).read_bytes()
 
 
 def test_sequential_two_layer_edit_verifies(located, tmp_path):
     model, artifact = located("llama")
     out = tmp_path / "edited"
-    args = apply_args(
-        artifact,
-        out,
-        "--strategy",
-        "output",
-        "--output-neurons",
-        "all",
-        "--max-edit-neurons",
-        "32",
-        "--output-gamma",
-        "0.01",
-    )
+    args = apply_args(artifact, out, *output_flags(32))
     args[args.index("--layer") + 1] = "0,1"
     manifest = json.loads(run_cli(*args, "--json").stdout)
     assert manifest["layers"] == [0, 1]
@@ -323,21 +302,13 @@ def test_apply_inherits_prompt_settings_from_the_artifact(tiny_models, prompts, 
 
 def test_harmless_tail_rows_make_the_output_edit_selective(located, tmp_path):
     model, artifact = located("llama")
-    flags = (
-        "--strategy",
-        "output",
-        "--output-neurons",
-        "all",
-        "--max-edit-neurons",
-        "40",
-        "--output-gamma",
-        "0.01",
-    )
 
     def ratio(weight: str) -> float:
         out = tmp_path / f"edited-{weight}"
         manifest = json.loads(
-            run_cli(*apply_args(artifact, out, *flags, "--harmless-tail-weight", weight), "--json").stdout
+            run_cli(
+                *apply_args(artifact, out, *output_flags(40), "--harmless-tail-weight", weight), "--json"
+            ).stdout
         )
         assert manifest["settings"]["harmless_tail_weight"] == float(weight)
         run_cli("verify", model, out)
