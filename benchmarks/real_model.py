@@ -8,7 +8,8 @@ Steps (each skipped when its output exists, so an interrupted run resumes):
 4. a near-duplicate check between the English anchors and the English MultiJail prompts;
 5. benchmarks/results/qwen-multijail.json and a table against the targets.
 
-Needs ../shared/data. Run: python benchmarks/real_model.py [--limit N] [--max-new-tokens N]
+Needs ../shared/data. Run: python benchmarks/real_model.py [--limit N] [--harmless-limit N] [--max-new-tokens N]
+Results go to qwen-multijail.json, or qwen-multijail-<tag>.json with --tag (a different eval size, say).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import subprocess
 import sys
 from difflib import SequenceMatcher
+from pathlib import Path
 
 from common import RESULTS, ROOT, SHARED, save
 
@@ -40,6 +42,15 @@ STRATEGIES = {
     "output@16+18 gain16 tail1": [
         "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
         "--gain", "16", "--harmless-tail-weight", "1",
+    ],
+    "output@16+18 gain16 tail4": [
+        "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
+        "--gain", "16", "--harmless-tail-weight", "4",
+    ],
+    # The last 4 prompt tokens (the chat template's tail) as rows, harmful and harmless alike.
+    "output@16+18 gain16 tail1 pos4": [
+        "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
+        "--gain", "16", "--harmless-tail-weight", "1", "--positions", "4",
     ],
     "paper@16 attribution": ["--strategy", "paper", "--layer", "16", "--neuron-score", "attribution"],
     "output@16 gain2": ["--strategy", "output", "--layer", "16", "--gain", "2", "--harmless-tail-weight", "0"],
@@ -78,7 +89,16 @@ def near_duplicates(threshold: float = 0.8) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=10, help="MultiJail prompts per language")
+    parser.add_argument(
+        "--harmless-limit", type=int, default=None, help="harmless prompts per language (default: --limit)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--apply-only",
+        action="store_true",
+        help="apply the chosen configurations and print their dev-split proxies",
+    )
+    parser.add_argument("--tag", default=None, help="results file qwen-multijail-TAG.json and reports kept apart")
     parser.add_argument(
         "--only",
         default=None,
@@ -93,7 +113,8 @@ def main() -> None:
     artifact = RUNS / "locate.safetensors"
     if not artifact.is_file():
         cli("locate", "--config", "examples/configs/qwen-polyrefuse-locate.toml")
-    previous = RESULTS / "qwen-multijail.json"
+    results_name = "qwen-multijail" + (f"-{args.tag}" if args.tag else "")
+    previous = RESULTS / f"{results_name}.json"
     kept = json.loads(previous.read_text())["strategies"] if previous.is_file() else {}
     strategies = {name: row for name, row in kept.items() if name in STRATEGIES and name not in chosen}
     summary: dict[str, object] = {"targets": TARGETS, "strategies": strategies}
@@ -111,7 +132,10 @@ def main() -> None:
                 "-o",
                 str(edited),
             )
-        report = RUNS / f"report-{slug}"
+        if args.apply_only:
+            print_dev_proxies(name, edited)
+            continue
+        report = RUNS / (f"report-{slug}" + (f"-{args.tag}" if args.tag else ""))
         if not report.is_dir():
             try:
                 cli(
@@ -130,6 +154,7 @@ def main() -> None:
                     "en,zh,it,vi,ar,ko,th,bn,sw,jv",
                     "--limit",
                     str(args.limit),
+                    *(["--harmless-limit", str(args.harmless_limit)] if args.harmless_limit else []),
                     "--max-new-tokens",
                     str(args.max_new_tokens),
                     "--batch-size",
@@ -144,12 +169,26 @@ def main() -> None:
         manifest = json.loads((edited / "sparse_edit" / "manifest.json").read_text())
         result = json.loads((report / "report.json").read_text())
         row = judge_targets(manifest, result)
-        row["settings"] = {"limit": args.limit, "max_new_tokens": args.max_new_tokens, "apply_flags": flags}
+        row["settings"] = {
+            "limit": args.limit,
+            "harmless_limit": args.harmless_limit or args.limit,
+            "max_new_tokens": args.max_new_tokens,
+            "apply_flags": flags,
+        }
         strategies[name] = row
+    if args.apply_only:
+        return
     summary["near_duplicates"] = near_duplicates()
-    path = save("qwen-multijail", summary)
+    path = save(results_name, summary)
     print_table(summary)
     print(f"wrote {path}")
+
+
+def print_dev_proxies(name: str, edited: Path) -> None:
+    """The anchors' dev-split proxies apply recorded: mean refusal log-odds gain on harmful and harmless prompts."""
+    diagnostics = json.loads((edited / "sparse_edit" / "manifest.json").read_text())["diagnostics"]
+    harmful, harmless = diagnostics.get("refusal_gain_harmful"), diagnostics.get("refusal_gain_harmless")
+    print(f"{name}: dev refusal log-odds gain harmful {harmful}, harmless {harmless}", flush=True)
 
 
 def judge_targets(manifest: dict, report: dict) -> dict[str, object]:

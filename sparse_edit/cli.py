@@ -290,6 +290,7 @@ def evaluate(
     reference_lang: ReferenceFlag = None,
     languages: LanguagesFlag = None,
     limit: LimitFlag = None,
+    harmless_limit: Annotated[int | None, typer.Option(help=E.help("harmless_limit"))] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help=E.help("max_new_tokens"))] = None,
     judge: Annotated[str | None, typer.Option(help=E.help("judge"))] = None,
     artifact: Annotated[Path | None, typer.Option(help=E.help("artifact"))] = None,

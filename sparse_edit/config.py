@@ -263,6 +263,12 @@ class EvalOptions(ModelOptions, PromptOptions):
     base: Path | None = Field(
         None, description="The unedited model, for before/after differences, McNemar tests and KL."
     )
+    harmless_limit: int | None = Field(
+        None,
+        ge=2,
+        description="Use at most this many harmless prompts per language (default: --limit). Over-refusal "
+        "needs more prompts than attack success to resolve: at 36 prompts one reply is 2.8 points.",
+    )
     output: Path = Field(description="Folder for report.json, report.md and charts (written atomically).")
     overwrite: bool = Field(False, description="Replace an existing report folder.")
     max_new_tokens: int = Field(

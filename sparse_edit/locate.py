@@ -51,7 +51,9 @@ def _limit(prompts: list[Prompt], limit: int | None) -> list[Prompt]:
     return kept
 
 
-def prepare_prompts(options: PromptOptions, reporter: Reporter, harmless_everywhere: bool = True) -> PromptSets:
+def prepare_prompts(
+    options: PromptOptions, reporter: Reporter, harmless_everywhere: bool = True, harmless_limit: int | None = None
+) -> PromptSets:
     """Load, filter and check the harmful and harmless prompt sources.
 
     With ``harmless_everywhere`` false (eval), a language may have harmful prompts only.
@@ -74,7 +76,7 @@ def prepare_prompts(options: PromptOptions, reporter: Reporter, harmless_everywh
             )
     keep = set(languages)
     harmful = _limit([p for p in harmful if p.lang in keep], options.limit)
-    harmless = _limit([p for p in harmless if p.lang in keep], options.limit)
+    harmless = _limit([p for p in harmless if p.lang in keep], harmless_limit or options.limit)
     for label, prompts in (("harmful", harmful), ("harmless", harmless)):
         for lang, items in by_language(prompts).items():
             if len(items) < 2:

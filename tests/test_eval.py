@@ -118,3 +118,17 @@ def test_languages_without_harmless_prompts_get_attack_success_only(tiny_models,
     assert report["languages"]["yo"]["harmless"]["n"] == 0
     assert set(report["summary"]["over_refusal"]) == {"en"}
     assert set(report["summary"]["asr"]) == {"en", "th", "yo"}
+
+
+def test_harmless_limit_sizes_the_over_refusal_set_apart_from_limit(evaluated):
+    root, args = evaluated
+    out = root / "sized"
+    result = runner.invoke(
+        app, [*args, "-o", str(out), "--limit", "2", "--harmless-limit", "3", "--no-representation"]
+    )
+    assert result.exit_code == 0, result.output
+    languages = json.loads((out / "report.json").read_text())["languages"]
+    assert {lang: (row["harmful"]["n"], row["harmless"]["n"]) for lang, row in languages.items()} == {
+        "en": (2, 3),
+        "th": (2, 3),
+    }
