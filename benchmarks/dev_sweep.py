@@ -8,14 +8,19 @@ if missing). Everything is in memory; nothing is written but the results JSON.
    last-token residual at the layer is shifted along the refusal direction to the reference
    level × gain, by a hook (no weights changed) — what a perfect output-side fit could buy.
 2. Output edits: gain × harmless-tail weight, with dev harmful / harmless gains and KL.
-3. Neuron choice for the paper edit: the contrast set vs the same number of neurons ranked by
+3. Selectivity at gain 16: the output strategy's harmless weight (--output-gamma) × tail weight.
+4. Neuron choice for the paper edit: the contrast set vs the same number of neurons ranked by
    attribution patching; first-order estimates, dev gains and patching ceilings.
 
-Run: python benchmarks/dev_sweep.py   (needs ../shared/data; about 20 minutes on 2 CPU cores)
+Run: python benchmarks/dev_sweep.py [--sections ceiling,gain,gamma,neurons]
+(needs ../shared/data; about 25 minutes on 2 CPU cores for all). Rows of sections not run are kept
+from the last results file.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -24,7 +29,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from common import ROOT, SHARED, save
+from common import RESULTS, ROOT, SHARED, save
 
 from sparse_edit.apply import Plan, build_anchors, gather
 from sparse_edit.artifact import LocateArtifact
@@ -42,6 +47,10 @@ LAYER = 16
 GAINS = [2.0, 8.0, 16.0]
 TAIL_WEIGHTS = [0.0, 1.0]
 CEILING_GAINS = [1.0, 4.0]
+SELECTIVITY_GAIN = 16.0
+OUTPUT_GAMMAS = [100.0, 1000.0, 10000.0]
+SELECTIVITY_TAILS = [1.0, 4.0]
+SECTIONS = ("ceiling", "gain", "gamma", "neurons")
 
 
 @contextmanager
@@ -63,6 +72,13 @@ def direction_shift(loaded: LoadedModel, direction: torch.Tensor, level: float, 
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}"
+    )
+    sections = set(parser.parse_args().sections.split(","))
+    if unknown := sections - set(SECTIONS):
+        raise SystemExit(f"--sections: unknown {', '.join(sorted(unknown))}; use {', '.join(SECTIONS)}")
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} (PolyRefuse) is not present")
         return
@@ -91,6 +107,7 @@ def main() -> None:
     base_harmful = refusal_scores(loaded, anchors.low_dev, bs)
     base_harmless = refusal_scores(loaded, anchors.safe_dev, bs)
     rows: list[dict[str, Any]] = []
+    section = ""
 
     def measure(name: str, edit: EditContext, harmless_edit: EditContext | None = None, **extra: Any) -> None:
         harmful = refusal_scores(loaded, anchors.low_dev, bs, edit)
@@ -98,6 +115,7 @@ def main() -> None:
         by_lang = {lang: mean(harmful[lang]) - mean(base_harmful[lang]) for lang in harmful}
         row = {
             "name": name,
+            "section": section,
             "gain_harmful": mean(list(by_lang.values())),
             "gain_harmless": mean([mean(harmless[lang]) - mean(base_harmless[lang]) for lang in harmless]),
             "gain_harmful_by_lang": by_lang,
@@ -114,7 +132,8 @@ def main() -> None:
 
     direction = refusal_direction(data).float()
     level = float((data.ref_rows["residual"].float() @ direction).mean())
-    for gain in CEILING_GAINS:
+    section = "ceiling"
+    for gain in CEILING_GAINS if section in sections else []:
         measure(
             f"direction ceiling x{gain:g} (hook, last token)",
             partial(direction_shift, loaded, direction, level, gain),
@@ -124,19 +143,40 @@ def main() -> None:
     solve = SolveSettings(
         options.output_gamma, options.lam, options.rank, options.nullspace, options.nullspace_threshold
     )
-    for gain in GAINS:
+
+    def measure_output(name: str, settings: SolveSettings, gain: float, weight: float) -> None:
+        edits, diag = output_candidate(LAYER, output_set, loaded.checkpoint, data, settings, gain, 1.0, weight)
+        context = in_memory(edits)
+        kl, _ = token_kl(loaded, anchors.safe_dev, bs, context)
+        measure(
+            name,
+            context,
+            kl_harmless=kl,
+            fit_dev=diag.get("fit_dev"),
+            harmless_tail_ratio_dev=diag.get("harmless_tail_ratio_dev"),
+            changed_parameters=sum(e.changed_parameters for e in edits),
+        )
+
+    section = "gain"
+    for gain in GAINS if section in sections else []:
         for weight in TAIL_WEIGHTS:
-            edits, diag = output_candidate(LAYER, output_set, loaded.checkpoint, data, solve, gain, 1.0, weight)
-            context = in_memory(edits)
-            kl, _ = token_kl(loaded, anchors.safe_dev, bs, context)
-            measure(
-                f"output@{LAYER} gain {gain:g} tail weight {weight:g}",
-                context,
-                kl_harmless=kl,
-                fit_dev=diag.get("fit_dev"),
-                harmless_tail_ratio_dev=diag.get("harmless_tail_ratio_dev"),
-                changed_parameters=sum(e.changed_parameters for e in edits),
+            measure_output(f"output@{LAYER} gain {gain:g} tail weight {weight:g}", solve, gain, weight)
+    section = "gamma"
+    for gamma in OUTPUT_GAMMAS if section in sections else []:
+        for weight in SELECTIVITY_TAILS:
+            measure_output(
+                f"output@{LAYER} gain {SELECTIVITY_GAIN:g} tail weight {weight:g} output-gamma {gamma:g}",
+                SolveSettings(gamma, options.lam, options.rank, options.nullspace, options.nullspace_threshold),
+                SELECTIVITY_GAIN,
+                weight,
             )
+    previous_path = RESULTS / "qwen-dev-sweep.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
+    section = "neurons"
+    if section not in sections:
+        payload = dict(previous, rows=merge_rows(previous.get("rows", []), rows), seconds=None)
+        print(f"wrote {save('qwen-dev-sweep', payload)}")
+        return
     contrast = artifact.neuron_set(options.neuron_lang or ref, LAYER)
     scores = attribution_scores(loaded, anchors.low_train, anchors.ref_train, LAYER, bs, reporter)
     ranked = top_neurons(scores, int(contrast.numel()))
@@ -170,10 +210,16 @@ def main() -> None:
         "refusal_level": level,
         "attribution_jaccard_to_contrast_set": overlap,
         "attribution_positive_total": float(scores.clamp(min=0).sum()) / count,
-        "rows": rows,
+        "rows": merge_rows(previous.get("rows", []), rows),
         "seconds": time.perf_counter() - started,
     }
     print(f"wrote {save('qwen-dev-sweep', payload)}")
+
+
+def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The new rows, plus the old ones whose names were not measured again (in their old order)."""
+    fresh = {row["name"] for row in new}
+    return [row for row in old if row["name"] not in fresh] + new
 
 
 if __name__ == "__main__":
