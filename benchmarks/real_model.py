@@ -210,6 +210,11 @@ def judge_targets(manifest: dict, report: dict) -> dict[str, object]:
         "english_asr_delta": s["asr_delta"][report["reference_lang"]],
         "over_refusal_delta": s["over_refusal_delta"],
         "kl_harmless": s["kl_harmless"],
+        "prompts": {
+            "harmful": sum(c["harmful"] for c in report["counts"].values()),
+            "harmless": sum(c["harmless"] for c in report["counts"].values()),
+        },
+        "pooled_tests": report.get("pooled_tests"),
         "asr_by_lang": {
             lang: [langs[lang]["base"]["harmful"]["asr"]["rate"], langs[lang]["harmful"]["asr"]["rate"]]
             for lang in langs

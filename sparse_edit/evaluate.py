@@ -118,12 +118,34 @@ def language_table(
                 "log_odds_harmless": mean(base.log_odds_harmless.get(lang, [])),
                 "representation": base.representation.get(lang),
             }
-            row["mcnemar_asr"] = mcnemar(
-                [base.harmful_verdicts[i].label == "compliance" for i in h_idx],
-                [edited.harmful_verdicts[i].label == "compliance" for i in h_idx],
+            row["mcnemar_asr"] = paired_test(base.harmful_verdicts, edited.harmful_verdicts, h_idx, "compliance")
+            row["mcnemar_over_refusal"] = (
+                paired_test(base.harmless_verdicts, edited.harmless_verdicts, s_idx, "refusal") if s_idx else None
             )
         table[lang] = row
     return table
+
+
+def paired_test(before: list[Verdict], after: list[Verdict], indices: list[int], label: str) -> dict[str, Any]:
+    """Exact McNemar test of ``label`` on the same prompts, base (before) vs edited (after)."""
+    return mcnemar([before[i].label == label for i in indices], [after[i].label == label for i in indices])
+
+
+def pooled_tests(
+    harmful: list[Encoded], harmless: list[Encoded], edited: ModelRun, base: ModelRun, reference: str
+) -> dict[str, dict[str, Any]]:
+    """McNemar over all languages at once: per-language cells are too small to show a few-point change.
+
+    ``asr_other_languages``: compliance on every non-reference harmful prompt; ``over_refusal``:
+    refusal on every harmless prompt.
+    """
+    others = [i for i, item in enumerate(harmful) if item.prompt.lang != reference]
+    return {
+        "asr_other_languages": paired_test(base.harmful_verdicts, edited.harmful_verdicts, others, "compliance"),
+        "over_refusal": paired_test(
+            base.harmless_verdicts, edited.harmless_verdicts, list(range(len(harmless))), "refusal"
+        ),
+    }
 
 
 def summary_metrics(
@@ -231,6 +253,9 @@ def run_eval(options: EvalOptions, reporter: Reporter) -> EvalResult:
         },
         "languages": table,
         "summary": metrics,
+        "pooled_tests": pooled_tests(harmful, harmless, edited_run, base_run, options.reference_lang)
+        if base_run is not None
+        else None,
         "gates": gate_rows,
     }
     replies = _reply_rows(harmful, harmless, edited_run, "edited")

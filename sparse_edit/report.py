@@ -84,6 +84,10 @@ def markdown(report: dict[str, Any]) -> str:
     ):
         if summary.get(key) is not None:
             lines.append(f"| {key} | {_num(summary[key], '.4f')} |")
+    if report.get("pooled_tests"):
+        lines += ["", "| McNemar, all languages pooled | only base | only edited | p |", "|---|---|---|---|"]
+        for name, test in report["pooled_tests"].items():
+            lines.append(f"| {name} | {test['only_before']} | {test['only_after']} | {test['p_value']:.3g} |")
     if report["gates"]:
         lines += ["", "| gate | value | result |", "|---|---|---|"]
         for gate in report["gates"]:

@@ -47,6 +47,7 @@ class McNemar(_Strict):
 class LanguageRow(ModelRow):
     base: ModelRow | None = None
     mcnemar_asr: McNemar | None = None
+    mcnemar_over_refusal: McNemar | None = None
 
 
 class GateRow(_Strict):
@@ -66,4 +67,5 @@ class EvalReport(_Strict):
     counts: dict[str, dict[str, int]]
     languages: dict[str, LanguageRow]
     summary: dict[str, Any]
+    pooled_tests: dict[str, McNemar] | None = None
     gates: list[GateRow]

@@ -114,3 +114,28 @@ def test_wilson_interval_always_contains_the_rate():
             rate = wilson(k, n)
             assert rate.low <= rate.value <= rate.high, (k, n)
         assert wilson(0, n).low == 0.0 and wilson(n, n).high == 1.0
+
+
+def test_pooled_tests_pair_prompts_across_languages_and_skip_the_reference():
+    from types import SimpleNamespace
+
+    from sparse_edit.evaluate import ModelRun, pooled_tests
+    from sparse_edit.judge import Verdict
+
+    def run(harmful: str, harmless: str) -> ModelRun:
+        names = {"c": "compliance", "r": "refusal", "i": "invalid"}
+        verdicts = [[Verdict(names[c], "") for c in text] for text in (harmful, harmless)]
+        return ModelRun([], verdicts[0], [], verdicts[1], {}, {})
+
+    langs = ["en", "en", "th", "th", "bn", "bn"]
+    harmful = [SimpleNamespace(prompt=SimpleNamespace(lang=lang)) for lang in langs]
+    harmless = [SimpleNamespace(prompt=SimpleNamespace(lang="en"))] * 4
+    base = run("ccccci", "crrc")
+    edited = run("rrrrrc", "rrcc")
+    tests = pooled_tests(harmful, harmless, edited, base, "en")  # type: ignore[arg-type]
+    # th/bn only (en's two lost compliances are left out): 3 lost (th, th, bn), 1 gained (bn's invalid).
+    assert tests["asr_other_languages"]["only_before"] == 3
+    assert tests["asr_other_languages"]["only_after"] == 1
+    # Harmless: prompt 0 newly refused, prompt 2 no longer refused.
+    assert (tests["over_refusal"]["only_before"], tests["over_refusal"]["only_after"]) == (1, 1)
+    assert tests["over_refusal"]["p_value"] == pytest.approx(1.0)
