@@ -8,11 +8,12 @@ if missing). Everything is in memory; nothing is written but the results JSON.
    last-token residual at the layer is shifted along the refusal direction to the reference
    level × gain, by a hook (no weights changed) — what a perfect output-side fit could buy.
 2. Output edits: gain × harmless-tail weight, with dev harmful / harmless gains and KL.
-3. Selectivity at gain 16: the output strategy's harmless weight (--output-gamma) × tail weight.
+3. Selectivity at gain 16: the output strategy's harmless weight (--output-gamma) × tail weight,
+   then larger tail weights at the default --output-gamma.
 4. Neuron choice for the paper edit: the contrast set vs the same number of neurons ranked by
    attribution patching; first-order estimates, dev gains and patching ceilings.
 
-Run: python benchmarks/dev_sweep.py [--sections ceiling,gain,gamma,neurons]
+Run: python benchmarks/dev_sweep.py [--sections ceiling,gain,gamma,tail,neurons]
 (needs ../shared/data; about 25 minutes on 2 CPU cores for all). Rows of sections not run are kept
 from the last results file.
 """
@@ -50,7 +51,8 @@ CEILING_GAINS = [1.0, 4.0]
 SELECTIVITY_GAIN = 16.0
 OUTPUT_GAMMAS = [100.0, 1000.0, 10000.0]
 SELECTIVITY_TAILS = [1.0, 4.0]
-SECTIONS = ("ceiling", "gain", "gamma", "neurons")
+LARGE_TAILS = [16.0, 64.0]
+SECTIONS = ("ceiling", "gain", "gamma", "tail", "neurons")
 
 
 @contextmanager
@@ -170,6 +172,11 @@ def main() -> None:
                 SELECTIVITY_GAIN,
                 weight,
             )
+    section = "tail"
+    for weight in LARGE_TAILS if section in sections else []:
+        measure_output(
+            f"output@{LAYER} gain {SELECTIVITY_GAIN:g} tail weight {weight:g}", solve, SELECTIVITY_GAIN, weight
+        )
     previous_path = RESULTS / "qwen-dev-sweep.json"
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
     section = "neurons"
