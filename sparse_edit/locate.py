@@ -56,7 +56,8 @@ def prepare_prompts(
 ) -> PromptSets:
     """Load, filter and check the harmful and harmless prompt sources.
 
-    With ``harmless_everywhere`` false (eval), a language may have harmful prompts only.
+    With ``harmless_everywhere`` false (eval), a language may have harmful prompts only;
+    ``harmless_limit`` caps harmless prompts per language in place of ``options.limit``.
     """
     harmful, harmful_sources = load_sources(options.harmful, "harmful", "--harmful")
     harmless, harmless_sources = load_sources(options.harmless, "harmless", "--harmless")

@@ -50,6 +50,7 @@ def test_eval_writes_a_schema_valid_report(evaluated):
     # Same model as base and edited: nothing may differ.
     assert report["summary"]["kl_harmless"] == pytest.approx(0.0, abs=1e-6)
     assert all(v == 0 for v in report["summary"]["asr_delta"].values())
+    assert report["pooled_tests"]["over_refusal"] == {"only_before": 0, "only_after": 0, "p_value": 1.0}
     assert report["gates"] == [
         {"expression": "kl_harmless > 0.05", "value": report["summary"]["kl_harmless"], "tripped": False}
     ]
