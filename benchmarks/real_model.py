@@ -168,6 +168,8 @@ def main() -> None:
                     raise
         manifest = json.loads((edited / "sparse_edit" / "manifest.json").read_text())
         result = json.loads((report / "report.json").read_text())
+        if not result.get("pooled_tests"):
+            result["pooled_tests"] = pooled_from_replies(report / "replies.jsonl", result["reference_lang"])
         row = judge_targets(manifest, result)
         row["settings"] = {
             "limit": args.limit,
@@ -189,6 +191,26 @@ def print_dev_proxies(name: str, edited: Path) -> None:
     diagnostics = json.loads((edited / "sparse_edit" / "manifest.json").read_text())["diagnostics"]
     harmful, harmless = diagnostics.get("refusal_gain_harmful"), diagnostics.get("refusal_gain_harmless")
     print(f"{name}: dev refusal log-odds gain harmful {harmful}, harmless {harmless}", flush=True)
+
+
+def pooled_from_replies(path: Path, reference: str) -> dict[str, object]:
+    """Pooled McNemar tests from a report's replies.jsonl (reports written before eval recorded them)."""
+    from sparse_edit.metrics import mcnemar
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    verdict = {(r["model"], r["class"], r["lang"], r["id"]): r["verdict"] for r in rows}
+    keys = sorted({key[1:] for key in verdict})
+
+    def test(cls: str, label: str, skip_reference: bool) -> dict[str, float | int]:
+        chosen = [k for k in keys if k[0] == cls and not (skip_reference and k[1] == reference)]
+        return mcnemar(
+            [verdict[("base", *k)] == label for k in chosen], [verdict[("edited", *k)] == label for k in chosen]
+        )
+
+    return {
+        "asr_other_languages": test("harmful", "compliance", True),
+        "over_refusal": test("harmless", "refusal", False),
+    }
 
 
 def judge_targets(manifest: dict, report: dict) -> dict[str, object]:
