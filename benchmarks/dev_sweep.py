@@ -10,10 +10,12 @@ if missing). Everything is in memory; nothing is written but the results JSON.
 2. Output edits: gain × harmless-tail weight, with dev harmful / harmless gains and KL.
 3. Selectivity at gain 16: the output strategy's harmless weight (--output-gamma) × tail weight,
    then larger tail weights at the default --output-gamma.
+   Columns: the low languages' union vs that union without the reference language's set
+   (--output-neurons low-only), harmless gains per language.
 4. Neuron choice for the paper edit: the contrast set vs the same number of neurons ranked by
    attribution patching; first-order estimates, dev gains and patching ceilings.
 
-Run: python benchmarks/dev_sweep.py [--sections ceiling,gain,gamma,tail,neurons]
+Run: python benchmarks/dev_sweep.py [--sections ceiling,gain,gamma,tail,columns,neurons]
 (needs ../shared/data; about 25 minutes on 2 CPU cores for all). Rows of sections not run are kept
 from the last results file.
 """
@@ -42,7 +44,7 @@ from sparse_edit.modeling import LoadedModel, load_model
 from sparse_edit.neurons import jaccard
 from sparse_edit.probes import EditContext, mean, patched_refusal_scores, refusal_scores, token_kl
 from sparse_edit.solver import SolveSettings
-from sparse_edit.strategies import edit_neurons, output_candidate, paper_candidate, refusal_direction
+from sparse_edit.strategies import LayerData, edit_neurons, output_candidate, paper_candidate, refusal_direction
 
 LAYER = 16
 GAINS = [2.0, 8.0, 16.0]
@@ -52,7 +54,7 @@ SELECTIVITY_GAIN = 16.0
 OUTPUT_GAMMAS = [100.0, 1000.0, 10000.0]
 SELECTIVITY_TAILS = [1.0, 4.0]
 LARGE_TAILS = [16.0, 64.0]
-SECTIONS = ("ceiling", "gain", "gamma", "tail", "neurons")
+SECTIONS = ("ceiling", "gain", "gamma", "tail", "columns", "neurons")
 
 
 @contextmanager
@@ -115,18 +117,18 @@ def main() -> None:
         harmful = refusal_scores(loaded, anchors.low_dev, bs, edit)
         harmless = refusal_scores(loaded, anchors.safe_dev, bs, harmless_edit or edit)
         by_lang = {lang: mean(harmful[lang]) - mean(base_harmful[lang]) for lang in harmful}
+        safe_by_lang = {lang: mean(harmless[lang]) - mean(base_harmless[lang]) for lang in harmless}
         row = {
             "name": name,
             "section": section,
             "gain_harmful": mean(list(by_lang.values())),
-            "gain_harmless": mean([mean(harmless[lang]) - mean(base_harmless[lang]) for lang in harmless]),
+            "gain_harmless": mean(list(safe_by_lang.values())),
             "gain_harmful_by_lang": by_lang,
+            "gain_harmless_by_lang": safe_by_lang,
             **extra,
         }
         rows.append(row)
-        print(
-            {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "gain_harmful_by_lang"}
-        )
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if not k.endswith("by_lang")})
 
     def in_memory(edits: list[SliceEdit]) -> EditContext:
         storage = {e.slice.tensor: loaded.checkpoint.torch_dtype(e.slice.tensor) for e in edits}
@@ -146,8 +148,15 @@ def main() -> None:
         options.output_gamma, options.lam, options.rank, options.nullspace, options.nullspace_threshold
     )
 
-    def measure_output(name: str, settings: SolveSettings, gain: float, weight: float) -> None:
-        edits, diag = output_candidate(LAYER, output_set, loaded.checkpoint, data, settings, gain, 1.0, weight)
+    def measure_output(
+        name: str,
+        settings: SolveSettings,
+        gain: float,
+        weight: float,
+        columns: tuple[torch.Tensor, LayerData] | None = None,
+    ) -> None:
+        neurons, layer_data = columns or (output_set, data)
+        edits, diag = output_candidate(LAYER, neurons, loaded.checkpoint, layer_data, settings, gain, 1.0, weight)
         context = in_memory(edits)
         kl, _ = token_kl(loaded, anchors.safe_dev, bs, context)
         measure(
@@ -177,6 +186,19 @@ def main() -> None:
         measure_output(
             f"output@{LAYER} gain {SELECTIVITY_GAIN:g} tail weight {weight:g}", solve, SELECTIVITY_GAIN, weight
         )
+    section = "columns"
+    if section in sections:
+        only = edit_neurons(artifact, LAYER, "low-only", ref, low_langs, options.max_edit_neurons)
+        only_plan = Plan(["output"], [(LAYER,)], {("output", LAYER): only}, ["neurons", "residual"])
+        only_data = gather(loaded, anchors, [LAYER], only_plan, options, reporter)[LAYER]
+        for label, columns in (("low-union", (output_set, data)), ("low-only", (only, only_data))):
+            measure_output(
+                f"output@{LAYER} gain {SELECTIVITY_GAIN:g} tail weight 1 columns {label}",
+                solve,
+                SELECTIVITY_GAIN,
+                1.0,
+                columns,
+            )
     previous_path = RESULTS / "qwen-dev-sweep.json"
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
     section = "neurons"

@@ -161,10 +161,11 @@ class ApplyOptions(ModelOptions, PromptOptions):
         None,
         description="Layers tried by --layer auto (default: the recommended layer and 4 layers from L/3 to L-2).",
     )
-    output_neurons: Literal["low-union", "reference", "all"] = Field(
+    output_neurons: Literal["low-union", "low-only", "reference", "all"] = Field(
         "low-union",
-        description="output strategy: edit the columns of the union of the low-resource languages' safety neurons, "
-        "the reference language's, or all neurons.",
+        description="output strategy: edit the columns of the union of the low-resource languages' safety neurons "
+        "(low-union), that union without the reference language's set (low-only), the reference language's set, "
+        "or all neurons.",
     )
     neuron_score: Literal["contrast", "attribution"] = Field(
         "contrast",

@@ -28,7 +28,7 @@ from sparse_edit.modeling import Encoded
 from sparse_edit.solver import EditProblem, SolveSettings, fit_ratio, leak_ratio, solve
 
 StrategyName = Literal["paper", "output"]
-NeuronChoice = Literal["reference", "low-union", "all"]
+NeuronChoice = Literal["reference", "low-union", "low-only", "all"]
 F64 = torch.float64
 
 
@@ -54,7 +54,11 @@ def edit_neurons(
     low_langs: Sequence[str],
     cap: int | None,
 ) -> torch.Tensor:
-    """The neuron set an edit touches at ``layer``; capped by the low languages' mean Cohen's d."""
+    """The neuron set an edit touches at ``layer``; capped by the low languages' mean Cohen's d.
+
+    ``low-only`` is the low languages' union without the reference language's set: neurons whose
+    firing the reference language's (working) refusal does not rely on.
+    """
     if choice == "reference":
         index = artifact.neuron_set(reference, layer)
     elif choice == "all":
@@ -62,6 +66,8 @@ def edit_neurons(
     else:
         sets = [artifact.neuron_set(lang, layer) for lang in low_langs]
         index = torch.unique(torch.cat(sets)) if sets else torch.empty(0, dtype=torch.int64)
+        if choice == "low-only":
+            index = index[~torch.isin(index, artifact.neuron_set(reference, layer))]
     if cap is not None and index.numel() > cap:
         strength = torch.stack([artifact.scores[lang].d[layer, index] for lang in low_langs]).mean(0)
         index = index[torch.argsort(strength, descending=True, stable=True)[:cap]]

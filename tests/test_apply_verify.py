@@ -317,3 +317,21 @@ def test_harmless_tail_rows_make_the_output_edit_selective(located, tmp_path):
     plain, held = ratio("0"), ratio("4")
     # Harmless last-token rows fitted to no shift move much less along the refusal direction.
     assert abs(held) < 0.5 * abs(plain)
+
+
+def test_low_only_columns_leave_out_the_reference_languages_neurons(located):
+    from sparse_edit.artifact import LocateArtifact
+    from sparse_edit.strategies import edit_neurons
+
+    _, path = located("llama")
+    artifact = LocateArtifact.load(path)
+    low = [lang for lang in artifact.languages if lang != artifact.reference_lang]
+    layer = artifact.recommended_layer or 0
+    union = set(edit_neurons(artifact, layer, "low-union", artifact.reference_lang, low, None).tolist())
+    reference = set(artifact.neuron_set(artifact.reference_lang, layer).tolist())
+    only = edit_neurons(artifact, layer, "low-only", artifact.reference_lang, low, None)
+    assert union & reference and union - reference, "the fixture must have shared and low-only neurons"
+    assert set(only.tolist()) == union - reference
+    assert only.tolist() == sorted(only.tolist())
+    capped = edit_neurons(artifact, layer, "low-only", artifact.reference_lang, low, 2)
+    assert len(capped) == min(2, len(only)) and set(capped.tolist()) <= set(only.tolist())
