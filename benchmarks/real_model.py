@@ -47,6 +47,10 @@ STRATEGIES = {
         "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
         "--gain", "16", "--harmless-tail-weight", "4",
     ],
+    "output@16+18 gain16 tail16": [
+        "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
+        "--gain", "16", "--harmless-tail-weight", "16",
+    ],
     # The last 4 prompt tokens (the chat template's tail) as rows, harmful and harmless alike.
     "output@16+18 gain16 tail1 pos4": [
         "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
