@@ -16,8 +16,8 @@ if missing). Everything is in memory; nothing is written but the results JSON.
    attribution patching; first-order estimates, dev gains and patching ceilings.
 
 Run: python benchmarks/dev_sweep.py [--sections ceiling,gain,gamma,tail,columns,neurons]
-(needs ../shared/data; about 25 minutes on 2 CPU cores for all). Rows of sections not run are kept
-from the last results file.
+(needs ../shared/data; on 2 CPU cores ceiling + gain + neurons took about 20 minutes, gamma about
+7, tail about 6; columns was not run yet). Rows of sections not run are kept from the last results file.
 """
 
 from __future__ import annotations
