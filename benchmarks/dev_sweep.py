@@ -17,7 +17,7 @@ if missing). Everything is in memory; nothing is written but the results JSON.
 
 Run: python benchmarks/dev_sweep.py [--sections ceiling,gain,gamma,tail,columns,neurons]
 (needs ../shared/data; on 2 CPU cores ceiling + gain + neurons took about 20 minutes, gamma about
-7, tail about 6; columns was not run yet). Rows of sections not run are kept from the last results file.
+7, tail about 6, columns about 8). Rows of sections not run are kept from the last results file.
 """
 
 from __future__ import annotations
