@@ -28,6 +28,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -111,9 +112,10 @@ def main() -> None:
     base_harmful = refusal_scores(loaded, anchors.low_dev, bs)
     base_harmless = refusal_scores(loaded, anchors.safe_dev, bs)
     rows: list[dict[str, Any]] = []
-    section = ""
 
-    def measure(name: str, edit: EditContext, harmless_edit: EditContext | None = None, **extra: Any) -> None:
+    def measure(
+        section: str, name: str, edit: EditContext, harmless_edit: EditContext | None = None, **extra: Any
+    ) -> None:
         harmful = refusal_scores(loaded, anchors.low_dev, bs, edit)
         harmless = refusal_scores(loaded, anchors.safe_dev, bs, harmless_edit or edit)
         by_lang = {lang: mean(harmful[lang]) - mean(base_harmful[lang]) for lang in harmful}
@@ -136,9 +138,9 @@ def main() -> None:
 
     direction = refusal_direction(data).float()
     level = float((data.ref_rows["residual"].float() @ direction).mean())
-    section = "ceiling"
-    for gain in CEILING_GAINS if section in sections else []:
+    for gain in CEILING_GAINS if "ceiling" in sections else []:
         measure(
+            "ceiling",
             f"direction ceiling x{gain:g} (hook, last token)",
             partial(direction_shift, loaded, direction, level, gain),
             # The hook shifts every prompt it sees, so it is measured on harmful prompts only.
@@ -149,6 +151,7 @@ def main() -> None:
     )
 
     def measure_output(
+        section: str,
         name: str,
         settings: SolveSettings,
         gain: float,
@@ -160,6 +163,7 @@ def main() -> None:
         context = in_memory(edits)
         kl, _ = token_kl(loaded, anchors.safe_dev, bs, context)
         measure(
+            section,
             name,
             context,
             kl_harmless=kl,
@@ -168,31 +172,33 @@ def main() -> None:
             changed_parameters=sum(e.changed_parameters for e in edits),
         )
 
-    section = "gain"
-    for gain in GAINS if section in sections else []:
+    for gain in GAINS if "gain" in sections else []:
         for weight in TAIL_WEIGHTS:
-            measure_output(f"output@{LAYER} gain {gain:g} tail weight {weight:g}", solve, gain, weight)
-    section = "gamma"
-    for gamma in OUTPUT_GAMMAS if section in sections else []:
+            measure_output("gain", f"output@{LAYER} gain {gain:g} tail weight {weight:g}", solve, gain, weight)
+    for gamma in OUTPUT_GAMMAS if "gamma" in sections else []:
         for weight in SELECTIVITY_TAILS:
             measure_output(
+                "gamma",
                 f"output@{LAYER} gain {SELECTIVITY_GAIN:g} tail weight {weight:g} output-gamma {gamma:g}",
-                SolveSettings(gamma, options.lam, options.rank, options.nullspace, options.nullspace_threshold),
+                replace(solve, gamma=gamma),
                 SELECTIVITY_GAIN,
                 weight,
             )
-    section = "tail"
-    for weight in LARGE_TAILS if section in sections else []:
+    for weight in LARGE_TAILS if "tail" in sections else []:
         measure_output(
-            f"output@{LAYER} gain {SELECTIVITY_GAIN:g} tail weight {weight:g}", solve, SELECTIVITY_GAIN, weight
+            "tail",
+            f"output@{LAYER} gain {SELECTIVITY_GAIN:g} tail weight {weight:g}",
+            solve,
+            SELECTIVITY_GAIN,
+            weight,
         )
-    section = "columns"
-    if section in sections:
+    if "columns" in sections:
         only = edit_neurons(artifact, LAYER, "low-only", ref, low_langs, options.max_edit_neurons)
         only_plan = Plan(["output"], [(LAYER,)], {("output", LAYER): only}, ["neurons", "residual"])
         only_data = gather(loaded, anchors, [LAYER], only_plan, options, reporter)[LAYER]
         for label, columns in (("low-union", (output_set, data)), ("low-only", (only, only_data))):
             measure_output(
+                "columns",
                 f"output@{LAYER} gain {SELECTIVITY_GAIN:g} tail weight 1 columns {label}",
                 solve,
                 SELECTIVITY_GAIN,
@@ -201,8 +207,7 @@ def main() -> None:
             )
     previous_path = RESULTS / "qwen-dev-sweep.json"
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
-    section = "neurons"
-    if section not in sections:
+    if "neurons" not in sections:
         payload = dict(previous, rows=merge_rows(previous.get("rows", []), rows), seconds=None)
         print(f"wrote {save('qwen-dev-sweep', payload)}")
         return
@@ -221,6 +226,7 @@ def main() -> None:
         patched = patched_refusal_scores(loaded, anchors.low_dev, anchors.ref_dev, edits, bs)
         kl, _ = token_kl(loaded, anchors.safe_dev, bs, context)
         measure(
+            "neurons",
             f"paper@{LAYER} neurons by {name}",
             context,
             kl_harmless=kl,
