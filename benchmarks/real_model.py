@@ -51,6 +51,11 @@ STRATEGIES = {
         "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
         "--gain", "16", "--harmless-tail-weight", "16",
     ],
+    # The same with every harmless training prompt PolyRefuse has (200 per language, not 48) as null-space rows.
+    "output@16+18 gain16 tail1 h200": [
+        "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
+        "--gain", "16", "--harmless-tail-weight", "1", "--harmless-limit", "200",
+    ],
     # The last 4 prompt tokens (the chat template's tail) as rows, harmful and harmless alike.
     "output@16+18 gain16 tail1 pos4": [
         "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",

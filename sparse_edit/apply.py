@@ -25,15 +25,16 @@ from sparse_edit.features import FeatureRequest, Features, Site, collect
 from sparse_edit.locate import prepare_prompts
 from sparse_edit.modeling import Encoded, LoadedModel, encode_prompts, load_model
 from sparse_edit.neurons import jaccard
-from sparse_edit.probes import mean, patched_refusal_scores, refusal_scores, token_kl
+from sparse_edit.probes import mean, patched_refusal_scores, refusal_rates, refusal_scores, token_kl
 from sparse_edit.prompts import Prompt
 from sparse_edit.solver import SolveSettings
 from sparse_edit.strategies import Candidate, LayerData, edit_neurons, output_candidate, pair_rows, paper_candidate
 
 SELECTION_RULE = (
     "largest selective gain (mean refusal log-odds gain on dev low-resource harmful prompts minus the gain on dev "
-    "harmless prompts) among candidates whose mean harmless per-token KL is within --kl-budget; if none is, the "
-    "candidate with the smallest KL"
+    "harmless prompts; with --dev-generate, the judged refusal-rate gain of generated replies on dev low-resource "
+    "harmful prompts minus that on dev harmless prompts, log-odds breaking ties) among candidates whose mean "
+    "harmless per-token KL is within --kl-budget; if none is, the candidate with the smallest KL"
 )
 
 
@@ -53,6 +54,10 @@ class Anchors:
     low_dev: list[Encoded]
     ref_dev: list[Encoded]
     safe_dev: list[Encoded]
+
+    def counts(self) -> dict[str, int]:
+        """Prompts per role, for the manifest."""
+        return {role: len(items) for role, items in vars(self).items()}
 
 
 def _cap_per_language(prompts: list[Prompt], limit: int) -> list[Prompt]:
@@ -366,11 +371,18 @@ def measure_candidates(
     options: ApplyOptions,
     reporter: Reporter,
 ) -> None:
-    """Refusal log-odds on dev prompts and harmless KL, base vs each candidate edit (in memory)."""
+    """Refusal log-odds on dev prompts and harmless KL, base vs each candidate edit (in memory); with
+    --dev-generate also the judged refusal rate of generated replies."""
     bs = options.batch_size
     harmful, harmless = anchors.low_dev, anchors.safe_dev
     base_harmful = refusal_scores(loaded, harmful, bs) if harmful else {}
     base_harmless = refusal_scores(loaded, harmless, bs) if harmless else {}
+    tokens = options.dev_generate
+
+    def rates(items: list[Encoded], edit: Any = None) -> dict[str, float]:
+        return refusal_rates(loaded, items, tokens, bs, reporter, *([edit] if edit else []))
+
+    base_rates = {"harmful": rates(harmful), "harmless": rates(harmless)} if tokens else {}
     with reporter.progress("dev probes", len(candidates), unit="candidates") as progress:
         for candidate in candidates:
 
@@ -390,6 +402,15 @@ def measure_candidates(
                 diag["kl_harmless"], diag["nll_change_harmless"] = token_kl(loaded, harmless, bs, edit)
             if "refusal_gain_harmful" in diag:
                 diag["selective_gain"] = diag["refusal_gain_harmful"] - diag.get("refusal_gain_harmless", 0.0)
+            if tokens:
+                for role, items in (("harmful", harmful), ("harmless", harmless)):
+                    after_rates = rates(items, edit)
+                    by_lang = {lang: rate - base_rates[role][lang] for lang, rate in after_rates.items()}
+                    diag[f"refusal_rate_gain_{role}"] = mean(list(by_lang.values())) if by_lang else 0.0
+                    diag[f"refusal_rate_gain_{role}_by_lang"] = by_lang
+                diag["generated_selective_gain"] = (
+                    diag["refusal_rate_gain_harmful"] - diag["refusal_rate_gain_harmless"]
+                )
             if options.ceiling and harmful and anchors.ref_dev:
                 patched = patched_refusal_scores(loaded, harmful, anchors.ref_dev, candidate.edits, bs)
                 diag["ceiling_gain_harmful"] = mean(
@@ -401,14 +422,20 @@ def measure_candidates(
 def choose(candidates: list[Candidate], budget: float, reporter: Reporter) -> Candidate:
     within = [c for c in candidates if c.diagnostics.get("kl_harmless", 0.0) <= budget]
     if within:
-        return max(within, key=lambda c: c.diagnostics.get("selective_gain", 0.0))
+        return max(
+            within,
+            key=lambda c: (
+                c.diagnostics.get("generated_selective_gain", 0.0),
+                c.diagnostics.get("selective_gain", 0.0),
+            ),
+        )
     best = min(candidates, key=lambda c: c.diagnostics.get("kl_harmless", float("inf")))
     reporter.warn(f"no candidate stays within --kl-budget {budget}; chose {best.label} (smallest KL)")
     return best
 
 
 def format_table(candidates: list[Candidate], chosen: Candidate) -> str:
-    header = f"{'candidate':<16} {'|S|':>5} {'params':>8} {'fit':>6} {'leak':>6} {'gain(harm)':>10} {'gain(safe)':>10} {'KL':>8} {'ceiling':>8}"
+    header = f"{'candidate':<16} {'|S|':>5} {'params':>8} {'fit':>6} {'leak':>6} {'gain(harm)':>10} {'gain(safe)':>10} {'KL':>8} {'ceiling':>8} {'refuse(harm)':>12} {'refuse(safe)':>12}"
     lines = [header]
     for candidate in candidates:
         row = candidate.diagnostics
@@ -422,7 +449,8 @@ def format_table(candidates: list[Candidate], chosen: Candidate) -> str:
             f"{candidate.label:<16} {row['neurons']:>5} {row['changed_parameters']:>8} {num('fit_dev', '6.3f'):>6} "
             f"{num('leak_dev', '6.3f'):>6} {num('refusal_gain_harmful', '+10.3f'):>10} "
             f"{num('refusal_gain_harmless', '+10.3f'):>10} {num('kl_harmless', '8.4f'):>8} "
-            f"{num('ceiling_gain_harmful', '+8.3f'):>8}{mark}"
+            f"{num('ceiling_gain_harmful', '+8.3f'):>8} {num('refusal_rate_gain_harmful', '+12.3f'):>12} "
+            f"{num('refusal_rate_gain_harmless', '+12.3f'):>12}{mark}"
         )
     return "\n".join(lines)
 
@@ -471,6 +499,7 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> ApplyResult:
         for c in candidates
     ]
     manifest = build_manifest(options, checkpoint, chosen, table, delta_bytes, low_langs)
+    manifest["anchors"] = anchors.counts()
     extra = {
         DELTA_FILE: delta_bytes,
         MANIFEST_FILE: (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),

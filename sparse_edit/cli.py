@@ -106,6 +106,7 @@ HarmlessFlag = Annotated[list[str] | None, typer.Option(help=P.help("harmless"))
 ReferenceFlag = Annotated[str | None, typer.Option(help=P.help("reference_lang"))]
 LanguagesFlag = Annotated[list[str] | None, typer.Option(help=P.help("languages"))]
 LimitFlag = Annotated[int | None, typer.Option(help=P.help("limit"))]
+HarmlessLimitFlag = Annotated[int | None, typer.Option(help=P.help("harmless_limit"))]
 # Fields whose flags take comma-separated lists as well as repeats.
 COMMA_LISTS = {"languages", "low_langs", "strategy", "candidate_layers"}
 
@@ -135,6 +136,7 @@ def locate(
     reference_lang: ReferenceFlag = None,
     languages: LanguagesFlag = None,
     limit: LimitFlag = None,
+    harmless_limit: HarmlessLimitFlag = None,
     pooling: Annotated[str | None, typer.Option(help=L.help("pooling"))] = None,
     tau_mag: Annotated[float | None, typer.Option(help=L.help("tau_mag"))] = None,
     tau_stat: Annotated[float | None, typer.Option(help=L.help("tau_stat"))] = None,
@@ -183,6 +185,7 @@ INHERITED_FROM_ARTIFACT = (
     "reference_lang",
     "languages",
     "limit",
+    "harmless_limit",
     "system_prompt",
     "max_length",
 )
@@ -224,8 +227,10 @@ def apply(
     reference_lang: ReferenceFlag = None,
     languages: LanguagesFlag = None,
     limit: LimitFlag = None,
+    harmless_limit: HarmlessLimitFlag = None,
     dev_fraction: Annotated[float | None, typer.Option(help=A.help("dev_fraction"))] = None,
     dev_limit: Annotated[int | None, typer.Option(help=A.help("dev_limit"))] = None,
+    dev_generate: Annotated[int | None, typer.Option(help=A.help("dev_generate"))] = None,
     kl_budget: Annotated[float | None, typer.Option(help=A.help("kl_budget"))] = None,
     batch_size: BatchSizeFlag = None,
     max_length: MaxLengthFlag = None,
@@ -271,9 +276,11 @@ def apply(
         "refusal_gain_harmful",
         "refusal_gain_harmless",
         "kl_harmless",
+        "refusal_rate_gain_harmful",
+        "refusal_rate_gain_harmless",
     ):
         if isinstance(diag.get(key), float):
-            typer.echo(f"  {key:<22} {diag[key]:.4f}")
+            typer.echo(f"  {key:<26} {diag[key]:.4f}")
     typer.echo(f"wrote {options.output}")
 
 
@@ -290,7 +297,7 @@ def evaluate(
     reference_lang: ReferenceFlag = None,
     languages: LanguagesFlag = None,
     limit: LimitFlag = None,
-    harmless_limit: Annotated[int | None, typer.Option(help=E.help("harmless_limit"))] = None,
+    harmless_limit: HarmlessLimitFlag = None,
     max_new_tokens: Annotated[int | None, typer.Option(help=E.help("max_new_tokens"))] = None,
     judge: Annotated[str | None, typer.Option(help=E.help("judge"))] = None,
     artifact: Annotated[Path | None, typer.Option(help=E.help("artifact"))] = None,

@@ -74,6 +74,13 @@ class PromptOptions(Options):
         None, description="Languages to use (default: every language found in the sources)."
     )
     limit: int | None = Field(None, ge=2, description="Use at most this many prompts per language and class.")
+    harmless_limit: int | None = Field(
+        None,
+        ge=2,
+        description="Use at most this many harmless prompts per language (default: --limit). More harmless "
+        "prompts pin the edit's null space down better (apply) and resolve over-refusal finer (eval: at 36 "
+        "prompts one reply is 2.8 points).",
+    )
 
 
 class LocateOptions(ModelOptions, PromptOptions):
@@ -244,6 +251,14 @@ class ApplyOptions(ModelOptions, PromptOptions):
     dev_limit: int = Field(
         24, ge=1, description="At most this many dev prompts per language and class for probes."
     )
+    dev_generate: int = Field(
+        0,
+        ge=0,
+        description="Also generate this many tokens for every dev prompt, base and each candidate, and judge the "
+        "replies (keyword judge): refusal-rate change on low-resource harmful and on harmless dev prompts. "
+        "When on, --layer auto ranks candidates by it (the first-token log-odds miss over-refusal that shows "
+        "later in a reply). 0 = off; 16-32 tokens catch the opening refusal.",
+    )
     kl_budget: float = Field(0.05, gt=0, description="Harmless per-token KL (nats) that --layer auto may spend.")
     seed: int = Field(0, description="Seed of the dev split.")
 
@@ -263,12 +278,6 @@ class EvalOptions(ModelOptions, PromptOptions):
 
     base: Path | None = Field(
         None, description="The unedited model, for before/after differences, McNemar tests and KL."
-    )
-    harmless_limit: int | None = Field(
-        None,
-        ge=2,
-        description="Use at most this many harmless prompts per language (default: --limit). Over-refusal "
-        "needs more prompts than attack success to resolve: at 36 prompts one reply is 2.8 points.",
     )
     output: Path = Field(description="Folder for report.json, report.md and charts (written atomically).")
     overwrite: bool = Field(False, description="Replace an existing report folder.")

@@ -212,7 +212,7 @@ class EvalResult:
 def run_eval(options: EvalOptions, reporter: Reporter) -> EvalResult:
     gates: list[Gate] = [parse_gate(text) for text in options.fail_if]
     torch.manual_seed(options.seed)
-    sets = prepare_prompts(options, reporter, harmless_everywhere=False, harmless_limit=options.harmless_limit)
+    sets = prepare_prompts(options, reporter, harmless_everywhere=False)
     judge = make_judge(options)
     edited_model = load_model(options)
     base_model = load_model(options, options.base) if options.base is not None else None

@@ -51,13 +51,10 @@ def _limit(prompts: list[Prompt], limit: int | None) -> list[Prompt]:
     return kept
 
 
-def prepare_prompts(
-    options: PromptOptions, reporter: Reporter, harmless_everywhere: bool = True, harmless_limit: int | None = None
-) -> PromptSets:
+def prepare_prompts(options: PromptOptions, reporter: Reporter, harmless_everywhere: bool = True) -> PromptSets:
     """Load, filter and check the harmful and harmless prompt sources.
 
-    With ``harmless_everywhere`` false (eval), a language may have harmful prompts only;
-    ``harmless_limit`` caps harmless prompts per language in place of ``options.limit``.
+    With ``harmless_everywhere`` false (eval), a language may have harmful prompts only.
     """
     harmful, harmful_sources = load_sources(options.harmful, "harmful", "--harmful")
     harmless, harmless_sources = load_sources(options.harmless, "harmless", "--harmless")
@@ -77,7 +74,7 @@ def prepare_prompts(
             )
     keep = set(languages)
     harmful = _limit([p for p in harmful if p.lang in keep], options.limit)
-    harmless = _limit([p for p in harmless if p.lang in keep], harmless_limit or options.limit)
+    harmless = _limit([p for p in harmless if p.lang in keep], options.harmless_limit or options.limit)
     for label, prompts in (("harmful", harmful), ("harmless", harmless)):
         for lang, items in by_language(prompts).items():
             if len(items) < 2:

@@ -1,4 +1,5 @@
-"""No-generation measurements: refusal log-odds per prompt and per-token KL between two weight states."""
+"""Dev measurements of an edit: refusal log-odds per prompt, per-token KL between two weight states, and
+the judged refusal rate of short greedy replies."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import Any
 import torch
 
 from sparse_edit.activations import capture
+from sparse_edit.console import Reporter
 from sparse_edit.delta import SliceEdit
+from sparse_edit.generation import generate_replies
+from sparse_edit.judge import KeywordJudge
 from sparse_edit.modeling import Batch, Encoded, LoadedModel, batches
 from sparse_edit.refusal import opening_token_ids, refusal_log_odds
 
@@ -44,6 +48,25 @@ def refusal_scores(
             for lang, value in zip(langs, refusal_log_odds(logits.cpu(), ids).tolist(), strict=True):
                 out.setdefault(lang, []).append(value)
     return out
+
+
+def refusal_rates(
+    loaded: LoadedModel,
+    encoded: Sequence[Encoded],
+    max_new_tokens: int,
+    batch_size: int,
+    reporter: Reporter,
+    edit: EditContext = _no_edit,
+) -> dict[str, float]:
+    """Share of greedy replies the keyword judge calls a refusal, per language."""
+    with edit():
+        replies = generate_replies(loaded, encoded, max_new_tokens, batch_size, reporter, "dev replies")
+    judge = KeywordJudge()
+    refused: dict[str, list[float]] = {}
+    for item, reply in zip(encoded, replies, strict=True):
+        verdict = judge.judge(item.prompt.text, item.prompt.lang, reply)
+        refused.setdefault(item.prompt.lang, []).append(float(verdict.label == "refusal"))
+    return {lang: mean(values) for lang, values in refused.items()}
 
 
 def patched_refusal_scores(

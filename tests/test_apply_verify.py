@@ -335,3 +335,69 @@ def test_low_only_columns_leave_out_the_reference_languages_neurons(located):
     assert only.tolist() == sorted(only.tolist())
     capped = edit_neurons(artifact, layer, "low-only", artifact.reference_lang, low, 2)
     assert len(capped) == min(2, len(only)) and set(capped.tolist()) <= set(only.tolist())
+
+
+def test_harmless_limit_sizes_the_null_space_anchors_apart_from_limit(located, tmp_path):
+    _, artifact = located("llama")
+    manifest = json.loads(
+        run_cli(*apply_args(artifact, tmp_path / "out", "--limit", "4", "--harmless-limit", "10"), "--json").stdout
+    )
+    anchors = manifest["anchors"]
+    # 3 languages: 4 harmful prompts each (2 low-resource languages), all 10 harmless prompts each.
+    assert anchors["low_train"] + anchors["low_dev"] <= 8
+    assert anchors["low_train"] + anchors["ref_train"] + anchors["low_dev"] + anchors["ref_dev"] <= 12
+    assert anchors["safe_train"] + anchors["safe_dev"] == 30
+    assert manifest["settings"]["harmless_limit"] == 10
+
+
+def test_dev_generate_ranks_candidates_by_judged_replies(located, tmp_path):
+    _, artifact = located("llama", layers=4)
+    manifest = json.loads(
+        run_cli(
+            *apply_args(
+                artifact, tmp_path / "out", "--layer", "auto", "--candidate-layers", "1,2", "--dev-generate", "2"
+            ),
+            "--json",
+        ).stdout
+    )
+    table = manifest["candidates"]
+    for row in table:
+        for role in ("harmful", "harmless"):
+            assert -1.0 <= row[f"refusal_rate_gain_{role}"] <= 1.0
+            assert set(row[f"refusal_rate_gain_{role}_by_lang"]) <= {"en", "th", "yo"}
+        gap = row["refusal_rate_gain_harmful"] - row["refusal_rate_gain_harmless"]
+        assert row["generated_selective_gain"] == pytest.approx(gap)
+    best = max(table, key=lambda r: (r["generated_selective_gain"], r["selective_gain"]))
+    assert manifest["layers"] == best["layers"]
+    assert "--dev-generate" in manifest["selection_rule"]
+
+
+def test_choice_prefers_judged_replies_over_first_token_log_odds():
+    from sparse_edit.apply import choose
+    from sparse_edit.console import Reporter
+    from sparse_edit.strategies import Candidate
+
+    log_odds_favourite = Candidate("output", (1,), diagnostics={"selective_gain": 2.0, "kl_harmless": 0.01})
+    log_odds_favourite.diagnostics["generated_selective_gain"] = 0.1
+    replies_favourite = Candidate("output", (2,), diagnostics={"selective_gain": 0.5, "kl_harmless": 0.01})
+    replies_favourite.diagnostics["generated_selective_gain"] = 0.3
+    over_budget = Candidate("output", (3,), diagnostics={"selective_gain": 9.0, "kl_harmless": 1.0})
+    over_budget.diagnostics["generated_selective_gain"] = 0.9
+    chosen = choose([log_odds_favourite, replies_favourite, over_budget], 0.05, Reporter(quiet=True))
+    assert chosen is replies_favourite
+
+
+def test_refusal_rates_judge_generated_replies_per_language(monkeypatch):
+    from sparse_edit import probes
+    from sparse_edit.console import Reporter
+    from sparse_edit.modeling import Encoded
+    from sparse_edit.prompts import Prompt
+
+    replies = ["I'm sorry, but I can't help with that.", "Sure, here is a poem.", "Sure thing."]
+    monkeypatch.setattr(probes, "generate_replies", lambda *args, **kwargs: replies)
+    items = [
+        Encoded(Prompt(str(i), lang, "write a poem", "harmless"), (1, 2, 3), False)
+        for i, lang in enumerate(("en", "en", "th"))
+    ]
+    rates = probes.refusal_rates(None, items, 8, 2, Reporter(quiet=True))  # type: ignore[arg-type]
+    assert rates == {"en": 0.5, "th": 0.0}
