@@ -43,3 +43,27 @@ def save(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def qwen_apply_options(**overrides: Any) -> Any:
+    """ApplyOptions of examples/configs/qwen-polyrefuse-apply.toml on the real-model locate artifact, with
+    the artifact's prompt settings and ``overrides``; works from the repository root (relative sources)."""
+    import os
+
+    from sparse_edit.artifact import LocateArtifact
+    from sparse_edit.config import ApplyOptions, load_options
+
+    os.chdir(ROOT)
+    artifact_path = ROOT / "runs" / "qwen" / "locate.safetensors"
+    if not artifact_path.is_file():
+        raise SystemExit(f"{artifact_path} is missing: run python benchmarks/real_model.py (its first step) first")
+    settings = LocateArtifact.load(artifact_path).settings
+    inherited: dict[str, Any] = {
+        key: settings[key] for key in ("model", "harmful", "harmless", "languages", "limit") if key in settings
+    }
+    return load_options(
+        ApplyOptions,
+        ROOT / "examples" / "configs" / "qwen-polyrefuse-apply.toml",
+        {"artifact": artifact_path, "output": ROOT / "runs" / "qwen" / "unused", **overrides},
+        inherited,
+    )

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,12 +32,11 @@ from functools import partial
 from typing import Any
 
 import torch
-from common import RESULTS, ROOT, SHARED, save
+from common import RESULTS, SHARED, qwen_apply_options, save
 
 from sparse_edit.apply import Plan, build_anchors, gather
 from sparse_edit.artifact import LocateArtifact
 from sparse_edit.attribution import attribution_scores, top_neurons
-from sparse_edit.config import ApplyOptions, load_options
 from sparse_edit.console import Reporter
 from sparse_edit.delta import SliceEdit, applied_in_memory
 from sparse_edit.modeling import LoadedModel, load_model
@@ -87,18 +85,8 @@ def main() -> None:
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} (PolyRefuse) is not present")
         return
-    os.chdir(ROOT)  # the artifact's prompt sources are relative to the repository root
-    artifact_path = ROOT / "runs" / "qwen" / "locate.safetensors"
-    if not artifact_path.is_file():
-        raise SystemExit(f"{artifact_path} is missing: run python benchmarks/real_model.py (its first step) first")
-    artifact = LocateArtifact.load(artifact_path)
-    settings = artifact.settings
-    options = load_options(
-        ApplyOptions,
-        ROOT / "examples" / "configs" / "qwen-polyrefuse-apply.toml",
-        {"artifact": artifact_path, "output": ROOT / "runs" / "qwen" / "unused"},
-        {key: settings[key] for key in ("model", "harmful", "harmless", "languages", "limit") if key in settings},
-    )
+    options = qwen_apply_options()
+    artifact = LocateArtifact.load(options.artifact)
     reporter = Reporter(quiet=True)
     loaded = load_model(options)
     ref = options.reference_lang
