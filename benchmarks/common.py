@@ -67,3 +67,16 @@ def qwen_apply_options(**overrides: Any) -> Any:
         {"artifact": artifact_path, "output": ROOT / "runs" / "qwen" / "unused", **overrides},
         inherited,
     )
+
+
+def load_qwen_anchors(options: Any) -> tuple[Any, Any, list[str], Any]:
+    """(locate artifact, loaded model, low-resource languages, anchors) for ``options`` (quiet)."""
+    from sparse_edit.apply import build_anchors
+    from sparse_edit.artifact import LocateArtifact
+    from sparse_edit.console import Reporter
+    from sparse_edit.modeling import load_model
+
+    artifact = LocateArtifact.load(options.artifact)
+    loaded = load_model(options)
+    low_langs = [lang for lang in artifact.languages if lang != options.reference_lang]
+    return artifact, loaded, low_langs, build_anchors(options, loaded, low_langs, Reporter(quiet=True))

@@ -20,14 +20,13 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from common import SHARED, qwen_apply_options, save
+from common import SHARED, load_qwen_anchors, qwen_apply_options, save
 
-from sparse_edit.apply import Anchors, Plan, build_anchors, gather
-from sparse_edit.artifact import LocateArtifact
+from sparse_edit.apply import Anchors, Plan, gather
 from sparse_edit.console import Reporter
 from sparse_edit.delta import applied_in_memory
 from sparse_edit.locate import prepare_prompts
-from sparse_edit.modeling import Encoded, load_model
+from sparse_edit.modeling import Encoded
 from sparse_edit.probes import mean, refusal_rates, refusal_scores, token_kl
 from sparse_edit.solver import SolveSettings
 from sparse_edit.strategies import edit_neurons, output_candidate
@@ -51,12 +50,9 @@ def main() -> None:
         print(f"skipped: {SHARED} (PolyRefuse) is not present")
         return
     options = qwen_apply_options(harmless_limit=FULL_HARMLESS, dev_limit=args.dev_limit)
-    artifact = LocateArtifact.load(options.artifact)
+    artifact, loaded, low_langs, anchors = load_qwen_anchors(options)
     reporter = Reporter(quiet=True)
-    loaded = load_model(options)
     ref = options.reference_lang
-    low_langs = [lang for lang in artifact.languages if lang != ref]
-    anchors = build_anchors(options, loaded, low_langs, reporter)
     # The first N harmless prompts per language, as --harmless-limit N would load them.
     small = prepare_prompts(options.model_copy(update={"harmless_limit": None}), reporter).harmless
     small_ids: dict[str, set[str]] = {}

@@ -32,14 +32,13 @@ from functools import partial
 from typing import Any
 
 import torch
-from common import RESULTS, SHARED, qwen_apply_options, save
+from common import RESULTS, SHARED, load_qwen_anchors, qwen_apply_options, save
 
-from sparse_edit.apply import Plan, build_anchors, gather
-from sparse_edit.artifact import LocateArtifact
+from sparse_edit.apply import Plan, gather
 from sparse_edit.attribution import attribution_scores, top_neurons
 from sparse_edit.console import Reporter
 from sparse_edit.delta import SliceEdit, applied_in_memory
-from sparse_edit.modeling import LoadedModel, load_model
+from sparse_edit.modeling import LoadedModel
 from sparse_edit.neurons import jaccard
 from sparse_edit.probes import EditContext, mean, patched_refusal_scores, refusal_scores, token_kl
 from sparse_edit.solver import SolveSettings
@@ -86,12 +85,9 @@ def main() -> None:
         print(f"skipped: {SHARED} (PolyRefuse) is not present")
         return
     options = qwen_apply_options()
-    artifact = LocateArtifact.load(options.artifact)
+    artifact, loaded, low_langs, anchors = load_qwen_anchors(options)
     reporter = Reporter(quiet=True)
-    loaded = load_model(options)
     ref = options.reference_lang
-    low_langs = [lang for lang in artifact.languages if lang != ref]
-    anchors = build_anchors(options, loaded, low_langs, reporter)
     bs = options.batch_size
     output_set = edit_neurons(artifact, LAYER, "low-union", ref, low_langs, options.max_edit_neurons)
     plan = Plan(["output"], [(LAYER,)], {("output", LAYER): output_set}, ["neurons", "residual"])
