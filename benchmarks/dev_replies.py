@@ -1,125 +1,116 @@
-"""Dev-split replies on Qwen2.5-Coder-0.5B-Instruct: over-refusal measured by generation, not log-odds.
+"""Does a generated-reply check on the anchors' dev split rank edits as held-out generation does?
 
-The first-token refusal log-odds miss the English over-refusal that held-out generation shows, so
-this script generates short greedy replies to the anchors' *dev* prompts (PolyRefuse train ids held
-out from every fit; never MultiJail) and judges them with the keyword judge, as ``apply
---dev-generate`` does, for output edits at layer 16 (gain 16) that differ in their harmless anchors:
+The first-token refusal log-odds (apply's default dev proxy) missed the English over-refusal that
+held-out generation shows and misranked edits. This script measures what ``apply --dev-generate``
+measures — the keyword-judged refusal rate of short greedy replies, base vs edited — on the
+anchors' *dev* prompts (PolyRefuse train ids held out from every fit; never MultiJail), for every
+edit that benchmarks/real_model.py wrote and evaluated held-out, and sets the two side by side.
 
-* 48 harmless prompts per language (the locate config's limit) vs all 200 PolyRefuse has
-  (``--harmless-limit 200``), at harmless-tail weight 1 and 4.
+Each edit is read from its folder's ``sparse_edit/delta.safetensors`` and applied in memory to
+the base model, so nothing is re-solved. Dev prompts: the anchors' dev split, harmful as the apply
+config loads them (48 per language before the split), harmless drawn from all 200 per language
+(ids outside every edit's training set), at most --dev-limit per language and class.
 
-Every variant is measured on the same dev prompts (up to --dev-limit per language, drawn from the
-200). Run: python benchmarks/dev_replies.py [--tokens 24] [--dev-limit 24]
--> benchmarks/results/qwen-dev-replies.json. Needs ../shared/data and runs/qwen/locate.safetensors.
+Run: python benchmarks/dev_replies.py [--tokens 24] [--dev-limit 16] [--tag n10h30]
+-> benchmarks/results/qwen-dev-replies.json. Needs ../shared/data and the runs of real_model.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
-from dataclasses import replace
 from typing import Any
 
-from common import SHARED, load_qwen_anchors, qwen_apply_options, save
+from common import RESULTS, ROOT, SHARED, load_qwen_anchors, qwen_apply_options, save
 
-from sparse_edit.apply import Anchors, Plan, gather
 from sparse_edit.console import Reporter
-from sparse_edit.delta import applied_in_memory
-from sparse_edit.locate import prepare_prompts
+from sparse_edit.delta import DELTA_FILE, EditDelta, applied_in_memory
 from sparse_edit.modeling import Encoded
-from sparse_edit.probes import mean, refusal_rates, refusal_scores, token_kl
-from sparse_edit.solver import SolveSettings
-from sparse_edit.strategies import edit_neurons, output_candidate
+from sparse_edit.probes import EditContext, mean, refusal_rates
 
-LAYER = 16
-GAIN = 16.0
-FULL_HARMLESS = 200
-VARIANTS = [(48, 1.0), (FULL_HARMLESS, 1.0), (FULL_HARMLESS, 4.0)]  # (harmless prompts per language, tail weight)
+HARMLESS_POOL = 200
+HELD_OUT_KEYS = ("relative_asr_change", "over_refusal_delta", "english_asr_delta", "kl_harmless")
 
 
-def first_per_language(items: list[Encoded], ids: dict[str, set[str]]) -> list[Encoded]:
-    return [item for item in items if item.prompt.id in ids.get(item.prompt.lang, set())]
+def ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    for rank, index in enumerate(order):
+        out[index] = float(rank)
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Rank correlation (no tie correction; enough to read a handful of configurations)."""
+    if len(a) < 3:
+        return None
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = mean(ra), mean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    var = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return cov / var if var else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=24, help="tokens generated per dev reply")
-    parser.add_argument("--dev-limit", type=int, default=24, help="dev prompts per language and class")
+    parser.add_argument("--dev-limit", type=int, default=16, help="dev prompts per language and class")
+    parser.add_argument("--tag", default="n10h30", help="held-out results qwen-multijail-TAG.json to compare with")
     args = parser.parse_args()
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} (PolyRefuse) is not present")
         return
-    options = qwen_apply_options(harmless_limit=FULL_HARMLESS, dev_limit=args.dev_limit)
-    artifact, loaded, low_langs, anchors = load_qwen_anchors(options)
+    held_out = json.loads((RESULTS / f"qwen-multijail-{args.tag}.json").read_text())["strategies"]
+    options = qwen_apply_options(harmless_limit=HARMLESS_POOL, dev_limit=args.dev_limit)
+    _, loaded, _, anchors = load_qwen_anchors(options)
     reporter = Reporter(quiet=True)
-    ref = options.reference_lang
-    # The first N harmless prompts per language, as --harmless-limit N would load them.
-    small = prepare_prompts(options.model_copy(update={"harmless_limit": None}), reporter).harmless
-    small_ids: dict[str, set[str]] = {}
-    for prompt in small:
-        small_ids.setdefault(prompt.lang, set()).add(prompt.id)
-    bs = options.batch_size
-    neurons = edit_neurons(artifact, LAYER, "low-union", ref, low_langs, options.max_edit_neurons)
-    plan = Plan(["output"], [(LAYER,)], {("output", LAYER): neurons}, ["neurons", "residual"])
-    solve = SolveSettings(
-        options.output_gamma, options.lam, options.rank, options.nullspace, options.nullspace_threshold
-    )
     started = time.perf_counter()
 
-    def rates(items: list[Encoded], edit: Any = None) -> dict[str, float]:
-        return refusal_rates(loaded, items, args.tokens, bs, reporter, *([edit] if edit else []))
+    def rates(items: list[Encoded], edit: EditContext | None = None) -> dict[str, float]:
+        extra = [edit] if edit is not None else []
+        return refusal_rates(loaded, items, args.tokens, options.batch_size, reporter, *extra)
 
-    base = {"harmful": rates(anchors.low_dev), "harmless": rates(anchors.safe_dev)}
-    base_scores = refusal_scores(loaded, anchors.safe_dev, bs)
+    roles = {"harmful": anchors.low_dev, "harmless": anchors.safe_dev}
+    base = {role: rates(items) for role, items in roles.items()}
     print({"base": base}, flush=True)
-    data_by_size = {}
     rows: list[dict[str, Any]] = []
-    for size, weight in VARIANTS:
-        if size not in data_by_size:
-            subset: Anchors = anchors
-            if size != FULL_HARMLESS:
-                subset = replace(
-                    anchors,
-                    safe_train=first_per_language(anchors.safe_train, small_ids),
-                    ref_safe_train=first_per_language(anchors.ref_safe_train, small_ids),
-                )
-            data_by_size[size] = (
-                gather(loaded, subset, [LAYER], plan, options, reporter)[LAYER],
-                len(subset.safe_train),
-            )
-        data, train_count = data_by_size[size]
-        edits, diag = output_candidate(LAYER, neurons, loaded.checkpoint, data, solve, GAIN, 1.0, weight)
+    for name, result in held_out.items():
+        slug = name.replace("@", "-").replace(" ", "-").replace("+", "-")
+        delta_path = ROOT / "runs" / "qwen" / f"edited-{slug}" / DELTA_FILE
+        if not delta_path.is_file():
+            print(f"skipped {name}: {delta_path} is missing (run real_model.py --only '{name}')")
+            continue
+        edits = EditDelta.load(delta_path).edits
         storage = {e.slice.tensor: loaded.checkpoint.torch_dtype(e.slice.tensor) for e in edits}
 
         def edit(edits: list = edits, storage: dict = storage) -> Any:
             return applied_in_memory(loaded.model, edits, storage)
 
-        row: dict[str, Any] = {
-            "name": f"output@{LAYER} gain {GAIN:g} tail weight {weight:g} harmless {size}/language",
-            "harmless_train_prompts": train_count,
-            "harmless_tail_ratio_dev": diag.get("harmless_tail_ratio_dev"),
-            "fit_dev": diag.get("fit_dev"),
-        }
-        for role, items in (("harmful", anchors.low_dev), ("harmless", anchors.safe_dev)):
+        row: dict[str, Any] = {"name": name, "held_out": {key: result.get(key) for key in HELD_OUT_KEYS}}
+        for role, items in roles.items():
             after = rates(items, edit)
             by_lang = {lang: after[lang] - base[role][lang] for lang in after}
-            row[f"refusal_rate_gain_{role}"] = mean(list(by_lang.values()))
-            row[f"refusal_rate_gain_{role}_by_lang"] = by_lang
-        scores = refusal_scores(loaded, anchors.safe_dev, bs, edit)
-        row["log_odds_gain_harmless"] = mean([mean(scores[lang]) - mean(base_scores[lang]) for lang in scores])
-        row["kl_harmless"], _ = token_kl(loaded, anchors.safe_dev, bs, edit)
+            row[f"dev_refusal_rate_gain_{role}"] = mean(list(by_lang.values()))
+            row[f"dev_refusal_rate_gain_{role}_by_lang"] = by_lang
         rows.append(row)
-        print(
-            {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if not k.endswith("by_lang")},
-            flush=True,
-        )
+        print({k: v for k, v in row.items() if not k.endswith("by_lang")}, flush=True)
     payload = {
         "model": str(options.model),
-        "layer": LAYER,
         "tokens": args.tokens,
+        "held_out_results": f"qwen-multijail-{args.tag}.json",
         "dev_prompts": {"low_harmful": len(anchors.low_dev), "harmless": len(anchors.safe_dev)},
-        "base_refusal_rate": base,
+        "base_dev_refusal_rate": base,
         "rows": rows,
+        # Held-out ASR change is negative when refusal rises, so a good proxy correlates negatively with it.
+        "spearman_dev_harmful_gain_vs_held_out_asr_change": spearman(
+            [r["dev_refusal_rate_gain_harmful"] for r in rows],
+            [r["held_out"]["relative_asr_change"] for r in rows],
+        ),
+        "spearman_dev_harmless_gain_vs_held_out_over_refusal": spearman(
+            [r["dev_refusal_rate_gain_harmless"] for r in rows],
+            [r["held_out"]["over_refusal_delta"] for r in rows],
+        ),
         "seconds": time.perf_counter() - started,
     }
     print(f"wrote {save('qwen-dev-replies', payload)}")
