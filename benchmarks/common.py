@@ -80,3 +80,9 @@ def load_qwen_anchors(options: Any) -> tuple[Any, Any, list[str], Any]:
     loaded = load_model(options)
     low_langs = [lang for lang in artifact.languages if lang != options.reference_lang]
     return artifact, loaded, low_langs, build_anchors(options, loaded, low_langs, Reporter(quiet=True))
+
+
+def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The new rows, plus the old ones whose names were not measured again (in their old order)."""
+    fresh = {row["name"] for row in new}
+    return [row for row in old if row["name"] not in fresh] + new

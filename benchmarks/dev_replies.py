@@ -22,7 +22,8 @@ import json
 import time
 from typing import Any
 
-from common import RESULTS, ROOT, SHARED, load_qwen_anchors, qwen_apply_options, save
+from common import RESULTS, ROOT, SHARED, load_qwen_anchors, merge_rows, qwen_apply_options, save
+from real_model import STRATEGIES
 
 from sparse_edit.console import Reporter
 from sparse_edit.delta import DELTA_FILE, EditDelta, applied_in_memory
@@ -57,11 +58,20 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=24, help="tokens generated per dev reply")
     parser.add_argument("--dev-limit", type=int, default=16, help="dev prompts per language and class")
     parser.add_argument("--tag", default="n10h30", help="held-out results qwen-multijail-TAG.json to compare with")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated configuration names (real_model.py's STRATEGIES) to measure, held-out results or "
+        "not; rows of the others are kept from the last results file (default: every held-out configuration)",
+    )
     args = parser.parse_args()
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} (PolyRefuse) is not present")
         return
     held_out = json.loads((RESULTS / f"qwen-multijail-{args.tag}.json").read_text())["strategies"]
+    names = list(held_out) if args.only is None else args.only.split(",")
+    if unknown := [name for name in names if name not in STRATEGIES]:
+        raise SystemExit(f"--only: unknown configuration(s) {', '.join(unknown)}; see STRATEGIES in real_model.py")
     options = qwen_apply_options(harmless_limit=HARMLESS_POOL, dev_limit=args.dev_limit)
     _, loaded, _, anchors = load_qwen_anchors(options)
     reporter = Reporter(quiet=True)
@@ -75,7 +85,7 @@ def main() -> None:
     base = {role: rates(items) for role, items in roles.items()}
     print({"base": base}, flush=True)
     rows: list[dict[str, Any]] = []
-    for name, result in held_out.items():
+    for name in names:
         slug = name.replace("@", "-").replace(" ", "-").replace("+", "-")
         delta_path = ROOT / "runs" / "qwen" / f"edited-{slug}" / DELTA_FILE
         if not delta_path.is_file():
@@ -87,7 +97,11 @@ def main() -> None:
         def edit(edits: list = edits, storage: dict = storage) -> Any:
             return applied_in_memory(loaded.model, edits, storage)
 
-        row: dict[str, Any] = {"name": name, "held_out": {key: result.get(key) for key in HELD_OUT_KEYS}}
+        result = held_out.get(name)
+        row: dict[str, Any] = {
+            "name": name,
+            "held_out": {key: result.get(key) for key in HELD_OUT_KEYS} if result else None,
+        }
         for role, items in roles.items():
             after = rates(items, edit)
             by_lang = {lang: after[lang] - base[role][lang] for lang in after}
@@ -95,6 +109,10 @@ def main() -> None:
             row[f"dev_refusal_rate_gain_{role}_by_lang"] = by_lang
         rows.append(row)
         print({k: v for k, v in row.items() if not k.endswith("by_lang")}, flush=True)
+    previous_path = RESULTS / "qwen-dev-replies.json"
+    if args.only is not None and previous_path.is_file():
+        rows = merge_rows(json.loads(previous_path.read_text())["rows"], rows)
+    compared = [r for r in rows if r["held_out"]]
     payload = {
         "model": str(options.model),
         "tokens": args.tokens,
@@ -104,12 +122,12 @@ def main() -> None:
         "rows": rows,
         # Held-out ASR change is negative when refusal rises, so a good proxy correlates negatively with it.
         "spearman_dev_harmful_gain_vs_held_out_asr_change": spearman(
-            [r["dev_refusal_rate_gain_harmful"] for r in rows],
-            [r["held_out"]["relative_asr_change"] for r in rows],
+            [r["dev_refusal_rate_gain_harmful"] for r in compared],
+            [r["held_out"]["relative_asr_change"] for r in compared],
         ),
         "spearman_dev_harmless_gain_vs_held_out_over_refusal": spearman(
-            [r["dev_refusal_rate_gain_harmless"] for r in rows],
-            [r["held_out"]["over_refusal_delta"] for r in rows],
+            [r["dev_refusal_rate_gain_harmless"] for r in compared],
+            [r["held_out"]["over_refusal_delta"] for r in compared],
         ),
         "seconds": time.perf_counter() - started,
     }

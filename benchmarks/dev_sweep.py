@@ -32,7 +32,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from common import RESULTS, SHARED, load_qwen_anchors, qwen_apply_options, save
+from common import RESULTS, SHARED, load_qwen_anchors, merge_rows, qwen_apply_options, save
 
 from sparse_edit.apply import Plan, gather
 from sparse_edit.attribution import attribution_scores, top_neurons
@@ -233,12 +233,6 @@ def main() -> None:
         "seconds": time.perf_counter() - started,
     }
     print(f"wrote {save('qwen-dev-sweep', payload)}")
-
-
-def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The new rows, plus the old ones whose names were not measured again (in their old order)."""
-    fresh = {row["name"] for row in new}
-    return [row for row in old if row["name"] not in fresh] + new
 
 
 if __name__ == "__main__":

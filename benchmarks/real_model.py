@@ -56,6 +56,11 @@ STRATEGIES = {
         "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
         "--gain", "16", "--harmless-tail-weight", "1", "--harmless-limit", "200",
     ],
+    # The low languages' union without the English safety neurons (the over-refusal is mostly English).
+    "output@16+18 gain16 tail1 low-only": [
+        "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
+        "--gain", "16", "--harmless-tail-weight", "1", "--output-neurons", "low-only",
+    ],
     # The last 4 prompt tokens (the chat template's tail) as rows, harmful and harmless alike.
     "output@16+18 gain16 tail1 pos4": [
         "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
