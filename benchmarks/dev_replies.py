@@ -11,8 +11,11 @@ the base model, so nothing is re-solved. Dev prompts: the anchors' dev split, ha
 config loads them (48 per language before the split), harmless drawn from all 200 per language
 (ids outside every edit's training set), at most --dev-limit per language and class.
 
-Run: python benchmarks/dev_replies.py [--tokens 24] [--dev-limit 16] [--tag n10h30]
--> benchmarks/results/qwen-dev-replies.json. Needs ../shared/data and the runs of real_model.py.
+With --harmful-val the harmful dev prompts are PolyRefuse's harmful *val* split instead (39 per
+language in the same languages; a larger, still MultiJail-free check).
+
+Run: python benchmarks/dev_replies.py [--tokens 24] [--dev-limit 16] [--tag n10h30] [--harmful-val]
+-> benchmarks/results/qwen-dev-replies.json (qwen-dev-replies-val.json with --harmful-val). Needs ../shared/data and the runs of real_model.py.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from real_model import STRATEGIES
 
 from sparse_edit.console import Reporter
 from sparse_edit.delta import DELTA_FILE, EditDelta, applied_in_memory
-from sparse_edit.modeling import Encoded
+from sparse_edit.modeling import Encoded, encode_prompts
 from sparse_edit.probes import EditContext, mean, refusal_rates
+from sparse_edit.prompts import load_sources
 
 HARMLESS_POOL = 200
 HELD_OUT_KEYS = ("relative_asr_change", "over_refusal_delta", "english_asr_delta", "kl_harmless")
@@ -59,6 +63,12 @@ def main() -> None:
     parser.add_argument("--dev-limit", type=int, default=16, help="dev prompts per language and class")
     parser.add_argument("--tag", default="n10h30", help="held-out results qwen-multijail-TAG.json to compare with")
     parser.add_argument(
+        "--harmful-val",
+        action="store_true",
+        help="dev harmful prompts from PolyRefuse's harmful *val* split (39 per language, never anchors) instead "
+        "of the anchors' dev split (about 8 per language); results go to qwen-dev-replies-val.json",
+    )
+    parser.add_argument(
         "--only",
         default=None,
         help="comma-separated configuration names (real_model.py's STRATEGIES) to measure, held-out results or "
@@ -81,7 +91,13 @@ def main() -> None:
         extra = [edit] if edit is not None else []
         return refusal_rates(loaded, items, args.tokens, options.batch_size, reporter, *extra)
 
-    roles = {"harmful": anchors.low_dev, "harmless": anchors.safe_dev}
+    harmful = anchors.low_dev
+    if args.harmful_val:
+        val, _ = load_sources([str(SHARED / "polyrefuse" / "harmful_val_translated_*.json")], "harmful", "val")
+        low = {item.prompt.lang for item in anchors.low_dev}
+        chosen = [p for p in val if p.lang in low]
+        harmful = encode_prompts(loaded.tokenizer, chosen, options.system_prompt, options.max_length)
+    roles = {"harmful": harmful, "harmless": anchors.safe_dev}
     base = {role: rates(items) for role, items in roles.items()}
     print({"base": base}, flush=True)
     rows: list[dict[str, Any]] = []
@@ -109,7 +125,8 @@ def main() -> None:
             row[f"dev_refusal_rate_gain_{role}_by_lang"] = by_lang
         rows.append(row)
         print({k: v for k, v in row.items() if not k.endswith("by_lang")}, flush=True)
-    previous_path = RESULTS / "qwen-dev-replies.json"
+    results_name = "qwen-dev-replies" + ("-val" if args.harmful_val else "")
+    previous_path = RESULTS / f"{results_name}.json"
     if args.only is not None and previous_path.is_file():
         rows = merge_rows(json.loads(previous_path.read_text())["rows"], rows)
     compared = [r for r in rows if r["held_out"]]
@@ -117,7 +134,8 @@ def main() -> None:
         "model": str(options.model),
         "tokens": args.tokens,
         "held_out_results": f"qwen-multijail-{args.tag}.json",
-        "dev_prompts": {"low_harmful": len(anchors.low_dev), "harmless": len(anchors.safe_dev)},
+        "dev_prompts": {"low_harmful": len(harmful), "harmless": len(anchors.safe_dev)},
+        "harmful_dev_source": "PolyRefuse harmful val" if args.harmful_val else "anchors' dev split",
         "base_dev_refusal_rate": base,
         "rows": rows,
         # Held-out ASR change is negative when refusal rises, so a good proxy correlates negatively with it.
@@ -131,7 +149,7 @@ def main() -> None:
         ),
         "seconds": time.perf_counter() - started,
     }
-    print(f"wrote {save('qwen-dev-replies', payload)}")
+    print(f"wrote {save(results_name, payload)}")
 
 
 if __name__ == "__main__":
