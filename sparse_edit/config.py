@@ -77,9 +77,9 @@ class PromptOptions(Options):
     harmless_limit: int | None = Field(
         None,
         ge=2,
-        description="Use at most this many harmless prompts per language (default: --limit). More harmless "
-        "prompts pin the edit's null space down better (apply) and resolve over-refusal finer (eval: at 36 "
-        "prompts one reply is 2.8 points).",
+        description="Use at most this many harmless prompts per language (default: --limit). apply: the "
+        "null-space anchors (Gram, harmless-tail rows); eval: the over-refusal set, which needs more prompts than "
+        "attack success to resolve (at 36 prompts one reply is 2.8 points).",
     )
 
 

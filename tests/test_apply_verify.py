@@ -344,8 +344,8 @@ def test_harmless_limit_sizes_the_null_space_anchors_apart_from_limit(located, t
     )
     anchors = manifest["anchors"]
     # 3 languages: 4 harmful prompts each (2 low-resource languages), all 10 harmless prompts each.
-    assert anchors["low_train"] + anchors["low_dev"] <= 8
-    assert anchors["low_train"] + anchors["ref_train"] + anchors["low_dev"] + anchors["ref_dev"] <= 12
+    assert anchors["low_train"] + anchors["low_dev"] == 8
+    assert anchors["ref_train"] + anchors["ref_dev"] == 4
     assert anchors["safe_train"] + anchors["safe_dev"] == 30
     assert manifest["settings"]["harmless_limit"] == 10
 
