@@ -25,8 +25,8 @@ import json
 import time
 from typing import Any
 
-from common import RESULTS, ROOT, SHARED, load_qwen_anchors, merge_rows, qwen_apply_options, save
-from real_model import STRATEGIES
+from common import RESULTS, SHARED, load_qwen_anchors, merge_rows, qwen_apply_options, save
+from real_model import RUNS, STRATEGIES, slug
 
 from sparse_edit.console import Reporter
 from sparse_edit.delta import DELTA_FILE, EditDelta, applied_in_memory
@@ -102,8 +102,7 @@ def main() -> None:
     print({"base": base}, flush=True)
     rows: list[dict[str, Any]] = []
     for name in names:
-        slug = name.replace("@", "-").replace(" ", "-").replace("+", "-")
-        delta_path = ROOT / "runs" / "qwen" / f"edited-{slug}" / DELTA_FILE
+        delta_path = RUNS / f"edited-{slug(name)}" / DELTA_FILE
         if not delta_path.is_file():
             print(f"skipped {name}: {delta_path} is missing (run real_model.py --only '{name}')")
             continue

@@ -79,6 +79,11 @@ TARGETS = {
 }
 
 
+def slug(name: str) -> str:
+    """A configuration's name as a folder suffix: runs/qwen/edited-SLUG, report-SLUG[-TAG]."""
+    return name.replace("@", "-").replace(" ", "-").replace("+", "-")
+
+
 def cli(*args: str) -> None:
     command = [sys.executable, "-m", "sparse_edit", *args]
     print("+ sparse-edit " + " ".join(args), flush=True)
@@ -133,8 +138,7 @@ def main() -> None:
     strategies = {name: row for name, row in kept.items() if name in STRATEGIES and name not in chosen}
     summary: dict[str, object] = {"targets": TARGETS, "strategies": strategies}
     for name, flags in chosen.items():
-        slug = name.replace("@", "-").replace(" ", "-").replace("+", "-")
-        edited = RUNS / f"edited-{slug}"
+        edited = RUNS / f"edited-{slug(name)}"
         if not edited.is_dir():
             cli(
                 "apply",
@@ -149,7 +153,7 @@ def main() -> None:
         if args.apply_only:
             print_dev_proxies(name, edited)
             continue
-        report = RUNS / (f"report-{slug}" + (f"-{args.tag}" if args.tag else ""))
+        report = RUNS / (f"report-{slug(name)}" + (f"-{args.tag}" if args.tag else ""))
         if not report.is_dir():
             try:
                 cli(
