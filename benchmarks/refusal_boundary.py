@@ -1,0 +1,96 @@
+"""Are the benign prompts that edits tip into refusal the ones nearest the base model's refusal boundary?
+
+For every held-out eval report of benchmarks/real_model.py (--tag, default n10h30), takes the
+harmless prompts the base model did not refuse and splits them by whether the edited model
+refused them; then scores each with the base model's first-token refusal log-odds (the mass on
+refusal openings at the last prompt position) and reports, per configuration, the two groups'
+mean log-odds and the rank of the tipped prompts among all (AUC: 1 = every tipped prompt sat
+closer to refusal than every untipped one, 0.5 = no relation). Prompts are read from each
+report's replies.jsonl, so this needs the real_model.py runs; no edit is recomputed.
+
+Run: python benchmarks/refusal_boundary.py [--tag n10h30] -> benchmarks/results/qwen-refusal-boundary.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from common import SHARED, qwen_apply_options, save
+from real_model import RUNS, STRATEGIES, slug
+
+from sparse_edit.modeling import encode_prompts, load_model
+from sparse_edit.probes import mean, refusal_scores
+from sparse_edit.prompts import Prompt
+
+
+def auc(positives: list[float], negatives: list[float]) -> float | None:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    if not positives or not negatives:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tag", default="n10h30", help="report folders runs/qwen/report-NAME-TAG")
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        print(f"skipped: {SHARED} is not present")
+        return
+    reports = {}
+    for name in STRATEGIES:
+        path = RUNS / f"report-{slug(name)}-{args.tag}" / "replies.jsonl"
+        if path.is_file():
+            reports[name] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    if not reports:
+        raise SystemExit(f"no reports with tag {args.tag}: run benchmarks/real_model.py --tag {args.tag} first")
+    # The harmless prompts and base verdicts are the same in every report; take them from the first.
+    first = next(iter(reports.values()))
+    base_rows = [r for r in first if r["model"] == "base" and r["class"] == "harmless"]
+    prompts = [Prompt(r["id"], r["lang"], r["prompt"], "harmless") for r in base_rows]
+    options = qwen_apply_options()
+    loaded = load_model(options)
+    encoded = encode_prompts(loaded.tokenizer, prompts, options.system_prompt, options.max_length)
+    scores = refusal_scores(loaded, encoded, options.batch_size)
+    position: dict[str, int] = {}
+    score_of: dict[tuple[str, str], float] = {}
+    for prompt in prompts:
+        index = position.get(prompt.lang, 0)
+        score_of[(prompt.lang, prompt.id)] = scores[prompt.lang][index]
+        position[prompt.lang] = index + 1
+    base_refused = {(r["lang"], r["id"]) for r in base_rows if r["verdict"] == "refusal"}
+    rows: list[dict[str, Any]] = []
+    for name, replies in reports.items():
+        tipped = {
+            (r["lang"], r["id"])
+            for r in replies
+            if r["model"] == "edited" and r["class"] == "harmless" and r["verdict"] == "refusal"
+        } - base_refused
+        keys = [key for key in score_of if key not in base_refused]
+        yes = [score_of[k] for k in keys if k in tipped]
+        no = [score_of[k] for k in keys if k not in tipped]
+        english = [k for k in keys if k[0] == "en"]
+        rows.append(
+            {
+                "name": name,
+                "tipped": len(yes),
+                "not_tipped": len(no),
+                "mean_log_odds_tipped": mean(yes) if yes else None,
+                "mean_log_odds_not_tipped": mean(no) if no else None,
+                "auc": auc(yes, no),
+                "auc_english": auc(
+                    [score_of[k] for k in english if k in tipped],
+                    [score_of[k] for k in english if k not in tipped],
+                ),
+            }
+        )
+        print(rows[-1], flush=True)
+    payload = {"model": str(options.model), "tag": args.tag, "harmless_prompts": len(prompts), "rows": rows}
+    print(f"wrote {save('qwen-refusal-boundary', payload)}")
+
+
+if __name__ == "__main__":
+    main()
