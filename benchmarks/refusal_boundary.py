@@ -1,4 +1,4 @@
-"""Are the benign prompts that edits tip into refusal the ones nearest the base model's refusal boundary?
+"""Which benign prompts do edits tip into refusal, and why?
 
 For every held-out eval report of benchmarks/real_model.py (--tag, default n10h30), takes the
 harmless prompts the base model did not refuse and splits them by whether the edited model
@@ -7,6 +7,11 @@ refusal openings at the last prompt position) and reports, per configuration, th
 mean log-odds and the rank of the tipped prompts among all (AUC: 1 = every tipped prompt sat
 closer to refusal than every untipped one, 0.5 = no relation). Prompts are read from each
 report's replies.jsonl, so this needs the real_model.py runs; no edit is recomputed.
+
+Second, the edit's own response: for each configuration's layer-16 edit (read from its saved delta),
+the norm of the update it adds at the last prompt token, ‖k_last[S] ΔW‖ (k = the base model's
+neuron activations there), averaged over tipped harmless, kept harmless and harmful prompts per
+language — a linear detector's score, to set against the model's refusal threshold.
 
 Run: python benchmarks/refusal_boundary.py [--tag n10h30] -> benchmarks/results/qwen-refusal-boundary.json
 """
@@ -17,10 +22,13 @@ import argparse
 import json
 from typing import Any
 
+import torch
 from common import SHARED, qwen_apply_options, save
 from real_model import RUNS, STRATEGIES, slug
 
-from sparse_edit.modeling import encode_prompts, load_model
+from sparse_edit.activations import capture
+from sparse_edit.delta import DELTA_FILE, EditDelta
+from sparse_edit.modeling import Encoded, LoadedModel, encode_prompts, load_model
 from sparse_edit.probes import mean, refusal_scores
 from sparse_edit.prompts import Prompt
 
@@ -31,6 +39,23 @@ def auc(positives: list[float], negatives: list[float]) -> float | None:
         return None
     wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
     return wins / (len(positives) * len(negatives))
+
+
+LAYER = 16
+
+
+def last_token_neurons(loaded: LoadedModel, encoded: list[Encoded]) -> torch.Tensor:
+    """[N, d_ff] base neuron activations at LAYER, last prompt token, one prompt at a time (no padding)."""
+    rows = []
+    for item in encoded:
+        got: dict[int, torch.Tensor] = {}
+        with (
+            capture(loaded.family, loaded.model, [LAYER], "neurons", got.__setitem__),
+            torch.inference_mode(),
+        ):
+            loaded.model(input_ids=torch.tensor([item.ids], device=loaded.input_device), use_cache=False)
+        rows.append(got[LAYER][0, -1].float().cpu())
+    return torch.stack(rows)
 
 
 def main() -> None:
@@ -62,6 +87,14 @@ def main() -> None:
         score_of[(prompt.lang, prompt.id)] = scores[prompt.lang][index]
         position[prompt.lang] = index + 1
     base_refused = {(r["lang"], r["id"]) for r in base_rows if r["verdict"] == "refusal"}
+    harmful_rows = [r for r in first if r["model"] == "base" and r["class"] == "harmful"]
+    harmful = encode_prompts(
+        loaded.tokenizer,
+        [Prompt(r["id"], r["lang"], r["prompt"], "harmful") for r in harmful_rows],
+        options.system_prompt,
+        options.max_length,
+    )
+    activations = {"harmless": last_token_neurons(loaded, encoded), "harmful": last_token_neurons(loaded, harmful)}
     rows: list[dict[str, Any]] = []
     for name, replies in reports.items():
         tipped = {
@@ -87,6 +120,27 @@ def main() -> None:
                 ),
             }
         )
+        edits = [e for e in EditDelta.load(RUNS / f"edited-{slug(name)}" / DELTA_FILE).edits if e.layer == LAYER]
+        if edits:
+            edit = edits[0]
+
+            def score(role: str, edit: Any = edit) -> list[float]:
+                return (activations[role][:, edit.neurons] @ edit.rows_delta).norm(dim=-1).tolist()
+
+            harmless_scores, harmful_scores = score("harmless"), score("harmful")
+            groups: dict[str, dict[str, list[float]]] = {}
+            for prompt, value in zip(prompts, harmless_scores, strict=True):
+                key = (prompt.lang, prompt.id)
+                if key not in base_refused:
+                    groups.setdefault("harmless_tipped" if key in tipped else "harmless_kept", {}).setdefault(
+                        prompt.lang, []
+                    ).append(value)
+            for item, value in zip(harmful, harmful_scores, strict=True):
+                groups.setdefault("harmful", {}).setdefault(item.prompt.lang, []).append(value)
+            rows[-1]["last_token_edit_norm"] = {
+                group: {lang: mean(values) for lang, values in by_lang.items()}
+                for group, by_lang in groups.items()
+            }
         print(rows[-1], flush=True)
     payload = {"model": str(options.model), "tag": args.tag, "harmless_prompts": len(prompts), "rows": rows}
     print(f"wrote {save('qwen-refusal-boundary', payload)}")
