@@ -86,3 +86,11 @@ def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dic
     """The new rows, plus the old ones whose names were not measured again (in their old order)."""
     fresh = {row["name"] for row in new}
     return [row for row in old if row["name"] not in fresh] + new
+
+
+def in_memory(loaded: Any, edits: list[Any]) -> Any:
+    """An edit context (see sparse_edit.probes.EditContext) that applies ``edits`` to the loaded model."""
+    from sparse_edit.delta import applied_in_memory
+
+    storage = {e.slice.tensor: loaded.checkpoint.torch_dtype(e.slice.tensor) for e in edits}
+    return lambda: applied_in_memory(loaded.model, edits, storage)

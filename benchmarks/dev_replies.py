@@ -25,13 +25,13 @@ import json
 import time
 from typing import Any
 
-from common import RESULTS, SHARED, load_qwen_anchors, merge_rows, qwen_apply_options, save
+from common import RESULTS, SHARED, in_memory, load_qwen_anchors, merge_rows, qwen_apply_options, save
 from real_model import RUNS, STRATEGIES, slug
 
 from sparse_edit.console import Reporter
-from sparse_edit.delta import DELTA_FILE, EditDelta, applied_in_memory
+from sparse_edit.delta import DELTA_FILE, EditDelta
 from sparse_edit.modeling import Encoded, encode_prompts
-from sparse_edit.probes import EditContext, mean, refusal_rates
+from sparse_edit.probes import EditContext, mean, rate_gains, refusal_rates
 from sparse_edit.prompts import load_sources
 
 HARMLESS_POOL = 200
@@ -106,11 +106,7 @@ def main() -> None:
         if not delta_path.is_file():
             print(f"skipped {name}: {delta_path} is missing (run real_model.py --only '{name}')")
             continue
-        edits = EditDelta.load(delta_path).edits
-        storage = {e.slice.tensor: loaded.checkpoint.torch_dtype(e.slice.tensor) for e in edits}
-
-        def edit(edits: list = edits, storage: dict = storage) -> Any:
-            return applied_in_memory(loaded.model, edits, storage)
+        edit = in_memory(loaded, EditDelta.load(delta_path).edits)
 
         result = held_out.get(name)
         row: dict[str, Any] = {
@@ -118,9 +114,8 @@ def main() -> None:
             "held_out": {key: result.get(key) for key in HELD_OUT_KEYS} if result else None,
         }
         for role, items in roles.items():
-            after = rates(items, edit)
-            by_lang = {lang: after[lang] - base[role][lang] for lang in after}
-            row[f"dev_refusal_rate_gain_{role}"] = mean(list(by_lang.values()))
+            gain, by_lang = rate_gains(rates(items, edit), base[role])
+            row[f"dev_refusal_rate_gain_{role}"] = gain
             row[f"dev_refusal_rate_gain_{role}_by_lang"] = by_lang
         rows.append(row)
         print({k: v for k, v in row.items() if not k.endswith("by_lang")}, flush=True)

@@ -32,12 +32,11 @@ from functools import partial
 from typing import Any
 
 import torch
-from common import RESULTS, SHARED, load_qwen_anchors, merge_rows, qwen_apply_options, save
+from common import RESULTS, SHARED, in_memory, load_qwen_anchors, merge_rows, qwen_apply_options, save
 
 from sparse_edit.apply import Plan, gather
 from sparse_edit.attribution import attribution_scores, top_neurons
 from sparse_edit.console import Reporter
-from sparse_edit.delta import SliceEdit, applied_in_memory
 from sparse_edit.modeling import LoadedModel
 from sparse_edit.neurons import jaccard
 from sparse_edit.probes import EditContext, mean, patched_refusal_scores, refusal_scores, token_kl
@@ -116,10 +115,6 @@ def main() -> None:
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if not k.endswith("by_lang")})
 
-    def in_memory(edits: list[SliceEdit]) -> EditContext:
-        storage = {e.slice.tensor: loaded.checkpoint.torch_dtype(e.slice.tensor) for e in edits}
-        return lambda: applied_in_memory(loaded.model, edits, storage)
-
     direction = refusal_direction(data).float()
     level = float((data.ref_rows["residual"].float() @ direction).mean())
     for gain in CEILING_GAINS if "ceiling" in sections else []:
@@ -144,7 +139,7 @@ def main() -> None:
     ) -> None:
         neurons, layer_data = columns or (output_set, data)
         edits, diag = output_candidate(LAYER, neurons, loaded.checkpoint, layer_data, settings, gain, 1.0, weight)
-        context = in_memory(edits)
+        context = in_memory(loaded, edits)
         kl, _ = token_kl(loaded, anchors.safe_dev, bs, context)
         measure(
             section,
@@ -206,7 +201,7 @@ def main() -> None:
     )
     for name, neurons in (("contrast", contrast), ("attribution", ranked)):
         edits, diag = paper_candidate(LAYER, neurons, loaded.checkpoint, ["gate"], paper_data, paper_solve)
-        context = in_memory(edits)
+        context = in_memory(loaded, edits)
         patched = patched_refusal_scores(loaded, anchors.low_dev, anchors.ref_dev, edits, bs)
         kl, _ = token_kl(loaded, anchors.safe_dev, bs, context)
         measure(

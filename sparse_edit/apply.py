@@ -25,7 +25,7 @@ from sparse_edit.features import FeatureRequest, Features, Site, collect
 from sparse_edit.locate import prepare_prompts
 from sparse_edit.modeling import Encoded, LoadedModel, encode_prompts, load_model
 from sparse_edit.neurons import jaccard
-from sparse_edit.probes import mean, patched_refusal_scores, refusal_rates, refusal_scores, token_kl
+from sparse_edit.probes import mean, patched_refusal_scores, rate_gains, refusal_rates, refusal_scores, token_kl
 from sparse_edit.prompts import Prompt
 from sparse_edit.solver import SolveSettings
 from sparse_edit.strategies import Candidate, LayerData, edit_neurons, output_candidate, pair_rows, paper_candidate
@@ -404,9 +404,8 @@ def measure_candidates(
                 diag["selective_gain"] = diag["refusal_gain_harmful"] - diag.get("refusal_gain_harmless", 0.0)
             if tokens:
                 for role, items in (("harmful", harmful), ("harmless", harmless)):
-                    after_rates = rates(items, edit)
-                    by_lang = {lang: rate - base_rates[role][lang] for lang, rate in after_rates.items()}
-                    diag[f"refusal_rate_gain_{role}"] = mean(list(by_lang.values())) if by_lang else 0.0
+                    gain, by_lang = rate_gains(rates(items, edit), base_rates[role])
+                    diag[f"refusal_rate_gain_{role}"] = gain
                     diag[f"refusal_rate_gain_{role}_by_lang"] = by_lang
                 diag["generated_selective_gain"] = (
                     diag["refusal_rate_gain_harmful"] - diag["refusal_rate_gain_harmless"]

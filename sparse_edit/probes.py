@@ -69,6 +69,12 @@ def refusal_rates(
     return {lang: mean(values) for lang, values in refused.items()}
 
 
+def rate_gains(after: dict[str, float], base: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """(mean over languages, per language) of ``after - base`` refusal rates."""
+    by_lang = {lang: rate - base[lang] for lang, rate in after.items()}
+    return (mean(list(by_lang.values())) if by_lang else 0.0), by_lang
+
+
 def patched_refusal_scores(
     loaded: LoadedModel,
     low: Sequence[Encoded],
