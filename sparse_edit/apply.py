@@ -28,7 +28,16 @@ from sparse_edit.neurons import jaccard
 from sparse_edit.probes import mean, patched_refusal_scores, rate_gains, refusal_rates, refusal_scores, token_kl
 from sparse_edit.prompts import Prompt
 from sparse_edit.solver import SolveSettings
-from sparse_edit.strategies import Candidate, LayerData, edit_neurons, output_candidate, pair_rows, paper_candidate
+from sparse_edit.strategies import (
+    Candidate,
+    LayerData,
+    detector_activation,
+    detector_candidate,
+    edit_neurons,
+    output_candidate,
+    pair_rows,
+    paper_candidate,
+)
 
 SELECTION_RULE = (
     "largest selective gain (mean refusal log-odds gain on dev low-resource harmful prompts minus the gain on dev "
@@ -168,6 +177,8 @@ def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, 
     ref = options.reference_lang
     neurons: dict[tuple[str, int], torch.Tensor] = {}
     for strategy in options.strategy:
+        if strategy == "detector":
+            continue  # its one neuron is chosen from harmless activations when solving
         for layers in layer_sets:
             for layer in layers:
                 if strategy == "paper":
@@ -178,15 +189,19 @@ def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, 
                     )
                 neurons[(strategy, layer)] = chosen
     usable = [
-        ls for ls in layer_sets if all(neurons[(s, layer)].numel() for s in options.strategy for layer in ls)
+        ls for ls in layer_sets if all(index.numel() for (_, layer), index in neurons.items() if layer in ls)
     ]
     if not usable:
         raise SparseEditError("no neurons to edit at the requested layer(s); pick another --layer or neuron set")
     sites: list[Site] = []
     if "paper" in options.strategy:
         sites.append("mlp_input")
+    if "detector" in options.strategy and "mlp_input" not in sites:
+        sites.append("mlp_input")
     if "output" in options.strategy:
-        sites += ["neurons", "residual"]
+        sites.append("neurons")
+    if {"output", "detector"} & set(options.strategy):
+        sites.append("residual")
     return Plan(list(options.strategy), usable, neurons, sites)
 
 
@@ -201,14 +216,17 @@ def gather(
     """Collect every feature the planned strategies need at ``layers`` (one pass per prompt group)."""
     subsets = {layer: plan.neurons[("output", layer)] for layer in layers if ("output", layer) in plan.neurons}
     rows = FeatureRequest(layers, plan.sites, subsets, options.positions)
-    # Harmless tail rows are keys of the output strategy only (--harmless-tail-weight).
+    # Harmless tail rows: keys of the output strategy (--harmless-tail-weight) and negatives of the detector,
+    # which also needs token moments (MLP input sum; every neuron's energy, to pick the quietest).
+    detector = "detector" in plan.strategies
     grams = FeatureRequest(
         layers,
         [s for s in plan.sites if s != "residual"],
         subsets,
         options.positions,
         gram=True,
-        tail_rows="output" in plan.strategies,
+        tail_rows="output" in plan.strategies or detector,
+        moment_sites=["mlp_input", "neurons"] if detector else [],
     )
     bs = options.batch_size
 
@@ -266,6 +284,8 @@ def gather(
             ref_safe.rows[("residual", layer)] if ref_safe is not None else None,
             dev,
             site_rows(safe),
+            {site: total for (site, at), total in safe.sums.items() if at == layer},
+            {site: total for (site, at), total in safe.squares.items() if at == layer},
         )
     return out
 
@@ -280,6 +300,17 @@ def solve_at(
     settings: SolveSettings,
     share: float,
 ) -> tuple[list[SliceEdit], dict[str, Any]]:
+    if strategy == "detector":
+        return detector_candidate(
+            layer,
+            checkpoint,
+            data,
+            options.gain,
+            options.detector_margin,
+            options.detector_sharpness,
+            settings.lam,
+            share,
+        )
     neurons = plan.neurons[(strategy, layer)]
     if strategy == "paper":
         projections: list[Projection] = ["gate", "up"] if options.proj == "gate,up" else ["gate"]
@@ -326,13 +357,14 @@ def build_candidates(
                 if diagnostics["jitter"]:
                     reporter.warn(f"{strategy} layer {layer}: Cholesky needed jitter {diagnostics['jitter']:.3g}")
                 candidate.edits += edits
-                # The harmless Gram of this layer's keys, as the solve saw it: verify recomputes the leak from it.
-                candidate.grams[layer] = data.safe_gram["mlp_input" if strategy == "paper" else "neurons"]
-                candidate.gram_tokens = data.safe_tokens
+                if strategy != "detector":
+                    # The harmless Gram of this layer's keys, as the solve saw it: verify recomputes the leak.
+                    candidate.grams[layer] = data.safe_gram["mlp_input" if strategy == "paper" else "neurons"]
+                    candidate.gram_tokens = data.safe_tokens
                 per_layer.append(
                     {
                         "layer": layer,
-                        "neurons": int(plan.neurons[(strategy, layer)].numel()),
+                        "neurons": int(edits[0].neurons.numel()),
                         **plan.notes.get((strategy, layer), {}),
                         **diagnostics,
                     }
@@ -472,6 +504,8 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> ApplyResult:
     if not low_langs:
         raise SparseEditError("--low-langs: no low-resource language to edit for (all equal the reference)")
     plan = make_plan(options, artifact, loaded.num_layers, low_langs)
+    if "detector" in plan.strategies:
+        detector_activation(checkpoint)  # fail before any forward pass
     anchors = build_anchors(options, loaded, low_langs, reporter)
     if options.neuron_score == "attribution":
         rank_by_attribution(loaded, anchors, plan, options, reporter)

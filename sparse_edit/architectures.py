@@ -8,7 +8,7 @@ projection that reads it. ``NeuronSlice`` says where that slice lives on disk.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -189,3 +189,19 @@ def dimensions(config: Mapping[str, Any], where: str = "config.json") -> Dimensi
     if layers is None or hidden is None or width is None:
         raise SparseEditError(f"{where}: cannot read layer count, hidden size and MLP width from the config")
     return Dimensions(int(layers), int(hidden), int(width))
+
+
+def gate_activation(
+    config: Mapping[str, Any], where: str = "config.json"
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation a gated MLP applies to its gate projection, as transformers builds it from the config."""
+    from transformers.activations import ACT2FN
+
+    # Gemma names it hidden_activation (hidden_act is a legacy field there).
+    name = config.get("hidden_activation") or config.get("hidden_act")
+    if name is None and isinstance(config.get("text_config"), Mapping):
+        name = config["text_config"].get("hidden_activation") or config["text_config"].get("hidden_act")
+    if not isinstance(name, str) or name not in ACT2FN:
+        raise SparseEditError(f"{where}: unknown MLP activation {name!r}; cannot model the edited neuron")
+    activation: Callable[[torch.Tensor], torch.Tensor] = ACT2FN[name]
+    return activation

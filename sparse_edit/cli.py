@@ -205,6 +205,8 @@ def apply(
     gain: Annotated[float | None, typer.Option(help=A.help("gain"))] = None,
     output_gamma: Annotated[float | None, typer.Option(help=A.help("output_gamma"))] = None,
     harmless_tail_weight: Annotated[float | None, typer.Option(help=A.help("harmless_tail_weight"))] = None,
+    detector_margin: Annotated[float | None, typer.Option(help=A.help("detector_margin"))] = None,
+    detector_sharpness: Annotated[float | None, typer.Option(help=A.help("detector_sharpness"))] = None,
     positions: Annotated[int | None, typer.Option(help=A.help("positions"))] = None,
     ceiling: Annotated[bool, typer.Option("--ceiling", help=A.help("ceiling"))] = False,
     layer: Annotated[str | None, typer.Option(help=A.help("layer"))] = None,

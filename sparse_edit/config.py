@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sparse_edit.errors import SparseEditError
 
-StrategyName = Literal["paper", "output"]
+StrategyName = Literal["paper", "output", "detector"]
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -155,8 +155,10 @@ class ApplyOptions(ModelOptions, PromptOptions):
     strategy: list[StrategyName] = Field(
         default_factory=lambda: list[StrategyName](["output"]),
         description="output (default; measured best on Qwen2.5-Coder-0.5B, see README): down_proj columns of a "
-        "neuron set, fitted to raise the layer's refusal-direction projection. paper: the published edit, input "
-        "rows (gate_proj) of the safety neurons. Several (paper,output) are compared on the dev split, like layers.",
+        "neuron set, fitted to raise the layer's refusal-direction projection. detector: the layer's quietest "
+        "neuron rewritten as a thresholded harmfulness detector that adds the refusal direction only when it "
+        "fires. paper: the published edit, input rows (gate_proj) of the safety neurons. Several "
+        "(paper,output,detector) are compared on the dev split, like layers.",
     )
     layer: str = Field(
         "auto",
@@ -187,9 +189,21 @@ class ApplyOptions(ModelOptions, PromptOptions):
     gain: float = Field(
         16.0,
         gt=0,
-        description="output strategy: multiple of the refusal-projection gap to aim for. The fit reaches only part "
-        "of it, so the default is large; lower it to trade attack-success reduction for less over-refusal "
-        "(README: measured results).",
+        description="output and detector strategies: multiple of the refusal-projection gap to aim for. The fit "
+        "reaches only part of it, so the default is large; lower it to trade attack-success reduction for less "
+        "over-refusal (README: measured results).",
+    )
+    detector_margin: float = Field(
+        1.0,
+        gt=0,
+        description="detector strategy: harmless rows are fitted to a score of -margin (harmful ones to +1); "
+        "larger values make the detector fire on fewer prompts of either kind.",
+    )
+    detector_sharpness: float = Field(
+        8.0,
+        gt=0,
+        description="detector strategy: the gate row is this multiple of the detector, so the neuron's response "
+        "act(k s) s is near 0 for negative scores s (a larger k is a harder threshold).",
     )
     output_gamma: float = Field(
         100.0,

@@ -4,7 +4,8 @@ For each layer three sites can be read: the MLP input (``mlp_input``), the neuro
 activations (``neurons``, optionally only a subset of them) and the layer's output in the
 residual stream (``residual``). Prompts are either pooled into rows (the last ``positions``
 tokens of each prompt, input order kept) or summed into a float64 Gram matrix over every
-non-pad token (for the harmless preservation term), optionally with the pooled rows too.
+non-pad token (for the harmless preservation term), optionally with the pooled rows too;
+per-dimension token sums and sums of squares can be kept for further sites.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class FeatureRequest:
     positions: int = 1
     gram: bool = False
     tail_rows: bool = False  # with gram: also keep the last ``positions`` rows per prompt
+    # Sites whose per-dimension sums and sums of squares over every non-pad token are kept (full width,
+    # before any neuron subset); they need no rows or Gram of their own.
+    moment_sites: Sequence[Site] = ()
 
 
 @dataclass
@@ -38,6 +42,8 @@ class Features:
     grams: dict[tuple[Site, int], torch.Tensor]  # float64 [D, D]
     tokens: int
     count: int
+    sums: dict[tuple[Site, int], torch.Tensor] = field(default_factory=dict)  # float64 [D], over tokens
+    squares: dict[tuple[Site, int], torch.Tensor] = field(default_factory=dict)  # float64 [D], over tokens
 
 
 def _tail(activation: torch.Tensor, positions: int) -> torch.Tensor:
@@ -60,14 +66,24 @@ def collect(
     position = {id(item): i for i, item in enumerate(encoded)}
     rows: dict[tuple[Site, int], list[tuple[int, torch.Tensor]]] = {}
     grams: dict[tuple[Site, int], torch.Tensor] = {}
+    sums: dict[tuple[Site, int], torch.Tensor] = {}
+    squares: dict[tuple[Site, int], torch.Tensor] = {}
     state: dict[str, object] = {}
     tokens = 0
 
     def add(site: Site, layer: int, activation: torch.Tensor) -> None:
-        if site == "neurons" and layer in request.neuron_subsets:
-            activation = activation.index_select(-1, request.neuron_subsets[layer].to(activation.device))
         mask = state["mask"]
         assert isinstance(mask, torch.Tensor)
+        if site in request.moment_sites:
+            tokens_x = activation[mask.to(activation.device).bool()].to(torch.float64)
+            key = (site, layer)
+            first, second = tokens_x.sum(0).cpu(), (tokens_x**2).sum(0).cpu()
+            sums[key] = sums[key] + first if key in sums else first
+            squares[key] = squares[key] + second if key in squares else second
+        if site not in request.sites:
+            return
+        if site == "neurons" and layer in request.neuron_subsets:
+            activation = activation.index_select(-1, request.neuron_subsets[layer].to(activation.device))
         if request.gram:
             x = activation[mask.to(activation.device).bool()].to(torch.float64)
             update = (x.T @ x).cpu()
@@ -82,7 +98,7 @@ def collect(
             rows.setdefault((site, layer), []).append((index, block))
 
     layers = list(request.layers)
-    hook_sites = [site for site in request.sites if site != "residual"]
+    hook_sites = list(dict.fromkeys(s for s in [*request.sites, *request.moment_sites] if s != "residual"))
     pad = int(loaded.tokenizer.pad_token_id)
     with reporter.progress(label, len(encoded)) as progress:
         contexts = [capture(loaded.family, loaded.model, layers, site, _bind(add, site)) for site in hook_sites]
@@ -109,4 +125,4 @@ def collect(
     stacked = {
         key: torch.cat([block for _, block in sorted(pairs, key=lambda p: p[0])]) for key, pairs in rows.items()
     }
-    return Features(stacked, grams, tokens, len(encoded))
+    return Features(stacked, grams, tokens, len(encoded), sums, squares)

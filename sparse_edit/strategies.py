@@ -8,8 +8,11 @@
   neuron set, the target raises the prompt's projection on the layer's refusal direction
   (reference harmful mean − reference harmless mean of the layer output) to the reference
   harmful level, times a gain; the update goes into those neurons' ``down_proj`` columns.
+* ``detector``: one neuron of the layer (the quietest on harmless tokens) is rewritten as a
+  thresholded harmfulness detector on the MLP input that adds the refusal direction only when
+  it fires (see ``sparse_edit.detector``); gate row, up row and down column change.
 
-Both use the harmless token Gram of their own keys as the null-space term.
+All use the harmless token Gram of their own keys as the null-space term.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from sparse_edit.architectures import Projection
 from sparse_edit.artifact import LocateArtifact
 from sparse_edit.checkpoint import Checkpoint
 from sparse_edit.delta import SliceEdit
+from sparse_edit.detector import Activation, fit_detector, harmless_output_energy, output_scale, response
+from sparse_edit.errors import SparseEditError
 from sparse_edit.modeling import Encoded
 from sparse_edit.solver import EditProblem, SolveSettings, fit_ratio, leak_ratio, solve
 
-StrategyName = Literal["paper", "output"]
+StrategyName = Literal["paper", "output", "detector"]
 NeuronChoice = Literal["reference", "low-union", "low-only", "all"]
 F64 = torch.float64
 
@@ -108,6 +113,8 @@ class LayerData:
     ref_harmless_residual: torch.Tensor | None  # [M * k, d] for the refusal direction
     dev: LayerData | None = None
     safe_rows: dict[str, torch.Tensor] = field(default_factory=dict)  # site -> [N_safe * k, D]
+    safe_sums: dict[str, torch.Tensor] = field(default_factory=dict)  # site -> [D_full] float64, over tokens
+    safe_squares: dict[str, torch.Tensor] = field(default_factory=dict)  # site -> [D_full] float64, over tokens
 
 
 def _target_points(data: LayerData, site: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,6 +241,98 @@ def output_candidate(
     if tail_ratio is not None:
         diagnostics["harmless_tail_ratio_train"] = tail_ratio
     return [edit], diagnostics
+
+
+def detector_activation(checkpoint: Checkpoint) -> Activation:
+    """The gate activation the detector neuron will use; refuses models without a gated MLP."""
+    if not checkpoint.family.gated:
+        raise SparseEditError(
+            f"--strategy detector needs a gated MLP (gate and up projections); {checkpoint.family.name} has one "
+            "input projection: use --strategy output"
+        )
+    return checkpoint.gate_activation()
+
+
+def detector_candidate(
+    layer: int,
+    checkpoint: Checkpoint,
+    data: LayerData,
+    gain: float,
+    margin: float,
+    sharpness: float,
+    lam: float,
+    share: float = 1.0,
+) -> tuple[list[SliceEdit], dict[str, Any]]:
+    """Rewrite the layer's quietest neuron as a detector that adds the refusal direction when it fires."""
+    family, d_ff = checkpoint.family, checkpoint.dims.mlp_width
+    activation = detector_activation(checkpoint)
+    harmful = torch.cat([data.low_rows["mlp_input"], data.ref_rows["mlp_input"]])
+    detector = fit_detector(
+        harmful,
+        data.safe_rows.get("mlp_input", harmful[:0]),
+        data.safe_gram["mlp_input"],
+        data.safe_sums["mlp_input"],
+        data.safe_tokens,
+        margin,
+        lam,
+    )
+    slices = {p: family.neuron_slice(layer, p, d_ff) for p in ("gate", "up", "down")}
+    down_rows = slices["down"].read(checkpoint.load_tensor(slices["down"].tensor), torch.arange(d_ff))
+    energy = harmless_output_energy(data.safe_squares["neurons"], down_rows)
+    neuron = int(torch.argmin(energy))  # the neuron harmless prompts miss least
+    index = torch.tensor([neuron])
+
+    direction = refusal_direction(data)
+    level = float((data.ref_rows["residual"].to(F64) @ direction).mean())
+
+    def wanted(d: LayerData) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = d.low_rows["mlp_input"].to(F64) @ detector
+        gap = (level - d.low_rows["residual"].to(F64) @ direction).clamp(min=0)
+        return scores, share * gain * gap
+
+    scores, shift = wanted(data)
+    responses = response(scores, activation, sharpness)
+    scale = output_scale(responses, shift)
+    new_rows = {"gate": sharpness * detector, "up": detector, "down": scale * direction}
+    edits = []
+    for projection, neuron_slice in slices.items():
+        old = neuron_slice.read(checkpoint.load_tensor(neuron_slice.tensor), index).to(F64)  # [1, d]
+        edits.append(
+            SliceEdit(
+                layer=layer,
+                projection=projection,
+                slice=neuron_slice,
+                neurons=index,
+                a=torch.ones(1, 1),
+                b=(new_rows[projection][None, :] - old).float().contiguous(),
+                key_axis="rows" if projection == "down" else "columns",
+            )
+        )
+    safe_tail = data.safe_rows.get("mlp_input")
+    diagnostics: dict[str, Any] = {
+        "rank": 1,
+        "jitter": 0.0,
+        "nullspace_dim": None,
+        "anchors_train": int(harmful.shape[0]),
+        "fit_train": float((scale * responses - shift).norm() / shift.norm()) if float(shift.norm()) > 0 else 0.0,
+        "repurposed_neuron": neuron,
+        "repurposed_energy_share": float(energy[neuron] / energy.sum()) if float(energy.sum()) > 0 else 0.0,
+        "detector_scale": scale,
+        "refusal_level": level,
+        "fires_harmful_train": float((scores > 0).double().mean()),
+    }
+    if safe_tail is not None and safe_tail.shape[0]:
+        diagnostics["fires_harmless_tail_train"] = float((safe_tail.to(F64) @ detector > 0).double().mean())
+    if data.dev is not None and data.dev.low_rows["mlp_input"].shape[0]:
+        dev_scores, dev_shift = wanted(data.dev)
+        diagnostics["fires_harmful_dev"] = float((dev_scores > 0).double().mean())
+        dev_response = scale * response(dev_scores, activation, sharpness)
+        if float(dev_shift.norm()) > 0:
+            diagnostics["fit_dev"] = float((dev_response - dev_shift).norm() / dev_shift.norm())
+        dev_tail = data.dev.safe_rows.get("mlp_input")
+        if dev_tail is not None and dev_tail.shape[0]:
+            diagnostics["fires_harmless_tail_dev"] = float((dev_tail.to(F64) @ detector > 0).double().mean())
+    return edits, diagnostics
 
 
 def _harmless_tail_ratio(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from sparse_edit.architectures import Dimensions, Family, dimensions, family_for_model_type
+from sparse_edit.architectures import Dimensions, Family, dimensions, family_for_model_type, gate_activation
 from sparse_edit.errors import SparseEditError
 
 SINGLE_FILE = "model.safetensors"
@@ -169,6 +170,9 @@ class Checkpoint:
     @cached_property
     def dims(self) -> Dimensions:
         return dimensions(self.config, where=str(self.path / "config.json"))
+
+    def gate_activation(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return gate_activation(self.config, where=str(self.path / "config.json"))
 
     @property
     def sharded(self) -> bool:

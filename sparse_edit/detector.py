@@ -1,0 +1,75 @@
+"""A thresholded harmfulness detector written into one MLP neuron (the ``detector`` strategy).
+
+A linear edit adds the refusal direction in proportion to a linear score, so every benign
+prompt with a middling score gets a push. A gated MLP neuron computes ``act(g·x) · (u·x)``;
+with ``g = κ w`` and ``u = w`` its output is about ``κ s²`` for a detector score ``s = w·x > 0``
+and about 0 for ``s < 0`` (SiLU and GELU vanish for large negative inputs), so writing the
+detector into a neuron gives it a threshold at 0 for free — the MLP input has no bias term.
+
+The detector ``w`` is a ridge probe on the MLP input, fitted in closed form: harmful prompts'
+last-token rows (low-resource and reference) to +1, harmless prompts' last-token rows and every
+harmless token (through its Gram matrix and token sum, the null-space term) to ``−margin``.
+The neuron's output column is the layer's refusal direction times one scale, the least-squares
+fit of the response to the refusal-projection gap of the low-resource harmful anchors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from sparse_edit.errors import SparseEditError
+
+F64 = torch.float64
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+
+def fit_detector(
+    harmful: torch.Tensor,
+    harmless_tail: torch.Tensor,
+    harmless_gram: torch.Tensor,
+    harmless_sum: torch.Tensor,
+    harmless_tokens: int,
+    margin: float,
+    lam: float,
+) -> torch.Tensor:
+    """Ridge probe ``w`` [d]: harmful rows -> +1, harmless tail rows and harmless tokens -> −margin.
+
+    The three groups carry equal total weight; λ is relative to the mean diagonal of the normal matrix.
+    """
+    h, t = harmful.to(F64), harmless_tail.to(F64)
+    if not h.shape[0]:
+        raise SparseEditError("--strategy detector: no harmful anchor rows to fit the detector on")
+    normal = h.T @ h / h.shape[0]
+    target = h.sum(0) / h.shape[0]
+    if t.shape[0]:
+        normal = normal + t.T @ t / t.shape[0]
+        target = target - margin * t.sum(0) / t.shape[0]
+    if harmless_tokens:
+        normal = normal + harmless_gram.to(F64) / harmless_tokens
+        target = target - margin * harmless_sum.to(F64) / harmless_tokens
+    ridge = lam * float(torch.trace(normal)) / normal.shape[0]
+    return torch.linalg.solve(normal + ridge * torch.eye(normal.shape[0], dtype=F64), target)
+
+
+def response(scores: torch.Tensor, activation: Activation, sharpness: float) -> torch.Tensor:
+    """The repurposed neuron's activation for detector scores ``s``: ``act(κ s) · s``."""
+    scores = scores.to(F64)
+    return activation(sharpness * scores) * scores
+
+
+def harmless_output_energy(square_sums: torch.Tensor, down_rows: torch.Tensor) -> torch.Tensor:
+    """Per neuron, the energy its output carries on harmless tokens: Σ a_j² · ‖down_j‖² ([d_ff])."""
+    return square_sums.to(F64) * (down_rows.to(F64) ** 2).sum(1)
+
+
+def output_scale(responses: torch.Tensor, wanted: torch.Tensor) -> float:
+    """Least-squares ``τ`` with ``τ · response ≈ wanted shift`` over the harmful anchors."""
+    energy = float((responses.to(F64) ** 2).sum())
+    if energy <= 0:
+        raise SparseEditError(
+            "--strategy detector: the detector does not fire on any harmful anchor at this layer; "
+            "try another --layer or a smaller --detector-margin"
+        )
+    return float((responses.to(F64) * wanted.to(F64)).sum()) / energy

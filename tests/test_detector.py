@@ -1,0 +1,139 @@
+"""The detector strategy: the closed-form probe, the neuron's threshold, and the written checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sparse_edit.activations import capture
+from sparse_edit.checkpoint import Checkpoint
+from sparse_edit.delta import DELTA_FILE, EditDelta
+from sparse_edit.detector import fit_detector, harmless_output_energy, output_scale, response
+from sparse_edit.errors import SparseEditError
+from tests.helpers import apply_args, changed_rows, run_cli
+
+SILU = torch.nn.functional.silu
+
+
+def clusters(seed: int = 0, d: int = 12, n: int = 80) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Harmful and harmless rows that share a large common offset (as normed hidden states do) and differ
+    along one axis; a third group of harmless 'content tokens' sits elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    common = torch.zeros(d)
+    common[0] = 5.0
+    axis = torch.zeros(d)
+    axis[1] = 1.0
+    noise = lambda k: 0.3 * torch.randn(k, d, generator=g)  # noqa: E731
+    harmful = common + 1.5 * axis + noise(n)
+    harmless = common - 1.5 * axis + noise(n)
+    tokens = common + torch.tensor([0.0, 0.0, 2.0] + [0.0] * (d - 3)) + noise(4 * n)
+    return harmful, harmless, tokens
+
+
+def test_probe_separates_classes_without_a_bias_term():
+    harmful, harmless, tokens = clusters()
+    w = fit_detector(harmful, harmless, tokens.T.double() @ tokens.double(), tokens.sum(0), len(tokens), 1.0, 1e-3)
+    assert (harmful.double() @ w > 0).double().mean() > 0.95
+    assert (harmless.double() @ w < 0).double().mean() > 0.95
+    assert (tokens.double() @ w < 0).double().mean() > 0.95  # the harmless token moments pull content tokens down
+    # A larger margin pushes harmless scores further below zero.
+    wide = fit_detector(
+        harmful, harmless, tokens.T.double() @ tokens.double(), tokens.sum(0), len(tokens), 3.0, 1e-3
+    )
+    assert float((harmless.double() @ wide).mean()) < float((harmless.double() @ w).mean())
+
+
+def test_neuron_response_is_a_threshold_at_zero():
+    scores = torch.tensor([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0])
+    out = response(scores, SILU, 8.0)
+    assert torch.all(out[:3].abs() < 0.02 * out[3:].min())  # negative scores: next to nothing
+    assert torch.all(out[3:] > 0) and torch.all(out[4:] / out[3:-1] > 2)  # positive: grows ~ k s^2
+
+
+def test_output_scale_is_the_least_squares_fit_and_refuses_a_silent_detector():
+    responses = torch.tensor([0.0, 1.0, 2.0, 4.0], dtype=torch.float64)
+    wanted = 3.0 * responses + torch.tensor([0.5, 0.1, -0.1, 0.0], dtype=torch.float64)
+    tau = output_scale(responses, wanted)
+    grid = torch.linspace(tau - 0.1, tau + 0.1, 21, dtype=torch.float64)
+    losses = [float(((t * responses - wanted) ** 2).sum()) for t in grid]
+    assert min(losses) == pytest.approx(float(((tau * responses - wanted) ** 2).sum()))
+    with pytest.raises(SparseEditError, match="does not fire"):
+        output_scale(torch.zeros(3), torch.ones(3))
+
+
+def test_harmless_output_energy_weighs_activations_by_the_output_column():
+    squares = torch.tensor([4.0, 1.0, 0.0])
+    down = torch.tensor([[1.0, 0.0], [0.0, 3.0], [5.0, 5.0]])
+    assert harmless_output_energy(squares, down).tolist() == [4.0, 9.0, 0.0]
+
+
+def detector_args(artifact, out, *extra: str) -> list[str]:
+    return apply_args(artifact, out, "--strategy", "detector", *extra)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "gemma3_text", "phi3"])
+def test_detector_rewrites_one_neuron_as_its_probe_and_verifies(located, tmp_path, model_type):
+    model, artifact = located(model_type)
+    out = tmp_path / "edited"
+    manifest = json.loads(run_cli(*detector_args(artifact, out, "--detector-sharpness", "6"), "--json").stdout)
+    assert manifest["strategy"] == "detector"
+    delta = EditDelta.load(out / DELTA_FILE)
+    assert sorted(e.projection for e in delta.edits) == ["down", "gate", "up"]
+    (neuron,) = {int(e.neurons.item()) for e in delta.edits}
+    row = manifest["diagnostics"]["per_layer"][0]
+    assert row["repurposed_neuron"] == neuron and row["neurons"] == 1
+    ckpt = Checkpoint.open(model)
+    d = ckpt.dims.hidden_size
+    assert manifest["changed_parameters"] == 3 * d
+
+    # Only that neuron's three weight vectors changed (phi3: gate and up rows of one fused tensor).
+    changes = changed_rows(model, out)
+    assert set(changes) == {e.slice.tensor for e in delta.edits}
+    for edit in delta.edits:
+        mask = changes[edit.slice.tensor]
+        touched = set(mask.any(dim=1 - edit.slice.axis).nonzero().flatten().tolist())
+        planned = {
+            int(e.neurons.item()) + e.slice.offset for e in delta.edits if e.slice.tensor == edit.slice.tensor
+        }
+        assert touched <= planned and touched
+    edited = Checkpoint.open(out)
+    rows = {
+        e.projection: e.slice.read(edited.load_tensor(e.slice.tensor), e.neurons).float()[0] for e in delta.edits
+    }
+    assert torch.allclose(rows["gate"], 6.0 * rows["up"], rtol=1e-2, atol=1e-5)  # gate = sharpness x detector
+    assert all(line.startswith("ok") for line in run_cli("verify", model, out).stdout.splitlines())
+
+    # In the written model the neuron computes act(k s) s of its probe score s, for every token.
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    layer = delta.edits[0].layer
+    seen: dict[int, torch.Tensor] = {}
+    inputs: dict[int, torch.Tensor] = {}
+    ids = torch.randint(10, 200, (2, 9), generator=torch.Generator().manual_seed(1))
+    with (
+        capture(ckpt.family, loaded, [layer], "neurons", seen.__setitem__),
+        capture(ckpt.family, loaded, [layer], "mlp_input", inputs.__setitem__),
+        torch.no_grad(),
+    ):
+        loaded(input_ids=ids)
+    scores = inputs[layer].double() @ rows["up"].double()
+    expected = response(scores, ckpt.gate_activation(), 6.0)
+    assert torch.allclose(seen[layer][..., neuron].double(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_detector_is_deterministic(located, tmp_path):
+    _, artifact = located("llama")
+    first, second = tmp_path / "a", tmp_path / "b"
+    run_cli(*detector_args(artifact, first))
+    run_cli(*detector_args(artifact, second))
+    assert (first / DELTA_FILE).read_bytes() == (second / DELTA_FILE).read_bytes()
+
+
+def test_detector_needs_a_gated_mlp(located, tmp_path):
+    _, artifact = located("gpt2")
+    out = tmp_path / "edited"
+    result = run_cli(*detector_args(artifact, out), code=2)
+    assert "--strategy detector needs a gated MLP" in result.output and not out.exists()
