@@ -66,8 +66,8 @@ STRATEGIES = {
         "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
         "--gain", "16", "--harmless-tail-weight", "1", "--positions", "4",
     ],
-    # One repurposed neuron as a thresholded harmfulness probe (gain chosen on PolyRefuse harmful val / harmless
-    # train prompts that are neither anchors nor evaluation prompts: gains 4 and 8 alike, 16 and 32 worse).
+    # One repurposed neuron as a thresholded harmfulness probe (gain from benchmarks/detector_dev.py, on prompts
+    # that are neither anchors nor evaluation prompts).
     "detector@16 gain8": ["--strategy", "detector", "--layer", "16", "--gain", "8"],
     "paper@16 attribution": ["--strategy", "paper", "--layer", "16", "--neuron-score", "attribution"],
     "output@16 gain2": ["--strategy", "output", "--layer", "16", "--gain", "2", "--harmless-tail-weight", "0"],
