@@ -69,6 +69,8 @@ STRATEGIES = {
     # One repurposed neuron as a thresholded harmfulness probe (gain from benchmarks/detector_dev.py, on prompts
     # that are neither anchors nor evaluation prompts).
     "detector@16 gain8": ["--strategy", "detector", "--layer", "16", "--gain", "8"],
+    # Two probes, one neuron at layer 12 and one at 16, solved one after the other.
+    "detector@12+16 gain8": ["--strategy", "detector", "--layer", "12,16", "--gain", "8"],
     "paper@16 attribution": ["--strategy", "paper", "--layer", "16", "--neuron-score", "attribution"],
     "output@16 gain2": ["--strategy", "output", "--layer", "16", "--gain", "2", "--harmless-tail-weight", "0"],
     "paper@18": ["--strategy", "paper", "--layer", "18"],
