@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
+from contextlib import nullcontext
 from typing import Any
 
 from common import SHARED, in_memory, load_qwen_anchors, qwen_apply_options, save
@@ -74,11 +75,8 @@ def main() -> None:
     def verdicts(edit: EditContext | None = None) -> dict[str, dict[str, dict[str, int]]]:
         out: dict[str, dict[str, dict[str, int]]] = {}
         for role, items in roles.items():
-            if edit is None:
+            with (edit or nullcontext)():
                 replies = generate_replies(loaded, items, args.tokens, options.batch_size, reporter)
-            else:
-                with edit():
-                    replies = generate_replies(loaded, items, args.tokens, options.batch_size, reporter)
             counts: dict[str, Counter[str]] = {}
             for item, reply in zip(items, replies, strict=True):
                 label = judge.judge(item.prompt.text, item.prompt.lang, reply).label
@@ -86,10 +84,16 @@ def main() -> None:
             out[role] = {lang: dict(c) for lang, c in counts.items()}
         return out
 
-    def refusal_share(counts: dict[str, dict[str, int]], english: bool) -> float:
-        langs = [lang for lang in counts if (lang == "en") == english]
-        total = sum(sum(counts[lang].values()) for lang in langs)
-        return sum(counts[lang].get("refusal", 0) for lang in langs) / total if total else 0.0
+    def refusal_shares(verdict_counts: dict[str, dict[str, dict[str, int]]]) -> dict[str, float]:
+        """Refusal share of English and non-English prompts, harmful and harmless."""
+        shares = {}
+        for role, counts in verdict_counts.items():
+            for english, name in ((False, "non_english"), (True, "english")):
+                langs = [lang for lang in counts if (lang == "en") == english]
+                total = sum(sum(counts[lang].values()) for lang in langs)
+                refused = sum(counts[lang].get("refusal", 0) for lang in langs)
+                shares[f"refusal_{name}_{role}"] = refused / total if total else 0.0
+        return shares
 
     started = time.perf_counter()
     base = verdicts()
@@ -113,10 +117,7 @@ def main() -> None:
                 "gain": gain,
                 "diagnostics": diagnostics,
                 "verdicts": counts,
-                "refusal_non_english_harmful": refusal_share(counts["harmful"], False),
-                "refusal_english_harmful": refusal_share(counts["harmful"], True),
-                "refusal_non_english_harmless": refusal_share(counts["harmless"], False),
-                "refusal_english_harmless": refusal_share(counts["harmless"], True),
+                **refusal_shares(counts),
             }
             rows.append(row)
             print({k: v for k, v in row.items() if k.startswith(("layer", "gain", "refusal"))}, flush=True)
@@ -128,13 +129,7 @@ def main() -> None:
             "prompts": {role: len(items) for role, items in roles.items()},
             "harmful_source": "PolyRefuse harmful val (first per language)",
             "harmless_source": f"PolyRefuse harmless train ids {HARMLESS_FROM}+ (past the anchors)",
-            "base": {
-                "verdicts": base,
-                "refusal_non_english_harmful": refusal_share(base["harmful"], False),
-                "refusal_english_harmful": refusal_share(base["harmful"], True),
-                "refusal_non_english_harmless": refusal_share(base["harmless"], False),
-                "refusal_english_harmless": refusal_share(base["harmless"], True),
-            },
+            "base": {"verdicts": base, **refusal_shares(base)},
             "rows": rows,
             "seconds": round(time.perf_counter() - started, 1),
         },

@@ -194,9 +194,7 @@ def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, 
     if not usable:
         raise SparseEditError("no neurons to edit at the requested layer(s); pick another --layer or neuron set")
     sites: list[Site] = []
-    if "paper" in options.strategy:
-        sites.append("mlp_input")
-    if "detector" in options.strategy and "mlp_input" not in sites:
+    if {"paper", "detector"} & set(options.strategy):
         sites.append("mlp_input")
     if "output" in options.strategy:
         sites.append("neurons")

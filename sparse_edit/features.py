@@ -74,20 +74,22 @@ def collect(
     def add(site: Site, layer: int, activation: torch.Tensor) -> None:
         mask = state["mask"]
         assert isinstance(mask, torch.Tensor)
-        if site in request.moment_sites:
-            tokens_x = activation[mask.to(activation.device).bool()].to(torch.float64)
-            key = (site, layer)
-            first, second = tokens_x.sum(0).cpu(), (tokens_x**2).sum(0).cpu()
+        keep = mask.to(activation.device).bool()
+        key = (site, layer)
+        # Every non-pad token, full width, float64; the Gram reuses it unless a neuron subset narrows the site.
+        full = activation[keep].to(torch.float64) if site in request.moment_sites else None
+        if full is not None:
+            first, second = full.sum(0).cpu(), (full**2).sum(0).cpu()
             sums[key] = sums[key] + first if key in sums else first
             squares[key] = squares[key] + second if key in squares else second
         if site not in request.sites:
             return
         if site == "neurons" and layer in request.neuron_subsets:
             activation = activation.index_select(-1, request.neuron_subsets[layer].to(activation.device))
+            full = None
         if request.gram:
-            x = activation[mask.to(activation.device).bool()].to(torch.float64)
+            x = full if full is not None else activation[keep].to(torch.float64)
             update = (x.T @ x).cpu()
-            key = (site, layer)
             grams[key] = grams[key] + update if key in grams else update
             if not request.tail_rows:
                 return

@@ -277,7 +277,8 @@ def detector_candidate(
         lam,
     )
     slices = {p: family.neuron_slice(layer, p, d_ff) for p in ("gate", "up", "down")}
-    down_rows = slices["down"].read(checkpoint.load_tensor(slices["down"].tensor), torch.arange(d_ff))
+    weights = {name: checkpoint.load_tensor(name) for name in {s.tensor for s in slices.values()}}
+    down_rows = slices["down"].read(weights[slices["down"].tensor], torch.arange(d_ff))
     energy = harmless_output_energy(data.safe_squares["neurons"], down_rows)
     neuron = int(torch.argmin(energy))  # the neuron harmless prompts miss least
     index = torch.tensor([neuron])
@@ -296,7 +297,7 @@ def detector_candidate(
     new_rows = {"gate": sharpness * detector, "up": detector, "down": scale * direction}
     edits = []
     for projection, neuron_slice in slices.items():
-        old = neuron_slice.read(checkpoint.load_tensor(neuron_slice.tensor), index).to(F64)  # [1, d]
+        old = neuron_slice.read(weights[neuron_slice.tensor], index).to(F64)  # [1, d]
         edits.append(
             SliceEdit(
                 layer=layer,
@@ -308,6 +309,10 @@ def detector_candidate(
                 key_axis="rows" if projection == "down" else "columns",
             )
         )
+
+    def fires(rows: torch.Tensor) -> float:
+        return float((rows.to(F64) @ detector > 0).double().mean())
+
     safe_tail = data.safe_rows.get("mlp_input")
     diagnostics: dict[str, Any] = {
         "rank": 1,
@@ -319,19 +324,19 @@ def detector_candidate(
         "repurposed_energy_share": float(energy[neuron] / energy.sum()) if float(energy.sum()) > 0 else 0.0,
         "detector_scale": scale,
         "refusal_level": level,
-        "fires_harmful_train": float((scores > 0).double().mean()),
+        "fires_harmful_train": fires(data.low_rows["mlp_input"]),
     }
     if safe_tail is not None and safe_tail.shape[0]:
-        diagnostics["fires_harmless_tail_train"] = float((safe_tail.to(F64) @ detector > 0).double().mean())
+        diagnostics["fires_harmless_tail_train"] = fires(safe_tail)
     if data.dev is not None and data.dev.low_rows["mlp_input"].shape[0]:
         dev_scores, dev_shift = wanted(data.dev)
-        diagnostics["fires_harmful_dev"] = float((dev_scores > 0).double().mean())
+        diagnostics["fires_harmful_dev"] = fires(data.dev.low_rows["mlp_input"])
         dev_response = scale * response(dev_scores, activation, sharpness)
         if float(dev_shift.norm()) > 0:
             diagnostics["fit_dev"] = float((dev_response - dev_shift).norm() / dev_shift.norm())
         dev_tail = data.dev.safe_rows.get("mlp_input")
         if dev_tail is not None and dev_tail.shape[0]:
-            diagnostics["fires_harmless_tail_dev"] = float((dev_tail.to(F64) @ detector > 0).double().mean())
+            diagnostics["fires_harmless_tail_dev"] = fires(dev_tail)
     return edits, diagnostics
 
 
