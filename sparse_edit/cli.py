@@ -112,13 +112,16 @@ COMMA_LISTS = {"languages", "low_langs", "strategy", "candidate_layers"}
 
 
 def overrides_for(model: type[Options], values: dict[str, Any]) -> dict[str, Any]:
-    """The flags the user gave, keyed by options field: unset flags (None, False, empty) do not override."""
+    """The flags the user gave, keyed by options field: unset flags (None, empty) do not override.
+
+    Boolean settings are ``--x/--no-x`` flags defaulting to None, so ``--no-x`` overrides a config's true.
+    """
     given: dict[str, Any] = {}
     for name in model.model_fields:
         value = values.get(name)
         if name in COMMA_LISTS:
             value = _split_list(value)
-        if value is None or value is False or value == []:
+        if value is None or value == []:
             continue
         given[name] = value
     return given
@@ -148,7 +151,7 @@ def locate(
     dtype: DtypeFlag = None,
     seed: Annotated[int | None, typer.Option(help=L.help("seed"))] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=L.help("output"))] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help=L.help("overwrite"))] = False,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite/--no-overwrite", help=L.help("overwrite"))] = None,
     quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -197,7 +200,7 @@ def apply(
     artifact: Annotated[Path | None, typer.Option(help=A.help("artifact"))] = None,
     model: ModelFlag = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=A.help("output"))] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help=A.help("overwrite"))] = False,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite/--no-overwrite", help=A.help("overwrite"))] = None,
     strategy: Annotated[list[str] | None, typer.Option(help=A.help("strategy"))] = None,
     output_neurons: Annotated[str | None, typer.Option(help=A.help("output_neurons"))] = None,
     neuron_score: Annotated[str | None, typer.Option(help=A.help("neuron_score"))] = None,
@@ -208,7 +211,7 @@ def apply(
     detector_margin: Annotated[float | None, typer.Option(help=A.help("detector_margin"))] = None,
     detector_sharpness: Annotated[float | None, typer.Option(help=A.help("detector_sharpness"))] = None,
     positions: Annotated[int | None, typer.Option(help=A.help("positions"))] = None,
-    ceiling: Annotated[bool, typer.Option("--ceiling", help=A.help("ceiling"))] = False,
+    ceiling: Annotated[bool | None, typer.Option("--ceiling/--no-ceiling", help=A.help("ceiling"))] = None,
     layer: Annotated[str | None, typer.Option(help=A.help("layer"))] = None,
     candidate_layers: Annotated[list[str] | None, typer.Option(help=A.help("candidate_layers"))] = None,
     proj: Annotated[str | None, typer.Option(help=A.help("proj"))] = None,
@@ -314,7 +317,7 @@ def evaluate(
     dtype: DtypeFlag = None,
     seed: Annotated[int | None, typer.Option(help=E.help("seed"))] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=E.help("output"))] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help=E.help("overwrite"))] = False,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite/--no-overwrite", help=E.help("overwrite"))] = None,
     quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:

@@ -1,0 +1,38 @@
+"""Flags override the config file, in both directions for boolean settings."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+import sparse_edit.apply
+from sparse_edit.cli import app
+from sparse_edit.errors import SparseEditError
+
+
+def _apply_options(monkeypatch, tmp_path, *flags: str):
+    """Parse ``apply`` flags over a config that turns both booleans on; stop before any model is loaded."""
+    config = tmp_path / "apply.toml"
+    config.write_text(
+        'artifact = "missing.safetensors"\nmodel = "m"\nharmful = ["h.jsonl"]\nharmless = ["s.jsonl"]\n'
+        f'output = "{tmp_path / "out"}"\nceiling = true\noverwrite = true\n'
+    )
+    seen = []
+
+    def capture(options, reporter):
+        seen.append(options)
+        raise SparseEditError("stop")
+
+    monkeypatch.setattr(sparse_edit.apply, "run_apply", capture)
+    result = CliRunner().invoke(app, ["apply", "-c", str(config), *flags])
+    assert result.exit_code == 2, result.output
+    return seen[0]
+
+
+def test_config_booleans_hold_without_flags(monkeypatch, tmp_path):
+    options = _apply_options(monkeypatch, tmp_path)
+    assert options.ceiling is True and options.overwrite is True
+
+
+def test_negative_flags_override_a_config_true(monkeypatch, tmp_path):
+    options = _apply_options(monkeypatch, tmp_path, "--no-ceiling", "--no-overwrite")
+    assert options.ceiling is False and options.overwrite is False
