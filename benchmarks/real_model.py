@@ -61,6 +61,11 @@ STRATEGIES = {
         "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
         "--gain", "16", "--harmless-tail-weight", "1", "--output-neurons", "low-only",
     ],
+    # Three layers one after another, the same column budget split three ways.
+    "output@14+16+18 gain16 tail1": [
+        "--strategy", "output", "--layer", "14,16,18", "--max-edit-neurons", "170",
+        "--gain", "16", "--harmless-tail-weight", "1",
+    ],
     # The last 4 prompt tokens (the chat template's tail) as rows, harmful and harmless alike.
     "output@16+18 gain16 tail1 pos4": [
         "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
@@ -117,6 +122,12 @@ def main() -> None:
         "--harmless-limit", type=int, default=None, help="harmless prompts per language (default: --limit)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--skip", type=int, default=0, help="leave out the first N MultiJail prompts per language (a fresh slice)"
+    )
+    parser.add_argument(
+        "--harmless-skip", type=int, default=0, help="leave out the first N harmless prompts per language"
+    )
     parser.add_argument(
         "--apply-only",
         action="store_true",
@@ -178,6 +189,10 @@ def main() -> None:
                     "--limit",
                     str(args.limit),
                     *(["--harmless-limit", str(args.harmless_limit)] if args.harmless_limit else []),
+                    "--skip",
+                    str(args.skip),
+                    "--harmless-skip",
+                    str(args.harmless_skip),
                     "--max-new-tokens",
                     str(args.max_new_tokens),
                     "--batch-size",
@@ -198,6 +213,8 @@ def main() -> None:
             "limit": args.limit,
             "harmless_limit": args.harmless_limit or args.limit,
             "max_new_tokens": args.max_new_tokens,
+            "skip": args.skip,
+            "harmless_skip": args.harmless_skip,
             "apply_flags": flags,
         }
         strategies[name] = row

@@ -107,6 +107,8 @@ ReferenceFlag = Annotated[str | None, typer.Option(help=P.help("reference_lang")
 LanguagesFlag = Annotated[list[str] | None, typer.Option(help=P.help("languages"))]
 LimitFlag = Annotated[int | None, typer.Option(help=P.help("limit"))]
 HarmlessLimitFlag = Annotated[int | None, typer.Option(help=P.help("harmless_limit"))]
+SkipFlag = Annotated[int | None, typer.Option(help=P.help("skip"))]
+HarmlessSkipFlag = Annotated[int | None, typer.Option(help=P.help("harmless_skip"))]
 # Fields whose flags take comma-separated lists as well as repeats.
 COMMA_LISTS = {"languages", "low_langs", "strategy", "candidate_layers"}
 
@@ -140,6 +142,8 @@ def locate(
     languages: LanguagesFlag = None,
     limit: LimitFlag = None,
     harmless_limit: HarmlessLimitFlag = None,
+    skip: SkipFlag = None,
+    harmless_skip: HarmlessSkipFlag = None,
     pooling: Annotated[str | None, typer.Option(help=L.help("pooling"))] = None,
     tau_mag: Annotated[float | None, typer.Option(help=L.help("tau_mag"))] = None,
     tau_stat: Annotated[float | None, typer.Option(help=L.help("tau_stat"))] = None,
@@ -189,6 +193,8 @@ INHERITED_FROM_ARTIFACT = (
     "languages",
     "limit",
     "harmless_limit",
+    "skip",
+    "harmless_skip",
     "system_prompt",
     "max_length",
 )
@@ -233,6 +239,8 @@ def apply(
     languages: LanguagesFlag = None,
     limit: LimitFlag = None,
     harmless_limit: HarmlessLimitFlag = None,
+    skip: SkipFlag = None,
+    harmless_skip: HarmlessSkipFlag = None,
     dev_fraction: Annotated[float | None, typer.Option(help=A.help("dev_fraction"))] = None,
     dev_limit: Annotated[int | None, typer.Option(help=A.help("dev_limit"))] = None,
     dev_generate: Annotated[int | None, typer.Option(help=A.help("dev_generate"))] = None,
@@ -303,6 +311,8 @@ def evaluate(
     languages: LanguagesFlag = None,
     limit: LimitFlag = None,
     harmless_limit: HarmlessLimitFlag = None,
+    skip: SkipFlag = None,
+    harmless_skip: HarmlessSkipFlag = None,
     max_new_tokens: Annotated[int | None, typer.Option(help=E.help("max_new_tokens"))] = None,
     judge: Annotated[str | None, typer.Option(help=E.help("judge"))] = None,
     artifact: Annotated[Path | None, typer.Option(help=E.help("artifact"))] = None,

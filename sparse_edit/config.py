@@ -81,6 +81,15 @@ class PromptOptions(Options):
         "null-space anchors (Gram, harmless-tail rows); eval: the over-refusal set, which needs more prompts than "
         "attack success to resolve (at 36 prompts one reply is 2.8 points).",
     )
+    skip: int = Field(
+        0,
+        ge=0,
+        description="Leave out the first N prompts per language and class before --limit applies: a fresh slice "
+        "of the same sources for a second held-out check.",
+    )
+    harmless_skip: int | None = Field(
+        None, ge=0, description="Leave out the first N harmless prompts per language (default: --skip)."
+    )
 
 
 class LocateOptions(ModelOptions, PromptOptions):

@@ -42,12 +42,13 @@ def _source_record(source: LoadedSource, label: Label) -> dict[str, Any]:
     return {"label": label, "spec": source.spec, "files": [str(f) for f in source.files], "sha256": source.sha256}
 
 
-def _limit(prompts: list[Prompt], limit: int | None) -> list[Prompt]:
-    if limit is None:
+def _slice(prompts: list[Prompt], skip: int, limit: int | None) -> list[Prompt]:
+    """Per language, the prompts after the first ``skip``, at most ``limit`` of them (source order)."""
+    if not skip and limit is None:
         return prompts
     kept: list[Prompt] = []
     for items in by_language(prompts).values():
-        kept.extend(items[:limit])
+        kept.extend(items[skip : None if limit is None else skip + limit])
     return kept
 
 
@@ -73,8 +74,11 @@ def prepare_prompts(options: PromptOptions, reporter: Reporter, harmless_everywh
                 f"--languages: {lang} has no harmless prompts in --harmless; add a source or drop it"
             )
     keep = set(languages)
-    harmful = _limit([p for p in harmful if p.lang in keep], options.limit)
-    harmless = _limit([p for p in harmless if p.lang in keep], options.harmless_limit or options.limit)
+    harmful = _slice([p for p in harmful if p.lang in keep], options.skip, options.limit)
+    harmless_skip = options.skip if options.harmless_skip is None else options.harmless_skip
+    harmless = _slice(
+        [p for p in harmless if p.lang in keep], harmless_skip, options.harmless_limit or options.limit
+    )
     for label, prompts in (("harmful", harmful), ("harmless", harmless)):
         for lang, items in by_language(prompts).items():
             if len(items) < 2:

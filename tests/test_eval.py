@@ -133,3 +133,21 @@ def test_harmless_limit_sizes_the_over_refusal_set_apart_from_limit(evaluated):
         "en": (2, 3),
         "th": (2, 3),
     }
+
+
+def test_skip_takes_a_fresh_slice_per_language_and_class(evaluated):
+    root, args = evaluated
+    out = root / "sliced"
+    flags = ["--skip", "1", "--limit", "2", "--harmless-skip", "2", "--no-representation"]
+    result = runner.invoke(app, [*args, "-o", str(out), *flags])
+    assert result.exit_code == 0, result.output
+    replies = [json.loads(line) for line in (out / "replies.jsonl").read_text().splitlines()]
+    ids = {(r["class"], r["lang"]): set() for r in replies}
+    for r in replies:
+        ids[(r["class"], r["lang"])].add(r["id"])
+    assert ids == {
+        ("harmful", "en"): {"1", "2"},
+        ("harmful", "th"): {"1", "2"},
+        ("harmless", "en"): {"2", "3"},
+        ("harmless", "th"): {"2", "3"},
+    }
