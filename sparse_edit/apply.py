@@ -317,7 +317,15 @@ def solve_at(
         options.output_gamma, settings.lam, settings.rank, settings.nullspace, settings.threshold
     )
     return output_candidate(
-        layer, neurons, checkpoint, data, output_settings, options.gain, share, options.harmless_tail_weight
+        layer,
+        neurons,
+        checkpoint,
+        data,
+        output_settings,
+        options.gain,
+        share,
+        options.harmless_tail_weight,
+        options.reference_weight,
     )
 
 

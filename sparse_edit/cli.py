@@ -214,6 +214,7 @@ def apply(
     gain: Annotated[float | None, typer.Option(help=A.help("gain"))] = None,
     output_gamma: Annotated[float | None, typer.Option(help=A.help("output_gamma"))] = None,
     harmless_tail_weight: Annotated[float | None, typer.Option(help=A.help("harmless_tail_weight"))] = None,
+    reference_weight: Annotated[float | None, typer.Option(help=A.help("reference_weight"))] = None,
     detector_margin: Annotated[float | None, typer.Option(help=A.help("detector_margin"))] = None,
     detector_sharpness: Annotated[float | None, typer.Option(help=A.help("detector_sharpness"))] = None,
     positions: Annotated[int | None, typer.Option(help=A.help("positions"))] = None,

@@ -227,6 +227,13 @@ class ApplyOptions(ModelOptions, PromptOptions):
         "this total weight relative to the harmful rows (0 = off). The template tail is alike for every prompt, "
         "so without it the edit pushes harmless prompts toward refusal too.",
     )
+    reference_weight: float = Field(
+        0.0,
+        ge=0,
+        description="output strategy: also fit the reference language's harmful prompts to no shift, with this "
+        "total weight relative to the low-resource harmful rows (0 = off). That language already refuses; the "
+        "rows teach the edit to leave its prompts, harmful or harmless, where they are.",
+    )
     positions: int = Field(
         1,
         ge=1,

@@ -187,10 +187,13 @@ def output_candidate(
     gain: float,
     share: float = 1.0,
     tail_weight: float = 0.0,
+    reference_weight: float = 0.0,
 ) -> tuple[list[SliceEdit], dict[str, Any]]:
     """``tail_weight`` > 0 also fits the harmless prompts' last-token rows to a zero shift (weighted):
     the chat-template tail looks alike for every prompt, so without those rows the edit pushes
-    harmless prompts toward refusal about as much as harmful ones."""
+    harmless prompts toward refusal about as much as harmful ones. ``reference_weight`` > 0 does the
+    same with the reference language's harmful rows: that language already refuses, so the edit
+    should leave its prompts, harmful or not, where they are."""
     family, d_ff = checkpoint.family, checkpoint.dims.mlp_width
     neuron_slice = family.neuron_slice(layer, "down", d_ff)
     w_s = neuron_slice.read(checkpoint.load_tensor(neuron_slice.tensor), neurons).to(F64)  # [m, d]
@@ -204,18 +207,19 @@ def output_candidate(
         shift = (share * gain * (level - projection)).clamp(min=0)
         return EditProblem(keys, shift[:, None] * direction[None, :], data.safe_gram["neurons"], data.safe_tokens)
 
-    def with_harmless_tail(p: EditProblem, d: LayerData) -> EditProblem:
-        rows = d.safe_rows.get("neurons")
-        if tail_weight <= 0 or rows is None or not rows.shape[0]:
+    def with_unshifted(p: EditProblem, rows: torch.Tensor | None, weight: float, harmful: int) -> EditProblem:
+        """``p`` plus ``rows`` fitted to no shift; weight 1 gives them the ``harmful`` rows' total weight."""
+        if weight <= 0 or rows is None or not rows.shape[0]:
             return p
-        # Row weights balance the two groups: tail_weight = 1 gives harmless rows the harmful rows' total weight.
-        scale = (tail_weight * p.keys.shape[0] / rows.shape[0]) ** 0.5
+        scale = (weight * harmful / rows.shape[0]) ** 0.5
         keys = torch.cat([p.keys, scale * rows.to(F64)])
         targets = torch.cat([p.targets, p.targets.new_zeros(rows.shape[0], p.targets.shape[1])])
         return EditProblem(keys, targets, p.preserve_gram, p.preserve_count)
 
     train = problem(data)
-    solution = solve(with_harmless_tail(train, data), settings)
+    harmful = train.keys.shape[0]
+    fitted = with_unshifted(train, data.safe_rows.get("neurons"), tail_weight, harmful)
+    solution = solve(with_unshifted(fitted, data.ref_rows.get("neurons"), reference_weight, harmful), settings)
     edit = SliceEdit(
         layer=layer,
         projection="down",
@@ -234,12 +238,16 @@ def output_candidate(
         dev = problem(data.dev)
         diagnostics["fit_dev"] = fit_ratio(dev.keys, dev.targets, delta)
         diagnostics["leak_dev"] = leak_ratio(data.dev.safe_gram["neurons"], delta, w_s)
-        tail_ratio = _harmless_tail_ratio(data.dev, dev, delta, direction)
+        tail_ratio = _shift_ratio(data.dev.safe_rows.get("neurons"), dev, delta, direction)
         if tail_ratio is not None:
             diagnostics["harmless_tail_ratio_dev"] = tail_ratio
-    tail_ratio = _harmless_tail_ratio(data, train, delta, direction)
-    if tail_ratio is not None:
-        diagnostics["harmless_tail_ratio_train"] = tail_ratio
+    for name, rows in (
+        ("harmless_tail", data.safe_rows.get("neurons")),
+        ("reference", data.ref_rows.get("neurons")),
+    ):
+        ratio = _shift_ratio(rows, train, delta, direction)
+        if ratio is not None:
+            diagnostics[f"{name}_ratio_train"] = ratio
     return [edit], diagnostics
 
 
@@ -340,13 +348,11 @@ def detector_candidate(
     return edits, diagnostics
 
 
-def _harmless_tail_ratio(
-    data: LayerData, harmful: EditProblem, delta: torch.Tensor, direction: torch.Tensor
+def _shift_ratio(
+    rows: torch.Tensor | None, harmful: EditProblem, delta: torch.Tensor, direction: torch.Tensor
 ) -> float | None:
-    """Mean shift the edit puts on harmless last-token rows along the refusal direction, relative to
-    the mean shift harmful rows are asked for (0 = harmless untouched; 1 = harmless pushed as far as
-    harmful prompts should go)."""
-    rows = data.safe_rows.get("neurons")
+    """Mean shift the edit puts on ``rows`` (keys) along the refusal direction, relative to the mean
+    shift harmful rows are asked for (0 = untouched; 1 = pushed as far as harmful prompts should go)."""
     wanted = float((harmful.targets @ direction).mean()) if harmful.targets.shape[0] else 0.0
     if rows is None or not rows.shape[0] or wanted <= 0:
         return None

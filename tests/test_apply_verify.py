@@ -319,6 +319,24 @@ def test_harmless_tail_rows_make_the_output_edit_selective(located, tmp_path):
     assert abs(held) < 0.5 * abs(plain)
 
 
+def test_reference_rows_leave_the_reference_language_unshifted(located, tmp_path):
+    model, artifact = located("llama")
+
+    def ratios(weight: str) -> tuple[float, float]:
+        out = tmp_path / f"reference-{weight}"
+        manifest = json.loads(
+            run_cli(*apply_args(artifact, out, *output_flags(40), "--reference-weight", weight), "--json").stdout
+        )
+        run_cli("verify", model, out)
+        layer = manifest["diagnostics"]["per_layer"][0]
+        return layer["reference_ratio_train"], layer["fit_train"]
+
+    (plain, plain_fit), (held, held_fit) = ratios("0"), ratios("4")
+    # Reference harmful rows fitted to no shift move much less; the low-resource gap still mostly closes.
+    assert abs(held) < 0.5 * abs(plain)
+    assert held_fit < 0.9 and held_fit >= plain_fit - 1e-9
+
+
 def test_low_only_columns_leave_out_the_reference_languages_neurons(located):
     from sparse_edit.artifact import LocateArtifact
     from sparse_edit.strategies import edit_neurons
