@@ -66,6 +66,11 @@ STRATEGIES = {
         "--strategy", "output", "--layer", "14,16,18", "--max-edit-neurons", "170",
         "--gain", "16", "--harmless-tail-weight", "1",
     ],
+    # The reference language's harmful rows fitted to no shift as well (it already refuses).
+    "output@16+18 gain16 tail1 ref1": [
+        "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
+        "--gain", "16", "--harmless-tail-weight", "1", "--reference-weight", "1",
+    ],
     # The last 4 prompt tokens (the chat template's tail) as rows, harmful and harmless alike.
     "output@16+18 gain16 tail1 pos4": [
         "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
