@@ -217,9 +217,11 @@ def gather(
     # Harmless tail rows: keys of the output strategy (--harmless-tail-weight) and negatives of the detector,
     # which also needs token moments (MLP input sum; every neuron's energy, to pick the quietest).
     detector = "detector" in plan.strategies
+    # The release detector fits harmless prompts' refusal projections, so it also needs their residual rows.
+    release = detector and options.detector_mode == "release"
     grams = FeatureRequest(
         layers,
-        [s for s in plan.sites if s != "residual"],
+        [s for s in plan.sites if s != "residual" or release],
         subsets,
         options.positions,
         gram=True,
@@ -308,6 +310,7 @@ def solve_at(
             options.detector_sharpness,
             settings.lam,
             share,
+            options.detector_mode,
         )
     neurons = plan.neurons[(strategy, layer)]
     if strategy == "paper":

@@ -216,6 +216,7 @@ def apply(
     harmless_tail_weight: Annotated[float | None, typer.Option(help=A.help("harmless_tail_weight"))] = None,
     reference_weight: Annotated[float | None, typer.Option(help=A.help("reference_weight"))] = None,
     detector_margin: Annotated[float | None, typer.Option(help=A.help("detector_margin"))] = None,
+    detector_mode: Annotated[str | None, typer.Option(help=A.help("detector_mode"))] = None,
     detector_sharpness: Annotated[float | None, typer.Option(help=A.help("detector_sharpness"))] = None,
     positions: Annotated[int | None, typer.Option(help=A.help("positions"))] = None,
     ceiling: Annotated[bool | None, typer.Option("--ceiling/--no-ceiling", help=A.help("ceiling"))] = None,

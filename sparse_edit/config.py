@@ -208,6 +208,13 @@ class ApplyOptions(ModelOptions, PromptOptions):
         description="detector strategy: harmless rows are fitted to a score of -margin (harmful ones to +1); "
         "larger values make the detector fire on fewer prompts of either kind.",
     )
+    detector_mode: Literal["refuse", "release"] = Field(
+        "refuse",
+        description="detector strategy: refuse (harmful prompts' last tokens fire it; it adds the refusal "
+        "direction, raising them to the reference harmful level) or release (harmless prompts' last tokens fire "
+        "it; it subtracts the refusal direction, lowering them to the reference harmless level: applied after "
+        "another edit, it takes back that edit's push on benign prompts).",
+    )
     detector_sharpness: float = Field(
         8.0,
         gt=0,

@@ -11,6 +11,10 @@ last-token rows (low-resource and reference) to +1, harmless prompts' last-token
 harmless token (through its Gram matrix and token sum, the null-space term) to ``−margin``.
 The neuron's output column is the layer's refusal direction times one scale, the least-squares
 fit of the response to the refusal-projection gap of the low-resource harmful anchors.
+
+``release`` mode swaps the two prompt classes: the probe fires on harmless prompts' last tokens
+and the scale (negative) lowers their refusal projection to the reference harmless level; run
+on an already edited model, it takes back the push that edit gives benign prompts.
 """
 
 from __future__ import annotations
@@ -26,29 +30,32 @@ Activation = Callable[[torch.Tensor], torch.Tensor]
 
 
 def fit_detector(
-    harmful: torch.Tensor,
-    harmless_tail: torch.Tensor,
-    harmless_gram: torch.Tensor,
-    harmless_sum: torch.Tensor,
-    harmless_tokens: int,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    token_gram: torch.Tensor,
+    token_sum: torch.Tensor,
+    tokens: int,
     margin: float,
     lam: float,
 ) -> torch.Tensor:
-    """Ridge probe ``w`` [d]: harmful rows -> +1, harmless tail rows and harmless tokens -> −margin.
+    """Ridge probe ``w`` [d]: ``positive`` rows -> +1, ``negative`` rows and the harmless tokens -> −margin.
 
-    The three groups carry equal total weight; λ is relative to the mean diagonal of the normal matrix.
+    refuse mode: harmful last-token rows are positive, harmless ones negative; release mode: the other way
+    round. The tokens (every harmless token, given by Gram and sum) are negative in both: the neuron should
+    fire at a prompt's end, not on its content. The three groups carry equal total weight; λ is relative to
+    the mean diagonal of the normal matrix.
     """
-    h, t = harmful.to(F64), harmless_tail.to(F64)
+    h, t = positive.to(F64), negative.to(F64)
     if not h.shape[0]:
-        raise SparseEditError("--strategy detector: no harmful anchor rows to fit the detector on")
+        raise SparseEditError("--strategy detector: no anchor rows to fit the detector on")
     normal = h.T @ h / h.shape[0]
     target = h.sum(0) / h.shape[0]
     if t.shape[0]:
         normal = normal + t.T @ t / t.shape[0]
         target = target - margin * t.sum(0) / t.shape[0]
-    if harmless_tokens:
-        normal = normal + harmless_gram.to(F64) / harmless_tokens
-        target = target - margin * harmless_sum.to(F64) / harmless_tokens
+    if tokens:
+        normal = normal + token_gram.to(F64) / tokens
+        target = target - margin * token_sum.to(F64) / tokens
     ridge = lam * float(torch.trace(normal)) / normal.shape[0]
     return torch.linalg.solve(normal + ridge * torch.eye(normal.shape[0], dtype=F64), target)
 
@@ -65,11 +72,11 @@ def harmless_output_energy(square_sums: torch.Tensor, down_rows: torch.Tensor) -
 
 
 def output_scale(responses: torch.Tensor, wanted: torch.Tensor) -> float:
-    """Least-squares ``τ`` with ``τ · response ≈ wanted shift`` over the harmful anchors."""
+    """Least-squares ``τ`` with ``τ · response ≈ wanted shift`` over the anchors it should fire on."""
     energy = float((responses.to(F64) ** 2).sum())
     if energy <= 0:
         raise SparseEditError(
-            "--strategy detector: the detector does not fire on any harmful anchor at this layer; "
+            "--strategy detector: the detector does not fire on any anchor it is fitted to at this layer; "
             "try another --layer or a smaller --detector-margin"
         )
     return float((responses.to(F64) * wanted.to(F64)).sum()) / energy

@@ -34,6 +34,7 @@ from sparse_edit.solver import EditProblem, SolveSettings, fit_ratio, leak_ratio
 
 StrategyName = Literal["paper", "output", "detector"]
 NeuronChoice = Literal["reference", "low-union", "low-only", "all"]
+DetectorMode = Literal["refuse", "release"]
 F64 = torch.float64
 
 
@@ -270,14 +271,21 @@ def detector_candidate(
     sharpness: float,
     lam: float,
     share: float = 1.0,
+    mode: DetectorMode = "refuse",
 ) -> tuple[list[SliceEdit], dict[str, Any]]:
-    """Rewrite the layer's quietest neuron as a detector that adds the refusal direction when it fires."""
+    """Rewrite the layer's quietest neuron as a detector that moves the refusal projection when it fires.
+
+    refuse: fires on harmful prompts and raises their projection to the reference harmful level.
+    release: fires on harmless prompts and lowers their projection to the reference harmless level.
+    """
     family, d_ff = checkpoint.family, checkpoint.dims.mlp_width
     activation = detector_activation(checkpoint)
     harmful = torch.cat([data.low_rows["mlp_input"], data.ref_rows["mlp_input"]])
+    harmless = data.safe_rows.get("mlp_input", harmful[:0])
+    positive, negative = (harmful, harmless) if mode == "refuse" else (harmless, harmful)
     detector = fit_detector(
-        harmful,
-        data.safe_rows.get("mlp_input", harmful[:0]),
+        positive,
+        negative,
         data.safe_gram["mlp_input"],
         data.safe_sums["mlp_input"],
         data.safe_tokens,
@@ -292,12 +300,21 @@ def detector_candidate(
     index = torch.tensor([neuron])
 
     direction = refusal_direction(data)
-    level = float((data.ref_rows["residual"].to(F64) @ direction).mean())
+    assert data.ref_harmless_residual is not None
+    reference_level = {
+        "refuse": float((data.ref_rows["residual"].to(F64) @ direction).mean()),
+        "release": float((data.ref_harmless_residual.to(F64) @ direction).mean()),
+    }[mode]
 
     def wanted(d: LayerData) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = d.low_rows["mlp_input"].to(F64) @ detector
-        gap = (level - d.low_rows["residual"].to(F64) @ direction).clamp(min=0)
-        return scores, share * gain * gap
+        """Probe scores and wanted shifts of the rows the neuron should fire on (release: lower, so ≤ 0)."""
+        if mode == "refuse":
+            keys, residual = d.low_rows["mlp_input"], d.low_rows["residual"]
+        else:
+            keys, residual = d.safe_rows["mlp_input"], d.safe_rows["residual"]
+        gap = reference_level - residual.to(F64) @ direction
+        gap = gap.clamp(min=0) if mode == "refuse" else gap.clamp(max=0)
+        return keys.to(F64) @ detector, share * gain * gap
 
     scores, shift = wanted(data)
     responses = response(scores, activation, sharpness)
@@ -321,30 +338,32 @@ def detector_candidate(
     def fires(rows: torch.Tensor) -> float:
         return float((rows.to(F64) @ detector > 0).double().mean())
 
-    safe_tail = data.safe_rows.get("mlp_input")
     diagnostics: dict[str, Any] = {
         "rank": 1,
         "jitter": 0.0,
         "nullspace_dim": None,
-        "anchors_train": int(harmful.shape[0]),
+        "anchors_train": int(positive.shape[0]),
         "fit_train": float((scale * responses - shift).norm() / shift.norm()) if float(shift.norm()) > 0 else 0.0,
+        "detector_mode": mode,
         "repurposed_neuron": neuron,
         "repurposed_energy_share": float(energy[neuron] / energy.sum()) if float(energy.sum()) > 0 else 0.0,
         "detector_scale": scale,
-        "refusal_level": level,
+        "refusal_level": reference_level,
         "fires_harmful_train": fires(data.low_rows["mlp_input"]),
     }
-    if safe_tail is not None and safe_tail.shape[0]:
-        diagnostics["fires_harmless_tail_train"] = fires(safe_tail)
-    if data.dev is not None and data.dev.low_rows["mlp_input"].shape[0]:
-        dev_scores, dev_shift = wanted(data.dev)
-        diagnostics["fires_harmful_dev"] = fires(data.dev.low_rows["mlp_input"])
-        dev_response = scale * response(dev_scores, activation, sharpness)
-        if float(dev_shift.norm()) > 0:
-            diagnostics["fit_dev"] = float((dev_response - dev_shift).norm() / dev_shift.norm())
-        dev_tail = data.dev.safe_rows.get("mlp_input")
+    if harmless.shape[0]:
+        diagnostics["fires_harmless_tail_train"] = fires(harmless)
+    dev = data.dev
+    if dev is not None and dev.low_rows["mlp_input"].shape[0]:
+        diagnostics["fires_harmful_dev"] = fires(dev.low_rows["mlp_input"])
+        dev_tail = dev.safe_rows.get("mlp_input")
         if dev_tail is not None and dev_tail.shape[0]:
             diagnostics["fires_harmless_tail_dev"] = fires(dev_tail)
+        if mode == "refuse" or "residual" in dev.safe_rows:
+            dev_scores, dev_shift = wanted(dev)
+            if float(dev_shift.norm()) > 0:
+                dev_response = scale * response(dev_scores, activation, sharpness)
+                diagnostics["fit_dev"] = float((dev_response - dev_shift).norm() / dev_shift.norm())
     return edits, diagnostics
 
 

@@ -137,3 +137,26 @@ def test_detector_needs_a_gated_mlp(located, tmp_path):
     out = tmp_path / "edited"
     result = run_cli(*detector_args(artifact, out), code=2)
     assert "--strategy detector needs a gated MLP" in result.output and not out.exists()
+
+
+def test_release_mode_lowers_the_refusal_projection_and_verifies(located, tmp_path):
+    model, artifact = located("llama")
+    out = tmp_path / "released"
+    manifest = json.loads(run_cli(*detector_args(artifact, out, "--detector-mode", "release"), "--json").stdout)
+    row = manifest["diagnostics"]["per_layer"][0]
+    assert row["detector_mode"] == "release" and manifest["settings"]["detector_mode"] == "release"
+    # The output column points against the refusal direction (the refuse detector's along it), and the fit
+    # closes part of the gap. (Which rows fire: test_probe_classes_swap_for_release, on separable data; random tiny models barely
+    # tell their two prompt classes apart.)
+    assert row["detector_scale"] < 0 and row["fit_train"] < 1.0
+    assert all(line.startswith("ok") for line in run_cli("verify", model, out).stdout.splitlines())
+    refuse = json.loads(run_cli(*detector_args(artifact, tmp_path / "refuse"), "--json").stdout)
+    assert refuse["diagnostics"]["per_layer"][0]["detector_scale"] > 0
+
+
+def test_probe_classes_swap_for_release():
+    harmful, harmless, tokens = clusters()
+    w = fit_detector(harmless, harmful, tokens.T.double() @ tokens.double(), tokens.sum(0), len(tokens), 1.0, 1e-3)
+    assert (harmless.double() @ w > 0).double().mean() > 0.95
+    assert (harmful.double() @ w < 0).double().mean() > 0.95
+    assert (tokens.double() @ w < 0).double().mean() > 0.95
