@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sparse_edit.errors import SparseEditError
 
 StrategyName = Literal["paper", "output", "detector"]
+NeuronChoice = Literal["low-union", "low-only", "reference", "all"]
+DetectorMode = Literal["refuse", "release"]
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -179,7 +181,7 @@ class ApplyOptions(ModelOptions, PromptOptions):
         None,
         description="Layers tried by --layer auto (default: the recommended layer and 4 layers from L/3 to L-2).",
     )
-    output_neurons: Literal["low-union", "low-only", "reference", "all"] = Field(
+    output_neurons: NeuronChoice = Field(
         "low-union",
         description="output strategy: edit the columns of the union of the low-resource languages' safety neurons "
         "(low-union), that union without the reference language's set (low-only), the reference language's set, "
@@ -208,7 +210,7 @@ class ApplyOptions(ModelOptions, PromptOptions):
         description="detector strategy: harmless rows are fitted to a score of -margin (harmful ones to +1); "
         "larger values make the detector fire on fewer prompts of either kind.",
     )
-    detector_mode: Literal["refuse", "release"] = Field(
+    detector_mode: DetectorMode = Field(
         "refuse",
         description="detector strategy: refuse (harmful prompts' last tokens fire it; it adds the refusal "
         "direction, raising them to the reference harmful level) or release (harmless prompts' last tokens fire "

@@ -19,22 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from sparse_edit.architectures import Projection
 from sparse_edit.artifact import LocateArtifact
 from sparse_edit.checkpoint import Checkpoint
+from sparse_edit.config import DetectorMode, NeuronChoice
 from sparse_edit.delta import SliceEdit
 from sparse_edit.detector import Activation, fit_detector, harmless_output_energy, output_scale, response
 from sparse_edit.errors import SparseEditError
 from sparse_edit.modeling import Encoded
 from sparse_edit.solver import EditProblem, SolveSettings, fit_ratio, leak_ratio, solve
 
-StrategyName = Literal["paper", "output", "detector"]
-NeuronChoice = Literal["reference", "low-union", "low-only", "all"]
-DetectorMode = Literal["refuse", "release"]
 F64 = torch.float64
 
 
