@@ -28,54 +28,43 @@ POLY = SHARED / "polyrefuse"
 # Named edit configurations (flags on top of examples/configs/qwen-polyrefuse-apply.toml). The layers
 # are those the anchors' dev split preferred (benchmarks/results/qwen-apply-candidates.json); gains and
 # neuron scores were compared on the same dev split (README, "Candidates on the anchors' dev split").
+
+
+def output_edit(layers: str, *extra: str, gain: str = "16", tail: str = "1") -> list[str]:
+    """Flags of an output edit; several layers share the single layer's 512-column budget."""
+    columns = {1: [], 2: ["--max-edit-neurons", "256"], 3: ["--max-edit-neurons", "170"]}[len(layers.split(","))]
+    return [
+        "--strategy",
+        "output",
+        "--layer",
+        layers,
+        *columns,
+        "--gain",
+        gain,
+        "--harmless-tail-weight",
+        tail,
+        *extra,
+    ]
+
+
 STRATEGIES = {
-    "output@16 gain16 tail1": [
-        "--strategy", "output", "--layer", "16", "--gain", "16", "--harmless-tail-weight", "1",
-    ],
-    "output@16 gain8 tail1": [
-        "--strategy", "output", "--layer", "16", "--gain", "8", "--harmless-tail-weight", "1",
-    ],
-    "output@16 gain16 tail4": [
-        "--strategy", "output", "--layer", "16", "--gain", "16", "--harmless-tail-weight", "4",
-    ],
+    "output@16 gain16 tail1": output_edit("16"),
+    "output@16 gain8 tail1": output_edit("16", gain="8"),
+    "output@16 gain16 tail4": output_edit("16", tail="4"),
     # Two layers, half the columns each: the same parameter budget as one layer of 512.
-    "output@16+18 gain16 tail1": [
-        "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
-        "--gain", "16", "--harmless-tail-weight", "1",
-    ],
-    "output@16+18 gain16 tail4": [
-        "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
-        "--gain", "16", "--harmless-tail-weight", "4",
-    ],
-    "output@16+18 gain16 tail16": [
-        "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
-        "--gain", "16", "--harmless-tail-weight", "16",
-    ],
+    "output@16+18 gain16 tail1": output_edit("16,18"),
+    "output@16+18 gain16 tail4": output_edit("16,18", tail="4"),
+    "output@16+18 gain16 tail16": output_edit("16,18", tail="16"),
     # The same with every harmless training prompt PolyRefuse has (200 per language, not 48) as null-space rows.
-    "output@16+18 gain16 tail1 h200": [
-        "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
-        "--gain", "16", "--harmless-tail-weight", "1", "--harmless-limit", "200",
-    ],
+    "output@16+18 gain16 tail1 h200": output_edit("16,18", "--harmless-limit", "200"),
     # The low languages' union without the English safety neurons (the over-refusal is mostly English).
-    "output@16+18 gain16 tail1 low-only": [
-        "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
-        "--gain", "16", "--harmless-tail-weight", "1", "--output-neurons", "low-only",
-    ],
+    "output@16+18 gain16 tail1 low-only": output_edit("16,18", "--output-neurons", "low-only"),
     # Three layers one after another, the same column budget split three ways.
-    "output@14+16+18 gain16 tail1": [
-        "--strategy", "output", "--layer", "14,16,18", "--max-edit-neurons", "170",
-        "--gain", "16", "--harmless-tail-weight", "1",
-    ],
+    "output@14+16+18 gain16 tail1": output_edit("14,16,18"),
     # The reference language's harmful rows fitted to no shift as well (it already refuses).
-    "output@16+18 gain16 tail1 ref1": [
-        "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
-        "--gain", "16", "--harmless-tail-weight", "1", "--reference-weight", "1",
-    ],
+    "output@16+18 gain16 tail1 ref1": output_edit("16,18", "--reference-weight", "1"),
     # The last 4 prompt tokens (the chat template's tail) as rows, harmful and harmless alike.
-    "output@16+18 gain16 tail1 pos4": [
-        "--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256",
-        "--gain", "16", "--harmless-tail-weight", "1", "--positions", "4",
-    ],
+    "output@16+18 gain16 tail1 pos4": output_edit("16,18", "--positions", "4"),
     # One repurposed neuron as a thresholded harmfulness probe (gain from benchmarks/detector_dev.py, on prompts
     # that are neither anchors nor evaluation prompts).
     "detector@16 gain8": ["--strategy", "detector", "--layer", "16", "--gain", "8"],
@@ -84,13 +73,21 @@ STRATEGIES = {
     # Applied on top of "output@16+18 gain16 tail1" (BUILDS_ON): a neuron at layer 20 that fires on harmless
     # prompts' last tokens and lowers their refusal projection to the English harmless level (gain 1).
     "output@16+18 gain16 tail1 + release@20": [
-        "--model", str(RUNS / "edited-output-16-18-gain16-tail1"),
-        "--strategy", "detector", "--detector-mode", "release", "--layer", "20", "--gain", "1",
-    ],
+        "--model",
+        str(RUNS / "edited-output-16-18-gain16-tail1"),
+        "--strategy",
+        "detector",
+        "--detector-mode",
+        "release",
+        "--layer",
+        "20",
+        "--gain",
+        "1",
+    ],  # fmt: skip
     "paper@16 attribution": ["--strategy", "paper", "--layer", "16", "--neuron-score", "attribution"],
-    "output@16 gain2": ["--strategy", "output", "--layer", "16", "--gain", "2", "--harmless-tail-weight", "0"],
+    "output@16 gain2": output_edit("16", gain="2", tail="0"),
     "paper@18": ["--strategy", "paper", "--layer", "18"],
-}  # fmt: skip
+}
 # Configurations applied to another configuration's edited model rather than to the base model.
 BUILDS_ON = {"output@16+18 gain16 tail1 + release@20": "output@16+18 gain16 tail1"}
 TARGETS = {
