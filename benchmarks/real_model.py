@@ -25,9 +25,6 @@ from common import RESULTS, ROOT, SHARED, save
 
 RUNS = ROOT / "runs" / "qwen"
 POLY = SHARED / "polyrefuse"
-# Named edit configurations (flags on top of examples/configs/qwen-polyrefuse-apply.toml). The layers
-# are those the anchors' dev split preferred (benchmarks/results/qwen-apply-candidates.json); gains and
-# neuron scores were compared on the same dev split (README, "Candidates on the anchors' dev split").
 
 
 def output_edit(layers: str, *extra: str, gain: str = "16", tail: str = "1") -> list[str]:
@@ -47,6 +44,9 @@ def output_edit(layers: str, *extra: str, gain: str = "16", tail: str = "1") -> 
     ]
 
 
+# Named edit configurations (flags on top of examples/configs/qwen-polyrefuse-apply.toml). The layers
+# are those the anchors' dev split preferred (benchmarks/results/qwen-apply-candidates.json); gains and
+# neuron scores were compared on the same dev split (README, "Candidates on the anchors' dev split").
 STRATEGIES = {
     "output@16 gain16 tail1": output_edit("16"),
     "output@16 gain8 tail1": output_edit("16", gain="8"),
