@@ -146,8 +146,8 @@ def test_release_mode_lowers_the_refusal_projection_and_verifies(located, tmp_pa
     row = manifest["diagnostics"]["per_layer"][0]
     assert row["detector_mode"] == "release" and manifest["settings"]["detector_mode"] == "release"
     # The output column points against the refusal direction (the refuse detector's along it), and the fit
-    # closes part of the gap. (Which rows fire: test_probe_classes_swap_for_release, on separable data; random tiny models barely
-    # tell their two prompt classes apart.)
+    # closes part of the gap. Which rows fire is tested on separable data (test_probe_classes_swap_for_release):
+    # random tiny models barely tell their two prompt classes apart.
     assert row["detector_scale"] < 0 and row["fit_train"] < 1.0
     assert all(line.startswith("ok") for line in run_cli("verify", model, out).stdout.splitlines())
     refuse = json.loads(run_cli(*detector_args(artifact, tmp_path / "refuse"), "--json").stdout)
