@@ -9,6 +9,7 @@ Steps (each skipped when its output exists, so an interrupted run resumes):
 5. benchmarks/results/qwen-multijail.json and a table against the targets.
 
 Needs ../shared/data. Run: python benchmarks/real_model.py [--limit N] [--harmless-limit N] [--max-new-tokens N]
+[--skip N --harmless-skip N] (a fresh slice: the first N prompts per language left out).
 Results go to qwen-multijail.json, or qwen-multijail-<tag>.json with --tag (a different eval size, say).
 """
 
