@@ -84,7 +84,7 @@ STRATEGIES = {
         "20",
         "--gain",
         "1",
-    ],  # fmt: skip
+    ],
     "paper@16 attribution": ["--strategy", "paper", "--layer", "16", "--neuron-score", "attribution"],
     "output@16 gain2": output_edit("16", gain="2", tail="0"),
     "paper@18": ["--strategy", "paper", "--layer", "18"],
