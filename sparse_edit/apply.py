@@ -217,7 +217,8 @@ def gather(
     # Harmless tail rows: keys of the output strategy (--harmless-tail-weight) and negatives of the detector,
     # which also needs token moments (MLP input sum; every neuron's energy, to pick the quietest).
     detector = "detector" in plan.strategies
-    # The release detector fits harmless prompts' refusal projections, so it also needs their residual rows.
+    # The release detector fits harmless prompts' refusal projections, so it also needs their residual rows
+    # (rows only: features keep no Gram of the residual stream).
     release = detector and options.detector_mode == "release"
     grams = FeatureRequest(
         layers,

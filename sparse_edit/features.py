@@ -88,9 +88,10 @@ def collect(
             activation = activation.index_select(-1, request.neuron_subsets[layer].to(activation.device))
             full = None
         if request.gram:
-            x = full if full is not None else activation[keep].to(torch.float64)
-            update = (x.T @ x).cpu()
-            grams[key] = grams[key] + update if key in grams else update
+            if site != "residual":  # keys only: the residual stream is where edits aim, never what they read
+                x = full if full is not None else activation[keep].to(torch.float64)
+                update = (x.T @ x).cpu()
+                grams[key] = grams[key] + update if key in grams else update
             if not request.tail_rows:
                 return
         tail = _tail(activation, request.positions).float().cpu()

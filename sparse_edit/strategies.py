@@ -299,10 +299,8 @@ def detector_candidate(
 
     direction = refusal_direction(data)
     assert data.ref_harmless_residual is not None
-    reference_level = {
-        "refuse": float((data.ref_rows["residual"].to(F64) @ direction).mean()),
-        "release": float((data.ref_harmless_residual.to(F64) @ direction).mean()),
-    }[mode]
+    reference = data.ref_rows["residual"] if mode == "refuse" else data.ref_harmless_residual
+    reference_level = float((reference.to(F64) @ direction).mean())
 
     def wanted(d: LayerData) -> tuple[torch.Tensor, torch.Tensor]:
         """Probe scores and wanted shifts of the rows the neuron should fire on (release: lower, so ≤ 0)."""
@@ -357,11 +355,10 @@ def detector_candidate(
         dev_tail = dev.safe_rows.get("mlp_input")
         if dev_tail is not None and dev_tail.shape[0]:
             diagnostics["fires_harmless_tail_dev"] = fires(dev_tail)
-        if mode == "refuse" or "residual" in dev.safe_rows:
-            dev_scores, dev_shift = wanted(dev)
-            if float(dev_shift.norm()) > 0:
-                dev_response = scale * response(dev_scores, activation, sharpness)
-                diagnostics["fit_dev"] = float((dev_response - dev_shift).norm() / dev_shift.norm())
+        dev_scores, dev_shift = wanted(dev)  # release: gather kept the dev harmless residual rows too
+        if float(dev_shift.norm()) > 0:
+            dev_response = scale * response(dev_scores, activation, sharpness)
+            diagnostics["fit_dev"] = float((dev_response - dev_shift).norm() / dev_shift.norm())
     return edits, diagnostics
 
 
