@@ -30,7 +30,8 @@ POLY = SHARED / "polyrefuse"
 
 def output_edit(layers: str, *extra: str, gain: str = "16", tail: str = "1") -> list[str]:
     """Flags of an output edit; several layers share the single layer's 512-column budget."""
-    columns = {1: [], 2: ["--max-edit-neurons", "256"], 3: ["--max-edit-neurons", "170"]}[len(layers.split(","))]
+    count = len(layers.split(","))
+    columns = [] if count == 1 else ["--max-edit-neurons", str(512 // count)]
     return [
         "--strategy",
         "output",
@@ -62,6 +63,8 @@ STRATEGIES = {
     "output@16+18 gain16 tail1 low-only": output_edit("16,18", "--output-neurons", "low-only"),
     # Three layers one after another, the same column budget split three ways.
     "output@14+16+18 gain16 tail1": output_edit("14,16,18"),
+    # Four layers, 128 columns each: the three-layer edit over-refused half as much on both slices.
+    "output@12+14+16+18 gain16 tail1": output_edit("12,14,16,18"),
     # The reference language's harmful rows fitted to no shift as well (it already refuses).
     "output@16+18 gain16 tail1 ref1": output_edit("16,18", "--reference-weight", "1"),
     # The last 4 prompt tokens (the chat template's tail) as rows, harmful and harmless alike.
@@ -227,7 +230,7 @@ def main() -> None:
         manifest["layers"] = [layer for m in manifests for layer in m["layers"]]
         result = json.loads((report / "report.json").read_text())
         if not result.get("pooled_tests"):
-            result["pooled_tests"] = pooled_from_replies(report / "replies.jsonl", result["reference_lang"])
+            raise SystemExit(f"{report}: written before eval recorded pooled tests; delete it to evaluate again")
         row = judge_targets(manifest, result)
         row["settings"] = {
             "limit": args.limit,
@@ -251,26 +254,6 @@ def print_dev_proxies(name: str, edited: Path) -> None:
     diagnostics = json.loads((edited / "sparse_edit" / "manifest.json").read_text())["diagnostics"]
     harmful, harmless = diagnostics.get("refusal_gain_harmful"), diagnostics.get("refusal_gain_harmless")
     print(f"{name}: dev refusal log-odds gain harmful {harmful}, harmless {harmless}", flush=True)
-
-
-def pooled_from_replies(path: Path, reference: str) -> dict[str, object]:
-    """Pooled McNemar tests from a report's replies.jsonl (reports written before eval recorded them)."""
-    from sparse_edit.metrics import mcnemar
-
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    verdict = {(r["model"], r["class"], r["lang"], r["id"]): r["verdict"] for r in rows}
-    keys = sorted({key[1:] for key in verdict})
-
-    def test(cls: str, label: str, skip_reference: bool) -> dict[str, float | int]:
-        chosen = [k for k in keys if k[0] == cls and not (skip_reference and k[1] == reference)]
-        return mcnemar(
-            [verdict[("base", *k)] == label for k in chosen], [verdict[("edited", *k)] == label for k in chosen]
-        )
-
-    return {
-        "asr_other_languages": test("harmful", "compliance", True),
-        "over_refusal": test("harmless", "refusal", False),
-    }
 
 
 def judge_targets(manifest: dict, report: dict) -> dict[str, object]:
