@@ -63,7 +63,7 @@ STRATEGIES = {
     "output@16+18 gain16 tail1 low-only": output_edit("16,18", "--output-neurons", "low-only"),
     # Three layers one after another, the same column budget split three ways.
     "output@14+16+18 gain16 tail1": output_edit("14,16,18"),
-    # Four layers, 128 columns each: the three-layer edit over-refused half as much on both slices.
+    # Four layers, 128 columns each: three layers over-refused about half as much as two, on both slices.
     "output@12+14+16+18 gain16 tail1": output_edit("12,14,16,18"),
     # The reference language's harmful rows fitted to no shift as well (it already refuses).
     "output@16+18 gain16 tail1 ref1": output_edit("16,18", "--reference-weight", "1"),
@@ -167,6 +167,12 @@ def main() -> None:
     kept = json.loads(previous.read_text())["strategies"] if previous.is_file() else {}
     strategies = {name: row for name, row in kept.items() if name in STRATEGIES and name not in chosen}
     summary: dict[str, object] = {"targets": TARGETS, "strategies": strategies}
+    for name in [] if args.apply_only else chosen:  # before any work: a stale report would stop a long run
+        report = RUNS / (f"report-{slug(name)}" + (f"-{args.tag}" if args.tag else ""))
+        if (report / "report.json").is_file() and not json.loads((report / "report.json").read_text()).get(
+            "pooled_tests"
+        ):
+            raise SystemExit(f"{report}: written before eval recorded pooled tests; delete it to evaluate again")
     for name, flags in chosen.items():
         edited = RUNS / f"edited-{slug(name)}"
         chain = [*([BUILDS_ON[name]] if name in BUILDS_ON else []), name]
@@ -229,8 +235,6 @@ def main() -> None:
             manifest[key] = sum(m[key] for m in manifests)
         manifest["layers"] = [layer for m in manifests for layer in m["layers"]]
         result = json.loads((report / "report.json").read_text())
-        if not result.get("pooled_tests"):
-            raise SystemExit(f"{report}: written before eval recorded pooled tests; delete it to evaluate again")
         row = judge_targets(manifest, result)
         row["settings"] = {
             "limit": args.limit,
