@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from common import RESULTS, SHARED, in_memory, load_qwen_anchors, merge_rows, qwen_apply_options, save
-from real_model import RUNS, STRATEGIES, slug
+from real_model import STRATEGIES, chain, edited_dir
 
 from sparse_edit.console import Reporter
 from sparse_edit.delta import DELTA_FILE, EditDelta
@@ -102,11 +102,12 @@ def main() -> None:
     print({"base": base}, flush=True)
     rows: list[dict[str, Any]] = []
     for name in names:
-        delta_path = RUNS / f"edited-{slug(name)}" / DELTA_FILE
-        if not delta_path.is_file():
-            print(f"skipped {name}: {delta_path} is missing (run real_model.py --only '{name}')")
+        # A configuration built on another one's edited model carries only its own step's delta.
+        delta_paths = [edited_dir(step) / DELTA_FILE for step in chain(name)]
+        if missing := [path for path in delta_paths if not path.is_file()]:
+            print(f"skipped {name}: {missing[0]} is missing (run real_model.py --only '{name}')")
             continue
-        edit = in_memory(loaded, EditDelta.load(delta_path).edits)
+        edit = in_memory(loaded, [e for path in delta_paths for e in EditDelta.load(path).edits])
 
         result = held_out.get(name)
         row: dict[str, Any] = {

@@ -77,8 +77,6 @@ STRATEGIES = {
     # Applied on top of "output@16+18 gain16 tail1" (BUILDS_ON): a neuron at layer 20 that fires on harmless
     # prompts' last tokens and lowers their refusal projection to the English harmless level (gain 1).
     "output@16+18 gain16 tail1 + release@20": [
-        "--model",
-        str(RUNS / "edited-output-16-18-gain16-tail1"),
         "--strategy",
         "detector",
         "--detector-mode",
@@ -92,8 +90,15 @@ STRATEGIES = {
     "output@16 gain2": output_edit("16", gain="2", tail="0"),
     "paper@18": ["--strategy", "paper", "--layer", "18"],
 }
-# Configurations applied to another configuration's edited model rather than to the base model.
+# Configurations applied to another configuration's edited model (given as --model) rather than to the base model.
 BUILDS_ON = {"output@16+18 gain16 tail1 + release@20": "output@16+18 gain16 tail1"}
+
+
+def chain(name: str) -> list[str]:
+    """The configurations whose edits, applied in this order to the base model, make ``name``'s edited model."""
+    return [*chain(BUILDS_ON[name]), name] if name in BUILDS_ON else [name]
+
+
 TARGETS = {
     "relative_asr_cut": 0.5,
     "max_language_worsening": 0.02,
@@ -106,6 +111,16 @@ TARGETS = {
 def slug(name: str) -> str:
     """A configuration's name as a folder suffix: runs/qwen/edited-SLUG, report-SLUG[-TAG]."""
     return name.replace("@", "-").replace(" ", "-").replace("+", "-")
+
+
+def edited_dir(name: str) -> Path:
+    """Where a configuration's edited checkpoint is written."""
+    return RUNS / f"edited-{slug(name)}"
+
+
+def report_dir(name: str, tag: str | None) -> Path:
+    """Where a configuration's eval report is written (one per eval size or slice tag)."""
+    return RUNS / (f"report-{slug(name)}" + (f"-{tag}" if tag else ""))
 
 
 def cli(*args: str) -> None:
@@ -168,30 +183,31 @@ def main() -> None:
     strategies = {name: row for name, row in kept.items() if name in STRATEGIES and name not in chosen}
     summary: dict[str, object] = {"targets": TARGETS, "strategies": strategies}
     for name in [] if args.apply_only else chosen:  # before any work: a stale report would stop a long run
-        report = RUNS / (f"report-{slug(name)}" + (f"-{args.tag}" if args.tag else ""))
+        report = report_dir(name, args.tag)
         if (report / "report.json").is_file() and not json.loads((report / "report.json").read_text()).get(
             "pooled_tests"
         ):
             raise SystemExit(f"{report}: written before eval recorded pooled tests; delete it to evaluate again")
     for name, flags in chosen.items():
-        edited = RUNS / f"edited-{slug(name)}"
-        chain = [*([BUILDS_ON[name]] if name in BUILDS_ON else []), name]
-        for step in chain:
-            if not (RUNS / f"edited-{slug(step)}").is_dir():
+        edited = edited_dir(name)
+        steps = chain(name)
+        for step in steps:
+            if not edited_dir(step).is_dir():
                 cli(
                     "apply",
                     "--config",
                     "examples/configs/qwen-polyrefuse-apply.toml",
                     "--artifact",
                     str(artifact),
+                    *(["--model", str(edited_dir(BUILDS_ON[step]))] if step in BUILDS_ON else []),
                     *STRATEGIES[step],
                     "-o",
-                    str(RUNS / f"edited-{slug(step)}"),
+                    str(edited_dir(step)),
                 )
         if args.apply_only:
             print_dev_proxies(name, edited)
             continue
-        report = RUNS / (f"report-{slug(name)}" + (f"-{args.tag}" if args.tag else ""))
+        report = report_dir(name, args.tag)
         if not report.is_dir():
             try:
                 cli(
@@ -227,8 +243,7 @@ def main() -> None:
                 if exc.returncode != 1:
                     raise
         manifests = [
-            json.loads((RUNS / f"edited-{slug(step)}" / "sparse_edit" / "manifest.json").read_text())
-            for step in chain
+            json.loads((edited_dir(step) / "sparse_edit" / "manifest.json").read_text()) for step in steps
         ]
         manifest = dict(manifests[-1])
         for key in ("changed_parameters", "changed_fraction"):  # a chained edit changes the sum of its steps
@@ -243,6 +258,7 @@ def main() -> None:
             "skip": args.skip,
             "harmless_skip": args.harmless_skip,
             "apply_flags": flags,
+            **({"builds_on": BUILDS_ON[name]} if name in BUILDS_ON else {}),
         }
         strategies[name] = row
     if args.apply_only:

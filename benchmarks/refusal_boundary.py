@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from common import SHARED, qwen_apply_options, save
-from real_model import RUNS, STRATEGIES, slug
+from real_model import STRATEGIES, chain, edited_dir, report_dir
 
 from sparse_edit.activations import capture
 from sparse_edit.delta import DELTA_FILE, EditDelta
@@ -67,7 +67,7 @@ def main() -> None:
         return
     reports = {}
     for name in STRATEGIES:
-        path = RUNS / f"report-{slug(name)}-{args.tag}" / "replies.jsonl"
+        path = report_dir(name, args.tag) / "replies.jsonl"
         if path.is_file():
             reports[name] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     if not reports:
@@ -120,7 +120,8 @@ def main() -> None:
                 ),
             }
         )
-        edits = [e for e in EditDelta.load(RUNS / f"edited-{slug(name)}" / DELTA_FILE).edits if e.layer == LAYER]
+        steps = [EditDelta.load(edited_dir(step) / DELTA_FILE).edits for step in chain(name)]
+        edits = [e for step_edits in steps for e in step_edits if e.layer == LAYER]
         if edits:
             edit = edits[0]
 
