@@ -39,7 +39,7 @@ ckpt = Checkpoint.open(r"{src}")
 name = "model.layers.7.mlp.gate_proj.weight"
 tensor = ckpt.load_tensor(name).clone()
 tensor[:256] += 0.01
-write_checkpoint(ckpt, r"{dst}", {{name: tensor}})
+write_checkpoint(ckpt, r"{dst}", {{name: tensor}}, command="apply")
 """
 
 

@@ -16,7 +16,6 @@ from sparse_edit.architectures import Projection
 from sparse_edit.artifact import LocateArtifact
 from sparse_edit.attribution import attribution_scores, top_neurons
 from sparse_edit.checkpoint import Checkpoint, write_checkpoint
-from sparse_edit.checkpoint.writer import check_destination
 from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
 from sparse_edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta, SliceEdit, applied_in_memory, write_back
@@ -25,6 +24,7 @@ from sparse_edit.features import FeatureRequest, Features, Site, collect
 from sparse_edit.locate import prepare_prompts
 from sparse_edit.modeling import Encoded, LoadedModel, encode_prompts, load_model
 from sparse_edit.neurons import jaccard
+from sparse_edit.outputs import check_output, command_inputs
 from sparse_edit.probes import mean, patched_refusal_scores, rate_gains, refusal_rates, refusal_scores, token_kl
 from sparse_edit.prompts import Prompt
 from sparse_edit.solver import SolveSettings
@@ -503,10 +503,10 @@ class ApplyResult:
 
 
 def run_apply(options: ApplyOptions, reporter: Reporter) -> ApplyResult:
+    check_output(options.output, "apply", command_inputs(options), options.overwrite)
     artifact = LocateArtifact.load(options.artifact)
     loaded = load_model(options)
     checkpoint = loaded.checkpoint
-    check_destination(checkpoint.path, options.output, options.overwrite)
     for warning in artifact.check_model(checkpoint, f"--artifact {options.artifact}"):
         reporter.warn(warning)
     ref = options.reference_lang
@@ -552,6 +552,7 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> ApplyResult:
         checkpoint,
         options.output,
         written.replacements,
+        command="apply",
         overwrite=options.overwrite,
         extra_files=extra,
         warn=reporter.warn,

@@ -9,8 +9,6 @@ No pickle is involved in either direction.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,32 +21,29 @@ from sparse_edit import __version__
 from sparse_edit.checkpoint import Checkpoint
 from sparse_edit.errors import SparseEditError
 from sparse_edit.neurons import ClassStats, Scores, jaccard
+from sparse_edit.outputs import atomic_write_bytes
 
 KIND = "sparse-edit/locate"
 SCHEMA_VERSION = 1
 META_KEY = "sparse_edit"
 
 
-def atomic_write_bytes(path: Path, content: bytes) -> None:
-    """Write next to ``path`` and rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def read_metadata(path: Path) -> dict[str, Any] | None:
+    """The sparse-edit metadata object of a safetensors file, or None when it has none."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(META_KEY)
     except (SafetensorError, OSError) as exc:
         raise SparseEditError(f"{path}: not a readable safetensors file ({exc})") from exc
-    return json.loads(raw) if raw else None
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SparseEditError(f"{path}: its {META_KEY} metadata is not valid JSON ({exc.msg})") from None
+    if not isinstance(meta, dict):
+        raise SparseEditError(f"{path}: its {META_KEY} metadata is not a JSON object")
+    return meta
 
 
 def is_locate_artifact(path: Path) -> bool:
@@ -167,33 +162,53 @@ class LocateArtifact:
     @classmethod
     def load(cls, path: Path) -> LocateArtifact:
         path = Path(path)
-        if not path.is_file():
-            raise SparseEditError(f"{path}: no such artifact file; run sparse-edit locate first")
-        meta = read_metadata(path)
-        if not meta or meta.get("kind") != KIND:
-            raise SparseEditError(f"{path}: not a sparse-edit locate artifact")
-        if meta.get("schema_version") != SCHEMA_VERSION:
-            raise SparseEditError(
-                f"{path}: artifact schema {meta.get('schema_version')} is not supported (expected {SCHEMA_VERSION}); "
-                "re-run locate with this version"
-            )
-        tensors = load_file(str(path))
+        meta = read_artifact_metadata(path)
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise SparseEditError(f"{path}: tensors cannot be read ({exc})") from None
         languages: list[str] = meta["languages"]
-        num_layers = int(meta["num_layers"])
-        neurons = {lang: [tensors[f"neurons.{lang}.{layer}"] for layer in range(num_layers)] for lang in languages}
+        num_layers, width = meta["num_layers"], meta["mlp_width"]
+
+        def tensor(name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+            value = tensors.get(name)
+            if value is None:
+                raise SparseEditError(
+                    f"{path}: tensor {name} is missing; the artifact is damaged, run locate again"
+                )
+            if shape is not None and tuple(value.shape) != shape:
+                raise SparseEditError(f"{path}: tensor {name} is {list(value.shape)}, expected {list(shape)}")
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise SparseEditError(f"{path}: tensor {name} holds NaN or infinite values")
+            return value
+
+        def neuron_index(lang: str, layer: int) -> torch.Tensor:
+            index = tensor(f"neurons.{lang}.{layer}")
+            if index.dim() != 1 or index.is_floating_point():
+                raise SparseEditError(f"{path}: tensor neurons.{lang}.{layer} is not a list of neuron indices")
+            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= width):
+                raise SparseEditError(
+                    f"{path}: tensor neurons.{lang}.{layer} has neuron indices outside 0..{width - 1}"
+                )
+            if index.unique().numel() != index.numel():
+                raise SparseEditError(f"{path}: tensor neurons.{lang}.{layer} lists a neuron twice")
+            return index
+
+        grid = (num_layers, width)
+        neurons = {lang: [neuron_index(lang, layer) for layer in range(num_layers)] for lang in languages}
         stats = {
             lang: {
                 label: ClassStats(
                     int(meta["counts"][lang][label]),
-                    tensors[f"stats.{lang}.{label}.mean"],
-                    tensors[f"stats.{lang}.{label}.var"],
+                    tensor(f"stats.{lang}.{label}.mean", grid),
+                    tensor(f"stats.{lang}.{label}.var", grid),
                 )
                 for label in ("harmful", "harmless")
             }
             for lang in languages
         }
         scores = {
-            lang: Scores(tensors[f"scores.{lang}.gap"], tensors[f"scores.{lang}.z"], tensors[f"scores.{lang}.d"])
+            lang: Scores(*(tensor(f"scores.{lang}.{name}", grid) for name in ("gap", "z", "d")))
             for lang in languages
         }
         return cls(
@@ -203,7 +218,7 @@ class LocateArtifact:
             reference_lang=meta["reference_lang"],
             languages=languages,
             num_layers=num_layers,
-            mlp_width=int(meta["mlp_width"]),
+            mlp_width=width,
             counts=meta["counts"],
             neurons=neurons,
             stats=stats,
@@ -213,3 +228,52 @@ class LocateArtifact:
             tool_version=meta["tool_version"],
             extra=meta.get("extra", {}),
         )
+
+
+# The metadata fields load() reads, with the JSON types they must have.
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model": dict,
+    "settings": dict,
+    "sources": list,
+    "reference_lang": str,
+    "languages": list,
+    "num_layers": int,
+    "mlp_width": int,
+    "counts": dict,
+    "recommended_layer": (int, type(None)),
+    "recommended_rule": str,
+    "tool_version": str,
+}
+
+
+def read_artifact_metadata(path: Path, flag: str = "") -> dict[str, Any]:
+    """The validated metadata of a locate artifact; every problem is named with the path."""
+    where = f"{flag} {path}".strip()
+    if not path.is_file():
+        raise SparseEditError(f"{where}: no such artifact file; run sparse-edit locate first")
+    meta = read_metadata(path)
+    if not meta or meta.get("kind") != KIND:
+        raise SparseEditError(f"{where}: not a sparse-edit locate artifact (no {KIND} metadata)")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise SparseEditError(
+            f"{where}: artifact schema {meta.get('schema_version')} is not supported (expected {SCHEMA_VERSION}); "
+            "re-run locate with this version"
+        )
+    for name, kind in _FIELD_TYPES.items():
+        if not isinstance(meta.get(name), kind) or isinstance(meta.get(name), bool):
+            raise SparseEditError(f"{where}: metadata field {name!r} is missing or of the wrong type")
+    languages, counts = meta["languages"], meta["counts"]
+    if not languages or not all(isinstance(lang, str) for lang in languages):
+        raise SparseEditError(f"{where}: metadata field 'languages' is not a list of language codes")
+    if meta["num_layers"] < 1 or meta["mlp_width"] < 1:
+        raise SparseEditError(f"{where}: metadata says the model has no layers or no MLP neurons")
+    for lang in languages:
+        row = counts.get(lang)
+        if not isinstance(row, dict) or not all(
+            isinstance(row.get(label), int) for label in ("harmful", "harmless")
+        ):
+            raise SparseEditError(f"{where}: metadata field 'counts' has no harmful/harmless counts for {lang}")
+    structure = meta["model"].get("structure")
+    if not isinstance(structure, dict) or not isinstance(meta["model"].get("fingerprint"), str):
+        raise SparseEditError(f"{where}: metadata field 'model' lacks the model's structure and fingerprint")
+    return meta

@@ -11,7 +11,14 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, ModelOptions, Options, PromptOptions
-from sparse_edit.errors import EXIT_CHECK_FAILED, EXIT_ERROR, CheckFailed, SparseEditError
+from sparse_edit.errors import (
+    ENVIRONMENT_ERRORS,
+    EXIT_CHECK_FAILED,
+    EXIT_ERROR,
+    CheckFailed,
+    environment_message,
+    is_out_of_memory,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -47,12 +54,17 @@ def command(func: Callable[P, R] | None = None, *, name: str | None = None) -> A
         hf_logging.disable_progress_bar()
         try:
             return func(*args, **kwargs)
-        except SparseEditError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(EXIT_ERROR) from None
         except CheckFailed as exc:
             typer.echo(f"failed: {exc}", err=True)
             raise typer.Exit(EXIT_CHECK_FAILED) from None
+        except ENVIRONMENT_ERRORS as exc:
+            typer.echo(f"error: {environment_message(exc)}", err=True)
+            raise typer.Exit(EXIT_ERROR) from None
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            typer.echo(f"error: {environment_message(exc)}", err=True)
+            raise typer.Exit(EXIT_ERROR) from None
 
     app.command(name=name)(wrapper)
     return wrapper
@@ -163,13 +175,15 @@ def locate(
     from sparse_edit.config import load_options
     from sparse_edit.console import Reporter
     from sparse_edit.locate import layer_table, run_locate
+    from sparse_edit.outputs import check_output, command_inputs
 
     overrides = overrides_for(LocateOptions, locals())
     options = load_options(LocateOptions, config, overrides)
-    if options.output.exists() and not options.overwrite:
-        raise SparseEditError(f"--output {options.output}: already exists; pass --overwrite to replace it")
+    inputs = command_inputs(options, config)
+    check_output(options.output, "locate", inputs, options.overwrite)
     reporter = Reporter(quiet=quiet)
     artifact = run_locate(options, reporter)
+    check_output(options.output, "locate", inputs, options.overwrite)  # nothing appeared meanwhile
     artifact.save(options.output)
     if as_json:
         _print_json(artifact.summary())
@@ -261,17 +275,19 @@ def apply(
     The model, prompt sources, languages and limit default to the artifact's.
     """
     from sparse_edit.apply import run_apply
-    from sparse_edit.artifact import read_metadata
+    from sparse_edit.artifact import read_artifact_metadata
     from sparse_edit.config import load_options, read_config
     from sparse_edit.console import Reporter
+    from sparse_edit.outputs import check_output, command_inputs
 
     overrides = overrides_for(ApplyOptions, locals())
     artifact_path = artifact or read_config(config).get("artifact")
     defaults: dict[str, Any] = {}
-    if artifact_path is not None and Path(str(artifact_path)).is_file():
-        settings = (read_metadata(Path(str(artifact_path))) or {}).get("settings", {})
+    if artifact_path is not None:
+        settings = read_artifact_metadata(Path(str(artifact_path)), "--artifact")["settings"]
         defaults = {key: settings[key] for key in INHERITED_FROM_ARTIFACT if settings.get(key) is not None}
     options = load_options(ApplyOptions, config, overrides, defaults)
+    check_output(options.output, "apply", command_inputs(options, config), options.overwrite)
     reporter = Reporter(quiet=quiet)
     result = run_apply(options, reporter)
     if as_json:
@@ -341,14 +357,18 @@ def evaluate(
     from sparse_edit.console import Reporter
     from sparse_edit.evaluate import run_eval
     from sparse_edit.gates import parse_gate
+    from sparse_edit.outputs import check_output, command_inputs
     from sparse_edit.report import finite, markdown, write_report
 
     overrides = overrides_for(EvalOptions, locals())
     options = load_options(EvalOptions, config, overrides)
     for text in options.fail_if:
         parse_gate(text)  # fail on a malformed gate before any generation
-    if options.output.exists() and not options.overwrite:
-        raise SparseEditError(f"--output {options.output}: already exists; pass --overwrite to replace it")
+    if options.artifact is not None:
+        from sparse_edit.artifact import LocateArtifact
+
+        LocateArtifact.load(options.artifact)  # a damaged artifact fails now, not after generation
+    check_output(options.output, "eval", command_inputs(options, config), options.overwrite)
     reporter = Reporter(quiet=quiet)
     result = run_eval(options, reporter)
     write_report(result, options.output, options.overwrite, options.artifact, reporter)

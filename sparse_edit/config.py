@@ -123,10 +123,18 @@ T = TypeVar("T", bound=Options)
 def read_config(config_file: Path | None) -> dict[str, Any]:
     if config_file is None:
         return {}
+    if config_file.is_dir():
+        raise SparseEditError(f"--config {config_file}: is a folder; point it at a TOML file")
     try:
         return tomllib.loads(config_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SparseEditError(f"--config {config_file}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise SparseEditError(
+            f"--config {config_file}: not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise SparseEditError(f"--config {config_file}: cannot be read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SparseEditError(f"--config {config_file}: not valid TOML ({exc})") from exc
 

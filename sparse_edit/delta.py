@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from sparse_edit.architectures import NeuronSlice
@@ -165,22 +166,26 @@ class EditDelta:
             raise SparseEditError(f"{path}: not a sparse-edit delta file")
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise SparseEditError(f"{path}: delta schema {meta.get('schema_version')} is not supported")
-        tensors = load_file(str(path))
-        edits = [
-            SliceEdit(
-                layer=int(item["layer"]),
-                projection=item["projection"],
-                slice=NeuronSlice(item["tensor"], int(item["axis"]), int(item["offset"])),
-                neurons=tensors[f"edit.{i}.neurons"],
-                a=tensors[f"edit.{i}.a"],
-                b=tensors[f"edit.{i}.b"],
-                key_axis=item["key_axis"],
-                original=tensors[f"edit.{i}.original"],
-            )
-            for i, item in enumerate(meta["slices"])
-        ]
-        grams = {int(name.split(".")[1]): value for name, value in tensors.items() if name.startswith("gram.")}
-        return cls(edits, grams, int(meta["gram_tokens"]), meta["base_fingerprint"], meta.get("extra", {}))
+        try:
+            tensors = load_file(str(path))
+            edits = [
+                SliceEdit(
+                    layer=int(item["layer"]),
+                    projection=item["projection"],
+                    slice=NeuronSlice(item["tensor"], int(item["axis"]), int(item["offset"])),
+                    neurons=tensors[f"edit.{i}.neurons"],
+                    a=tensors[f"edit.{i}.a"],
+                    b=tensors[f"edit.{i}.b"],
+                    key_axis=item["key_axis"],
+                    original=tensors[f"edit.{i}.original"],
+                )
+                for i, item in enumerate(meta["slices"])
+            ]
+            grams = {int(name.split(".")[1]): value for name, value in tensors.items() if name.startswith("gram.")}
+            return cls(edits, grams, int(meta["gram_tokens"]), meta["base_fingerprint"], meta.get("extra", {}))
+        except (KeyError, TypeError, ValueError, SafetensorError) as exc:
+            # Everything read above comes from the file: any of these means it is damaged.
+            raise SparseEditError(f"{path}: damaged delta file ({type(exc).__name__}: {exc})") from None
 
 
 def slice_energies(

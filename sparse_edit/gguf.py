@@ -28,6 +28,7 @@ def file_sha256(path: Path) -> str:
 
 
 ZOO_PREFIX = "zoo:"
+GGUF_MAGIC = b"GGUF"
 
 
 def ensure_hf_folder(path: Path) -> Path:
@@ -42,6 +43,9 @@ def ensure_hf_folder(path: Path) -> Path:
         return path
     if not path.is_file():
         raise SparseEditError(f"{path}: no such GGUF file")
+    with path.open("rb") as handle:
+        if handle.read(4) != GGUF_MAGIC:
+            raise SparseEditError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
     target = cache_root() / "gguf" / file_sha256(path)[:16]
     if (target / "config.json").is_file():
         return target
@@ -60,12 +64,22 @@ def convert_gguf(path: Path, target: Path) -> None:
 
     staging = target.with_name(target.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+    except (ValueError, KeyError, OSError, RuntimeError, EOFError) as exc:
+        # The gguf reader reports a damaged or unsupported file with any of these.
+        raise SparseEditError(
+            f"{path}: transformers could not read this GGUF file ({exc})".splitlines()[0]
+        ) from None
     # A model loaded from GGUF carries a quantizer that refuses save_pretrained; the weights are plain floats.
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    staging.rename(target)
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

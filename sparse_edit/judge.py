@@ -142,10 +142,15 @@ class GuardJudge:
     def __post_init__(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self._tokenizer: Any = AutoTokenizer.from_pretrained(self.path, padding_side="left")
+        from sparse_edit.checkpoint.integrity import refuse_custom_code
+
+        refuse_custom_code(self.path)
+        self._tokenizer: Any = AutoTokenizer.from_pretrained(
+            self.path, padding_side="left", trust_remote_code=False
+        )
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
-        self._model: Any = AutoModelForCausalLM.from_pretrained(self.path)
+        self._model: Any = AutoModelForCausalLM.from_pretrained(self.path, trust_remote_code=False)
         self._model.to(self.device).eval()  # type: ignore[arg-type]
 
     def judge(self, prompt: str, lang: str, response: str) -> Verdict:

@@ -173,7 +173,8 @@ def run_locate(options: LocateOptions, reporter: Reporter) -> LocateArtifact:
             "fingerprint": checkpoint.fingerprint(),
             "structure": checkpoint.structure(),
         },
-        settings=options.model_dump(mode="json"),
+        # Where the artifact goes is not an input of locate; leaving it out keeps reruns byte-identical.
+        settings=options.model_dump(mode="json", exclude={"output", "overwrite"}),
         sources=prompt_sets.sources,
         reference_lang=ref,
         languages=prompt_sets.languages,

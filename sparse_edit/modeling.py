@@ -12,12 +12,16 @@ import torch
 
 from sparse_edit.architectures import Family
 from sparse_edit.checkpoint import Checkpoint
+from sparse_edit.checkpoint.integrity import check_finite
 from sparse_edit.config import ModelOptions
 from sparse_edit.errors import SparseEditError
 from sparse_edit.prompts import Prompt
 
 # Used when a tokenizer has no chat template (base models). Documented in the README.
 PLAIN_TEMPLATE = "User: {text}\nAssistant:"
+# Without --max-length, a formatted prompt longer than this is refused rather than run: the
+# attention of one such prompt can need more memory than the machine has.
+MAX_PROMPT_TOKENS = 8192
 
 
 def resolve_device(spec: str) -> str:
@@ -72,16 +76,19 @@ def load_model(options: ModelOptions, path: Path | None = None) -> LoadedModel:
     folder = ensure_hf_folder(path or options.model)
     checkpoint = Checkpoint.open(folder)
     family = checkpoint.family
+    checkpoint.check_complete()
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device, checkpoint)
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    # Never the folder's own code: Checkpoint.open refuses an auto_map, and this makes sure.
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False}
     if device == "cuda" and options.device == "auto":
         kwargs["device_map"] = "auto"  # accelerate spreads a large model over every visible GPU
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except OSError as exc:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
         raise SparseEditError(f"{folder}: transformers could not load it ({exc})".splitlines()[0]) from exc
+    check_finite(model, str(folder))
     if "device_map" not in kwargs:
         model.to(torch.device(device))  # type: ignore[arg-type]  # transformers types .to() narrowly
     model.eval()
@@ -118,6 +125,11 @@ def encode_prompts(
     for prompt in prompts:
         text, templated = format_prompt(tokenizer, prompt.text, system_prompt)
         ids = list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+        if max_length is None and len(ids) > MAX_PROMPT_TOKENS:
+            raise SparseEditError(
+                f"prompt {prompt.id} ({prompt.lang}) is {len(ids)} tokens long, over {MAX_PROMPT_TOKENS}; "
+                "pass --max-length N to keep its last N tokens, or shorten it"
+            )
         truncated = max_length is not None and len(ids) > max_length
         if max_length is not None and truncated:
             ids = ids[-max_length:]

@@ -30,7 +30,11 @@ from sparse_edit.errors import SparseEditError
 
 Label = Literal["harmful", "harmless"]
 LABELS: tuple[Label, ...] = ("harmful", "harmless")
-_LANG_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
+# ISO 639 code with optional BCP 47 subtags: en, fil, zh-TW, mni-Mtei.
+_LANG_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+# Longer prompts are refused when read: a prompt is one request, and a runaway one (a whole
+# file pasted into a row) would make the attention allocation explode before any check.
+MAX_PROMPT_CHARS = 32_000
 # Columns of a wide CSV that are never languages.
 _NON_LANGUAGE_COLUMNS = {"id", "source", "tags", "category", "label", "split"}
 
@@ -67,6 +71,23 @@ def language_from_filename(path: Path) -> str | None:
     return None
 
 
+def source_files(spec: str) -> list[Path]:
+    """The files a source spec names (no checks; ``load_source`` reports what is wrong)."""
+    pattern, _ = _split_spec(spec)
+    return sorted(Path(p) for p in glob.glob(pattern)) or [Path(pattern)]
+
+
+def _check_text(text: object, where: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise SparseEditError(f"{where}: text is empty or not a string")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise SparseEditError(
+            f"{where}: prompt has {len(text)} characters, more than the {MAX_PROMPT_CHARS} a prompt may have; "
+            "shorten it or drop the row"
+        )
+    return text
+
+
 def _expand(pattern: str, flag: str) -> list[Path]:
     matches = sorted(Path(p) for p in glob.glob(pattern))
     if not matches:
@@ -101,13 +122,16 @@ def _read_jsonl(path: Path, label: Label) -> list[Prompt]:
             missing = [key for key in ("id", "lang", "text") if key not in row]
             if missing:
                 raise SparseEditError(f"{where}: missing {', '.join(missing)} (rows need id, lang, text)")
-            text = row["text"]
-            if not isinstance(text, str) or not text.strip():
-                raise SparseEditError(f"{where}: text is empty or not a string")
+            text = _check_text(row["text"], where)
+            lang = str(row["lang"])
+            if not _LANG_CODE.match(lang):
+                raise SparseEditError(
+                    f"{where}: lang {lang!r} is not a language code (ISO 639 with optional subtags: en, th, zh-TW)"
+                )
             row_label = _label_of(row.get("label"), where, label)
             if row_label != label:
                 continue
-            prompts.append(Prompt(str(row["id"]), str(row["lang"]), text, label))
+            prompts.append(Prompt(str(row["id"]), lang, text, label))
     return prompts
 
 
@@ -126,6 +150,7 @@ def _read_instruction_list(path: Path, lang: str | None, label: Label) -> list[P
         text = row.get("instruction") if isinstance(row, dict) else None
         if not isinstance(text, str) or not text.strip():
             raise SparseEditError(f"{path}: item {position} has no non-empty 'instruction'")
+        _check_text(text, f"{path}: item {position}")
         prompts.append(Prompt(str(position), lang, text, label))
     return prompts
 
@@ -152,7 +177,7 @@ def _read_wide_csv(path: Path, langs: list[str] | None, label: Label) -> list[Pr
                 if text is None:
                     raise SparseEditError(f"{path}:{number}: row has fewer columns than the header")
                 if text.strip():
-                    prompts.append(Prompt(row_id, lang, text, label))
+                    prompts.append(Prompt(row_id, lang, _check_text(text, f"{path}:{number}"), label))
     return prompts
 
 
@@ -163,22 +188,32 @@ def load_source(spec: str, label: Label, flag: str) -> LoadedSource:
     digest = hashlib.sha256()
     prompts: list[Prompt] = []
     for path in files:
-        digest.update(path.read_bytes())
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            loaded = _read_jsonl(path, label)
-        elif suffix == ".json":
-            if langs is not None and len(langs) != 1:
-                raise SparseEditError(f"{flag}: {spec}: a .json file holds one language; give one :LANG")
-            loaded = _read_instruction_list(path, langs[0] if langs else None, label)
-        elif suffix == ".csv":
-            loaded = _read_wide_csv(path, langs, label)
-        else:
-            raise SparseEditError(f"{flag}: {path}: unknown prompt format {suffix!r}; use .jsonl, .json or .csv")
+        try:
+            loaded = _read_file(path, spec, langs, label, flag)
+            digest.update(path.read_bytes())
+        except UnicodeDecodeError as exc:
+            raise SparseEditError(
+                f"{flag}: {path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+            ) from None
+        except OSError as exc:
+            raise SparseEditError(f"{flag}: {path}: cannot be read ({exc.strerror})") from None
         if not loaded:
             raise SparseEditError(f"{flag}: {path}: no {label} prompts in this file")
         prompts.extend(loaded)
     return LoadedSource(spec, tuple(files), digest.hexdigest(), tuple(prompts))
+
+
+def _read_file(path: Path, spec: str, langs: list[str] | None, label: Label, flag: str) -> list[Prompt]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path, label)
+    if suffix == ".json":
+        if langs is not None and len(langs) != 1:
+            raise SparseEditError(f"{flag}: {spec}: a .json file holds one language; give one :LANG")
+        return _read_instruction_list(path, langs[0] if langs else None, label)
+    if suffix == ".csv":
+        return _read_wide_csv(path, langs, label)
+    raise SparseEditError(f"{flag}: {path}: unknown prompt format {suffix!r}; use .jsonl, .json or .csv")
 
 
 def load_sources(specs: Sequence[str], label: Label, flag: str) -> tuple[list[Prompt], list[LoadedSource]]:

@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sparse_edit.checkpoint.writer import staged_folder
 from sparse_edit.console import Reporter
 from sparse_edit.evaluate import EvalResult
+from sparse_edit.outputs import staged_folder
 from sparse_edit.report_schema import EvalReport
 
 
@@ -162,7 +162,7 @@ def write_report(
     artifact_summary = LocateArtifact.load(artifact).summary() if artifact is not None else None
     report = finite(result.report)
     EvalReport.model_validate(report)  # a report that breaks its own schema is a bug, not a result
-    with staged_folder(folder, overwrite) as staging:
+    with staged_folder(folder, overwrite, "eval") as staging:
         (staging / "report.json").write_text(
             json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +72,18 @@ def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> Veri
     edited = Checkpoint.open(edited_path)
     report = VerifyReport()
     delta = EditDelta.load(edited_path / DELTA_FILE)
-    manifest_path = edited_path / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = read_manifest(edited_path)
+    problems = (
+        ["sparse_edit/manifest.json is missing"]
+        if manifest is None
+        else manifest_mismatches(manifest, delta, edited_path)
+    )
+    report.add(
+        "manifest",
+        not problems,
+        "the manifest describes the delta file and its hash matches" if not problems else "; ".join(problems),
+    )
+    manifest = manifest or {}
 
     layout_base = {n: (i.shape, i.dtype) for n, i in base.tensors.items()}
     layout_edited = {n: (i.shape, i.dtype) for n, i in edited.tensors.items()}
@@ -167,7 +178,7 @@ def _forward_check(folder: Path) -> tuple[bool, str]:
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False).eval()
         with torch.inference_mode():
             logits = model(torch.tensor([[1, 2, 3, 4]])).logits
     except (OSError, ValueError, RuntimeError) as exc:
@@ -181,10 +192,55 @@ def _forward_check(folder: Path) -> tuple[bool, str]:
     )
 
 
+def read_manifest(edited_path: Path) -> dict[str, Any] | None:
+    """The edited folder's manifest (None when absent); a file that is not a JSON object is an error."""
+    path = edited_path / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SparseEditError(
+            f"{path}: not valid JSON ({exc}); the edited folder is damaged".splitlines()[0]
+        ) from None
+    if not isinstance(manifest, dict):
+        raise SparseEditError(f"{path}: expected a JSON object; the edited folder is damaged")
+    return manifest
+
+
+def manifest_mismatches(manifest: dict[str, Any], delta: EditDelta, edited_path: Path) -> list[str]:
+    """Where the manifest disagrees with the delta file it describes (empty when they agree)."""
+    problems = []
+    digest = hashlib.sha256((edited_path / DELTA_FILE).read_bytes()).hexdigest()
+    if manifest.get("delta_sha256") != digest:
+        problems.append("the delta file's sha256 is not the one the manifest records")
+    layers = sorted({edit.layer for edit in delta.edits})
+    recorded_layers = manifest.get("layers")
+    if not isinstance(recorded_layers, list) or sorted(set(recorded_layers)) != layers:
+        problems.append(f"manifest layers {recorded_layers} differ from the delta's {layers}")
+    recorded = manifest.get("edits")
+    actual = [(edit.slice.tensor, edit.layer, int(edit.neurons.numel())) for edit in delta.edits]
+    if (
+        not isinstance(recorded, list)
+        or [(e.get("tensor"), e.get("layer"), e.get("neurons")) for e in recorded if isinstance(e, dict)] != actual
+    ):
+        problems.append("the manifest's edited tensors differ from the delta's")
+    changed = sum(edit.changed_parameters for edit in delta.edits)
+    if manifest.get("changed_parameters") != changed:
+        problems.append(f"manifest changed_parameters {manifest.get('changed_parameters')} != delta's {changed}")
+    return problems
+
+
 def revert(edited_path: Path, output: Path, overwrite: bool = False) -> list[str]:
     """Write the base checkpoint back from an edited folder and its delta (exact: original rows are stored)."""
     edited = Checkpoint.open(edited_path)
     delta = EditDelta.load(edited_path / DELTA_FILE)
+    manifest = read_manifest(edited_path)
+    if manifest is None:
+        raise SparseEditError(f"{edited_path / MANIFEST_FILE}: missing; cannot check the delta before reverting")
+    problems = manifest_mismatches(manifest, delta, edited_path)
+    if problems:
+        raise SparseEditError(f"{edited_path}: {problems[0]}; the delta cannot be trusted to revert")
     replacements: dict[str, torch.Tensor] = {}
     for edit in delta.edits:
         name = edit.slice.tensor
@@ -195,4 +251,12 @@ def revert(edited_path: Path, output: Path, overwrite: bool = False) -> list[str
             tensor = replacements[name] = edited.load_tensor(name).clone()
         edit.slice.write(tensor, edit.neurons, edit.original)
     # The model card describes the edit, so it does not belong to the restored base.
-    return write_checkpoint(edited, output, replacements, overwrite=overwrite, exclude={"README.md"})
+    return write_checkpoint(
+        edited,
+        output,
+        replacements,
+        command="revert",
+        input_flag="EDITED",
+        overwrite=overwrite,
+        exclude={"README.md"},
+    )

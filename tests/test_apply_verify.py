@@ -168,7 +168,7 @@ def test_apply_refuses_bad_inputs(located, tiny_models, tmp_path):
     )
     assert "run locate on this model" in result.stderr and not (tmp_path / "x").exists()
     result = run_cli("apply", "--artifact", artifact, "-o", model, "--device", "cpu", code=2)
-    assert "input folder" in result.stderr
+    assert "is the input --model" in result.stderr
     result = run_cli(
         "apply",
         "--artifact",

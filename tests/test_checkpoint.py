@@ -29,7 +29,7 @@ def test_every_family_opens_and_round_trips(tiny_models, tmp_path, model_type):
     ckpt = Checkpoint.open(source)
     assert ckpt.family.model_types == (json.loads((source / "config.json").read_text())["model_type"],)
     out = tmp_path / "out"
-    write_checkpoint(ckpt, out, {})
+    write_checkpoint(ckpt, out, {}, command="apply")
     assert torch.equal(logits(source), logits(out))
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
 
@@ -52,7 +52,7 @@ def test_replacing_one_tensor_touches_only_its_shard(sharded_dir, tmp_path):
     new = ckpt.load_tensor(name).clone()
     new[3] += 1
     out = tmp_path / "edited"
-    rewritten = write_checkpoint(ckpt, out, {name: new})
+    rewritten = write_checkpoint(ckpt, out, {name: new}, command="apply")
     target_shard = ckpt.tensors[name].shard
     assert rewritten == [target_shard]
     for shard in ckpt.shards:
@@ -75,16 +75,24 @@ def test_replacing_one_tensor_touches_only_its_shard(sharded_dir, tmp_path):
 
 def test_writer_refuses_input_as_output_and_existing_output(llama_dir, tmp_path):
     ckpt = Checkpoint.open(llama_dir)
-    with pytest.raises(SparseEditError, match="input folder"):
-        write_checkpoint(ckpt, llama_dir, {})
+    with pytest.raises(SparseEditError, match="is the input"):
+        write_checkpoint(ckpt, llama_dir, {}, command="apply")
     existing = tmp_path / "exists"
     existing.mkdir()
     (existing / "keep.txt").write_text("x")
     with pytest.raises(SparseEditError, match="--overwrite"):
-        write_checkpoint(ckpt, existing, {})
+        write_checkpoint(ckpt, existing, {}, command="apply")
+    # --overwrite replaces only an earlier output of the same command, never a foreign folder.
+    with pytest.raises(SparseEditError, match="not written by sparse-edit apply"):
+        write_checkpoint(ckpt, existing, {}, command="apply", overwrite=True)
     assert (existing / "keep.txt").is_file()
-    write_checkpoint(ckpt, existing, {}, overwrite=True)
-    assert not (existing / "keep.txt").exists() and (existing / "model.safetensors").is_file()
+    ours = tmp_path / "ours"
+    write_checkpoint(ckpt, ours, {}, command="apply")
+    (ours / "keep.txt").write_text("x")
+    with pytest.raises(SparseEditError, match="not written by sparse-edit revert"):
+        write_checkpoint(ckpt, ours, {}, command="revert", overwrite=True)
+    write_checkpoint(ckpt, ours, {}, command="apply", overwrite=True)
+    assert not (ours / "keep.txt").exists() and (ours / "model.safetensors").is_file()
 
 
 def test_writer_killed_midway_leaves_no_destination(tmp_path, tiny_models):
@@ -102,7 +110,7 @@ def test_writer_killed_midway_leaves_no_destination(tmp_path, tiny_models):
         w.patch_shard = dying
         ckpt = Checkpoint.open({str(source)!r})
         name = "model.layers.0.mlp.gate_proj.weight"
-        w.write_checkpoint(ckpt, {str(dest)!r}, {{name: ckpt.load_tensor(name) + 1}})
+        w.write_checkpoint(ckpt, {str(dest)!r}, {{name: ckpt.load_tensor(name) + 1}}, command="apply")
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True)
@@ -116,7 +124,7 @@ def test_pickle_weights_are_not_copied_into_the_output(llama_dir, tmp_path):
     shutil.copytree(llama_dir, source)
     (source / "pytorch_model.bin").write_bytes(b"not really a pickle")
     warnings: list[str] = []
-    write_checkpoint(Checkpoint.open(source), tmp_path / "out", {}, warn=warnings.append)
+    write_checkpoint(Checkpoint.open(source), tmp_path / "out", {}, command="apply", warn=warnings.append)
     assert not (tmp_path / "out" / "pytorch_model.bin").exists()
     assert "pytorch_model.bin" in warnings[0]
 

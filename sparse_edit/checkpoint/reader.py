@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from sparse_edit.architectures import Dimensions, Family, dimensions, family_for_model_type, gate_activation
+from sparse_edit.checkpoint.integrity import check_tensors, refuse_custom_code
 from sparse_edit.errors import SparseEditError
 
 SINGLE_FILE = "model.safetensors"
@@ -108,6 +109,7 @@ class Checkpoint:
             raise SparseEditError(f"{config_path}: not valid JSON ({exc})") from exc
         if not isinstance(config, dict):
             raise SparseEditError(f"{config_path}: expected a JSON object")
+        refuse_custom_code(folder)
 
         index_path = folder / INDEX_FILE
         single_path = folder / SINGLE_FILE
@@ -116,6 +118,12 @@ class Checkpoint:
             index = _read_index(index_path)
             weight_map: dict[str, str] = index["weight_map"]
             shards = sorted(set(weight_map.values()))
+            stray = sorted(p.name for p in folder.glob("model*.safetensors") if p.name not in shards)
+            if stray:
+                raise SparseEditError(
+                    f"{index_path}: shard {stray[0]} is in the folder but not referenced by weight_map; "
+                    "the index does not describe these weights"
+                )
         elif single_path.is_file():
             weight_map = {}
             shards = [SINGLE_FILE]
@@ -162,6 +170,10 @@ class Checkpoint:
                     f"{index_path}: tensors present in shards but missing from weight_map: {', '.join(unlisted[:5])}"
                 )
         return cls(folder, config, shards, tensors, index, metadata)
+
+    def check_complete(self) -> None:
+        """Every tensor the config's architecture expects is present with the config's shape."""
+        check_tensors(self.path, {name: info.shape for name, info in self.tensors.items()}, str(self.path))
 
     @cached_property
     def family(self) -> Family:

@@ -6,60 +6,20 @@ only when complete, so an interrupted run never leaves a half-written model behi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import struct
-import tempfile
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 import torch
 
 from sparse_edit.checkpoint.reader import FOREIGN_WEIGHT_PATTERNS, INDEX_FILE, Checkpoint, read_header_bytes
-from sparse_edit.errors import SparseEditError
+from sparse_edit.outputs import Command, check_output, staged_folder
 
 # Our own output folder inside an edited checkpoint; never carried over from an input.
 TOOL_DIR = "sparse_edit"
-
-
-def check_destination(source: Path, dest: Path, overwrite: bool, flag: str = "--output") -> None:
-    """Refuse destinations that would clobber the input or an existing folder."""
-    src, dst = source.resolve(), dest.resolve()
-    if src == dst:
-        raise SparseEditError(
-            f"{flag} {dest}: is the input folder; the input is never modified, pick a new folder"
-        )
-    if src in dst.parents:
-        raise SparseEditError(f"{flag} {dest}: lies inside the input folder; pick a folder outside it")
-    if dst.exists() and not overwrite:
-        raise SparseEditError(f"{flag} {dest}: already exists; pass --overwrite to replace it")
-    if dst.exists() and not dst.is_dir():
-        raise SparseEditError(f"{flag} {dest}: exists and is not a folder")
-
-
-@contextlib.contextmanager
-def staged_folder(dest: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a fresh staging folder; on success it replaces ``dest`` in one rename."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".staging", dir=dest.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if dest.exists():
-        if not overwrite:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise SparseEditError(f"{dest}: appeared while writing; pass --overwrite to replace it")
-        retired = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        dest.rename(retired)
-        staging.rename(dest)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(dest)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -174,6 +134,8 @@ def write_checkpoint(
     dest: str | Path,
     replacements: Mapping[str, torch.Tensor],
     *,
+    command: Command,
+    input_flag: str = "--model",
     overwrite: bool = False,
     extra_files: Mapping[str, bytes] | None = None,
     warn: Callable[[str], None] | None = None,
@@ -186,8 +148,8 @@ def write_checkpoint(
     Returns the names of the rewritten shards.
     """
     dest = Path(dest)
-    check_destination(source.path, dest, overwrite)
-    with staged_folder(dest, overwrite) as staging:
+    check_output(dest, command, [(input_flag, source.path)], overwrite)
+    with staged_folder(dest, overwrite, command) as staging:
         copy_support_files(source, staging, warn, exclude)
         rewritten = write_shards(source, staging, replacements)
         for relative, content in (extra_files or {}).items():

@@ -1,0 +1,260 @@
+"""Where a command's output may go, and how it gets there.
+
+The rules every command shares:
+
+* an output path is never an input, never contains one and never sits inside one;
+* ``--overwrite`` only replaces an earlier output of the same command (recognised by the
+  marker file every output folder carries, or a locate artifact's own metadata);
+* everything is written to a staging path beside the destination and renamed into place when
+  complete; staging left by a killed run is removed by the next run to the same destination;
+* outputs get the usual umask-based permissions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+from sparse_edit.errors import SparseEditError
+
+Command = Literal["locate", "apply", "eval", "revert"]
+# Written into every output folder: which command made it (what --overwrite may replace).
+OUTPUT_MARKER = ".sparse-edit-output.json"
+# Written into every staging folder: which process owns it (what a later run may clean up).
+STAGING_MARKER = ".sparse-edit-staging.json"
+STAGING_SUFFIX = ".staging"
+PARTIAL_SUFFIX = ".partial"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def output_mode(folder: bool) -> int:
+    """The permissions a plain ``mkdir``/``open`` would give (tempfile's are owner-only)."""
+    return (0o777 if folder else 0o666) & ~_umask()
+
+
+def _resolved(path: Path) -> Path:
+    return Path(os.path.abspath(path)).resolve()
+
+
+def _contains(outer: Path, inner: Path) -> bool:
+    return outer == inner or outer in inner.parents
+
+
+def written_by(command: Command, path: Path) -> bool:
+    """Whether ``path`` is an earlier output of ``command`` (the only thing --overwrite replaces)."""
+    if command == "locate":
+        from sparse_edit.artifact import is_locate_artifact
+
+        try:
+            return path.is_file() and is_locate_artifact(path)
+        except SparseEditError:
+            return False
+    if not path.is_dir():
+        return False
+    marker = path / OUTPUT_MARKER
+    if marker.is_file():
+        try:
+            return json.loads(marker.read_text(encoding="utf-8")).get("command") == command
+        except (OSError, ValueError, AttributeError):
+            return False
+    # Folders written before the marker existed.
+    if command == "apply":
+        manifest = path / "sparse_edit" / "manifest.json"
+        try:
+            return json.loads(manifest.read_text(encoding="utf-8")).get("kind") == "sparse-edit/manifest"
+        except (OSError, ValueError, AttributeError):
+            return False
+    if command == "eval":
+        try:
+            return json.loads((path / "report.json").read_text(encoding="utf-8")).get("kind") == "sparse-edit/eval"
+        except (OSError, ValueError, AttributeError):
+            return False
+    return False
+
+
+def check_output(
+    dest: Path,
+    command: Command,
+    inputs: Iterable[tuple[str, Path]],
+    overwrite: bool,
+    flag: str = "--output",
+) -> None:
+    """Refuse, before any work, a destination that would destroy an input or anything not ours."""
+    dest = Path(dest)
+    if dest.is_symlink() and not dest.exists():
+        raise SparseEditError(f"{flag} {dest}: is a dangling symbolic link; remove it or pick another path")
+    target = _resolved(dest)
+    for input_flag, path in inputs:
+        source = _resolved(Path(path))
+        if source == target:
+            raise SparseEditError(f"{flag} {dest}: is the input {input_flag} {path}; inputs are never modified")
+        if _contains(source, target):
+            raise SparseEditError(
+                f"{flag} {dest}: lies inside the input {input_flag} {path}; pick a path outside it"
+            )
+        if _contains(target, source):
+            raise SparseEditError(
+                f"{flag} {dest}: contains the input {input_flag} {path}; replacing it would delete that input"
+            )
+    ancestor = target.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SparseEditError(f"{flag} {dest}: {ancestor} is a file, not a folder; pick another path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SparseEditError(f"{flag} {dest}: no permission to write in {ancestor}")
+    if not dest.exists():
+        return
+    if not overwrite:
+        raise SparseEditError(f"{flag} {dest}: already exists; pass --overwrite to replace it")
+    if not written_by(command, dest):
+        raise SparseEditError(
+            f"{flag} {dest}: exists and was not written by sparse-edit {command}; --overwrite only replaces an "
+            "earlier output of the same command, so remove it yourself or pick another path"
+        )
+
+
+def input_paths(sources: Sequence[tuple[str, object]]) -> list[tuple[str, Path]]:
+    """(flag, path) pairs for the inputs of a command; prompt specs are expanded to their files.
+
+    ``sources`` holds (flag, value) where a value is a path, a prompt spec or a list of them,
+    or None. ``zoo:`` models live in the cache, not beside the output.
+    """
+    from sparse_edit.prompts import source_files
+
+    pairs: list[tuple[str, Path]] = []
+    for flag, value in sources:
+        values = value if isinstance(value, list | tuple) else [value]
+        for item in values:
+            if item is None or str(item).startswith("zoo:"):
+                continue
+            if flag in ("--harmful", "--harmless"):
+                pairs.extend((flag, path) for path in source_files(str(item)))
+            elif flag == "--judge" and str(item) == "keyword":
+                continue
+            else:
+                pairs.append((flag, Path(str(item))))
+    return pairs
+
+
+# The options fields that name inputs, with their flags.
+INPUT_FIELDS = (
+    ("--model", "model"),
+    ("--base", "base"),
+    ("--artifact", "artifact"),
+    ("--judge", "judge"),
+    ("--harmful", "harmful"),
+    ("--harmless", "harmless"),
+)
+
+
+def command_inputs(options: object, config: Path | None = None) -> list[tuple[str, Path]]:
+    """Every input a command's options (and its --config file) name."""
+    pairs: list[tuple[str, object]] = [(flag, getattr(options, name, None)) for flag, name in INPUT_FIELDS]
+    pairs.append(("--config", config))
+    return input_paths(pairs)
+
+
+# ---- staging -------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _leftover_pid(dest: Path, item: Path) -> int | None:
+    """The pid in the name of a staging/partial/retired path of ``dest``, or None if it is not one."""
+    pattern = rf"\.{re.escape(dest.name)}\.(\d+)(\.[^/]*)?({re.escape(STAGING_SUFFIX)}|{re.escape(PARTIAL_SUFFIX)}|\.old)"
+    match = re.fullmatch(pattern, item.name)
+    return int(match.group(1)) if match else None
+
+
+def remove_stale_staging(dest: Path) -> list[Path]:
+    """Remove what killed runs to ``dest`` left beside it (only ours, only when their process is gone)."""
+    removed: list[Path] = []
+    parent = Path(dest).parent
+    if not parent.is_dir():
+        return removed
+    for item in parent.glob(f".{glob_escape(Path(dest).name)}.*"):
+        pid = _leftover_pid(Path(dest), item)
+        if pid is None or _pid_alive(pid):
+            continue
+        if item.is_dir() and not item.is_symlink():
+            if not (item / STAGING_MARKER).is_file() and not item.name.endswith(".old"):
+                continue  # not made by sparse-edit
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+        removed.append(item)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+@contextlib.contextmanager
+def staged_folder(dest: Path, overwrite: bool, command: Command) -> Iterator[Path]:
+    """Yield a fresh staging folder; on success it replaces ``dest`` in one rename."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(dest)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=STAGING_SUFFIX, dir=dest.parent))
+    try:
+        staging.chmod(output_mode(folder=True))
+        (staging / STAGING_MARKER).write_text(json.dumps({"pid": os.getpid(), "command": command}) + "\n")
+        yield staging
+        (staging / STAGING_MARKER).unlink()
+        (staging / OUTPUT_MARKER).write_text(json.dumps({"command": command}) + "\n", encoding="utf-8")
+        _move_into_place(staging, dest, overwrite, command)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _move_into_place(staging: Path, dest: Path, overwrite: bool, command: Command) -> None:
+    if not dest.exists():
+        staging.rename(dest)
+        return
+    if not overwrite or not written_by(command, dest):
+        raise SparseEditError(f"{dest}: appeared while writing and is not ours to replace; nothing was written")
+    retired = dest.with_name(f".{dest.name}.{os.getpid()}.old")
+    dest.rename(retired)
+    staging.rename(dest)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def atomic_write_bytes(path: Path, content: bytes) -> None:
+    """Write next to ``path`` and rename, so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(path)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=PARTIAL_SUFFIX, dir=path.parent
+    )
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(content)
+        os.chmod(temporary, output_mode(folder=False))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
