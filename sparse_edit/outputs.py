@@ -225,9 +225,17 @@ def staged_folder(dest: Path, overwrite: bool, command: Command) -> Iterator[Pat
         (staging / STAGING_MARKER).unlink()
         (staging / OUTPUT_MARKER).write_text(json.dumps({"command": command}) + "\n", encoding="utf-8")
         _move_into_place(staging, dest, overwrite, command)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SparseEditError(f"{dest}: {_write_failure(exc)}; nothing was written") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _write_failure(exc: OSError) -> str:
+    # exc.filename may be the file being copied from, so only the destination is named.
+    return f"writing failed ({exc.strerror or exc})"
 
 
 def _move_into_place(staging: Path, dest: Path, overwrite: bool, command: Command) -> None:
@@ -255,6 +263,9 @@ def atomic_write_bytes(path: Path, content: bytes) -> None:
             stream.write(content)
         os.chmod(temporary, output_mode(folder=False))
         os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise SparseEditError(f"{path}: {_write_failure(exc)}; nothing was written") from exc
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
