@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
+import typer.core
 
 from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, ModelOptions, Options, PromptOptions
 from sparse_edit.errors import (
@@ -23,8 +24,39 @@ from sparse_edit.errors import (
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# Flags that take a list: several values may follow one flag (--harmful a.jsonl b.jsonl).
+MULTI_VALUE_FLAGS = frozenset(
+    {"--harmful", "--harmless", "--languages", "--low-langs", "--strategy", "--candidate-layers", "--fail-if"}
+)
+
+
+def spread_multi_values(args: list[str]) -> list[str]:
+    """Rewrite ``--flag a b`` as ``--flag a --flag b`` for list flags (click takes one value per flag).
+
+    A value ends at the next token that starts with ``-``; the commands with list flags take no
+    positional arguments, so nothing else can follow one.
+    """
+    spread: list[str] = []
+    current: str | None = None
+    for token in args:
+        if token.startswith("-"):
+            current = token if token in MULTI_VALUE_FLAGS else None
+            spread.append(token)
+        elif current is not None and spread[-1] != current:
+            spread += [current, token]
+        else:
+            spread.append(token)
+    return spread
+
+
+class MultiValueGroup(typer.core.TyperGroup):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, spread_multi_values(list(args)))
+
+
 app = typer.Typer(
     name="sparse-edit",
+    cls=MultiValueGroup,
     help="Find safety neurons and write a closed-form sparse edit that carries refusals across languages.",
     no_args_is_help=True,
     add_completion=False,

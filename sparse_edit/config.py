@@ -68,9 +68,13 @@ class PromptOptions(Options):
     harmful: list[str] = Field(
         min_length=1,
         description="Harmful prompt sources: files or glob patterns (.jsonl, .json per language, wide .csv); "
-        "append :LANG to name a .json file's language or :en,th to pick .csv columns. Repeatable.",
+        "append :LANG to name a .json file's language or :en,th to pick .csv columns. Several may follow "
+        "one flag (--harmful a.jsonl b.json:th) or the flag may be repeated.",
     )
-    harmless: list[str] = Field(min_length=1, description="Harmless prompt sources, same formats as --harmful.")
+    harmless: list[str] = Field(
+        min_length=1,
+        description="Harmless prompt sources, same formats as --harmful; several may follow one flag.",
+    )
     reference_lang: str = Field("en", description="The high-resource language whose safety pattern is the target.")
     languages: list[str] | None = Field(
         None, description="Languages to use (default: every language found in the sources)."

@@ -38,3 +38,30 @@ def test_config_booleans_hold_without_flags(monkeypatch, tmp_path):
 def test_negative_flags_override_a_config_true(monkeypatch, tmp_path):
     options = _apply_options(monkeypatch, tmp_path, "--no-ceiling", "--no-overwrite")
     assert options.ceiling is False and options.overwrite is False
+
+
+def test_several_paths_may_follow_one_list_flag(monkeypatch, tmp_path):
+    options = _apply_options(
+        monkeypatch, tmp_path, "--harmful", "a.jsonl", "b.json:th", "--languages", "en", "th", "--no-ceiling"
+    )
+    assert options.harmful == ["a.jsonl", "b.json:th"] and options.languages == ["en", "th"]
+    assert options.ceiling is False
+
+
+def test_spreading_stops_at_the_next_flag_and_leaves_single_value_flags_alone():
+    from sparse_edit.cli import spread_multi_values
+
+    assert spread_multi_values(["eval", "--harmful", "a", "b", "-o", "out", "--fail-if", "x > 1", "y < 2"]) == [
+        "eval",
+        "--harmful",
+        "a",
+        "--harmful",
+        "b",
+        "-o",
+        "out",
+        "--fail-if",
+        "x > 1",
+        "--fail-if",
+        "y < 2",
+    ]
+    assert spread_multi_values(["verify", "base", "edited"]) == ["verify", "base", "edited"]
