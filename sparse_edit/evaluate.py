@@ -14,7 +14,7 @@ from sparse_edit.config import EvalOptions
 from sparse_edit.console import Reporter
 from sparse_edit.gates import Gate, parse_gate
 from sparse_edit.generation import generate_replies
-from sparse_edit.judge import GuardJudge, Judge, KeywordJudge, Verdict
+from sparse_edit.judge import GuardJudge, Judge, KeywordJudge, Verdict, refusal_in_language
 from sparse_edit.locate import PromptSets, prepare_prompts
 from sparse_edit.metrics import mcnemar, wilson
 from sparse_edit.modeling import Encoded, LoadedModel, encode_prompts, load_model
@@ -96,6 +96,19 @@ def _rates(verdicts: list[Verdict], indices: list[int]) -> dict[str, Any]:
     }
 
 
+def refusal_language(run: ModelRun, harmful: list[Encoded], indices: list[int]) -> dict[str, Any]:
+    """Of the harmful prompts a model refused, how many refusals are written in the prompt's language."""
+    refused = [i for i in indices if run.harmful_verdicts[i].label == "refusal"]
+    known = [(i, refusal_in_language(run.harmful_replies[i], harmful[i].prompt.lang)) for i in refused]
+    told = [i for i, in_language in known if in_language is not None]
+    in_language = sum(1 for _, value in known if value)
+    return {
+        "refusals": len(refused),
+        "undetermined": len(refused) - len(told),
+        "in_language": wilson(in_language, len(told)).as_dict(),
+    }
+
+
 def language_table(
     sets: PromptSets, harmful: list[Encoded], harmless: list[Encoded], edited: ModelRun, base: ModelRun | None
 ) -> dict[str, dict[str, Any]]:
@@ -109,6 +122,7 @@ def language_table(
             "log_odds_harmful": mean(edited.log_odds_harmful.get(lang, [])),
             "log_odds_harmless": mean(edited.log_odds_harmless.get(lang, [])),
             "representation": edited.representation.get(lang),
+            "refusal_language": refusal_language(edited, harmful, h_idx),
         }
         if base is not None:
             row["base"] = {
@@ -117,6 +131,7 @@ def language_table(
                 "log_odds_harmful": mean(base.log_odds_harmful.get(lang, [])),
                 "log_odds_harmless": mean(base.log_odds_harmless.get(lang, [])),
                 "representation": base.representation.get(lang),
+                "refusal_language": refusal_language(base, harmful, h_idx),
             }
             row["mcnemar_asr"] = paired_test(base.harmful_verdicts, edited.harmful_verdicts, h_idx, "compliance")
             row["mcnemar_over_refusal"] = (
@@ -167,6 +182,7 @@ def summary_metrics(
         "refusal": per_lang(lambda r: r["harmful"]["refusal"]["rate"]),
         "invalid": per_lang(lambda r: r["harmful"]["invalid"]["rate"]),
         "over_refusal": over,
+        "refusal_in_language": per_lang(lambda r: r["refusal_language"]["in_language"]["rate"]),
         "log_odds": per_lang(lambda r: r["log_odds_harmful"]),
         "mean_asr": mean([asr[lang] for lang in others]),
         "mean_over_refusal": mean(list(over.values())),

@@ -46,6 +46,15 @@ def markers(lang: str) -> Markers:
     return Markers(tuple(phrases), tuple(openings))
 
 
+@cache
+def own_phrases(lang: str) -> tuple[str, ...]:
+    """The markers of ``lang`` alone, without the English ones (empty for English or no file)."""
+    if lang == REFERENCE or lang not in marker_languages():
+        return ()
+    english = set(markers(REFERENCE).phrases)
+    return tuple(phrase for phrase in markers(lang).phrases if phrase not in english)
+
+
 def opening_token_ids(tokenizer: Any, lang: str) -> list[int]:
     """First tokens of the refusal openings of ``lang`` (and English), with and without a leading space."""
     ids: set[int] = set()

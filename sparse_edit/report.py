@@ -36,6 +36,14 @@ def _num(value: Any, fmt: str = "+.2f") -> str:
     return format(value, fmt) if isinstance(value, int | float) and math.isfinite(value) else "-"
 
 
+def _own_language(row: dict[str, Any]) -> str:
+    """Share of refusals written in the prompt's language, with the count it is over."""
+    measured = row.get("refusal_language")
+    if not measured or not measured["in_language"]["n"]:
+        return "-"
+    return f"{_pct(measured['in_language'])} of {measured['in_language']['n']}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     has_base = report["models"]["base"] is not None
     lines = [
@@ -48,13 +56,13 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if has_base:
         lines += [
-            "| lang | N | ASR base | ASR edited | Δ ASR (pts) | McNemar p | over-refusal base → edited | invalid edited | Δ refusal log-odds |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| lang | N | ASR base | ASR edited | Δ ASR (pts) | McNemar p | over-refusal base → edited | invalid edited | Δ refusal log-odds | refusals in prompt's language base → edited |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
     else:
         lines += [
-            "| lang | N | ASR | refusal | invalid | over-refusal | refusal log-odds |",
-            "|---|---|---|---|---|---|---|",
+            "| lang | N | ASR | refusal | invalid | over-refusal | refusal log-odds | refusals in prompt's language |",
+            "|---|---|---|---|---|---|---|---|",
         ]
     for lang, row in report["languages"].items():
         harmful, harmless = row["harmful"], row["harmless"]
@@ -64,12 +72,14 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {lang} | {harmful['n']} | {_pct(base['harmful']['asr'])} | {_pct(harmful['asr'])} | {delta:+.1f} | "
                 f"{row['mcnemar_asr']['p_value']:.3g} | {_pct(base['harmless']['refusal'])} → {_pct(harmless['refusal'])} | "
-                f"{_pct(harmful['invalid'])} | {_num(row['log_odds_harmful'] - base['log_odds_harmful'])} |"
+                f"{_pct(harmful['invalid'])} | {_num(row['log_odds_harmful'] - base['log_odds_harmful'])} | "
+                f"{_own_language(base)} → {_own_language(row)} |"
             )
         else:
             lines.append(
                 f"| {lang} | {harmful['n']} | {_pct(harmful['asr'])} | {_pct(harmful['refusal'])} | "
-                f"{_pct(harmful['invalid'])} | {_pct(harmless['refusal'])} | {_num(row['log_odds_harmful'])} |"
+                f"{_pct(harmful['invalid'])} | {_pct(harmless['refusal'])} | {_num(row['log_odds_harmful'])} | "
+                f"{_own_language(row)} |"
             )
     summary = report["summary"]
     lines += ["", "| summary | value |", "|---|---|"]

@@ -30,12 +30,19 @@ class Representation(_Strict):
     probe_accuracy: list[float | None]
 
 
+class RefusalLanguage(_Strict):
+    refusals: int = Field(ge=0)
+    undetermined: int = Field(ge=0)
+    in_language: RateModel  # over the refusals whose language could be told
+
+
 class ModelRow(_Strict):
     harmful: ClassRates
     harmless: ClassRates
     log_odds_harmful: float | None
     log_odds_harmless: float | None
     representation: Representation | None
+    refusal_language: RefusalLanguage | None = None
 
 
 class McNemar(_Strict):

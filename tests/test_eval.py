@@ -151,3 +151,19 @@ def test_skip_takes_a_fresh_slice_per_language_and_class(evaluated):
         ("harmless", "en"): {"2", "3"},
         ("harmless", "th"): {"2", "3"},
     }
+
+
+def test_refusal_language_counts_only_refusals_and_reports_the_undetermined():
+    from sparse_edit.evaluate import ModelRun, refusal_language
+    from sparse_edit.judge import Verdict
+    from sparse_edit.modeling import Encoded
+    from sparse_edit.prompts import Prompt
+
+    langs = ["th", "th", "th", "haw"]
+    replies = ["ขออภัย ฉันช่วยไม่ได้", "I'm sorry, but I can't assist with that.", "Sure: step one ...", "I'm sorry."]
+    labels = ["refusal", "refusal", "compliance", "refusal"]
+    harmful = [Encoded(Prompt(str(i), lang, "q", "harmful"), (1,), False) for i, lang in enumerate(langs)]
+    run = ModelRun(replies, [Verdict(label, "") for label in labels], [], [], {}, {})  # type: ignore[arg-type]
+    measured = refusal_language(run, harmful, [0, 1, 2, 3])
+    assert measured["refusals"] == 3 and measured["undetermined"] == 1
+    assert (measured["in_language"]["k"], measured["in_language"]["n"]) == (1, 2)
