@@ -402,8 +402,10 @@ def evaluate(
         LocateArtifact.load(options.artifact)  # a damaged artifact fails now, not after generation
     check_output(options.output, "eval", command_inputs(options, config), options.overwrite)
     reporter = Reporter(quiet=quiet)
-    result = run_eval(options, reporter)
+    result = run_eval(options, reporter, journal_folder=options.output)
     write_report(result, options.output, options.overwrite, options.artifact, reporter)
+    if result.journal is not None:
+        result.journal.finish()  # the report holds every reply now
     if as_json:
         _print_json(finite(result.report))
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from sparse_edit.config import EvalOptions
 from sparse_edit.console import Reporter
 from sparse_edit.gates import Gate, parse_gate
 from sparse_edit.generation import generate_replies
+from sparse_edit.journal import ReplyJournal, settings_key
 from sparse_edit.judge import GuardJudge, Judge, KeywordJudge, Verdict, refusal_in_language
 from sparse_edit.locate import PromptSets, prepare_prompts
 from sparse_edit.metrics import mcnemar, wilson
@@ -59,10 +61,19 @@ def measure(
     judge: Judge,
     reporter: Reporter,
     tag: str,
+    journal: ReplyJournal | None = None,
 ) -> ModelRun:
     bs = options.batch_size
-    harmful_replies = generate_replies(loaded, harmful, options.max_new_tokens, bs, reporter, f"{tag}: harmful")
-    harmless_replies = generate_replies(loaded, harmless, options.max_new_tokens, bs, reporter, f"{tag}: harmless")
+
+    def replies(items: list[Encoded], label: str) -> list[str]:
+        known = journal.known(tag, label, [item.prompt for item in items]) if journal is not None else None
+        record = (lambda rows: journal.record(tag, label, rows)) if journal is not None else None
+        return generate_replies(
+            loaded, items, options.max_new_tokens, bs, reporter, f"{tag}: {label}", known, record
+        )
+
+    harmful_replies = replies(harmful, "harmful")
+    harmless_replies = replies(harmless, "harmless")
     run = ModelRun(
         harmful_replies,
         judge.judge_many(
@@ -219,13 +230,16 @@ class EvalResult:
     report: dict[str, Any]
     replies: list[dict[str, Any]]
     gates: list[dict[str, Any]]
+    journal: ReplyJournal | None = None
 
     @property
     def tripped(self) -> list[str]:
         return [gate["expression"] for gate in self.gates if gate["tripped"]]
 
 
-def run_eval(options: EvalOptions, reporter: Reporter) -> EvalResult:
+def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | None = None) -> EvalResult:
+    """Generate, judge and measure; with ``journal_folder``, replies are journaled beside it as they come
+    in and a rerun with the same settings resumes from them."""
     gates: list[Gate] = [parse_gate(text) for text in options.fail_if]
     torch.manual_seed(options.seed)
     sets = prepare_prompts(options, reporter, harmless_everywhere=False)
@@ -238,8 +252,17 @@ def run_eval(options: EvalOptions, reporter: Reporter) -> EvalResult:
 
     harmful = encode(edited_model, sets.harmful)
     harmless = encode(edited_model, sets.harmless)
-    base_run = measure(base_model, harmful, harmless, options, judge, reporter, "base") if base_model else None
-    edited_run = measure(edited_model, harmful, harmless, options, judge, reporter, "edited")
+    journal = None
+    if journal_folder is not None:
+        journal = ReplyJournal.open(journal_folder, reply_settings_key(options, edited_model, base_model))
+        if journal.replies:
+            reporter.warn(
+                f"resuming: {len(journal.replies)} replies of an interrupted run reused from {journal.path}"
+            )
+    base_run = (
+        measure(base_model, harmful, harmless, options, judge, reporter, "base", journal) if base_model else None
+    )
+    edited_run = measure(edited_model, harmful, harmless, options, judge, reporter, "edited", journal)
     kl = None
     if base_model is not None:
         kl = kl_between(
@@ -277,7 +300,35 @@ def run_eval(options: EvalOptions, reporter: Reporter) -> EvalResult:
     replies = _reply_rows(harmful, harmless, edited_run, "edited")
     if base_run is not None:
         replies += _reply_rows(harmful, harmless, base_run, "base")
-    return EvalResult(report, replies, gate_rows)
+    return EvalResult(report, replies, gate_rows, journal)
+
+
+# Settings that do not change a generated reply; everything else is part of the journal's key.
+# Prompt selection is not part of it: each journaled reply is matched to its prompt's text.
+NOT_REPLY_SETTINGS = {
+    "output",
+    "overwrite",
+    "fail_if",
+    "representation",
+    "judge",
+    "artifact",
+    "batch_size",
+    "harmful",
+    "harmless",
+    "languages",
+    "limit",
+    "harmless_limit",
+    "skip",
+    "harmless_skip",
+    "reference_lang",
+}
+
+
+def reply_settings_key(options: EvalOptions, edited: LoadedModel, base: LoadedModel | None) -> str:
+    settings = options.model_dump(mode="json", exclude=NOT_REPLY_SETTINGS)
+    settings["fingerprints"] = [edited.checkpoint.fingerprint(), base.checkpoint.fingerprint() if base else None]
+    settings["device"] = edited.device
+    return settings_key(settings)
 
 
 def _reply_rows(harmful: list[Encoded], harmless: list[Encoded], run: ModelRun, tag: str) -> list[dict[str, Any]]:

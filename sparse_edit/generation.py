@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from sparse_edit.console import Reporter
 from sparse_edit.modeling import Encoded, LoadedModel, batch_memory_guard, batches
+from sparse_edit.prompts import Prompt
 
 
 def generate_replies(
@@ -17,14 +18,26 @@ def generate_replies(
     batch_size: int,
     reporter: Reporter,
     label: str = "generate",
+    known: Mapping[tuple[str, str], str] | None = None,
+    record: Callable[[list[tuple[Prompt, str]]], None] | None = None,
 ) -> list[str]:
-    """Greedy replies, in the order of ``encoded``; special tokens and the prompt are removed."""
+    """Greedy replies, in the order of ``encoded``; special tokens and the prompt are removed.
+
+    ``known`` holds replies generated earlier, by (lang, id): those prompts are not run again.
+    ``record`` receives each batch's new (prompt, reply) rows as soon as they exist.
+    """
     tokenizer = loaded.tokenizer
     pad = int(tokenizer.pad_token_id)
     position = {id(item): i for i, item in enumerate(encoded)}
     replies = [""] * len(encoded)
+    known = known or {}
+    todo = [item for item in encoded if (item.prompt.lang, item.prompt.id) not in known]
+    for item in encoded:
+        if (item.prompt.lang, item.prompt.id) in known:
+            replies[position[id(item)]] = known[(item.prompt.lang, item.prompt.id)]
     with reporter.progress(label, len(encoded)) as progress:
-        for batch in batches(encoded, batch_size, pad):
+        progress.advance(len(encoded) - len(todo))
+        for batch in batches(todo, batch_size, pad):
             inputs = batch.model_inputs(loaded.input_device)
             inputs.pop("position_ids")  # generate derives positions from the attention mask
             with batch_memory_guard(batch_size), torch.inference_mode():
@@ -38,7 +51,12 @@ def generate_replies(
                     top_k=None,
                 )
             new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu()
+            rows = []
             for item, row in zip(batch.items, new_tokens, strict=True):
-                replies[position[id(item)]] = tokenizer.decode(row, skip_special_tokens=True).strip()
+                reply = tokenizer.decode(row, skip_special_tokens=True).strip()
+                replies[position[id(item)]] = reply
+                rows.append((item.prompt, reply))
+            if record is not None:
+                record(rows)
             progress.advance(len(batch.items))
     return replies

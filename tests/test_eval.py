@@ -167,3 +167,55 @@ def test_refusal_language_counts_only_refusals_and_reports_the_undetermined():
     measured = refusal_language(run, harmful, [0, 1, 2, 3])
     assert measured["refusals"] == 3 and measured["undetermined"] == 1
     assert (measured["in_language"]["k"], measured["in_language"]["n"]) == (1, 2)
+
+
+def test_a_killed_eval_resumes_from_its_journal_and_refuses_other_settings(evaluated, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from sparse_edit.journal import journal_path
+
+    root, args = evaluated
+    args = [*args, "--no-representation", "--batch-size", "4"]
+    whole = tmp_path / "whole"
+    assert runner.invoke(app, [*args, "-o", str(whole)]).exit_code == 0
+    assert not journal_path(whole).exists()  # removed once the report is in place
+
+    cut = tmp_path / "cut"
+    # Die (SIGKILL) right after the third batch of replies is journaled.
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        import sparse_edit.journal as journal
+        original, calls = journal.ReplyJournal.record, []
+        def record(self, *a, **k):
+            original(self, *a, **k)
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+        journal.ReplyJournal.record = record
+        from sparse_edit.cli import main
+        import sys
+        sys.argv = ["sparse-edit", *{[*args, "-o", str(cut)]!r}]
+        main()
+        """
+    )
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, env=os.environ.copy())
+    assert killed.returncode == -9
+    assert not cut.exists()
+    journaled = journal_path(cut).read_text().splitlines()
+    assert len(journaled) == 1 + 3 * 4  # header + three batches
+
+    other = runner.invoke(app, [*args, "--max-new-tokens", "7", "-o", str(cut)])
+    assert other.exit_code == 2 and "other settings" in other.stderr
+
+    resumed = runner.invoke(app, [*args, "-o", str(cut)])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming: 12 replies" in resumed.stderr
+    assert not journal_path(cut).exists()
+    key = lambda row: (row["model"], row["class"], row["lang"], row["id"])  # noqa: E731
+    rows = {key(r): r for r in map(json.loads, (cut / "replies.jsonl").read_text().splitlines())}
+    expected = {key(r): r for r in map(json.loads, (whole / "replies.jsonl").read_text().splitlines())}
+    assert rows == expected

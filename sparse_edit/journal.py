@@ -1,0 +1,105 @@
+"""The reply journal of ``sparse-edit eval``: replies are kept as they come in, so a stopped run resumes.
+
+The journal is ``.NAME.replies.jsonl`` beside the report folder ``NAME``. Its first line records
+a key over every setting that decides a reply (models' fingerprints, generation settings);
+each later line is one generated reply. A rerun with the same ``-o`` and the same key reuses
+the replies it finds and generates only the rest; a different key is refused, so replies of
+two configurations are never mixed. The journal is removed once the report is in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sparse_edit.errors import SparseEditError
+from sparse_edit.prompts import Prompt
+
+KIND = "sparse-edit/eval-journal"
+ReplyKey = tuple[str, str, str, str, str]  # (model tag, class, lang, prompt id, digest of the prompt text)
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def journal_path(report_folder: Path) -> Path:
+    return report_folder.with_name(f".{report_folder.name}.replies.jsonl")
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ReplyJournal:
+    """Append-only record of generated replies for one report folder and one settings key."""
+
+    def __init__(self, path: Path, key: str, replies: dict[ReplyKey, str]) -> None:
+        self.path = path
+        self.key = key
+        self.replies = replies
+
+    @classmethod
+    def open(cls, report_folder: Path, key: str) -> ReplyJournal:
+        """Resume the journal beside ``report_folder`` (refused if made with other settings), or start one."""
+        path = journal_path(Path(report_folder))
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"kind": KIND, "key": key}) + "\n", encoding="utf-8")
+            return cls(path, key, {})
+        replies: dict[ReplyKey, str] = {}
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            header = json.loads(lines[0]) if lines else {}
+            for line in lines[1:]:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the last line of a killed run may be cut short
+                replies[(row["model"], row["class"], row["lang"], row["id"], row["text"])] = row["reply"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise SparseEditError(f"{path}: damaged reply journal ({exc}); delete it to start over") from None
+        if not isinstance(header, dict) or header.get("kind") != KIND:
+            raise SparseEditError(f"{path}: not a sparse-edit reply journal; move it away or pick another -o")
+        if header.get("key") != key:
+            raise SparseEditError(
+                f"{path}: replies of an interrupted eval with other settings or models; rerun with the same "
+                "settings to resume, or delete it to start over"
+            )
+        return cls(path, key, replies)
+
+    def known(self, model: str, label: str, prompts: Iterable[Prompt]) -> dict[tuple[str, str], str]:
+        """Replies already generated for ``model`` and ``label`` to these very prompts, by (lang, id)."""
+        found = {}
+        for prompt in prompts:
+            reply = self.replies.get((model, label, prompt.lang, prompt.id, text_digest(prompt.text)))
+            if reply is not None:
+                found[(prompt.lang, prompt.id)] = reply
+        return found
+
+    def record(self, model: str, label: str, rows: Iterable[tuple[Prompt, str]]) -> None:
+        """Append (prompt, reply) rows and make them durable before going on."""
+        lines = []
+        for prompt, reply in rows:
+            digest = text_digest(prompt.text)
+            self.replies[(model, label, prompt.lang, prompt.id, digest)] = reply
+            row = {
+                "model": model,
+                "class": label,
+                "lang": prompt.lang,
+                "id": prompt.id,
+                "text": digest,
+                "reply": reply,
+            }
+            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+        with self.path.open("a", encoding="utf-8") as stream:
+            stream.write("".join(lines))
+            stream.flush()
+            os.fsync(stream.fileno())
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
