@@ -20,12 +20,21 @@ from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
 from sparse_edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta, SliceEdit, applied_in_memory, write_back
 from sparse_edit.errors import SparseEditError
+from sparse_edit.estimate import count_work, describe, time_first_batch
 from sparse_edit.features import FeatureRequest, Features, Site, collect
 from sparse_edit.locate import prepare_prompts
 from sparse_edit.modeling import Encoded, LoadedModel, encode_prompts, load_model
 from sparse_edit.neurons import jaccard
 from sparse_edit.outputs import check_output, command_inputs
-from sparse_edit.probes import mean, patched_refusal_scores, rate_gains, refusal_rates, refusal_scores, token_kl
+from sparse_edit.probes import (
+    RefusalScores,
+    mean,
+    patched_refusal_scores,
+    rate_gains,
+    refusal_rates,
+    refusal_scores,
+    token_kl,
+)
 from sparse_edit.prompts import Prompt
 from sparse_edit.solver import SolveSettings
 from sparse_edit.strategies import (
@@ -217,12 +226,11 @@ def gather(
     # Harmless tail rows: keys of the output strategy (--harmless-tail-weight) and negatives of the detector,
     # which also needs token moments (MLP input sum; every neuron's energy, to pick the quietest).
     detector = "detector" in plan.strategies
-    # The release detector fits harmless prompts' refusal projections, so it also needs their residual rows
-    # (rows only: features keep no Gram of the residual stream).
-    release = detector and options.detector_mode == "release"
+    # Harmless residual rows (rows only: features keep no Gram of the residual stream) give the refusal
+    # direction's harmless end (the reference language's rows) and the release detector's negatives.
     grams = FeatureRequest(
         layers,
-        [s for s in plan.sites if s != "residual" or release],
+        plan.sites,
         subsets,
         options.positions,
         gram=True,
@@ -237,17 +245,20 @@ def gather(
     low = run(anchors.low_train, rows, "anchors: low-resource harmful")
     ref = run(anchors.ref_train, rows, "anchors: reference harmful")
     safe = run(anchors.safe_train, grams, "anchors: harmless tokens")
-    ref_safe = None
-    if "residual" in plan.sites:
-        if not anchors.ref_safe_train:
-            raise SparseEditError(
-                f"--strategy output needs harmless prompts in {options.reference_lang} for the refusal direction"
-            )
-        ref_safe = run(
-            anchors.ref_safe_train,
-            FeatureRequest(layers, ["residual"], {}, options.positions),
-            "anchors: reference harmless",
+    if "residual" in plan.sites and not anchors.ref_safe_train:
+        raise SparseEditError(
+            f"--strategy output needs harmless prompts in {options.reference_lang} for the refusal direction"
         )
+    # The reference harmless prompts are among the harmless anchors: their rows come from that same pass.
+    ref_rows = torch.tensor(
+        [
+            index * options.positions + offset
+            for index, item in enumerate(anchors.safe_train)
+            if item.prompt.lang == options.reference_lang
+            for offset in range(options.positions)
+        ],
+        dtype=torch.long,
+    )
     dev_low = run(anchors.low_dev, rows, "dev: low-resource harmful")
     dev_ref = run(anchors.ref_dev, rows, "dev: reference harmful")
     dev_safe = run(anchors.safe_dev, grams, "dev: harmless tokens")
@@ -282,7 +293,7 @@ def gather(
             pairs,
             {site: safe.grams[(site, layer)] for site, _ in safe.grams if _ == layer},
             safe.tokens,
-            ref_safe.rows[("residual", layer)] if ref_safe is not None else None,
+            safe.rows[("residual", layer)].index_select(0, ref_rows) if "residual" in plan.sites else None,
             dev,
             site_rows(safe),
             {site: total for (site, at), total in safe.sums.items() if at == layer},
@@ -438,10 +449,12 @@ def measure_candidates(
                 diag["refusal_gain_harmful"] = mean(list(gains.values()))
                 diag["refusal_gain_by_lang"] = gains
             if harmless:
-                after = refusal_scores(loaded, harmless, bs, edit)
+                # One pass gives the edited model's harmless log-odds and its KL to the base.
+                scores = RefusalScores(loaded.tokenizer)
+                diag["kl_harmless"], diag["nll_change_harmless"] = token_kl(loaded, harmless, bs, edit, scores)
+                after = scores.by_lang
                 gains = {lang: mean(after[lang]) - mean(base_harmless[lang]) for lang in after}
                 diag["refusal_gain_harmless"] = mean(list(gains.values()))
-                diag["kl_harmless"], diag["nll_change_harmless"] = token_kl(loaded, harmless, bs, edit)
             if "refusal_gain_harmful" in diag:
                 diag["selective_gain"] = diag["refusal_gain_harmful"] - diag.get("refusal_gain_harmless", 0.0)
             if tokens:
@@ -517,6 +530,16 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> ApplyResult:
     if "detector" in plan.strategies:
         detector_activation(checkpoint)  # fail before any forward pass
     anchors = build_anchors(options, loaded, low_langs, reporter)
+    work = count_work(
+        vars(anchors),
+        plan.layer_sets,
+        len(plan.strategies),
+        attribution=options.neuron_score == "attribution",
+        ceiling=options.ceiling,
+        dev_generate=options.dev_generate,
+    )
+    per_pass, per_reply = time_first_batch(loaded, anchors.low_train, options.batch_size, options.dev_generate)
+    reporter.info(describe(work, per_pass, per_reply))
     if options.neuron_score == "attribution":
         rank_by_attribution(loaded, anchors, plan, options, reporter)
     storage: dict[str, torch.dtype] = {}

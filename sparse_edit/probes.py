@@ -28,6 +28,21 @@ def _batches(loaded: LoadedModel, encoded: Sequence[Encoded], batch_size: int) -
     return batches(encoded, batch_size, int(loaded.tokenizer.pad_token_id))
 
 
+class RefusalScores:
+    """Refusal log-odds at the last prompt position, gathered batch by batch, grouped by language."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.openings: dict[str, list[int]] = {}
+        self.by_lang: dict[str, list[float]] = {}
+
+    def add(self, batch: Batch, logits: torch.Tensor) -> None:
+        langs = [item.prompt.lang for item in batch.items]
+        ids = [self.openings.setdefault(lang, opening_token_ids(self.tokenizer, lang)) for lang in langs]
+        for lang, value in zip(langs, refusal_log_odds(logits[:, -1].cpu(), ids).tolist(), strict=True):
+            self.by_lang.setdefault(lang, []).append(value)
+
+
 def refusal_scores(
     loaded: LoadedModel,
     encoded: Sequence[Encoded],
@@ -36,18 +51,13 @@ def refusal_scores(
     before_batch: Callable[[Batch], None] | None = None,
 ) -> dict[str, list[float]]:
     """Refusal log-odds at the last prompt position, grouped by language."""
-    cache: dict[str, list[int]] = {}
-    out: dict[str, list[float]] = {}
+    scores = RefusalScores(loaded.tokenizer)
     with edit(), torch.inference_mode():
         for batch in _batches(loaded, encoded, batch_size):
             if before_batch is not None:
                 before_batch(batch)
-            logits = loaded.model(**batch.model_inputs(loaded.input_device), use_cache=False).logits[:, -1]
-            langs = [item.prompt.lang for item in batch.items]
-            ids = [cache.setdefault(lang, opening_token_ids(loaded.tokenizer, lang)) for lang in langs]
-            for lang, value in zip(langs, refusal_log_odds(logits.cpu(), ids).tolist(), strict=True):
-                out.setdefault(lang, []).append(value)
-    return out
+            scores.add(batch, loaded.model(**batch.model_inputs(loaded.input_device), use_cache=False).logits)
+    return scores.by_lang
 
 
 def refusal_rates(
@@ -122,16 +132,28 @@ def patched_refusal_scores(
 
 
 def token_kl(
-    loaded: LoadedModel, encoded: Sequence[Encoded], batch_size: int, edit: EditContext
+    loaded: LoadedModel,
+    encoded: Sequence[Encoded],
+    batch_size: int,
+    edit: EditContext,
+    scores: RefusalScores | None = None,
 ) -> tuple[float, float]:
-    """Mean per-token KL(base ‖ edited) in nats and the change of mean token NLL, over non-pad positions."""
+    """Mean per-token KL(base ‖ edited) in nats and the change of mean token NLL, over non-pad positions.
+
+    With ``scores``, the edited model's refusal log-odds are read off the same forward passes.
+    """
 
     def edited_logits(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with edit():
             return loaded.model(**inputs, use_cache=False).logits
 
     return kl_between(
-        loaded, lambda inputs: loaded.model(**inputs, use_cache=False).logits, edited_logits, encoded, batch_size
+        loaded,
+        lambda inputs: loaded.model(**inputs, use_cache=False).logits,
+        edited_logits,
+        encoded,
+        batch_size,
+        scores.add if scores is not None else None,
     )
 
 
@@ -139,15 +161,26 @@ Logits = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
 def kl_between(
-    loaded: LoadedModel, base: Logits, edited: Logits, encoded: Sequence[Encoded], batch_size: int
+    loaded: LoadedModel,
+    base: Logits,
+    edited: Logits,
+    encoded: Sequence[Encoded],
+    batch_size: int,
+    on_edited: Callable[[Batch, torch.Tensor], None] | None = None,
 ) -> tuple[float, float]:
-    """Mean per-token KL(base ‖ edited) and the change of mean next-token NLL (edited − base)."""
+    """Mean per-token KL(base ‖ edited) and the change of mean next-token NLL (edited − base).
+
+    ``on_edited`` sees every batch's edited logits (to measure more from the same pass).
+    """
     total_kl, total_tokens, nll_base, nll_edit, predicted = 0.0, 0, 0.0, 0.0, 0
     with torch.inference_mode():
         for batch in _batches(loaded, encoded, batch_size):
             inputs = batch.model_inputs(loaded.input_device)
             p = torch.log_softmax(base(inputs).float(), -1)
-            q = torch.log_softmax(edited(inputs).float().to(p.device), -1)
+            edited_logits = edited(inputs)
+            if on_edited is not None:
+                on_edited(batch, edited_logits)
+            q = torch.log_softmax(edited_logits.float().to(p.device), -1)
             mask = inputs["attention_mask"].bool()
             kl = (p.exp() * (p - q)).sum(-1)
             total_kl += float(kl[mask].sum())

@@ -1,0 +1,90 @@
+"""How long ``apply`` will take, said before the long work starts.
+
+The cost is counted in prompt passes (one forward pass of one prompt) and generated replies,
+and priced by timing the first batch of anchors on this machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from sparse_edit.generation import generate_replies
+from sparse_edit.modeling import Encoded, LoadedModel, batches
+
+# A backward pass through the later layers costs about twice the forward pass it follows.
+BACKWARD_FACTOR = 3.0
+
+
+@dataclass(frozen=True)
+class Work:
+    """Prompt passes and generated replies of one apply run."""
+
+    anchor_passes: int  # feature collection (once, plus once per step of a sequential edit)
+    probe_passes: int  # dev measurements over every candidate and the base
+    generated: int  # dev replies, base and every candidate
+    candidates: int
+
+    def seconds(self, per_pass: float, per_reply: float) -> float:
+        return (self.anchor_passes + self.probe_passes) * per_pass + self.generated * per_reply
+
+
+def count_work(
+    anchors: dict[str, Sequence[Encoded]],
+    layer_sets: Sequence[tuple[int, ...]],
+    strategies: int,
+    *,
+    attribution: bool,
+    ceiling: bool,
+    dev_generate: int,
+) -> Work:
+    """What apply will run: ``anchors`` maps role names (as in ``Anchors``) to prompt lists."""
+    size = {role: len(items) for role, items in anchors.items()}
+    every_anchor = sum(size[role] for role in size if role != "ref_safe_train")  # that one rides on safe_train
+    candidates = strategies * len(layer_sets)
+    sequential_steps = strategies * sum(len(layers) for layers in layer_sets if len(layers) > 1)
+    anchor_passes = every_anchor * (int(any(len(ls) == 1 for ls in layer_sets)) + sequential_steps)
+    if attribution:
+        anchor_passes += round(BACKWARD_FACTOR * (size["low_train"] + size["ref_train"]))
+    harmful_dev, harmless_dev = size["low_dev"], size["safe_dev"]
+    per_candidate = harmful_dev + 2 * harmless_dev + (harmful_dev + size["ref_dev"] if ceiling else 0)
+    probe_passes = harmful_dev + harmless_dev + candidates * per_candidate if harmful_dev or harmless_dev else 0
+    generated = (1 + candidates) * (harmful_dev + harmless_dev) if dev_generate else 0
+    return Work(anchor_passes, probe_passes, generated, candidates)
+
+
+def time_first_batch(
+    loaded: LoadedModel, items: Sequence[Encoded], batch_size: int, new_tokens: int
+) -> tuple[float, float]:
+    """Seconds per prompt pass and per generated reply, timed on the first batch (best of two)."""
+    batch = next(iter(batches(items[:batch_size], batch_size, int(loaded.tokenizer.pad_token_id))))
+    inputs = batch.model_inputs(loaded.input_device)
+    times = []
+    with torch.inference_mode():
+        for _ in range(2):
+            start = time.perf_counter()
+            loaded.model(**inputs, use_cache=False)
+            times.append(time.perf_counter() - start)
+    per_pass = min(times) / len(batch.items)
+    per_reply = 0.0
+    if new_tokens:
+        from sparse_edit.console import Reporter
+
+        start = time.perf_counter()
+        generate_replies(loaded, batch.items, new_tokens, batch_size, Reporter(quiet=True), "timing")
+        per_reply = (time.perf_counter() - start) / len(batch.items)
+    return per_pass, per_reply
+
+
+def describe(work: Work, per_pass: float, per_reply: float) -> str:
+    minutes = work.seconds(per_pass, per_reply) / 60
+    parts = [f"{work.anchor_passes} anchor passes", f"{work.probe_passes} dev probe passes"]
+    if work.generated:
+        parts.append(f"{work.generated} dev replies ({per_reply:.2f} s each)")
+    return (
+        f"estimate: {work.candidates} candidate(s); {', '.join(parts)} at {per_pass * 1000:.0f} ms per prompt pass "
+        f"(timed on the first batch) ≈ {minutes:.1f} min"
+    )

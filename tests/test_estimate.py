@@ -1,0 +1,46 @@
+"""The up-front cost estimate of apply: what it counts, and that apply prints it before the work."""
+
+from __future__ import annotations
+
+from sparse_edit.estimate import Work, count_work, describe
+from tests.helpers import apply_args, run_cli
+
+ANCHORS = {
+    "low_train": [None] * 40,
+    "ref_train": [None] * 20,
+    "safe_train": [None] * 60,
+    "ref_safe_train": [None] * 20,
+    "low_dev": [None] * 8,
+    "ref_dev": [None] * 4,
+    "safe_dev": [None] * 12,
+}
+
+
+def test_single_layers_share_one_anchor_pass_and_probes_scale_with_candidates():
+    work = count_work(ANCHORS, [(4,), (6,), (8,)], 2, attribution=False, ceiling=False, dev_generate=0)
+    # Every anchor once (the reference harmless prompts ride on the harmless pass).
+    assert work.anchor_passes == 40 + 20 + 60 + 8 + 4 + 12
+    assert work.candidates == 6
+    # Base: harmful + harmless dev once; per candidate: harmful + harmless twice (KL against the base).
+    assert work.probe_passes == 8 + 12 + 6 * (8 + 2 * 12)
+    assert work.generated == 0
+
+
+def test_sequential_steps_generation_and_ceiling_are_counted():
+    work = count_work(ANCHORS, [(4, 6)], 1, attribution=True, ceiling=True, dev_generate=16)
+    every = 40 + 20 + 60 + 8 + 4 + 12
+    assert work.anchor_passes == 2 * every + 3 * (40 + 20)
+    assert work.probe_passes == 8 + 12 + (8 + 2 * 12 + 8 + 4)
+    assert work.generated == 2 * (8 + 12)
+    assert Work(10, 20, 4, 1).seconds(per_pass=0.5, per_reply=2.0) == 23.0
+    assert "≈ 0.4 min" in describe(Work(10, 20, 4, 1), 0.5, 2.0)
+
+
+def test_apply_prints_the_estimate_before_the_work(located, tmp_path):
+    _, artifact = located("llama")
+    args = [a for a in apply_args(artifact, tmp_path / "out") if a != "-q"]
+    result = run_cli(*args)
+    lines = result.stderr.splitlines()
+    first_estimate = next(i for i, line in enumerate(lines) if line.startswith("estimate:"))
+    first_anchor = next(i for i, line in enumerate(lines) if "anchors:" in line)
+    assert first_estimate < first_anchor
