@@ -123,6 +123,16 @@ def report_dir(name: str, tag: str | None) -> Path:
     return RUNS / (f"report-{slug(name)}" + (f"-{tag}" if tag else ""))
 
 
+# The example config's sources, pointed at ../shared/data (the spec strings the artifact records).
+POLYREFUSE_TRAIN = (
+    "--harmful",
+    "../shared/data/polyrefuse/harmful_train_translated_*.json",
+    "--harmless",
+    "../shared/data/polyrefuse/harmless_train_translated_*.json",
+    "../shared/data/polyrefuse/harmless_train_en_sample.json",
+)
+
+
 def cli(*args: str) -> None:
     command = [sys.executable, "-m", "sparse_edit", *args]
     print("+ sparse-edit " + " ".join(args), flush=True)
@@ -176,7 +186,7 @@ def main() -> None:
     RUNS.mkdir(parents=True, exist_ok=True)
     artifact = RUNS / "locate.safetensors"
     if not artifact.is_file():
-        cli("locate", "--config", "examples/configs/qwen-polyrefuse-locate.toml")
+        cli("locate", "--config", "examples/configs/qwen-polyrefuse-locate.toml", *POLYREFUSE_TRAIN)
     results_name = "qwen-multijail" + (f"-{args.tag}" if args.tag else "")
     previous = RESULTS / f"{results_name}.json"
     kept = json.loads(previous.read_text())["strategies"] if previous.is_file() else {}

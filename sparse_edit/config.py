@@ -177,7 +177,7 @@ class ApplyOptions(ModelOptions, PromptOptions):
     overwrite: bool = Field(False, description="Replace an existing output folder.")
     strategy: list[StrategyName] = Field(
         default_factory=lambda: list[StrategyName](["output"]),
-        description="output (default; measured best on Qwen2.5-Coder-0.5B, see README): down_proj columns of a "
+        description="output (default): down_proj columns of a "
         "neuron set, fitted to raise the layer's refusal-direction projection. detector: the layer's quietest "
         "neuron rewritten as a thresholded harmfulness detector that adds the refusal direction only when it "
         "fires. paper: the published edit, input rows (gate_proj) of the safety neurons. Several "
@@ -214,7 +214,7 @@ class ApplyOptions(ModelOptions, PromptOptions):
         gt=0,
         description="output and detector strategies: multiple of the refusal-projection gap to aim for. The fit "
         "reaches only part of it, so the default is large; lower it to trade attack-success reduction for less "
-        "over-refusal (README: measured results).",
+        "over-refusal.",
     )
     detector_margin: float = Field(
         1.0,
