@@ -226,11 +226,12 @@ def gather(
     # Harmless tail rows: keys of the output strategy (--harmless-tail-weight) and negatives of the detector,
     # which also needs token moments (MLP input sum; every neuron's energy, to pick the quietest).
     detector = "detector" in plan.strategies
-    # Harmless residual rows (rows only: features keep no Gram of the residual stream) give the refusal
-    # direction's harmless end (the reference language's rows) and the release detector's negatives.
+    # The release detector fits harmless prompts' refusal projections, so it also needs their residual rows
+    # (rows only: features keep no Gram of the residual stream).
+    release = detector and options.detector_mode == "release"
     grams = FeatureRequest(
         layers,
-        plan.sites,
+        [s for s in plan.sites if s != "residual" or release],
         subsets,
         options.positions,
         gram=True,
@@ -245,20 +246,19 @@ def gather(
     low = run(anchors.low_train, rows, "anchors: low-resource harmful")
     ref = run(anchors.ref_train, rows, "anchors: reference harmful")
     safe = run(anchors.safe_train, grams, "anchors: harmless tokens")
-    if "residual" in plan.sites and not anchors.ref_safe_train:
-        raise SparseEditError(
-            f"--strategy output needs harmless prompts in {options.reference_lang} for the refusal direction"
+    ref_safe = None
+    if "residual" in plan.sites:
+        if not anchors.ref_safe_train:
+            raise SparseEditError(
+                f"--strategy output needs harmless prompts in {options.reference_lang} for the refusal direction"
+            )
+        # A pass of their own: reading these rows off the harmless pass instead (all layers' hidden states
+        # for every harmless prompt) was measured no faster (benchmarks/README.md).
+        ref_safe = run(
+            anchors.ref_safe_train,
+            FeatureRequest(layers, ["residual"], {}, options.positions),
+            "anchors: reference harmless",
         )
-    # The reference harmless prompts are among the harmless anchors: their rows come from that same pass.
-    ref_rows = torch.tensor(
-        [
-            index * options.positions + offset
-            for index, item in enumerate(anchors.safe_train)
-            if item.prompt.lang == options.reference_lang
-            for offset in range(options.positions)
-        ],
-        dtype=torch.long,
-    )
     dev_low = run(anchors.low_dev, rows, "dev: low-resource harmful")
     dev_ref = run(anchors.ref_dev, rows, "dev: reference harmful")
     dev_safe = run(anchors.safe_dev, grams, "dev: harmless tokens")
@@ -293,7 +293,7 @@ def gather(
             pairs,
             {site: safe.grams[(site, layer)] for site, _ in safe.grams if _ == layer},
             safe.tokens,
-            safe.rows[("residual", layer)].index_select(0, ref_rows) if "residual" in plan.sites else None,
+            ref_safe.rows[("residual", layer)] if ref_safe is not None else None,
             dev,
             site_rows(safe),
             {site: total for (site, at), total in safe.sums.items() if at == layer},

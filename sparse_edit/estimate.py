@@ -43,7 +43,7 @@ def count_work(
 ) -> Work:
     """What apply will run: ``anchors`` maps role names (as in ``Anchors``) to prompt lists."""
     size = {role: len(items) for role, items in anchors.items()}
-    every_anchor = sum(size[role] for role in size if role != "ref_safe_train")  # that one rides on safe_train
+    every_anchor = sum(size.values())
     candidates = strategies * len(layer_sets)
     sequential_steps = strategies * sum(len(layers) for layers in layer_sets if len(layers) > 1)
     anchor_passes = every_anchor * (int(any(len(ls) == 1 for ls in layer_sets)) + sequential_steps)

@@ -18,8 +18,8 @@ ANCHORS = {
 
 def test_single_layers_share_one_anchor_pass_and_probes_scale_with_candidates():
     work = count_work(ANCHORS, [(4,), (6,), (8,)], 2, attribution=False, ceiling=False, dev_generate=0)
-    # Every anchor once (the reference harmless prompts ride on the harmless pass).
-    assert work.anchor_passes == 40 + 20 + 60 + 8 + 4 + 12
+    # Every anchor once (the reference harmless prompts have a pass of their own).
+    assert work.anchor_passes == 40 + 20 + 60 + 20 + 8 + 4 + 12
     assert work.candidates == 6
     # Base: harmful + harmless dev once; per candidate: harmful + harmless twice (KL against the base).
     assert work.probe_passes == 8 + 12 + 6 * (8 + 2 * 12)
@@ -28,7 +28,7 @@ def test_single_layers_share_one_anchor_pass_and_probes_scale_with_candidates():
 
 def test_sequential_steps_generation_and_ceiling_are_counted():
     work = count_work(ANCHORS, [(4, 6)], 1, attribution=True, ceiling=True, dev_generate=16)
-    every = 40 + 20 + 60 + 8 + 4 + 12
+    every = 40 + 20 + 60 + 20 + 8 + 4 + 12
     assert work.anchor_passes == 2 * every + 3 * (40 + 20)
     assert work.probe_passes == 8 + 12 + (8 + 2 * 12 + 8 + 4)
     assert work.generated == 2 * (8 + 12)
