@@ -20,10 +20,10 @@ from common import ROOT, save
 
 from sparse_edit.config import LocateOptions
 from sparse_edit.console import Reporter
-from sparse_edit.generation import generate_replies
-from sparse_edit.locate import PromptSets, collect_moments
-from sparse_edit.modeling import batches, encode_prompts, load_model
-from sparse_edit.prompts import load_source
+from sparse_edit.data.prompts import load_source
+from sparse_edit.locate.run import PromptSets, collect_moments
+from sparse_edit.model.generation import generate_replies
+from sparse_edit.model.loading import batches, encode_prompts, load_model
 
 PROMPTS = str(ROOT / "examples" / "prompts" / "safety-eval.jsonl")
 REPEATS = 3

@@ -33,7 +33,7 @@ with torch.no_grad():
     model.model.layers[7].mlp.gate_proj.weight[:256] += 0.01
 model.save_pretrained(r"{dst}", max_shard_size="200MB")
 """
-OURS_SETUP = "import torch\nfrom sparse_edit.checkpoint import Checkpoint, write_checkpoint"
+OURS_SETUP = "import torch\nfrom sparse_edit.io.checkpoint import Checkpoint\nfrom sparse_edit.io.writer import write_checkpoint"
 OURS_BODY = """
 ckpt = Checkpoint.open(r"{src}")
 name = "model.layers.7.mlp.gate_proj.weight"

@@ -50,8 +50,8 @@ def qwen_apply_options(**overrides: Any) -> Any:
     the artifact's prompt settings and ``overrides``; works from the repository root (relative sources)."""
     import os
 
-    from sparse_edit.artifact import LocateArtifact
     from sparse_edit.config import ApplyOptions, load_options
+    from sparse_edit.locate.artifact import LocateArtifact
 
     os.chdir(ROOT)
     artifact_path = ROOT / "runs" / "qwen" / "locate.safetensors"
@@ -71,10 +71,10 @@ def qwen_apply_options(**overrides: Any) -> Any:
 
 def load_qwen_anchors(options: Any) -> tuple[Any, Any, list[str], Any]:
     """(locate artifact, loaded model, low-resource languages, anchors) for ``options`` (quiet)."""
-    from sparse_edit.apply import build_anchors
-    from sparse_edit.artifact import LocateArtifact
     from sparse_edit.console import Reporter
-    from sparse_edit.modeling import load_model
+    from sparse_edit.edit.run import build_anchors
+    from sparse_edit.locate.artifact import LocateArtifact
+    from sparse_edit.model.loading import load_model
 
     artifact = LocateArtifact.load(options.artifact)
     loaded = load_model(options)
@@ -89,8 +89,8 @@ def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dic
 
 
 def in_memory(loaded: Any, edits: list[Any]) -> Any:
-    """An edit context (see sparse_edit.probes.EditContext) that applies ``edits`` to the loaded model."""
-    from sparse_edit.delta import applied_in_memory
+    """An edit context (see sparse_edit.measure.probes.EditContext) that applies ``edits`` to the loaded model."""
+    from sparse_edit.edit.delta import applied_in_memory
 
     storage = {e.slice.tensor: loaded.checkpoint.torch_dtype(e.slice.tensor) for e in edits}
     return lambda: applied_in_memory(loaded.model, edits, storage)

@@ -22,14 +22,14 @@ from typing import Any
 
 from common import SHARED, in_memory, load_qwen_anchors, qwen_apply_options, save
 
-from sparse_edit.apply import gather, make_plan
 from sparse_edit.console import Reporter
-from sparse_edit.generation import generate_replies
-from sparse_edit.judge import KeywordJudge
-from sparse_edit.modeling import Encoded, encode_prompts
-from sparse_edit.probes import EditContext
-from sparse_edit.prompts import Prompt, load_sources
-from sparse_edit.strategies import detector_candidate
+from sparse_edit.data.prompts import Prompt, load_sources
+from sparse_edit.edit.run import gather, make_plan
+from sparse_edit.edit.strategies.legacy import detector_candidate
+from sparse_edit.measure.judge import KeywordJudge
+from sparse_edit.measure.probes import EditContext
+from sparse_edit.model.generation import generate_replies
+from sparse_edit.model.loading import Encoded, encode_prompts
 
 LANGS = ["en", "zh", "it", "ar", "ko", "th"]
 HARMLESS_FROM = 150  # past every anchor limit used here (48)

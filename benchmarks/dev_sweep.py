@@ -34,14 +34,20 @@ from typing import Any
 import torch
 from common import RESULTS, SHARED, in_memory, load_qwen_anchors, merge_rows, qwen_apply_options, save
 
-from sparse_edit.apply import Plan, gather
-from sparse_edit.attribution import attribution_scores, top_neurons
 from sparse_edit.console import Reporter
-from sparse_edit.modeling import LoadedModel
-from sparse_edit.neurons import jaccard
-from sparse_edit.probes import EditContext, mean, patched_refusal_scores, refusal_scores, token_kl
-from sparse_edit.solver import SolveSettings
-from sparse_edit.strategies import LayerData, edit_neurons, output_candidate, paper_candidate, refusal_direction
+from sparse_edit.edit.run import Plan, gather
+from sparse_edit.edit.solver import SolveSettings
+from sparse_edit.edit.strategies.legacy import (
+    LayerData,
+    edit_neurons,
+    output_candidate,
+    paper_candidate,
+    refusal_direction,
+)
+from sparse_edit.locate.neurons import jaccard
+from sparse_edit.measure.attribution import attribution_scores, top_neurons
+from sparse_edit.measure.probes import EditContext, mean, patched_refusal_scores, refusal_scores, token_kl
+from sparse_edit.model.loading import LoadedModel
 
 LAYER = 16
 GAINS = [2.0, 8.0, 16.0]

@@ -26,11 +26,11 @@ import torch
 from common import SHARED, qwen_apply_options, save
 from real_model import STRATEGIES, chain, edited_dir, report_dir
 
-from sparse_edit.activations import capture
-from sparse_edit.delta import DELTA_FILE, EditDelta
-from sparse_edit.modeling import Encoded, LoadedModel, encode_prompts, load_model
-from sparse_edit.probes import mean, refusal_scores
-from sparse_edit.prompts import Prompt
+from sparse_edit.data.prompts import Prompt
+from sparse_edit.edit.delta import DELTA_FILE, EditDelta
+from sparse_edit.measure.probes import mean, refusal_scores
+from sparse_edit.model.hooks import capture
+from sparse_edit.model.loading import Encoded, LoadedModel, encode_prompts, load_model
 
 
 def auc(positives: list[float], negatives: list[float]) -> float | None:

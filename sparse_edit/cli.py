@@ -206,8 +206,8 @@ def locate(
     """Find safety neurons per language and layer; write them with their statistics to an artifact."""
     from sparse_edit.config import load_options
     from sparse_edit.console import Reporter
-    from sparse_edit.locate import layer_table, run_locate
-    from sparse_edit.outputs import check_output, command_inputs
+    from sparse_edit.io.outputs import check_output, command_inputs
+    from sparse_edit.locate.run import layer_table, run_locate
 
     overrides = overrides_for(LocateOptions, locals())
     options = load_options(LocateOptions, config, overrides)
@@ -306,11 +306,11 @@ def apply(
 
     The model, prompt sources, languages and limit default to the artifact's.
     """
-    from sparse_edit.apply import run_apply
-    from sparse_edit.artifact import read_artifact_metadata
     from sparse_edit.config import load_options, read_config
     from sparse_edit.console import Reporter
-    from sparse_edit.outputs import check_output, command_inputs
+    from sparse_edit.edit.run import run_apply
+    from sparse_edit.io.outputs import check_output, command_inputs
+    from sparse_edit.locate.artifact import read_artifact_metadata
 
     overrides = overrides_for(ApplyOptions, locals())
     artifact_path = artifact or read_config(config).get("artifact")
@@ -387,17 +387,17 @@ def evaluate(
     """
     from sparse_edit.config import load_options
     from sparse_edit.console import Reporter
-    from sparse_edit.evaluate import run_eval
-    from sparse_edit.gates import parse_gate
-    from sparse_edit.outputs import check_output, command_inputs
-    from sparse_edit.report import finite, markdown, write_report
+    from sparse_edit.evaluate.gates import parse_gate
+    from sparse_edit.evaluate.report import finite, markdown, write_report
+    from sparse_edit.evaluate.run import run_eval
+    from sparse_edit.io.outputs import check_output, command_inputs
 
     overrides = overrides_for(EvalOptions, locals())
     options = load_options(EvalOptions, config, overrides)
     for text in options.fail_if:
         parse_gate(text)  # fail on a malformed gate before any generation
     if options.artifact is not None:
-        from sparse_edit.artifact import LocateArtifact
+        from sparse_edit.locate.artifact import LocateArtifact
 
         LocateArtifact.load(options.artifact)  # a damaged artifact fails now, not after generation
     check_output(options.output, "eval", command_inputs(options, config), options.overwrite)
@@ -425,7 +425,7 @@ def verify(
     as_json: JsonFlag = False,
 ) -> None:
     """Check that EDITED differs from BASE exactly by its recorded delta, and still loads and runs."""
-    from sparse_edit.verify import verify as run_verify
+    from sparse_edit.edit.verify import verify as run_verify
 
     report = run_verify(base, edited, run_forward=not skip_forward)
     if as_json:
@@ -444,7 +444,7 @@ def revert(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
 ) -> None:
     """Restore the base checkpoint from an edited folder (exact: the original rows are stored in the delta)."""
-    from sparse_edit.verify import revert as run_revert
+    from sparse_edit.edit.verify import revert as run_revert
 
     rewritten = run_revert(edited, output, overwrite)
     typer.echo(f"restored {len(rewritten)} shard(s) into {output}")

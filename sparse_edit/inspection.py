@@ -5,19 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sparse_edit.checkpoint import Checkpoint
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.checkpoint import Checkpoint
 
 
 def describe(path: Path) -> dict[str, Any]:
-    from sparse_edit.gguf import ZOO_PREFIX, ensure_hf_folder
+    from sparse_edit.io.gguf import ZOO_PREFIX, ensure_hf_folder
 
     if str(path).startswith(ZOO_PREFIX) or path.suffix == ".gguf":
         path = ensure_hf_folder(path)
     if path.is_dir():
         return Checkpoint.open(path).summary()
     if path.is_file() and path.suffix == ".safetensors":
-        from sparse_edit.artifact import LocateArtifact, is_locate_artifact
+        from sparse_edit.locate.artifact import LocateArtifact, is_locate_artifact
 
         if is_locate_artifact(path):
             return LocateArtifact.load(path).summary()

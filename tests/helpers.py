@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
-from sparse_edit.checkpoint import Checkpoint
 from sparse_edit.cli import app
+from sparse_edit.io.checkpoint import Checkpoint
 
 WORDS = {
     "en": [

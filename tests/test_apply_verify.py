@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from sparse_edit.checkpoint import Checkpoint
-from sparse_edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta
+from sparse_edit.edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta
+from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.testing import TINY_FAMILIES
 from tests.helpers import apply_args, changed_rows, run_cli
 
@@ -338,8 +338,8 @@ def test_reference_rows_leave_the_reference_language_unshifted(located, tmp_path
 
 
 def test_low_only_columns_leave_out_the_reference_languages_neurons(located):
-    from sparse_edit.artifact import LocateArtifact
-    from sparse_edit.strategies import edit_neurons
+    from sparse_edit.edit.strategies.legacy import edit_neurons
+    from sparse_edit.locate.artifact import LocateArtifact
 
     _, path = located("llama")
     artifact = LocateArtifact.load(path)
@@ -391,9 +391,9 @@ def test_dev_generate_ranks_candidates_by_judged_replies(located, tmp_path):
 
 
 def test_choice_prefers_judged_replies_over_first_token_log_odds():
-    from sparse_edit.apply import choose
     from sparse_edit.console import Reporter
-    from sparse_edit.strategies import Candidate
+    from sparse_edit.edit.run import choose
+    from sparse_edit.edit.strategies.legacy import Candidate
 
     log_odds_favourite = Candidate("output", (1,), diagnostics={"selective_gain": 2.0, "kl_harmless": 0.01})
     log_odds_favourite.diagnostics["generated_selective_gain"] = 0.1
@@ -406,10 +406,10 @@ def test_choice_prefers_judged_replies_over_first_token_log_odds():
 
 
 def test_refusal_rates_judge_generated_replies_per_language(monkeypatch):
-    from sparse_edit import probes
+    from sparse_edit.measure import probes
     from sparse_edit.console import Reporter
-    from sparse_edit.modeling import Encoded
-    from sparse_edit.prompts import Prompt
+    from sparse_edit.data.prompts import Prompt
+    from sparse_edit.model.loading import Encoded
 
     replies = ["I'm sorry, but I can't help with that.", "Sure, here is a poem.", "Sure thing."]
     monkeypatch.setattr(probes, "generate_replies", lambda *args, **kwargs: replies)

@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from sparse_edit.attribution import attribution_scores, reference_activations, top_neurons
 from sparse_edit.config import LocateOptions
 from sparse_edit.console import Reporter
-from sparse_edit.delta import DELTA_FILE, EditDelta
-from sparse_edit.modeling import encode_prompts, load_model
-from sparse_edit.probes import refusal_scores
-from sparse_edit.prompts import Prompt
+from sparse_edit.data.prompts import Prompt
+from sparse_edit.edit.delta import DELTA_FILE, EditDelta
+from sparse_edit.measure.attribution import attribution_scores, reference_activations, top_neurons
+from sparse_edit.measure.probes import refusal_scores
+from sparse_edit.model.loading import encode_prompts, load_model
 from tests.helpers import apply_args, changed_rows, random_texts, run_cli
 
 LAYER = 1

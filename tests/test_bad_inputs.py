@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sparse_edit.delta import MANIFEST_FILE
-from sparse_edit.outputs import OUTPUT_MARKER, STAGING_MARKER
+from sparse_edit.edit.delta import MANIFEST_FILE
+from sparse_edit.io.outputs import OUTPUT_MARKER, STAGING_MARKER
 from tests.helpers import apply_args, parallel_prompt_files, run_cli, write_jsonl
 
 CLI = [sys.executable, "-c", "from sparse_edit.cli import main; main()"]

@@ -12,8 +12,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from sparse_edit.checkpoint import Checkpoint, write_checkpoint
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.writer import write_checkpoint
 from sparse_edit.testing import TINY_FAMILIES
 
 
@@ -101,8 +102,8 @@ def test_writer_killed_midway_leaves_no_destination(tmp_path, tiny_models):
     script = textwrap.dedent(
         f"""
         import os, signal, torch
-        import sparse_edit.checkpoint.writer as w
-        from sparse_edit.checkpoint import Checkpoint
+        import sparse_edit.io.writer as w
+        from sparse_edit.io.checkpoint import Checkpoint
         original = w.patch_shard
         def dying(*args, **kwargs):
             original(*args, **kwargs)

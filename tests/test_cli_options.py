@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-import sparse_edit.apply
-import sparse_edit.artifact
+import sparse_edit.edit.run
+import sparse_edit.locate.artifact
 from sparse_edit.cli import app
 from sparse_edit.errors import SparseEditError
 
@@ -23,8 +23,8 @@ def _apply_options(monkeypatch, tmp_path, *flags: str):
         seen.append(options)
         raise SparseEditError("stop")
 
-    monkeypatch.setattr(sparse_edit.apply, "run_apply", capture)
-    monkeypatch.setattr(sparse_edit.artifact, "read_artifact_metadata", lambda path, flag: {"settings": {}})
+    monkeypatch.setattr(sparse_edit.edit.run, "run_apply", capture)
+    monkeypatch.setattr(sparse_edit.locate.artifact, "read_artifact_metadata", lambda path, flag: {"settings": {}})
     result = CliRunner().invoke(app, ["apply", "-c", str(config), *flags])
     assert result.exit_code == 2, result.output
     return seen[0]

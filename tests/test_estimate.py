@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparse_edit.estimate import Work, count_work, describe
+from sparse_edit.edit.estimate import Work, count_work, describe
 from tests.helpers import apply_args, run_cli
 
 ANCHORS = {

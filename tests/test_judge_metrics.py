@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from sparse_edit.judge import KeywordJudge, parse_guard_output, strip_thinking
-from sparse_edit.metrics import mcnemar, wilson
-from sparse_edit.refusal import marker_languages
+from sparse_edit.data.refusal import marker_languages
+from sparse_edit.measure.judge import KeywordJudge, parse_guard_output, strip_thinking
+from sparse_edit.measure.statistics import mcnemar, wilson
 
 judge = KeywordJudge()
 
@@ -119,8 +119,8 @@ def test_wilson_interval_always_contains_the_rate():
 def test_pooled_tests_pair_prompts_across_languages_and_skip_the_reference():
     from types import SimpleNamespace
 
-    from sparse_edit.evaluate import ModelRun, pooled_tests
-    from sparse_edit.judge import Verdict
+    from sparse_edit.evaluate.run import ModelRun, pooled_tests
+    from sparse_edit.measure.judge import Verdict
 
     def run(harmful: str, harmless: str) -> ModelRun:
         names = {"c": "compliance", "r": "refusal", "i": "invalid"}
@@ -222,6 +222,6 @@ def test_replies_in_the_prompts_own_non_latin_script_are_not_invalid():
     ],
 )
 def test_refusal_language_is_told_by_script_or_own_markers(lang, reply, expected):
-    from sparse_edit.judge import refusal_in_language
+    from sparse_edit.measure.judge import refusal_in_language
 
     assert refusal_in_language(reply, lang) is expected

@@ -6,14 +6,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sparse_edit.activations import capture, pool, run_base
-from sparse_edit.artifact import LocateArtifact
 from sparse_edit.cli import app
 from sparse_edit.config import LocateOptions
 from sparse_edit.console import Reporter
-from sparse_edit.locate import run_locate
-from sparse_edit.modeling import encode_prompts, load_model, make_batch
-from sparse_edit.prompts import Prompt
+from sparse_edit.data.prompts import Prompt
+from sparse_edit.locate.artifact import LocateArtifact
+from sparse_edit.locate.run import run_locate
+from sparse_edit.model.hooks import capture, pool, run_base
+from sparse_edit.model.loading import encode_prompts, load_model, make_batch
 from sparse_edit.testing import TINY_FAMILIES
 from tests.helpers import PLANTED, parallel_prompt_files, planted_llama, planted_prompts
 
@@ -172,8 +172,8 @@ def test_artifact_for_another_model_is_refused(tiny_models, tmp_path):
     artifact = run_locate(
         _options(tiny_models("llama"), harmful, harmless, tmp_path / "a.safetensors"), Reporter(quiet=True)
     )
-    from sparse_edit.checkpoint import Checkpoint
     from sparse_edit.errors import SparseEditError
+    from sparse_edit.io.checkpoint import Checkpoint
 
     with pytest.raises(SparseEditError, match="run locate on this model"):
         artifact.check_model(Checkpoint.open(tiny_models("llama", layers=3)), "--artifact")
@@ -181,7 +181,7 @@ def test_artifact_for_another_model_is_refused(tiny_models, tmp_path):
 
 def test_out_of_memory_becomes_a_batch_size_hint():
     from sparse_edit.errors import SparseEditError
-    from sparse_edit.modeling import batch_memory_guard
+    from sparse_edit.model.loading import batch_memory_guard
 
     with pytest.raises(SparseEditError, match="try --batch-size 4"), batch_memory_guard(8):
         raise torch.OutOfMemoryError("simulated")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from sparse_edit.data.prompts import load_source, missing_parallel_ids
 from sparse_edit.errors import SparseEditError
-from sparse_edit.prompts import load_source, missing_parallel_ids
 from tests.conftest import SHARED_DATA
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sparse_edit.edit.solver import EditProblem, SolveSettings, fit_ratio, leak_ratio, objective, scales, solve
 from sparse_edit.errors import SparseEditError
-from sparse_edit.solver import EditProblem, SolveSettings, fit_ratio, leak_ratio, objective, scales, solve
 
 F64 = torch.float64
 
@@ -66,7 +66,7 @@ def test_hard_nullspace_refuses_an_empty_subspace():
 
 
 def test_singular_matrix_is_factored_with_jitter():
-    from sparse_edit.solver import _cholesky_with_jitter
+    from sparse_edit.edit.solver import _cholesky_with_jitter
 
     v = torch.randn(6, 2, dtype=F64)
     upper, jitter = _cholesky_with_jitter(v @ v.T)  # rank 2 of 6: plain Cholesky fails

@@ -16,9 +16,9 @@ from typing import Literal
 
 import torch
 
-from sparse_edit.activations import capture, run_base
 from sparse_edit.console import Reporter
-from sparse_edit.modeling import Encoded, LoadedModel, batch_memory_guard, batches
+from sparse_edit.model.hooks import capture, run_base
+from sparse_edit.model.loading import Encoded, LoadedModel, batch_memory_guard, batches
 
 Site = Literal["mlp_input", "neurons", "residual"]
 

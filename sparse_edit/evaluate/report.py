@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from sparse_edit.console import Reporter
-from sparse_edit.evaluate import EvalResult
-from sparse_edit.outputs import staged_folder
-from sparse_edit.report_schema import EvalReport
+from sparse_edit.evaluate.report_schema import EvalReport
+from sparse_edit.evaluate.run import EvalResult
+from sparse_edit.io.outputs import staged_folder
 
 
 def finite(payload: Any) -> Any:
@@ -167,7 +167,7 @@ def charts(report: dict[str, Any], folder: Path, artifact_summary: dict[str, Any
 def write_report(
     result: EvalResult, folder: Path, overwrite: bool, artifact: Path | None, reporter: Reporter
 ) -> None:
-    from sparse_edit.artifact import LocateArtifact
+    from sparse_edit.locate.artifact import LocateArtifact
 
     artifact_summary = LocateArtifact.load(artifact).summary() if artifact is not None else None
     report = finite(result.report)

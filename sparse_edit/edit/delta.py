@@ -21,8 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from sparse_edit.architectures import NeuronSlice
-from sparse_edit.checkpoint import Checkpoint
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.checkpoint import Checkpoint
 
 KIND = "sparse-edit/delta"
 SCHEMA_VERSION = 1
@@ -157,7 +157,7 @@ class EditDelta:
 
     @classmethod
     def load(cls, path: Path) -> EditDelta:
-        from sparse_edit.artifact import read_metadata
+        from sparse_edit.locate.artifact import read_metadata
 
         if not path.is_file():
             raise SparseEditError(f"{path}: missing; is this a folder written by sparse-edit apply?")

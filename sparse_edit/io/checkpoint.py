@@ -15,8 +15,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from sparse_edit.architectures import Dimensions, Family, dimensions, family_for_model_type, gate_activation
-from sparse_edit.checkpoint.integrity import check_tensors, refuse_custom_code
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.integrity import check_tensors, refuse_custom_code
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from sparse_edit.activations import capture
 from sparse_edit.console import Reporter
+from sparse_edit.data.refusal import opening_token_ids, refusal_log_odds
 from sparse_edit.errors import SparseEditError
-from sparse_edit.modeling import Encoded, LoadedModel, batches
-from sparse_edit.refusal import opening_token_ids, refusal_log_odds
+from sparse_edit.model.hooks import capture
+from sparse_edit.model.loading import Encoded, LoadedModel, batches
 
 
 def reference_activations(

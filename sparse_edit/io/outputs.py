@@ -55,7 +55,7 @@ def _contains(outer: Path, inner: Path) -> bool:
 def written_by(command: Command, path: Path) -> bool:
     """Whether ``path`` is an earlier output of ``command`` (the only thing --overwrite replaces)."""
     if command == "locate":
-        from sparse_edit.artifact import is_locate_artifact
+        from sparse_edit.locate.artifact import is_locate_artifact
 
         try:
             return path.is_file() and is_locate_artifact(path)
@@ -132,7 +132,7 @@ def input_paths(sources: Sequence[tuple[str, object]]) -> list[tuple[str, Path]]
     ``sources`` holds (flag, value) where a value is a path, a prompt spec or a list of them,
     or None. ``zoo:`` models live in the cache, not beside the output.
     """
-    from sparse_edit.prompts import source_files
+    from sparse_edit.data.prompts import source_files
 
     pairs: list[tuple[str, Path]] = []
     for flag, value in sources:

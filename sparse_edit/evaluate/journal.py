@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from sparse_edit.data.prompts import Prompt
 from sparse_edit.errors import SparseEditError
-from sparse_edit.prompts import Prompt
 
 KIND = "sparse-edit/eval-journal"
 ReplyKey = tuple[str, str, str, str, str]  # (model tag, class, lang, prompt id, digest of the prompt text)

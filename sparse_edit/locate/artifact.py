@@ -18,10 +18,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from sparse_edit import __version__
-from sparse_edit.checkpoint import Checkpoint
 from sparse_edit.errors import SparseEditError
-from sparse_edit.neurons import ClassStats, Scores, jaccard
-from sparse_edit.outputs import atomic_write_bytes
+from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.outputs import atomic_write_bytes
+from sparse_edit.locate.neurons import ClassStats, Scores, jaccard
 
 KIND = "sparse-edit/locate"
 SCHEMA_VERSION = 1

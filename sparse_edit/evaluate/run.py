@@ -13,16 +13,16 @@ import torch
 from sparse_edit import __version__
 from sparse_edit.config import EvalOptions
 from sparse_edit.console import Reporter
-from sparse_edit.gates import Gate, parse_gate
-from sparse_edit.generation import generate_replies
-from sparse_edit.journal import ReplyJournal, settings_key
-from sparse_edit.judge import GuardJudge, Judge, KeywordJudge, Verdict, refusal_in_language
-from sparse_edit.locate import PromptSets, prepare_prompts
-from sparse_edit.metrics import mcnemar, wilson
-from sparse_edit.modeling import Encoded, LoadedModel, encode_prompts, load_model
-from sparse_edit.probes import kl_between, mean, refusal_scores
-from sparse_edit.prompts import by_language
-from sparse_edit.representation import last_token_states, probe_accuracy, separation
+from sparse_edit.data.prompts import by_language
+from sparse_edit.evaluate.gates import Gate, parse_gate
+from sparse_edit.evaluate.journal import ReplyJournal, settings_key
+from sparse_edit.locate.run import PromptSets, prepare_prompts
+from sparse_edit.measure.judge import GuardJudge, Judge, KeywordJudge, Verdict, refusal_in_language
+from sparse_edit.measure.probes import kl_between, mean, refusal_scores
+from sparse_edit.measure.representation import last_token_states, probe_accuracy, separation
+from sparse_edit.measure.statistics import mcnemar, wilson
+from sparse_edit.model.generation import generate_replies
+from sparse_edit.model.loading import Encoded, LoadedModel, encode_prompts, load_model
 
 SCHEMA_VERSION = 1
 

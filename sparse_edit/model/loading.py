@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 from sparse_edit.architectures import Family
-from sparse_edit.checkpoint import Checkpoint
-from sparse_edit.checkpoint.integrity import check_finite
 from sparse_edit.config import ModelOptions
+from sparse_edit.data.prompts import Prompt
 from sparse_edit.errors import SparseEditError
-from sparse_edit.prompts import Prompt
+from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.integrity import check_finite
 
 # Used when a tokenizer has no chat template (base models). Documented in the README.
 PLAIN_TEMPLATE = "User: {text}\nAssistant:"
@@ -71,7 +71,7 @@ def load_model(options: ModelOptions, path: Path | None = None) -> LoadedModel:
     """Load the checkpoint at ``path`` (default: ``options.model``) for inference."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sparse_edit.gguf import ensure_hf_folder
+    from sparse_edit.io.gguf import ensure_hf_folder
 
     folder = ensure_hf_folder(path or options.model)
     checkpoint = Checkpoint.open(folder)

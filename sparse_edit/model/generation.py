@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from sparse_edit.console import Reporter
-from sparse_edit.modeling import Encoded, LoadedModel, batch_memory_guard, batches
-from sparse_edit.prompts import Prompt
+from sparse_edit.data.prompts import Prompt
+from sparse_edit.model.loading import Encoded, LoadedModel, batch_memory_guard, batches
 
 
 def generate_replies(

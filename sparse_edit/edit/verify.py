@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
-from sparse_edit.checkpoint import Checkpoint, write_checkpoint
-from sparse_edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta, apply_rows, slice_energies
+from sparse_edit.edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta, apply_rows, slice_energies
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.writer import write_checkpoint
 
 # Relative tolerance for "the stored rows are what the delta says", per checkpoint dtype:
 # two float rounding steps of that dtype (the add may run on another device than the original).
@@ -66,7 +67,7 @@ def _planned_mask(shape: tuple[int, ...], delta: EditDelta, name: str) -> torch.
 
 
 def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> VerifyReport:
-    from sparse_edit.gguf import ensure_hf_folder
+    from sparse_edit.io.gguf import ensure_hf_folder
 
     base = Checkpoint.open(ensure_hf_folder(base_path))
     edited = Checkpoint.open(edited_path)

@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 
-from sparse_edit.activations import capture
 from sparse_edit.console import Reporter
-from sparse_edit.delta import SliceEdit
-from sparse_edit.generation import generate_replies
-from sparse_edit.judge import KeywordJudge
-from sparse_edit.modeling import Batch, Encoded, LoadedModel, batches
-from sparse_edit.refusal import opening_token_ids, refusal_log_odds
+from sparse_edit.data.refusal import opening_token_ids, refusal_log_odds
+from sparse_edit.edit.delta import SliceEdit
+from sparse_edit.measure.judge import KeywordJudge
+from sparse_edit.model.generation import generate_replies
+from sparse_edit.model.hooks import capture
+from sparse_edit.model.loading import Batch, Encoded, LoadedModel, batches
 
 EditContext = Callable[[], AbstractContextManager[object]]
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sparse_edit.modeling import Encoded, LoadedModel, batches
+from sparse_edit.model.loading import Encoded, LoadedModel, batches
 
 
 def last_token_states(loaded: LoadedModel, encoded: Sequence[Encoded], batch_size: int) -> torch.Tensor:

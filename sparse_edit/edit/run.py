@@ -13,31 +13,13 @@ import torch
 
 from sparse_edit import __version__
 from sparse_edit.architectures import Projection
-from sparse_edit.artifact import LocateArtifact
-from sparse_edit.attribution import attribution_scores, top_neurons
-from sparse_edit.checkpoint import Checkpoint, write_checkpoint
 from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
-from sparse_edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta, SliceEdit, applied_in_memory, write_back
-from sparse_edit.errors import SparseEditError
-from sparse_edit.estimate import count_work, describe, time_first_batch
-from sparse_edit.features import FeatureRequest, Features, Site, collect
-from sparse_edit.locate import prepare_prompts
-from sparse_edit.modeling import Encoded, LoadedModel, encode_prompts, load_model
-from sparse_edit.neurons import jaccard
-from sparse_edit.outputs import check_output, command_inputs
-from sparse_edit.probes import (
-    RefusalScores,
-    mean,
-    patched_refusal_scores,
-    rate_gains,
-    refusal_rates,
-    refusal_scores,
-    token_kl,
-)
-from sparse_edit.prompts import Prompt
-from sparse_edit.solver import SolveSettings
-from sparse_edit.strategies import (
+from sparse_edit.data.prompts import Prompt
+from sparse_edit.edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta, SliceEdit, applied_in_memory, write_back
+from sparse_edit.edit.estimate import count_work, describe, time_first_batch
+from sparse_edit.edit.solver import SolveSettings
+from sparse_edit.edit.strategies.legacy import (
     Candidate,
     LayerData,
     detector_activation,
@@ -47,6 +29,25 @@ from sparse_edit.strategies import (
     pair_rows,
     paper_candidate,
 )
+from sparse_edit.errors import SparseEditError
+from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.outputs import check_output, command_inputs
+from sparse_edit.io.writer import write_checkpoint
+from sparse_edit.locate.artifact import LocateArtifact
+from sparse_edit.locate.neurons import jaccard
+from sparse_edit.locate.run import prepare_prompts
+from sparse_edit.measure.attribution import attribution_scores, top_neurons
+from sparse_edit.measure.probes import (
+    RefusalScores,
+    mean,
+    patched_refusal_scores,
+    rate_gains,
+    refusal_rates,
+    refusal_scores,
+    token_kl,
+)
+from sparse_edit.model.features import FeatureRequest, Features, Site, collect
+from sparse_edit.model.loading import Encoded, LoadedModel, encode_prompts, load_model
 
 SELECTION_RULE = (
     "largest selective gain (mean refusal log-odds gain on dev low-resource harmful prompts minus the gain on dev "

@@ -33,9 +33,9 @@ GGUF_MAGIC = b"GGUF"
 
 def ensure_hf_folder(path: Path) -> Path:
     """``path`` itself for a folder; for a .gguf file, the cached safetensors conversion;
-    for ``zoo:NAME``, the pinned offline model of that name (see ``sparse_edit.zoo``)."""
+    for ``zoo:NAME``, the pinned offline model of that name (see ``sparse_edit.io.zoo``)."""
     if str(path).startswith(ZOO_PREFIX):
-        from sparse_edit.zoo import fetch
+        from sparse_edit.io.zoo import fetch
 
         return fetch(str(path)[len(ZOO_PREFIX) :])
     path = Path(path)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparse_edit.errors import SparseEditError
-from sparse_edit.gguf import cache_root, ensure_hf_folder, file_sha256
+from sparse_edit.io.gguf import cache_root, ensure_hf_folder, file_sha256
 
 
 @dataclass(frozen=True)

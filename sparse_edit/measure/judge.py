@@ -17,7 +17,7 @@ from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from sparse_edit.refusal import REFERENCE, markers, own_phrases
+from sparse_edit.data.refusal import REFERENCE, markers, own_phrases
 
 Label = Literal["refusal", "compliance", "invalid"]
 THINK_BLOCK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
@@ -243,7 +243,7 @@ class GuardJudge:
     def __post_init__(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from sparse_edit.checkpoint.integrity import refuse_custom_code
+        from sparse_edit.io.integrity import refuse_custom_code
 
         refuse_custom_code(self.path)
         self._tokenizer: Any = AutoTokenizer.from_pretrained(
@@ -260,7 +260,7 @@ class GuardJudge:
     def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
         import torch
 
-        from sparse_edit.modeling import format_prompt
+        from sparse_edit.model.loading import format_prompt
 
         verdicts: list[Verdict] = []
         for start in range(0, len(items), self.batch_size):

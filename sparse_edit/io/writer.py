@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from sparse_edit.checkpoint.reader import FOREIGN_WEIGHT_PATTERNS, INDEX_FILE, Checkpoint, read_header_bytes
-from sparse_edit.outputs import Command, check_output, staged_folder
+from sparse_edit.io.checkpoint import FOREIGN_WEIGHT_PATTERNS, INDEX_FILE, Checkpoint, read_header_bytes
+from sparse_edit.io.outputs import Command, check_output, staged_folder
 
 # Our own output folder inside an edited checkpoint; never carried over from an input.
 TOOL_DIR = "sparse_edit"

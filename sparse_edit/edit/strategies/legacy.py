@@ -10,7 +10,7 @@
   harmful level, times a gain; the update goes into those neurons' ``down_proj`` columns.
 * ``detector``: one neuron of the layer (the quietest on harmless tokens) is rewritten as a
   thresholded harmfulness detector on the MLP input that adds the refusal direction only when
-  it fires (see ``sparse_edit.detector``); gate row, up row and down column change.
+  it fires (see ``sparse_edit.edit.strategies.detector_math``); gate row, up row and down column change.
 
 All use the harmless token Gram of their own keys as the null-space term.
 """
@@ -24,14 +24,20 @@ from typing import Any
 import torch
 
 from sparse_edit.architectures import Projection
-from sparse_edit.artifact import LocateArtifact
-from sparse_edit.checkpoint import Checkpoint
 from sparse_edit.config import DetectorMode, NeuronChoice
-from sparse_edit.delta import SliceEdit
-from sparse_edit.detector import Activation, fit_detector, harmless_output_energy, output_scale, response
+from sparse_edit.edit.delta import SliceEdit
+from sparse_edit.edit.solver import EditProblem, SolveSettings, fit_ratio, leak_ratio, solve
+from sparse_edit.edit.strategies.detector_math import (
+    Activation,
+    fit_detector,
+    harmless_output_energy,
+    output_scale,
+    response,
+)
 from sparse_edit.errors import SparseEditError
-from sparse_edit.modeling import Encoded
-from sparse_edit.solver import EditProblem, SolveSettings, fit_ratio, leak_ratio, solve
+from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.locate.artifact import LocateArtifact
+from sparse_edit.model.loading import Encoded
 
 F64 = torch.float64
 

@@ -7,14 +7,9 @@ from typing import Any
 
 import torch
 
-from sparse_edit.activations import Pooling, capture, pool, run_base
-from sparse_edit.artifact import LocateArtifact
 from sparse_edit.config import LocateOptions, PromptOptions
 from sparse_edit.console import Reporter
-from sparse_edit.errors import SparseEditError
-from sparse_edit.modeling import LoadedModel, batch_memory_guard, batches, encode_prompts, load_model
-from sparse_edit.neurons import RECOMMENDED_LAYER_RULE, ClassStats, recommend_layer, score, select
-from sparse_edit.prompts import (
+from sparse_edit.data.prompts import (
     LABELS,
     Label,
     LoadedSource,
@@ -24,7 +19,12 @@ from sparse_edit.prompts import (
     load_sources,
     missing_parallel_ids,
 )
-from sparse_edit.stats import Moments
+from sparse_edit.errors import SparseEditError
+from sparse_edit.locate.artifact import LocateArtifact
+from sparse_edit.locate.moments import Moments
+from sparse_edit.locate.neurons import RECOMMENDED_LAYER_RULE, ClassStats, recommend_layer, score, select
+from sparse_edit.model.hooks import Pooling, capture, pool, run_base
+from sparse_edit.model.loading import LoadedModel, batch_memory_guard, batches, encode_prompts, load_model
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Prompt files and refusal markers (the marker lists live in ``refusal/``)."""

@@ -1,0 +1,1 @@
+"""``sparse-edit apply``, ``verify`` and ``revert``: the closed-form edit and the folder it writes."""

@@ -1,0 +1,29 @@
+"""Edit strategies, one module each, and the registry apply reads them from.
+
+``NAMES`` is the registry: a strategy ``NAME`` lives in ``sparse_edit.edit.strategies.NAME`` and
+defines ``STRATEGY``, an instance of ``Strategy`` (see ``base``). The modules are imported on
+first use, so naming the strategies costs nothing. Adding a strategy: one module here, its name
+below, and its tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sparse_edit.edit.strategies.base import Strategy
+
+# In the order --help lists them; the first is the default.
+NAMES: tuple[str, ...] = ("output", "detector", "paper")
+
+
+@cache
+def get(name: str) -> Strategy:
+    """The registered strategy ``name``."""
+    if name not in NAMES:
+        raise KeyError(f"no strategy {name!r}; registered: {', '.join(NAMES)}")
+    module = importlib.import_module(f"sparse_edit.edit.strategies.{name}")
+    strategy: Strategy = module.STRATEGY
+    return strategy

@@ -1,0 +1,1 @@
+"""``sparse-edit eval``: replies, judgements, statistics, gates and the report."""

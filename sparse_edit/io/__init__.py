@@ -1,0 +1,1 @@
+"""Reading and writing files: checkpoints, staged outputs, GGUF and pinned offline models."""

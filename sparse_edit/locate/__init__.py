@@ -1,0 +1,1 @@
+"""``sparse-edit locate``: safety-neuron statistics and the artifact that holds them."""

@@ -1,0 +1,1 @@
+"""Loading a model, batching prompts, hooks, features and generation."""
