@@ -28,8 +28,8 @@ from sparse_edit.edit.run import gather, make_plan
 from sparse_edit.edit.strategies.legacy import detector_candidate
 from sparse_edit.measure.judge import KeywordJudge
 from sparse_edit.measure.probes import EditContext
+from sparse_edit.model.batching import Encoded, encode_prompts
 from sparse_edit.model.generation import generate_replies
-from sparse_edit.model.loading import Encoded, encode_prompts
 
 LANGS = ["en", "zh", "it", "ar", "ko", "th"]
 HARMLESS_FROM = 150  # past every anchor limit used here (48)

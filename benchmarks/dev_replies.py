@@ -30,9 +30,10 @@ from real_model import STRATEGIES, chain, edited_dir
 
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import load_sources
-from sparse_edit.edit.delta import DELTA_FILE, EditDelta
+from sparse_edit.edit.delta import EditDelta
+from sparse_edit.io.layout import DELTA_FILE
 from sparse_edit.measure.probes import EditContext, mean, rate_gains, refusal_rates
-from sparse_edit.model.loading import Encoded, encode_prompts
+from sparse_edit.model.batching import Encoded, encode_prompts
 
 HARMLESS_POOL = 200
 HELD_OUT_KEYS = ("relative_asr_change", "over_refusal_delta", "english_asr_delta", "kl_harmless")

@@ -46,7 +46,8 @@ from sparse_edit.edit.strategies.legacy import (
 )
 from sparse_edit.locate.neurons import jaccard
 from sparse_edit.measure.attribution import attribution_scores, top_neurons
-from sparse_edit.measure.probes import EditContext, mean, patched_refusal_scores, refusal_scores, token_kl
+from sparse_edit.measure.patching import patched_refusal_scores
+from sparse_edit.measure.probes import EditContext, mean, refusal_scores, token_kl
 from sparse_edit.model.loading import LoadedModel
 
 LAYER = 16
@@ -208,7 +209,9 @@ def main() -> None:
     for name, neurons in (("contrast", contrast), ("attribution", ranked)):
         edits, diag = paper_candidate(LAYER, neurons, loaded.checkpoint, ["gate"], paper_data, paper_solve)
         context = in_memory(loaded, edits)
-        patched = patched_refusal_scores(loaded, anchors.low_dev, anchors.ref_dev, edits, bs)
+        patched = patched_refusal_scores(
+            loaded, anchors.low_dev, anchors.ref_dev, {e.layer: e.neurons for e in edits}, bs
+        )
         kl, _ = token_kl(loaded, anchors.safe_dev, bs, context)
         measure(
             "neurons",

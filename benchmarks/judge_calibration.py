@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import save
 
-from sparse_edit.io.gguf import cache_root
+from sparse_edit.io.files import cache_root
 from sparse_edit.measure.judge import KeywordJudge
 
 WHEELS = {"uncensorbench==0.3.7": "uncensorbench-0.3.7", "pyrit==1.1.0": "pyrit-1.1.0"}

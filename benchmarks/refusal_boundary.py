@@ -27,10 +27,12 @@ from common import SHARED, qwen_apply_options, save
 from real_model import STRATEGIES, chain, edited_dir, report_dir
 
 from sparse_edit.data.prompts import Prompt
-from sparse_edit.edit.delta import DELTA_FILE, EditDelta
+from sparse_edit.edit.delta import EditDelta
+from sparse_edit.io.layout import DELTA_FILE
 from sparse_edit.measure.probes import mean, refusal_scores
+from sparse_edit.model.batching import Encoded, encode_prompts
 from sparse_edit.model.hooks import capture
-from sparse_edit.model.loading import Encoded, LoadedModel, encode_prompts, load_model
+from sparse_edit.model.loading import LoadedModel, load_model
 
 
 def auc(positives: list[float], negatives: list[float]) -> float | None:

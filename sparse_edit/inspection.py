@@ -10,7 +10,7 @@ from sparse_edit.io.checkpoint import Checkpoint
 
 
 def describe(path: Path) -> dict[str, Any]:
-    from sparse_edit.io.gguf import ZOO_PREFIX, ensure_hf_folder
+    from sparse_edit.io.model_path import ZOO_PREFIX, ensure_hf_folder
 
     if str(path).startswith(ZOO_PREFIX) or path.suffix == ".gguf":
         path = ensure_hf_folder(path)

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from sparse_edit.edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta
+from sparse_edit.edit.delta import EditDelta
 from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE
 from sparse_edit.testing import TINY_FAMILIES
 from tests.helpers import apply_args, changed_rows, run_cli
 
@@ -406,10 +407,10 @@ def test_choice_prefers_judged_replies_over_first_token_log_odds():
 
 
 def test_refusal_rates_judge_generated_replies_per_language(monkeypatch):
-    from sparse_edit.measure import probes
     from sparse_edit.console import Reporter
     from sparse_edit.data.prompts import Prompt
-    from sparse_edit.model.loading import Encoded
+    from sparse_edit.measure import probes
+    from sparse_edit.model.batching import Encoded
 
     replies = ["I'm sorry, but I can't help with that.", "Sure, here is a poem.", "Sure thing."]
     monkeypatch.setattr(probes, "generate_replies", lambda *args, **kwargs: replies)

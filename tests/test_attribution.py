@@ -8,10 +8,12 @@ import torch
 from sparse_edit.config import LocateOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
-from sparse_edit.edit.delta import DELTA_FILE, EditDelta
+from sparse_edit.edit.delta import EditDelta
+from sparse_edit.io.layout import DELTA_FILE
 from sparse_edit.measure.attribution import attribution_scores, reference_activations, top_neurons
 from sparse_edit.measure.probes import refusal_scores
-from sparse_edit.model.loading import encode_prompts, load_model
+from sparse_edit.model.batching import encode_prompts
+from sparse_edit.model.loading import load_model
 from tests.helpers import apply_args, changed_rows, random_texts, run_cli
 
 LAYER = 1

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sparse_edit.edit.delta import MANIFEST_FILE
+from sparse_edit.io.layout import MANIFEST_FILE
 from sparse_edit.io.outputs import OUTPUT_MARKER, STAGING_MARKER
 from tests.helpers import apply_args, parallel_prompt_files, run_cli, write_jsonl
 

@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from sparse_edit.edit.delta import DELTA_FILE, EditDelta
+from sparse_edit.edit.delta import EditDelta
 from sparse_edit.edit.strategies.detector_math import fit_detector, harmless_output_energy, output_scale, response
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.layout import DELTA_FILE
 from sparse_edit.model.hooks import capture
 from tests.helpers import apply_args, changed_rows, run_cli
 

@@ -157,7 +157,7 @@ def test_refusal_language_counts_only_refusals_and_reports_the_undetermined():
     from sparse_edit.data.prompts import Prompt
     from sparse_edit.evaluate.run import ModelRun, refusal_language
     from sparse_edit.measure.judge import Verdict
-    from sparse_edit.model.loading import Encoded
+    from sparse_edit.model.batching import Encoded
 
     langs = ["th", "th", "th", "haw"]
     replies = ["ขออภัย ฉันช่วยไม่ได้", "I'm sorry, but I can't assist with that.", "Sure: step one ...", "I'm sorry."]

@@ -12,8 +12,9 @@ from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.locate.artifact import LocateArtifact
 from sparse_edit.locate.run import run_locate
+from sparse_edit.model.batching import encode_prompts, make_batch
 from sparse_edit.model.hooks import capture, pool, run_base
-from sparse_edit.model.loading import encode_prompts, load_model, make_batch
+from sparse_edit.model.loading import load_model
 from sparse_edit.testing import TINY_FAMILIES
 from tests.helpers import PLANTED, parallel_prompt_files, planted_llama, planted_prompts
 
@@ -181,7 +182,7 @@ def test_artifact_for_another_model_is_refused(tiny_models, tmp_path):
 
 def test_out_of_memory_becomes_a_batch_size_hint():
     from sparse_edit.errors import SparseEditError
-    from sparse_edit.model.loading import batch_memory_guard
+    from sparse_edit.model.batching import batch_memory_guard
 
     with pytest.raises(SparseEditError, match="try --batch-size 4"), batch_memory_guard(8):
         raise torch.OutOfMemoryError("simulated")

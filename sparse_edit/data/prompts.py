@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Literal
 
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.sources import LANG_CODE, split_spec
 
 Label = Literal["harmful", "harmless"]
 LABELS: tuple[Label, ...] = ("harmful", "harmless")
-# ISO 639 code with optional BCP 47 subtags: en, fil, zh-TW, mni-Mtei.
-_LANG_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 # Longer prompts are refused when read: a prompt is one request, and a runaway one (a whole
 # file pasted into a row) would make the attention allocation explode before any check.
 MAX_PROMPT_CHARS = 32_000
@@ -55,26 +54,12 @@ class LoadedSource:
     prompts: tuple[Prompt, ...]
 
 
-def _split_spec(spec: str) -> tuple[str, list[str] | None]:
-    # "path:th" or "path:en,zh" - but never split a Windows drive letter or a bare path.
-    head, sep, tail = spec.rpartition(":")
-    if sep and head and tail and all(_LANG_CODE.match(part) for part in tail.split(",")):
-        return head, tail.split(",")
-    return spec, None
-
-
 def language_from_filename(path: Path) -> str | None:
     parts = path.stem.split("_")
     for part in reversed(parts):
         if re.fullmatch(r"[a-z]{2}", part):
             return part
     return None
-
-
-def source_files(spec: str) -> list[Path]:
-    """The files a source spec names (no checks; ``load_source`` reports what is wrong)."""
-    pattern, _ = _split_spec(spec)
-    return sorted(Path(p) for p in glob.glob(pattern)) or [Path(pattern)]
 
 
 def _check_text(text: object, where: str) -> str:
@@ -124,7 +109,7 @@ def _read_jsonl(path: Path, label: Label) -> list[Prompt]:
                 raise SparseEditError(f"{where}: missing {', '.join(missing)} (rows need id, lang, text)")
             text = _check_text(row["text"], where)
             lang = str(row["lang"])
-            if not _LANG_CODE.match(lang):
+            if not LANG_CODE.match(lang):
                 raise SparseEditError(
                     f"{where}: lang {lang!r} is not a language code (ISO 639 with optional subtags: en, th, zh-TW)"
                 )
@@ -159,7 +144,7 @@ def _read_wide_csv(path: Path, langs: list[str] | None, label: Label) -> list[Pr
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         columns = list(reader.fieldnames or [])
-        language_columns = [c for c in columns if c not in _NON_LANGUAGE_COLUMNS and _LANG_CODE.match(c)]
+        language_columns = [c for c in columns if c not in _NON_LANGUAGE_COLUMNS and LANG_CODE.match(c)]
         if langs is not None:
             unknown = [lang for lang in langs if lang not in columns]
             if unknown:
@@ -183,7 +168,7 @@ def _read_wide_csv(path: Path, langs: list[str] | None, label: Label) -> list[Pr
 
 def load_source(spec: str, label: Label, flag: str) -> LoadedSource:
     """Load one source spec (file, glob, optional ``:LANG`` suffix) as prompts of ``label``."""
-    pattern, langs = _split_spec(spec)
+    pattern, langs = split_spec(spec)
     files = _expand(pattern, flag)
     digest = hashlib.sha256()
     prompts: list[Prompt] = []

@@ -23,12 +23,10 @@ from safetensors.torch import load_file, save
 from sparse_edit.architectures import NeuronSlice
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.layout import DELTA_KIND as KIND
+from sparse_edit.io.layout import META_KEY, read_metadata
 
-KIND = "sparse-edit/delta"
 SCHEMA_VERSION = 1
-META_KEY = "sparse_edit"
-DELTA_FILE = "sparse_edit/delta.safetensors"
-MANIFEST_FILE = "sparse_edit/manifest.json"
 
 # Which axis of the neuron-major block the edit's keys live on: "columns" for input-side
 # edits (keys are MLP inputs, [m, d]), "rows" for output-side edits (keys are the neurons).
@@ -157,8 +155,6 @@ class EditDelta:
 
     @classmethod
     def load(cls, path: Path) -> EditDelta:
-        from sparse_edit.locate.artifact import read_metadata
-
         if not path.is_file():
             raise SparseEditError(f"{path}: missing; is this a folder written by sparse-edit apply?")
         meta = read_metadata(path)

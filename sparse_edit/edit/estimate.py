@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from sparse_edit.model.batching import Encoded, batches
 from sparse_edit.model.generation import generate_replies
-from sparse_edit.model.loading import Encoded, LoadedModel, batches
+from sparse_edit.model.loading import LoadedModel
 
 # A backward pass through the later layers costs about twice the forward pass it follows.
 BACKWARD_FACTOR = 3.0

@@ -16,7 +16,8 @@ from sparse_edit.architectures import Projection
 from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
-from sparse_edit.edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta, SliceEdit, applied_in_memory, write_back
+from sparse_edit.data.selection import prepare_prompts
+from sparse_edit.edit.delta import EditDelta, SliceEdit, applied_in_memory, write_back
 from sparse_edit.edit.estimate import count_work, describe, time_first_batch
 from sparse_edit.edit.solver import SolveSettings
 from sparse_edit.edit.strategies.legacy import (
@@ -31,23 +32,17 @@ from sparse_edit.edit.strategies.legacy import (
 )
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, MANIFEST_KIND, MODEL_CARD_FILE
 from sparse_edit.io.outputs import check_output, command_inputs
 from sparse_edit.io.writer import write_checkpoint
 from sparse_edit.locate.artifact import LocateArtifact
 from sparse_edit.locate.neurons import jaccard
-from sparse_edit.locate.run import prepare_prompts
 from sparse_edit.measure.attribution import attribution_scores, top_neurons
-from sparse_edit.measure.probes import (
-    RefusalScores,
-    mean,
-    patched_refusal_scores,
-    rate_gains,
-    refusal_rates,
-    refusal_scores,
-    token_kl,
-)
+from sparse_edit.measure.patching import patched_refusal_scores
+from sparse_edit.measure.probes import RefusalScores, mean, rate_gains, refusal_rates, refusal_scores, token_kl
+from sparse_edit.model.batching import Encoded, encode_prompts
 from sparse_edit.model.features import FeatureRequest, Features, Site, collect
-from sparse_edit.model.loading import Encoded, LoadedModel, encode_prompts, load_model
+from sparse_edit.model.loading import LoadedModel, load_model
 
 SELECTION_RULE = (
     "largest selective gain (mean refusal log-odds gain on dev low-resource harmful prompts minus the gain on dev "
@@ -467,7 +462,9 @@ def measure_candidates(
                     diag["refusal_rate_gain_harmful"] - diag["refusal_rate_gain_harmless"]
                 )
             if options.ceiling and harmful and anchors.ref_dev:
-                patched = patched_refusal_scores(loaded, harmful, anchors.ref_dev, candidate.edits, bs)
+                patched = patched_refusal_scores(
+                    loaded, harmful, anchors.ref_dev, {e.layer: e.neurons for e in candidate.edits}, bs
+                )
                 diag["ceiling_gain_harmful"] = mean(
                     [mean(patched[lang]) - mean(base_harmful[lang]) for lang in patched]
                 )
@@ -570,7 +567,7 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> ApplyResult:
     extra = {
         DELTA_FILE: delta_bytes,
         MANIFEST_FILE: (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
-        "README.md": model_card(manifest).encode(),
+        MODEL_CARD_FILE: model_card(manifest).encode(),
     }
     write_checkpoint(
         checkpoint,
@@ -598,7 +595,7 @@ def build_manifest(
     changed = sum(edit.changed_parameters for edit in chosen.edits)
     total = checkpoint.parameter_count
     return {
-        "kind": "sparse-edit/manifest",
+        "kind": MANIFEST_KIND,
         "schema_version": 1,
         "tool_version": __version__,
         "versions": {

@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
-from sparse_edit.edit.delta import DELTA_FILE, MANIFEST_FILE, EditDelta, apply_rows, slice_energies
+from sparse_edit.edit.delta import EditDelta, apply_rows, slice_energies
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, MODEL_CARD_FILE
 from sparse_edit.io.writer import write_checkpoint
 
 # Relative tolerance for "the stored rows are what the delta says", per checkpoint dtype:
@@ -67,7 +68,7 @@ def _planned_mask(shape: tuple[int, ...], delta: EditDelta, name: str) -> torch.
 
 
 def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> VerifyReport:
-    from sparse_edit.io.gguf import ensure_hf_folder
+    from sparse_edit.io.model_path import ensure_hf_folder
 
     base = Checkpoint.open(ensure_hf_folder(base_path))
     edited = Checkpoint.open(edited_path)
@@ -259,5 +260,5 @@ def revert(edited_path: Path, output: Path, overwrite: bool = False) -> list[str
         command="revert",
         input_flag="EDITED",
         overwrite=overwrite,
-        exclude={"README.md"},
+        exclude={MODEL_CARD_FILE},
     )

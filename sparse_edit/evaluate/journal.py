@@ -18,8 +18,8 @@ from typing import Any
 
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.layout import JOURNAL_KIND as KIND
 
-KIND = "sparse-edit/eval-journal"
 ReplyKey = tuple[str, str, str, str, str]  # (model tag, class, lang, prompt id, digest of the prompt text)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from sparse_edit.console import Reporter
 from sparse_edit.evaluate.report_schema import EvalReport
 from sparse_edit.evaluate.run import EvalResult
+from sparse_edit.io.layout import REPLIES_FILE, REPORT_JSON, REPORT_MARKDOWN
 from sparse_edit.io.outputs import staged_folder
 
 
@@ -173,11 +174,11 @@ def write_report(
     report = finite(result.report)
     EvalReport.model_validate(report)  # a report that breaks its own schema is a bug, not a result
     with staged_folder(folder, overwrite, "eval") as staging:
-        (staging / "report.json").write_text(
+        (staging / REPORT_JSON).write_text(
             json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-        (staging / "report.md").write_text(markdown(report), encoding="utf-8")
-        with (staging / "replies.jsonl").open("w", encoding="utf-8") as stream:
+        (staging / REPORT_MARKDOWN).write_text(markdown(report), encoding="utf-8")
+        with (staging / REPLIES_FILE).open("w", encoding="utf-8") as stream:
             for row in result.replies:
                 stream.write(json.dumps(row, ensure_ascii=False) + "\n")
         written = charts(report, staging, artifact_summary)

@@ -14,15 +14,17 @@ from sparse_edit import __version__
 from sparse_edit.config import EvalOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import by_language
+from sparse_edit.data.selection import PromptSets, prepare_prompts
 from sparse_edit.evaluate.gates import Gate, parse_gate
 from sparse_edit.evaluate.journal import ReplyJournal, settings_key
-from sparse_edit.locate.run import PromptSets, prepare_prompts
+from sparse_edit.io.layout import EVAL_KIND
 from sparse_edit.measure.judge import GuardJudge, Judge, KeywordJudge, Verdict, refusal_in_language
 from sparse_edit.measure.probes import kl_between, mean, refusal_scores
 from sparse_edit.measure.representation import last_token_states, probe_accuracy, separation
 from sparse_edit.measure.statistics import mcnemar, wilson
+from sparse_edit.model.batching import Encoded, encode_prompts
 from sparse_edit.model.generation import generate_replies
-from sparse_edit.model.loading import Encoded, LoadedModel, encode_prompts, load_model
+from sparse_edit.model.loading import LoadedModel, load_model
 
 SCHEMA_VERSION = 1
 
@@ -279,7 +281,7 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
         tripped, value = gate.evaluate(metrics)
         gate_rows.append({"expression": gate.text, "value": value, "tripped": tripped})
     report = {
-        "kind": "sparse-edit/eval",
+        "kind": EVAL_KIND,
         "schema_version": SCHEMA_VERSION,
         "tool_version": __version__,
         "settings": options.model_dump(mode="json", exclude={"output", "overwrite"}),

@@ -7,50 +7,12 @@ keyed by the file's sha256, so later runs load it directly.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 from pathlib import Path
 
 from sparse_edit.errors import SparseEditError
 
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SPARSE_EDIT_CACHE", Path.home() / ".cache" / "sparse-edit"))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-ZOO_PREFIX = "zoo:"
 GGUF_MAGIC = b"GGUF"
-
-
-def ensure_hf_folder(path: Path) -> Path:
-    """``path`` itself for a folder; for a .gguf file, the cached safetensors conversion;
-    for ``zoo:NAME``, the pinned offline model of that name (see ``sparse_edit.io.zoo``)."""
-    if str(path).startswith(ZOO_PREFIX):
-        from sparse_edit.io.zoo import fetch
-
-        return fetch(str(path)[len(ZOO_PREFIX) :])
-    path = Path(path)
-    if path.suffix != ".gguf":
-        return path
-    if not path.is_file():
-        raise SparseEditError(f"{path}: no such GGUF file")
-    with path.open("rb") as handle:
-        if handle.read(4) != GGUF_MAGIC:
-            raise SparseEditError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
-    target = cache_root() / "gguf" / file_sha256(path)[:16]
-    if (target / "config.json").is_file():
-        return target
-    convert_gguf(path, target)
-    return target
 
 
 def convert_gguf(path: Path, target: Path) -> None:

@@ -23,6 +23,16 @@ from pathlib import Path
 from typing import Literal
 
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.layout import (
+    EVAL_KIND,
+    LOCATE_KIND,
+    MANIFEST_FILE,
+    MANIFEST_KIND,
+    REPORT_JSON,
+    json_kind,
+    read_metadata,
+)
+from sparse_edit.io.sources import source_files
 
 Command = Literal["locate", "apply", "eval", "revert"]
 # Written into every output folder: which command made it (what --overwrite may replace).
@@ -55,10 +65,8 @@ def _contains(outer: Path, inner: Path) -> bool:
 def written_by(command: Command, path: Path) -> bool:
     """Whether ``path`` is an earlier output of ``command`` (the only thing --overwrite replaces)."""
     if command == "locate":
-        from sparse_edit.locate.artifact import is_locate_artifact
-
         try:
-            return path.is_file() and is_locate_artifact(path)
+            return path.is_file() and (read_metadata(path) or {}).get("kind") == LOCATE_KIND
         except SparseEditError:
             return False
     if not path.is_dir():
@@ -71,16 +79,9 @@ def written_by(command: Command, path: Path) -> bool:
             return False
     # Folders written before the marker existed.
     if command == "apply":
-        manifest = path / "sparse_edit" / "manifest.json"
-        try:
-            return json.loads(manifest.read_text(encoding="utf-8")).get("kind") == "sparse-edit/manifest"
-        except (OSError, ValueError, AttributeError):
-            return False
+        return json_kind(path / MANIFEST_FILE) == MANIFEST_KIND
     if command == "eval":
-        try:
-            return json.loads((path / "report.json").read_text(encoding="utf-8")).get("kind") == "sparse-edit/eval"
-        except (OSError, ValueError, AttributeError):
-            return False
+        return json_kind(path / REPORT_JSON) == EVAL_KIND
     return False
 
 
@@ -132,7 +133,6 @@ def input_paths(sources: Sequence[tuple[str, object]]) -> list[tuple[str, Path]]
     ``sources`` holds (flag, value) where a value is a path, a prompt spec or a list of them,
     or None. ``zoo:`` models live in the cache, not beside the output.
     """
-    from sparse_edit.data.prompts import source_files
 
     pairs: list[tuple[str, Path]] = []
     for flag, value in sources:

@@ -16,10 +16,8 @@ from pathlib import Path
 import torch
 
 from sparse_edit.io.checkpoint import FOREIGN_WEIGHT_PATTERNS, INDEX_FILE, Checkpoint, read_header_bytes
+from sparse_edit.io.layout import TOOL_DIR
 from sparse_edit.io.outputs import Command, check_output, staged_folder
-
-# Our own output folder inside an edited checkpoint; never carried over from an input.
-TOOL_DIR = "sparse_edit"
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

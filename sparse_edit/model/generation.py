@@ -8,7 +8,8 @@ import torch
 
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
-from sparse_edit.model.loading import Encoded, LoadedModel, batch_memory_guard, batches
+from sparse_edit.model.batching import Encoded, batch_memory_guard, batches
+from sparse_edit.model.loading import LoadedModel
 
 
 def generate_replies(

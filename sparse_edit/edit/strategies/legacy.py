@@ -37,7 +37,7 @@ from sparse_edit.edit.strategies.detector_math import (
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.locate.artifact import LocateArtifact
-from sparse_edit.model.loading import Encoded
+from sparse_edit.model.batching import Encoded
 
 F64 = torch.float64
 

@@ -1,0 +1,87 @@
+"""Which prompts a run uses: sources loaded, languages checked, per-language slices (--skip, --limit)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sparse_edit.config import PromptOptions
+from sparse_edit.console import Reporter
+from sparse_edit.data.prompts import (
+    Label,
+    LoadedSource,
+    Prompt,
+    by_language,
+    describe_missing,
+    load_sources,
+    missing_parallel_ids,
+)
+from sparse_edit.errors import SparseEditError
+
+
+@dataclass
+class PromptSets:
+    harmful: list[Prompt]
+    harmless: list[Prompt]
+    languages: list[str]
+    sources: list[dict[str, Any]]
+
+    def all(self) -> list[Prompt]:
+        return self.harmful + self.harmless
+
+
+def _source_record(source: LoadedSource, label: Label) -> dict[str, Any]:
+    return {"label": label, "spec": source.spec, "files": [str(f) for f in source.files], "sha256": source.sha256}
+
+
+def _slice(prompts: list[Prompt], skip: int, limit: int | None) -> list[Prompt]:
+    """Per language, the prompts after the first ``skip``, at most ``limit`` of them (source order)."""
+    if not skip and limit is None:
+        return prompts
+    kept: list[Prompt] = []
+    for items in by_language(prompts).values():
+        kept.extend(items[skip : None if limit is None else skip + limit])
+    return kept
+
+
+def prepare_prompts(options: PromptOptions, reporter: Reporter, harmless_everywhere: bool = True) -> PromptSets:
+    """Load, filter and check the harmful and harmless prompt sources.
+
+    With ``harmless_everywhere`` false (eval), a language may have harmful prompts only.
+    """
+    harmful, harmful_sources = load_sources(options.harmful, "harmful", "--harmful")
+    harmless, harmless_sources = load_sources(options.harmless, "harmless", "--harmless")
+    found = sorted({p.lang for p in harmful} | {p.lang for p in harmless})
+    languages = list(options.languages) if options.languages else found
+    if options.reference_lang not in languages:
+        languages.insert(0, options.reference_lang)
+    harmful_langs, harmless_langs = {p.lang for p in harmful}, {p.lang for p in harmless}
+    for lang in languages:
+        if lang not in harmful_langs:
+            raise SparseEditError(
+                f"--languages: {lang} has no harmful prompts in --harmful; add a source or drop it"
+            )
+        if lang not in harmless_langs and harmless_everywhere:
+            raise SparseEditError(
+                f"--languages: {lang} has no harmless prompts in --harmless; add a source or drop it"
+            )
+    keep = set(languages)
+    harmful = _slice([p for p in harmful if p.lang in keep], options.skip, options.limit)
+    harmless_skip = options.skip if options.harmless_skip is None else options.harmless_skip
+    harmless = _slice(
+        [p for p in harmless if p.lang in keep], harmless_skip, options.harmless_limit or options.limit
+    )
+    for label, prompts in (("harmful", harmful), ("harmless", harmless)):
+        for lang, items in by_language(prompts).items():
+            if len(items) < 2:
+                raise SparseEditError(
+                    f"--{label}: {lang} has {len(items)} {label} prompt(s); at least 2 are needed"
+                )
+    gaps = missing_parallel_ids(harmful, options.reference_lang)
+    if gaps:
+        reporter.warn(
+            f"harmful prompts not parallel to {options.reference_lang} (ids missing): {describe_missing(gaps)}"
+        )
+    sources = [_source_record(s, "harmful") for s in harmful_sources]
+    sources += [_source_record(s, "harmless") for s in harmless_sources]
+    return PromptSets(harmful, harmless, languages, sources)
