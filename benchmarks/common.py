@@ -72,7 +72,7 @@ def qwen_apply_options(**overrides: Any) -> Any:
 def load_qwen_anchors(options: Any) -> tuple[Any, Any, list[str], Any]:
     """(locate artifact, loaded model, low-resource languages, anchors) for ``options`` (quiet)."""
     from sparse_edit.console import Reporter
-    from sparse_edit.edit.run import build_anchors
+    from sparse_edit.edit.anchors import build_anchors
     from sparse_edit.locate.artifact import LocateArtifact
     from sparse_edit.model.loading import load_model
 

@@ -24,8 +24,9 @@ from common import SHARED, in_memory, load_qwen_anchors, qwen_apply_options, sav
 
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt, load_sources
-from sparse_edit.edit.run import gather, make_plan
-from sparse_edit.edit.strategies.legacy import detector_candidate
+from sparse_edit.edit.gather import gather
+from sparse_edit.edit.plan import make_plan
+from sparse_edit.edit.strategies.detector import detector_candidate
 from sparse_edit.measure.judge import KeywordJudge
 from sparse_edit.measure.probes import EditContext
 from sparse_edit.model.batching import Encoded, encode_prompts

@@ -35,15 +35,12 @@ import torch
 from common import RESULTS, SHARED, in_memory, load_qwen_anchors, merge_rows, qwen_apply_options, save
 
 from sparse_edit.console import Reporter
-from sparse_edit.edit.run import Plan, gather
+from sparse_edit.edit.gather import LayerData, gather
+from sparse_edit.edit.plan import Plan
 from sparse_edit.edit.solver import SolveSettings
-from sparse_edit.edit.strategies.legacy import (
-    LayerData,
-    edit_neurons,
-    output_candidate,
-    paper_candidate,
-    refusal_direction,
-)
+from sparse_edit.edit.strategies.base import refusal_direction
+from sparse_edit.edit.strategies.output import edit_neurons, output_candidate
+from sparse_edit.edit.strategies.paper import paper_candidate
 from sparse_edit.locate.neurons import jaccard
 from sparse_edit.measure.attribution import attribution_scores, top_neurons
 from sparse_edit.measure.patching import patched_refusal_scores

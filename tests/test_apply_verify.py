@@ -339,7 +339,7 @@ def test_reference_rows_leave_the_reference_language_unshifted(located, tmp_path
 
 
 def test_low_only_columns_leave_out_the_reference_languages_neurons(located):
-    from sparse_edit.edit.strategies.legacy import edit_neurons
+    from sparse_edit.edit.strategies.output import edit_neurons
     from sparse_edit.locate.artifact import LocateArtifact
 
     _, path = located("llama")
@@ -393,8 +393,8 @@ def test_dev_generate_ranks_candidates_by_judged_replies(located, tmp_path):
 
 def test_choice_prefers_judged_replies_over_first_token_log_odds():
     from sparse_edit.console import Reporter
-    from sparse_edit.edit.run import choose
-    from sparse_edit.edit.strategies.legacy import Candidate
+    from sparse_edit.edit.candidates import Candidate
+    from sparse_edit.edit.selection import choose
 
     log_odds_favourite = Candidate("output", (1,), diagnostics={"selective_gain": 2.0, "kl_harmless": 0.01})
     log_odds_favourite.diagnostics["generated_selective_gain"] = 0.1

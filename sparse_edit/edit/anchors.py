@@ -1,0 +1,79 @@
+"""The prompts an edit is fitted on, split by id into train and dev (the same ids in every language)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sparse_edit.config import ApplyOptions
+from sparse_edit.console import Reporter
+from sparse_edit.data.prompts import Prompt
+from sparse_edit.data.selection import prepare_prompts
+from sparse_edit.errors import SparseEditError
+from sparse_edit.model.batching import Encoded, encode_prompts
+from sparse_edit.model.loading import LoadedModel
+
+
+def is_dev(prompt_id: str, fraction: float, seed: int) -> bool:
+    digest = hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+@dataclass
+class Anchors:
+    """Encoded prompts by role; train rows feed the solve, dev rows only the diagnostics."""
+
+    low_train: list[Encoded]
+    ref_train: list[Encoded]
+    safe_train: list[Encoded]
+    ref_safe_train: list[Encoded]
+    low_dev: list[Encoded]
+    ref_dev: list[Encoded]
+    safe_dev: list[Encoded]
+
+    def counts(self) -> dict[str, int]:
+        """Prompts per role, for the manifest."""
+        return {role: len(items) for role, items in vars(self).items()}
+
+
+def _cap_per_language(prompts: list[Prompt], limit: int) -> list[Prompt]:
+    seen: dict[str, int] = {}
+    kept = []
+    for prompt in prompts:
+        if seen.get(prompt.lang, 0) < limit:
+            kept.append(prompt)
+            seen[prompt.lang] = seen.get(prompt.lang, 0) + 1
+    return kept
+
+
+def build_anchors(options: ApplyOptions, loaded: LoadedModel, low_langs: list[str], reporter: Reporter) -> Anchors:
+    sets = prepare_prompts(options, reporter)
+    ref = options.reference_lang
+
+    def encode(prompts: list[Prompt]) -> list[Encoded]:
+        return encode_prompts(loaded.tokenizer, prompts, options.system_prompt, options.max_length)
+
+    def split(prompts: list[Prompt]) -> tuple[list[Prompt], list[Prompt]]:
+        dev = [p for p in prompts if is_dev(p.id, options.dev_fraction, options.seed)]
+        train = [p for p in prompts if not is_dev(p.id, options.dev_fraction, options.seed)]
+        return train, _cap_per_language(dev, options.dev_limit)
+
+    low_train, low_dev = split([p for p in sets.harmful if p.lang in low_langs])
+    ref_train, ref_dev = split([p for p in sets.harmful if p.lang == ref])
+    safe_train, safe_dev = split(sets.harmless)
+    if not low_train:
+        raise SparseEditError(f"--low-langs: no harmful training prompts in {', '.join(low_langs)}")
+    if not ref_train:
+        raise SparseEditError(f"--reference-lang {ref}: no harmful training prompts in that language")
+    if not safe_train:
+        raise SparseEditError("--harmless: no harmless training prompts left after the dev split")
+    ref_safe = [p for p in safe_train if p.lang == ref]
+    return Anchors(
+        encode(low_train),
+        encode(ref_train),
+        encode(safe_train),
+        encode(ref_safe),
+        encode(low_dev),
+        encode(ref_dev),
+        encode(safe_dev),
+    )

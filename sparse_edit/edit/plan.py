@@ -1,0 +1,102 @@
+"""What apply will try: strategies × layer sets, and the neuron set each strategy edits at each layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from sparse_edit.config import ApplyOptions
+from sparse_edit.console import Reporter
+from sparse_edit.edit import strategies
+from sparse_edit.edit.anchors import Anchors
+from sparse_edit.edit.strategies.base import SITE_ORDER, Strategy
+from sparse_edit.errors import SparseEditError
+from sparse_edit.locate.artifact import LocateArtifact
+from sparse_edit.locate.neurons import jaccard
+from sparse_edit.measure.attribution import attribution_scores, top_neurons
+from sparse_edit.model.features import Site
+from sparse_edit.model.loading import LoadedModel
+
+
+def default_candidates(num_layers: int, recommended: int | None) -> list[int]:
+    low, high = num_layers // 3, max(num_layers - 2, num_layers // 3)
+    spread = {round(low + (high - low) * k / 3) for k in range(4)}
+    if recommended is not None:
+        spread.add(recommended)
+    return sorted(layer for layer in spread if 0 <= layer < num_layers)
+
+
+@dataclass
+class Plan:
+    """What apply will try: strategies x layer sets, and the neuron set of every (strategy, layer)."""
+
+    strategies: list[str]
+    layer_sets: list[tuple[int, ...]]
+    neurons: dict[tuple[str, int], torch.Tensor]
+    sites: list[Site]
+    notes: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)  # per-layer diagnostics
+
+    def strategy(self, name: str) -> Strategy:
+        return strategies.get(name)
+
+
+def rank_by_attribution(
+    loaded: LoadedModel, anchors: Anchors, plan: Plan, options: ApplyOptions, reporter: Reporter
+) -> None:
+    """Replace each planned neuron set by as many neurons ranked by attribution patching.
+
+    Records, per (strategy, layer), the overlap with the contrast set and both sets' first-order
+    estimate of the patching gain (mean over training prompts of the summed scores).
+    """
+    scores: dict[int, torch.Tensor] = {}
+    count = len(anchors.low_train)
+    for (strategy, layer), contrast in list(plan.neurons.items()):
+        if layer not in scores:
+            scores[layer] = attribution_scores(
+                loaded, anchors.low_train, anchors.ref_train, layer, options.batch_size, reporter
+            )
+        chosen = top_neurons(scores[layer], int(contrast.numel()))
+        if not chosen.numel():
+            raise SparseEditError(
+                f"--neuron-score attribution: no neuron at layer {layer} raises refusal when moved toward "
+                f"{options.reference_lang}; use --neuron-score contrast or another --layer"
+            )
+        plan.neurons[(strategy, layer)] = chosen
+        plan.notes[(strategy, layer)] = {
+            "jaccard_to_contrast_set": jaccard(contrast, chosen),
+            "attribution_estimate": float(scores[layer][chosen].sum()) / count,
+            "attribution_estimate_contrast_set": float(scores[layer][contrast].sum()) / count,
+        }
+
+
+def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, low_langs: list[str]) -> Plan:
+    fixed = options.fixed_layers()
+    layer_sets = (
+        [fixed]
+        if fixed
+        else [
+            (layer,)
+            for layer in (options.candidate_layers or default_candidates(num_layers, artifact.recommended_layer))
+        ]
+    )
+    for layers in layer_sets:
+        for layer in layers:
+            if not 0 <= layer < num_layers:
+                raise SparseEditError(f"--layer {layer}: the model has layers 0..{num_layers - 1}")
+    neurons: dict[tuple[str, int], torch.Tensor] = {}
+    for name in options.strategy:
+        strategy = strategies.get(name)
+        for layers in layer_sets:
+            for layer in layers:
+                chosen = strategy.neurons(artifact, layer, options, low_langs)
+                if chosen is not None:  # None: the strategy picks its neurons when solving
+                    neurons[(name, layer)] = chosen
+    usable = [
+        ls for ls in layer_sets if all(index.numel() for (_, layer), index in neurons.items() if layer in ls)
+    ]
+    if not usable:
+        raise SparseEditError("no neurons to edit at the requested layer(s); pick another --layer or neuron set")
+    wanted = {site for name in options.strategy for site in strategies.get(name).needs(options).sites}
+    sites: list[Site] = [site for site in SITE_ORDER if site in wanted]
+    return Plan(list(options.strategy), usable, neurons, sites)

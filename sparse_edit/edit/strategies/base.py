@@ -1,0 +1,127 @@
+"""What a strategy is: the features it reads, the neurons it plans on, and its closed-form solve.
+
+Helpers every strategy shares live here too: the layer's refusal direction, the paired target
+points, and the fit/leak diagnostics apply records for a candidate.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from sparse_edit.edit.delta import SliceEdit
+from sparse_edit.edit.solver import EditProblem, fit_ratio, leak_ratio
+from sparse_edit.model.features import Site
+
+if TYPE_CHECKING:
+    from sparse_edit.config import ApplyOptions
+    from sparse_edit.edit.gather import LayerData
+    from sparse_edit.io.checkpoint import Checkpoint
+    from sparse_edit.locate.artifact import LocateArtifact
+
+F64 = torch.float64
+SITE_ORDER: tuple[Site, ...] = ("mlp_input", "neurons", "residual")
+
+
+@dataclass(frozen=True)
+class FeatureNeeds:
+    """What a strategy reads at its edit layer, so apply collects it in the shared anchor passes."""
+
+    sites: tuple[Site, ...]  # rows of every anchor group (and the harmless Gram of the key sites)
+    neuron_subset: bool = False  # ``neurons`` rows only for the planned neuron set
+    harmless_tail_rows: bool = False  # the harmless prompts' last-token rows
+    harmless_moments: tuple[Site, ...] = ()  # per-dimension token sums and squares over harmless prompts
+    harmless_residual_rows: bool = False  # the harmless prompts' residual rows (not only the reference's)
+
+
+@dataclass
+class SolveJob:
+    """One strategy's solve at one layer of a candidate."""
+
+    layer: int
+    data: LayerData
+    neurons: torch.Tensor | None  # the planned neuron set (None for strategies that pick their own)
+    checkpoint: Checkpoint
+    options: ApplyOptions
+    share: float  # the part of the remaining gap this layer takes (sequential edits)
+
+
+class Strategy(ABC):
+    """A way to edit one layer in closed form."""
+
+    name: ClassVar[str]
+    # One line for the documentation table.
+    summary: ClassVar[str]
+    # The key site whose harmless Gram is stored in the delta for verify's leak check (None: no check).
+    gram_site: ClassVar[Site | None]
+    # The ApplyOptions fields this strategy reads beyond the shared ones.
+    settings: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def needs(self, options: ApplyOptions) -> FeatureNeeds:
+        """The features this strategy reads with these options."""
+
+    def check(self, checkpoint: Checkpoint) -> None:  # noqa: B027 - most strategies fit every family
+        """Refuse a model this strategy cannot edit, before any forward pass."""
+
+    def neurons(
+        self, artifact: LocateArtifact, layer: int, options: ApplyOptions, low_langs: list[str]
+    ) -> torch.Tensor | None:
+        """The neuron set to edit at ``layer``, from the locate artifact; None if the strategy picks its own."""
+        return None
+
+    @abstractmethod
+    def solve(self, job: SolveJob) -> tuple[list[SliceEdit], dict[str, Any]]:
+        """The slice edits at ``job.layer`` and their diagnostics."""
+
+
+def refusal_direction(data: LayerData) -> torch.Tensor:
+    """Unit vector from the reference language's harmless to its harmful mean of the layer output."""
+    assert data.ref_harmless_residual is not None
+    direction = data.ref_rows["residual"].to(F64).mean(0) - data.ref_harmless_residual.to(F64).mean(0)
+    return direction / direction.norm().clamp(min=1e-12)
+
+
+def target_points(data: LayerData, site: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low-resource keys, their reference-language targets): paired by id, or the reference class mean."""
+    low_idx, ref_idx = data.pairs
+    keys = data.low_rows[site][low_idx].to(F64)
+    if ref_idx:
+        return keys, data.ref_rows[site][ref_idx].to(F64)
+    return keys, data.ref_rows[site].to(F64).mean(0, keepdim=True).expand_as(keys)
+
+
+def shift_ratio(
+    rows: torch.Tensor | None, harmful: EditProblem, delta: torch.Tensor, direction: torch.Tensor
+) -> float | None:
+    """Mean shift the edit puts on ``rows`` (keys) along the refusal direction, relative to the mean
+    shift harmful rows are asked for (0 = untouched; 1 = pushed as far as harmful prompts should go)."""
+    wanted = float((harmful.targets @ direction).mean()) if harmful.targets.shape[0] else 0.0
+    if rows is None or not rows.shape[0] or wanted <= 0:
+        return None
+    return float((rows.to(F64) @ delta @ direction).mean()) / wanted
+
+
+def solve_diagnostics(
+    rank: int,
+    jitter: float,
+    nullspace_dim: int | None,
+    train: EditProblem,
+    delta: torch.Tensor,
+    w_s: torch.Tensor,
+    data: LayerData,
+    site: str,
+) -> dict[str, Any]:
+    """Fit and leak on the training anchors, and the update's size relative to the edited weights."""
+    return {
+        "rank": rank,
+        "jitter": jitter,
+        "nullspace_dim": nullspace_dim,
+        "anchors_train": int(train.keys.shape[0]),
+        "fit_train": fit_ratio(train.keys, train.targets, delta),
+        "leak_train": leak_ratio(data.safe_gram[site], delta, w_s),
+        "relative_norm": float(delta.norm() / w_s.norm()) if float(w_s.norm()) > 0 else 0.0,
+    }
