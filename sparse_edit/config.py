@@ -101,7 +101,7 @@ class PromptOptions(Options):
 class LocateOptions(ModelOptions, PromptOptions):
     """``sparse-edit locate``: safety-neuron statistics and sets per language and layer."""
 
-    output: Path = Field(description="Where to write the artifact (.safetensors).")
+    output: Path | None = Field(None, description="Where to write the artifact (.safetensors).")
     overwrite: bool = Field(False, description="Replace an existing output.")
     pooling: Literal["last", "mean", "max"] = Field(
         "last", description="How a prompt's token activations become one vector: last prompt token, mean or max."
@@ -115,8 +115,8 @@ class LocateOptions(ModelOptions, PromptOptions):
 
     @field_validator("output")
     @classmethod
-    def _output_suffix(cls, value: Path) -> Path:
-        if value.suffix != ".safetensors":
+    def _output_suffix(cls, value: Path | None) -> Path | None:
+        if value is not None and value.suffix != ".safetensors":
             raise ValueError("the artifact is a .safetensors file; end the path in .safetensors")
         return value
 

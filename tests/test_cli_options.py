@@ -49,7 +49,7 @@ def test_several_paths_may_follow_one_list_flag(monkeypatch, tmp_path):
 
 
 def test_spreading_stops_at_the_next_flag_and_leaves_single_value_flags_alone():
-    from sparse_edit.cli import spread_multi_values
+    from sparse_edit.cli_flags import spread_multi_values
 
     assert spread_multi_values(["eval", "--harmful", "a", "b", "-o", "out", "--fail-if", "x > 1", "y < 2"]) == [
         "eval",

@@ -26,12 +26,12 @@ from sparse_edit.model.loading import load_model
 
 
 @dataclass
-class ApplyResult:
+class EditResult:
     manifest: dict[str, Any]
     chosen: Candidate
 
 
-def run_apply(options: ApplyOptions, reporter: Reporter) -> ApplyResult:
+def run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
     check_output(options.output, "apply", command_inputs(options), options.overwrite)
     artifact = LocateArtifact.load(options.artifact)
     loaded = load_model(options)
@@ -96,4 +96,4 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> ApplyResult:
         extra_files=extra,
         warn=reporter.warn,
     )
-    return ApplyResult(manifest, chosen)
+    return EditResult(manifest, chosen)

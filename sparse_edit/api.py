@@ -1,0 +1,154 @@
+"""The library API: what the command line, the benchmarks and a notebook call.
+
+Every function takes its settings as keyword arguments named like the options fields (the flag
+names with ``_``), optionally on top of a TOML ``config`` file, and validates them with the same
+options model as the command line. Outputs are written with the same guarantees: staged, never
+over an input, ``overwrite`` only over an earlier output of the same command.
+
+    import sparse_edit as se
+    artifact = se.locate(model="zoo:qwen2.5-coder-0.5b-instruct", harmful=["h.jsonl"], harmless=["s.jsonl"],
+                         output="runs/locate.safetensors")
+    edit = se.apply_edit(artifact="runs/locate.safetensors", output="runs/edited")
+    report = se.verify("zoo:qwen2.5-coder-0.5b-instruct", "runs/edited")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, load_options, read_config
+
+if TYPE_CHECKING:
+    from sparse_edit.console import Reporter
+    from sparse_edit.edit.run import EditResult
+    from sparse_edit.edit.verify import VerifyReport
+    from sparse_edit.evaluate.run import EvalResult
+    from sparse_edit.locate.artifact import LocateArtifact
+
+# Settings apply takes from the locate artifact when neither the config file nor an argument sets them.
+INHERITED_FROM_ARTIFACT = (
+    "model",
+    "harmful",
+    "harmless",
+    "reference_lang",
+    "languages",
+    "limit",
+    "harmless_limit",
+    "skip",
+    "harmless_skip",
+    "system_prompt",
+    "max_length",
+)
+
+
+def _reporter(reporter: Reporter | None) -> Reporter:
+    from sparse_edit.console import Reporter
+
+    return reporter if reporter is not None else Reporter(quiet=True)
+
+
+def locate_options(config: Path | None = None, **settings: Any) -> LocateOptions:
+    return load_options(LocateOptions, config, settings)
+
+
+def apply_options(config: Path | None = None, **settings: Any) -> ApplyOptions:
+    """Apply's options: arguments over the config file over the locate artifact's own settings."""
+    from sparse_edit.locate.artifact import read_artifact_metadata
+
+    artifact = settings.get("artifact") or read_config(config).get("artifact")
+    inherited: dict[str, Any] = {}
+    if artifact is not None:
+        recorded = read_artifact_metadata(Path(str(artifact)), "--artifact")["settings"]
+        inherited = {key: recorded[key] for key in INHERITED_FROM_ARTIFACT if recorded.get(key) is not None}
+    return load_options(ApplyOptions, config, settings, inherited)
+
+
+def eval_options(config: Path | None = None, **settings: Any) -> EvalOptions:
+    return load_options(EvalOptions, config, settings)
+
+
+def locate(
+    config: Path | None = None,
+    *,
+    options: LocateOptions | None = None,
+    reporter: Reporter | None = None,
+    **settings: Any,
+) -> LocateArtifact:
+    """Safety-neuron statistics and sets per language and layer; written to ``output`` when it is given.
+
+    ``options`` (built by ``locate_options``) replaces ``config`` and ``settings``.
+    """
+    from sparse_edit.io.outputs import check_output, command_inputs
+    from sparse_edit.locate.run import run_locate
+
+    options = options or locate_options(config, **settings)
+    inputs = command_inputs(options, config)
+    if options.output is not None:
+        check_output(options.output, "locate", inputs, options.overwrite)
+    artifact = run_locate(options, _reporter(reporter))
+    if options.output is not None:
+        check_output(options.output, "locate", inputs, options.overwrite)  # nothing appeared meanwhile
+        artifact.save(options.output)
+    return artifact
+
+
+def apply_edit(
+    config: Path | None = None,
+    *,
+    options: ApplyOptions | None = None,
+    reporter: Reporter | None = None,
+    **settings: Any,
+) -> EditResult:
+    """Compute the closed-form edit from a locate artifact and write the edited checkpoint to ``output``."""
+    from sparse_edit.edit.run import run_apply
+    from sparse_edit.io.outputs import check_output, command_inputs
+
+    options = options or apply_options(config, **settings)
+    check_output(options.output, "apply", command_inputs(options, config), options.overwrite)
+    return run_apply(options, _reporter(reporter))
+
+
+def evaluate(
+    config: Path | None = None,
+    *,
+    options: EvalOptions | None = None,
+    reporter: Reporter | None = None,
+    **settings: Any,
+) -> EvalResult:
+    """Generate and judge replies per language; the report folder goes to ``output``.
+
+    Replies are journaled beside ``output`` while they come in, so a rerun with the same settings resumes.
+    """
+    from sparse_edit.evaluate.gates import parse_gate
+    from sparse_edit.evaluate.report import write_report
+    from sparse_edit.evaluate.run import run_eval
+    from sparse_edit.io.outputs import check_output, command_inputs
+    from sparse_edit.locate.artifact import LocateArtifact
+
+    options = options or eval_options(config, **settings)
+    for text in options.fail_if:
+        parse_gate(text)  # a malformed gate fails before any generation
+    if options.artifact is not None:
+        LocateArtifact.load(options.artifact)  # a damaged artifact fails now, not after generation
+    check_output(options.output, "eval", command_inputs(options, config), options.overwrite)
+    report = _reporter(reporter)
+    result = run_eval(options, report, journal_folder=options.output)
+    write_report(result, options.output, options.overwrite, options.artifact, report)
+    if result.journal is not None:
+        result.journal.finish()  # the report holds every reply now
+    return result
+
+
+def verify(base: str | Path, edited: str | Path, *, run_forward: bool = True) -> VerifyReport:
+    """Check that ``edited`` differs from ``base`` exactly by its recorded delta, and still loads and runs."""
+    from sparse_edit.edit.verify import verify as run_verify
+
+    return run_verify(Path(base), Path(edited), run_forward=run_forward)
+
+
+def revert(edited: str | Path, output: str | Path, *, overwrite: bool = False) -> list[str]:
+    """Write the base checkpoint back from an edited folder; returns the rewritten shards."""
+    from sparse_edit.edit.verify import revert as run_revert
+
+    return run_revert(Path(edited), Path(output), overwrite)
