@@ -51,7 +51,7 @@ def qwen_apply_options(**overrides: Any) -> Any:
     import os
 
     from sparse_edit.config import ApplyOptions, load_options
-    from sparse_edit.locate.artifact import LocateArtifact
+    from sparse_edit.neurons.artifact import LocateArtifact
 
     os.chdir(ROOT)
     artifact_path = ROOT / "runs" / "qwen" / "locate.safetensors"
@@ -73,8 +73,8 @@ def load_qwen_anchors(options: Any) -> tuple[Any, Any, list[str], Any]:
     """(locate artifact, loaded model, low-resource languages, anchors) for ``options`` (quiet)."""
     from sparse_edit.console import Reporter
     from sparse_edit.edit.anchors import build_anchors
-    from sparse_edit.locate.artifact import LocateArtifact
     from sparse_edit.model.loading import load_model
+    from sparse_edit.neurons.artifact import LocateArtifact
 
     artifact = LocateArtifact.load(options.artifact)
     loaded = load_model(options)

@@ -41,11 +41,11 @@ from sparse_edit.edit.solver import SolveSettings
 from sparse_edit.edit.strategies.base import refusal_direction
 from sparse_edit.edit.strategies.output import edit_neurons, output_candidate
 from sparse_edit.edit.strategies.paper import paper_candidate
-from sparse_edit.locate.neurons import jaccard
 from sparse_edit.measure.attribution import attribution_scores, top_neurons
 from sparse_edit.measure.patching import patched_refusal_scores
 from sparse_edit.measure.probes import EditContext, mean, refusal_scores, token_kl
 from sparse_edit.model.loading import LoadedModel
+from sparse_edit.neurons.scores import jaccard
 
 LAYER = 16
 GAINS = [2.0, 8.0, 16.0]

@@ -1,3 +1,54 @@
-"""sparse-edit: closed-form sparse weight edits that carry refusal behaviour across languages."""
+"""sparse-edit: closed-form sparse weight edits that carry refusal behaviour across languages.
+
+The library API (see ``sparse_edit.api``)::
+
+    import sparse_edit as se
+
+    artifact = se.locate(model="./my-model", harmful=["h.jsonl"], harmless=["s.jsonl"], output="loc.safetensors")
+    edit = se.apply_edit(artifact="loc.safetensors", output="edited")
+    assert se.verify("./my-model", "edited").ok
+    result = se.evaluate(model="edited", base="./my-model", harmful=["t.jsonl"], harmless=["b.jsonl"], output="report")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sparse_edit.api import apply_edit, evaluate, locate, revert, verify
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from sparse_edit.edit.run import EditResult
+    from sparse_edit.edit.verify import VerifyReport
+    from sparse_edit.evaluation.run import EvalResult
+    from sparse_edit.neurons.artifact import LocateArtifact
+
+# Result types, imported on first use so that ``import sparse_edit`` does not load torch.
+_LAZY = {
+    "EditResult": "sparse_edit.edit.run",
+    "EvalResult": "sparse_edit.evaluation.run",
+    "LocateArtifact": "sparse_edit.neurons.artifact",
+    "VerifyReport": "sparse_edit.edit.verify",
+}
+
+__all__ = [
+    "EditResult",
+    "EvalResult",
+    "LocateArtifact",
+    "VerifyReport",
+    "__version__",
+    "apply_edit",
+    "evaluate",
+    "locate",
+    "revert",
+    "verify",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sparse_edit' has no attribute {name!r}")

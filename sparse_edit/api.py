@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from sparse_edit.console import Reporter
     from sparse_edit.edit.run import EditResult
     from sparse_edit.edit.verify import VerifyReport
-    from sparse_edit.evaluate.run import EvalResult
-    from sparse_edit.locate.artifact import LocateArtifact
+    from sparse_edit.evaluation.run import EvalResult
+    from sparse_edit.neurons.artifact import LocateArtifact
 
 # Settings apply takes from the locate artifact when neither the config file nor an argument sets them.
 INHERITED_FROM_ARTIFACT = (
@@ -54,7 +54,7 @@ def locate_options(config: Path | None = None, **settings: Any) -> LocateOptions
 
 def apply_options(config: Path | None = None, **settings: Any) -> ApplyOptions:
     """Apply's options: arguments over the config file over the locate artifact's own settings."""
-    from sparse_edit.locate.artifact import read_artifact_metadata
+    from sparse_edit.neurons.artifact import read_artifact_metadata
 
     artifact = settings.get("artifact") or read_config(config).get("artifact")
     inherited: dict[str, Any] = {}
@@ -80,7 +80,7 @@ def locate(
     ``options`` (built by ``locate_options``) replaces ``config`` and ``settings``.
     """
     from sparse_edit.io.outputs import check_output, command_inputs
-    from sparse_edit.locate.run import run_locate
+    from sparse_edit.neurons.locate import run_locate
 
     options = options or locate_options(config, **settings)
     inputs = command_inputs(options, config)
@@ -120,11 +120,11 @@ def evaluate(
 
     Replies are journaled beside ``output`` while they come in, so a rerun with the same settings resumes.
     """
-    from sparse_edit.evaluate.gates import parse_gate
-    from sparse_edit.evaluate.report import write_report
-    from sparse_edit.evaluate.run import run_eval
+    from sparse_edit.evaluation.gates import parse_gate
+    from sparse_edit.evaluation.report import write_report
+    from sparse_edit.evaluation.run import run_eval
     from sparse_edit.io.outputs import check_output, command_inputs
-    from sparse_edit.locate.artifact import LocateArtifact
+    from sparse_edit.neurons.artifact import LocateArtifact
 
     options = options or eval_options(config, **settings)
     for text in options.fail_if:

@@ -80,7 +80,7 @@ def _print_table(rows: list[tuple[str, Any]]) -> None:
 
 def run_locate(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
     """Find safety neurons per language and layer; write them with their statistics to an artifact."""
-    from sparse_edit.locate.run import layer_table
+    from sparse_edit.neurons.locate import layer_table
 
     options = api.locate_options(config, **settings)
     if options.output is None:
@@ -130,7 +130,7 @@ def run_eval(config: Path | None, settings: dict[str, Any], reporter: Any, as_js
 
     Exit codes: 0 all gates passed, 1 a --fail-if gate tripped (the report is still written), 2 error.
     """
-    from sparse_edit.evaluate.report import finite, markdown
+    from sparse_edit.evaluation.report import finite, markdown
 
     options = api.eval_options(config, **settings)
     result = api.evaluate(config, options=options, reporter=reporter)

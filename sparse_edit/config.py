@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sparse_edit.errors import SparseEditError
 
-StrategyName = Literal["paper", "output", "detector"]
 NeuronChoice = Literal["low-union", "low-only", "reference", "all"]
 DetectorMode = Literal["refuse", "release"]
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -175,8 +174,8 @@ class ApplyOptions(ModelOptions, PromptOptions):
     artifact: Path = Field(description="Locate artifact (.safetensors) made for this model.")
     output: Path = Field(description="Folder for the edited checkpoint (written atomically).")
     overwrite: bool = Field(False, description="Replace an existing output folder.")
-    strategy: list[StrategyName] = Field(
-        default_factory=lambda: list[StrategyName](["output"]),
+    strategy: list[str] = Field(
+        default_factory=lambda: ["output"],
         description="output (default): down_proj columns of a "
         "neuron set, fitted to raise the layer's refusal-direction projection. detector: the layer's quietest "
         "neuron rewritten as a thresholded harmfulness detector that adds the refusal direction only when it "
@@ -312,6 +311,18 @@ class ApplyOptions(ModelOptions, PromptOptions):
     )
     kl_budget: float = Field(0.05, gt=0, description="Harmless per-token KL (nats) that --layer auto may spend.")
     seed: int = Field(0, description="Seed of the dev split.")
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, value: list[str]) -> list[str]:
+        from sparse_edit.edit.strategies import NAMES  # the registry's names only: nothing heavy is imported
+
+        unknown = [name for name in value if name not in NAMES]
+        if unknown:
+            raise ValueError(f"unknown strategy {unknown[0]!r}; registered: {', '.join(NAMES)}")
+        if not value:
+            raise ValueError("name at least one strategy")
+        return value
 
     @field_validator("layer")
     @classmethod

@@ -17,7 +17,7 @@ def describe(path: Path) -> dict[str, Any]:
     if path.is_dir():
         return Checkpoint.open(path).summary()
     if path.is_file() and path.suffix == ".safetensors":
-        from sparse_edit.locate.artifact import LocateArtifact, is_locate_artifact
+        from sparse_edit.neurons.artifact import LocateArtifact, is_locate_artifact
 
         if is_locate_artifact(path):
             return LocateArtifact.load(path).summary()

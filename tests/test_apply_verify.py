@@ -340,7 +340,7 @@ def test_reference_rows_leave_the_reference_language_unshifted(located, tmp_path
 
 def test_low_only_columns_leave_out_the_reference_languages_neurons(located):
     from sparse_edit.edit.strategies.output import edit_neurons
-    from sparse_edit.locate.artifact import LocateArtifact
+    from sparse_edit.neurons.artifact import LocateArtifact
 
     _, path = located("llama")
     artifact = LocateArtifact.load(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 import sparse_edit.edit.run
-import sparse_edit.locate.artifact
+import sparse_edit.neurons.artifact
 from sparse_edit.cli import app
 from sparse_edit.errors import SparseEditError
 
@@ -24,7 +24,9 @@ def _apply_options(monkeypatch, tmp_path, *flags: str):
         raise SparseEditError("stop")
 
     monkeypatch.setattr(sparse_edit.edit.run, "run_apply", capture)
-    monkeypatch.setattr(sparse_edit.locate.artifact, "read_artifact_metadata", lambda path, flag: {"settings": {}})
+    monkeypatch.setattr(
+        sparse_edit.neurons.artifact, "read_artifact_metadata", lambda path, flag: {"settings": {}}
+    )
     result = CliRunner().invoke(app, ["apply", "-c", str(config), *flags])
     assert result.exit_code == 2, result.output
     return seen[0]

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from sparse_edit.cli import app
 from sparse_edit.errors import SparseEditError
-from sparse_edit.evaluate.gates import parse_gate
-from sparse_edit.evaluate.report_schema import EvalReport
+from sparse_edit.evaluation.gates import parse_gate
+from sparse_edit.evaluation.report_schema import EvalReport
 from tests.helpers import parallel_prompt_files
 
 runner = CliRunner()
@@ -155,7 +155,7 @@ def test_skip_takes_a_fresh_slice_per_language_and_class(evaluated):
 
 def test_refusal_language_counts_only_refusals_and_reports_the_undetermined():
     from sparse_edit.data.prompts import Prompt
-    from sparse_edit.evaluate.run import ModelRun, refusal_language
+    from sparse_edit.evaluation.run import ModelRun, refusal_language
     from sparse_edit.measure.judge import Verdict
     from sparse_edit.model.batching import Encoded
 
@@ -175,7 +175,7 @@ def test_a_killed_eval_resumes_from_its_journal_and_refuses_other_settings(evalu
     import sys
     import textwrap
 
-    from sparse_edit.evaluate.journal import journal_path
+    from sparse_edit.evaluation.journal import journal_path
 
     root, args = evaluated
     args = [*args, "--no-representation", "--batch-size", "4"]
@@ -188,7 +188,7 @@ def test_a_killed_eval_resumes_from_its_journal_and_refuses_other_settings(evalu
     script = textwrap.dedent(
         f"""
         import os, signal
-        import sparse_edit.evaluate.journal as journal
+        import sparse_edit.evaluation.journal as journal
         original, calls = journal.ReplyJournal.record, []
         def record(self, *a, **k):
             original(self, *a, **k)

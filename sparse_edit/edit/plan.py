@@ -12,11 +12,11 @@ from sparse_edit.edit import strategies
 from sparse_edit.edit.anchors import Anchors
 from sparse_edit.edit.strategies.base import SITE_ORDER, Strategy
 from sparse_edit.errors import SparseEditError
-from sparse_edit.locate.artifact import LocateArtifact
-from sparse_edit.locate.neurons import jaccard
 from sparse_edit.measure.attribution import attribution_scores, top_neurons
 from sparse_edit.model.features import Site
 from sparse_edit.model.loading import LoadedModel
+from sparse_edit.neurons.artifact import LocateArtifact
+from sparse_edit.neurons.scores import jaccard
 
 
 def default_candidates(num_layers: int, recommended: int | None) -> list[int]:

@@ -21,8 +21,8 @@ from sparse_edit.errors import SparseEditError
 from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, MODEL_CARD_FILE
 from sparse_edit.io.outputs import check_output, command_inputs
 from sparse_edit.io.writer import write_checkpoint
-from sparse_edit.locate.artifact import LocateArtifact
 from sparse_edit.model.loading import load_model
+from sparse_edit.neurons.artifact import LocateArtifact
 
 
 @dataclass

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from sparse_edit.config import ApplyOptions
     from sparse_edit.edit.gather import LayerData
     from sparse_edit.io.checkpoint import Checkpoint
-    from sparse_edit.locate.artifact import LocateArtifact
+    from sparse_edit.neurons.artifact import LocateArtifact
 
 F64 = torch.float64
 SITE_ORDER: tuple[Site, ...] = ("mlp_input", "neurons", "residual")

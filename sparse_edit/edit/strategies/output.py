@@ -27,7 +27,7 @@ from sparse_edit.edit.strategies.base import (
     solve_diagnostics,
 )
 from sparse_edit.io.checkpoint import Checkpoint
-from sparse_edit.locate.artifact import LocateArtifact
+from sparse_edit.neurons.artifact import LocateArtifact
 
 if TYPE_CHECKING:
     from sparse_edit.edit.gather import LayerData

@@ -10,12 +10,12 @@ from sparse_edit.config import LocateOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import LABELS, Label, Prompt
 from sparse_edit.data.selection import prepare_prompts
-from sparse_edit.locate.artifact import LocateArtifact
-from sparse_edit.locate.moments import Moments
-from sparse_edit.locate.neurons import RECOMMENDED_LAYER_RULE, ClassStats, recommend_layer, score, select
 from sparse_edit.model.batching import batch_memory_guard, batches, encode_prompts
 from sparse_edit.model.hooks import Pooling, capture, pool, run_base
 from sparse_edit.model.loading import LoadedModel, load_model
+from sparse_edit.neurons.artifact import LocateArtifact
+from sparse_edit.neurons.moments import Moments
+from sparse_edit.neurons.scores import RECOMMENDED_LAYER_RULE, ClassStats, recommend_layer, score, select
 
 
 def collect_moments(

@@ -15,8 +15,8 @@ from sparse_edit.config import EvalOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import by_language
 from sparse_edit.data.selection import PromptSets, prepare_prompts
-from sparse_edit.evaluate.gates import Gate, parse_gate
-from sparse_edit.evaluate.journal import ReplyJournal, settings_key
+from sparse_edit.evaluation.gates import Gate, parse_gate
+from sparse_edit.evaluation.journal import ReplyJournal, settings_key
 from sparse_edit.io.layout import EVAL_KIND
 from sparse_edit.measure.judge import GuardJudge, Judge, KeywordJudge, Verdict, refusal_in_language
 from sparse_edit.measure.probes import kl_between, mean, refusal_scores

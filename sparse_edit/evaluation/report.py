@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from sparse_edit.console import Reporter
-from sparse_edit.evaluate.report_schema import EvalReport
-from sparse_edit.evaluate.run import EvalResult
+from sparse_edit.evaluation.report_schema import EvalReport
+from sparse_edit.evaluation.run import EvalResult
 from sparse_edit.io.layout import REPLIES_FILE, REPORT_JSON, REPORT_MARKDOWN
 from sparse_edit.io.outputs import staged_folder
 
@@ -168,7 +168,7 @@ def charts(report: dict[str, Any], folder: Path, artifact_summary: dict[str, Any
 def write_report(
     result: EvalResult, folder: Path, overwrite: bool, artifact: Path | None, reporter: Reporter
 ) -> None:
-    from sparse_edit.locate.artifact import LocateArtifact
+    from sparse_edit.neurons.artifact import LocateArtifact
 
     artifact_summary = LocateArtifact.load(artifact).summary() if artifact is not None else None
     report = finite(result.report)

@@ -1,1 +1,0 @@
-"""``sparse-edit locate``: safety-neuron statistics and the artifact that holds them."""

@@ -1,0 +1,45 @@
+"""The library API runs the whole job with the CLI's validation and output rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import sparse_edit as se
+from sparse_edit.errors import SparseEditError
+from sparse_edit.io.layout import MANIFEST_FILE
+
+
+def test_the_whole_job_through_the_library(tiny_models, prompts, tmp_path):
+    model = tiny_models("qwen2")
+    harmful, harmless = str(prompts[0]), str(prompts[1])
+    common = {"harmful": [harmful], "harmless": [harmless], "device": "cpu"}
+
+    in_memory = se.locate(model=model, tau_stat=0.3, **common)
+    assert isinstance(in_memory, se.LocateArtifact) and not list(tmp_path.iterdir())
+    artifact = tmp_path / "locate.safetensors"
+    written = se.locate(model=model, tau_stat=0.3, output=artifact, **common)
+    assert written.to_bytes() == in_memory.to_bytes() == artifact.read_bytes()
+
+    # apply inherits model and prompts from the artifact, as the CLI does.
+    edit = se.apply_edit(artifact=artifact, output=tmp_path / "edited", layer="1", strategy=["paper"])
+    assert isinstance(edit, se.EditResult)
+    assert edit.manifest == json.loads((tmp_path / "edited" / MANIFEST_FILE).read_text())
+    report = se.verify(model, tmp_path / "edited", run_forward=False)
+    assert isinstance(report, se.VerifyReport) and report.ok, report.failed
+
+    result = se.evaluate(
+        model=tmp_path / "edited", base=model, max_new_tokens=4, output=tmp_path / "report", **common
+    )
+    assert result.report["summary"]["mean_asr"] is not None and (tmp_path / "report" / "report.json").is_file()
+
+    restored = tmp_path / "restored"
+    se.revert(tmp_path / "edited", restored)
+    assert (restored / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+
+
+def test_library_settings_are_validated_like_flags(tmp_path):
+    with pytest.raises(SparseEditError, match="unknown setting 'max_new_token'"):
+        se.evaluate(model="m", harmful=["h"], harmless=["s"], output=tmp_path / "o", max_new_token=4)
+    assert not (tmp_path / "o").exists()
