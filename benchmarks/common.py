@@ -47,25 +47,20 @@ def save(name: str, payload: dict[str, Any]) -> Path:
 
 def qwen_apply_options(**overrides: Any) -> Any:
     """ApplyOptions of examples/configs/qwen-polyrefuse-apply.toml on the real-model locate artifact, with
-    the artifact's prompt settings and ``overrides``; works from the repository root (relative sources)."""
+    ``overrides``; the artifact's prompt settings are inherited exactly as the CLI does (sparse_edit.api)."""
     import os
 
-    from sparse_edit.config import ApplyOptions, load_options
-    from sparse_edit.neurons.artifact import LocateArtifact
+    from sparse_edit.api import apply_options
 
     os.chdir(ROOT)
     artifact_path = ROOT / "runs" / "qwen" / "locate.safetensors"
     if not artifact_path.is_file():
         raise SystemExit(f"{artifact_path} is missing: run python benchmarks/real_model.py (its first step) first")
-    settings = LocateArtifact.load(artifact_path).settings
-    inherited: dict[str, Any] = {
-        key: settings[key] for key in ("model", "harmful", "harmless", "languages", "limit") if key in settings
-    }
-    return load_options(
-        ApplyOptions,
+    return apply_options(
         ROOT / "examples" / "configs" / "qwen-polyrefuse-apply.toml",
-        {"artifact": artifact_path, "output": ROOT / "runs" / "qwen" / "unused", **overrides},
-        inherited,
+        artifact=artifact_path,
+        output=ROOT / "runs" / "qwen" / "unused",
+        **overrides,
     )
 
 

@@ -350,7 +350,7 @@ def test_a_missing_artifact_or_a_model_shard_as_artifact_is_named(ws):
 # ---- 6. what we wrote is checked against itself ---------------------------------------------
 
 
-@pytest.mark.parametrize("field", ["layers", "changed_parameters", "delta_sha256", "edits", "deleted"])
+@pytest.mark.parametrize("field", ["layers", "changed_parameters", "delta_sha256", "edits", "deleted", "schema"])
 def test_verify_fails_on_a_rewritten_or_deleted_manifest(ws, field):
     path = ws / "edited" / MANIFEST_FILE
     manifest = json.loads(path.read_text())
@@ -362,6 +362,7 @@ def test_verify_fails_on_a_rewritten_or_deleted_manifest(ws, field):
             "changed_parameters": manifest["changed_parameters"] + 1,
             "delta_sha256": "0" * 64,
             "edits": manifest["edits"][:-1] + [{**manifest["edits"][-1], "tensor": "lm_head.weight"}],
+            "schema": "not a manifest field",
         }
         manifest[field] = changed[field]
         path.write_text(json.dumps(manifest))

@@ -12,6 +12,7 @@ import torch
 from sparse_edit import __version__
 from sparse_edit.config import ApplyOptions
 from sparse_edit.edit.candidates import Candidate
+from sparse_edit.edit.manifest_schema import Manifest
 from sparse_edit.edit.selection import SELECTION_RULE
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.io.layout import MANIFEST_KIND
@@ -30,7 +31,7 @@ def build_manifest(
 
     changed = sum(edit.changed_parameters for edit in chosen.edits)
     total = checkpoint.parameter_count
-    return {
+    manifest = {
         "kind": MANIFEST_KIND,
         "schema_version": 1,
         "tool_version": __version__,
@@ -70,6 +71,13 @@ def build_manifest(
         "diagnostics": chosen.diagnostics,
         "candidates": table,
     }
+    return manifest
+
+
+def checked(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` once it matches its schema: one that does not is a bug, not a result to write."""
+    Manifest.model_validate(manifest)
+    return manifest
 
 
 def model_card(manifest: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from sparse_edit.edit.anchors import build_anchors
 from sparse_edit.edit.candidates import Candidate, build_candidates, storage_for
 from sparse_edit.edit.delta import EditDelta, write_back
 from sparse_edit.edit.estimate import count_work, describe, time_first_batch
-from sparse_edit.edit.manifest import build_manifest, model_card
+from sparse_edit.edit.manifest import build_manifest, checked, model_card
 from sparse_edit.edit.plan import make_plan, rank_by_attribution
 from sparse_edit.edit.selection import choose, format_table, measure_candidates
 from sparse_edit.errors import SparseEditError
@@ -82,6 +82,7 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
     ]
     manifest = build_manifest(options, checkpoint, chosen, table, delta_bytes, low_langs)
     manifest["anchors"] = anchors.counts()
+    checked(manifest)
     extra = {
         DELTA_FILE: delta_bytes,
         MANIFEST_FILE: (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,10 @@ from typing import Any
 import torch
 
 from sparse_edit.edit.delta import EditDelta, apply_rows, slice_energies
+from sparse_edit.edit.manifest_schema import Manifest, read_manifest
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
-from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, MODEL_CARD_FILE
+from sparse_edit.io.layout import DELTA_FILE, MODEL_CARD_FILE
 from sparse_edit.io.writer import write_checkpoint
 
 # Relative tolerance for "the stored rows are what the delta says", per checkpoint dtype:
@@ -74,18 +74,13 @@ def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> Veri
     edited = Checkpoint.open(edited_path)
     report = VerifyReport()
     delta = EditDelta.load(edited_path / DELTA_FILE)
-    manifest = read_manifest(edited_path)
-    problems = (
-        ["sparse_edit/manifest.json is missing"]
-        if manifest is None
-        else manifest_mismatches(manifest, delta, edited_path)
-    )
+    manifest, problem = read_manifest(edited_path)
+    problems = manifest_mismatches(manifest, delta, edited_path) if manifest is not None else [str(problem)]
     report.add(
         "manifest",
         not problems,
         "the manifest describes the delta file and its hash matches" if not problems else "; ".join(problems),
     )
-    manifest = manifest or {}
 
     layout_base = {n: (i.shape, i.dtype) for n, i in base.tensors.items()}
     layout_edited = {n: (i.shape, i.dtype) for n, i in edited.tensors.items()}
@@ -153,7 +148,7 @@ def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> Veri
         else "the delta's original rows differ from the base",
     )
 
-    recorded = manifest.get("diagnostics", {}).get("leak_train")
+    recorded = manifest.diagnostics.get("leak_train") if manifest is not None else None
     # Leak per layer over all its slices (as apply computes it), worst layer reported.
     leaks = {layer: (moved / base) ** 0.5 if base > 0 else 0.0 for layer, (moved, base) in energies.items()}
     if leaks:
@@ -194,42 +189,21 @@ def _forward_check(folder: Path) -> tuple[bool, str]:
     )
 
 
-def read_manifest(edited_path: Path) -> dict[str, Any] | None:
-    """The edited folder's manifest (None when absent); a file that is not a JSON object is an error."""
-    path = edited_path / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SparseEditError(
-            f"{path}: not valid JSON ({exc}); the edited folder is damaged".splitlines()[0]
-        ) from None
-    if not isinstance(manifest, dict):
-        raise SparseEditError(f"{path}: expected a JSON object; the edited folder is damaged")
-    return manifest
-
-
-def manifest_mismatches(manifest: dict[str, Any], delta: EditDelta, edited_path: Path) -> list[str]:
+def manifest_mismatches(manifest: Manifest, delta: EditDelta, edited_path: Path) -> list[str]:
     """Where the manifest disagrees with the delta file it describes (empty when they agree)."""
     problems = []
     digest = hashlib.sha256((edited_path / DELTA_FILE).read_bytes()).hexdigest()
-    if manifest.get("delta_sha256") != digest:
+    if manifest.delta_sha256 != digest:
         problems.append("the delta file's sha256 is not the one the manifest records")
     layers = sorted({edit.layer for edit in delta.edits})
-    recorded_layers = manifest.get("layers")
-    if not isinstance(recorded_layers, list) or sorted(set(recorded_layers)) != layers:
-        problems.append(f"manifest layers {recorded_layers} differ from the delta's {layers}")
-    recorded = manifest.get("edits")
+    if sorted(set(manifest.layers)) != layers:
+        problems.append(f"manifest layers {manifest.layers} differ from the delta's {layers}")
     actual = [(edit.slice.tensor, edit.layer, int(edit.neurons.numel())) for edit in delta.edits]
-    if (
-        not isinstance(recorded, list)
-        or [(e.get("tensor"), e.get("layer"), e.get("neurons")) for e in recorded if isinstance(e, dict)] != actual
-    ):
+    if [(e.tensor, e.layer, e.neurons) for e in manifest.edits] != actual:
         problems.append("the manifest's edited tensors differ from the delta's")
     changed = sum(edit.changed_parameters for edit in delta.edits)
-    if manifest.get("changed_parameters") != changed:
-        problems.append(f"manifest changed_parameters {manifest.get('changed_parameters')} != delta's {changed}")
+    if manifest.changed_parameters != changed:
+        problems.append(f"manifest changed_parameters {manifest.changed_parameters} != delta's {changed}")
     return problems
 
 
@@ -237,9 +211,9 @@ def revert(edited_path: Path, output: Path, overwrite: bool = False) -> list[str
     """Write the base checkpoint back from an edited folder and its delta (exact: original rows are stored)."""
     edited = Checkpoint.open(edited_path)
     delta = EditDelta.load(edited_path / DELTA_FILE)
-    manifest = read_manifest(edited_path)
+    manifest, problem = read_manifest(edited_path)
     if manifest is None:
-        raise SparseEditError(f"{edited_path / MANIFEST_FILE}: missing; cannot check the delta before reverting")
+        raise SparseEditError(f"{edited_path}: {problem}; the delta cannot be checked before reverting")
     problems = manifest_mismatches(manifest, delta, edited_path)
     if problems:
         raise SparseEditError(f"{edited_path}: {problems[0]}; the delta cannot be trusted to revert")
