@@ -2,7 +2,7 @@
 
 Steps (each skipped when its output exists, so an interrupted run resumes):
 1. locate with examples/configs/qwen-polyrefuse-locate.toml;
-2. apply, once per strategy in STRATEGIES, layer chosen on the anchors' dev split;
+2. apply, once per named configuration in configurations.toml (or those given with --only);
 3. eval base vs each edited model on MultiJail (all 10 languages, never used as anchors) with
    PolyRefuse harmless *val* prompts for over-refusal and KL;
 4. a near-duplicate check between the English anchors and the English MultiJail prompts;
@@ -28,70 +28,24 @@ RUNS = ROOT / "runs" / "qwen"
 POLY = SHARED / "polyrefuse"
 
 
-def output_edit(layers: str, *extra: str, gain: str = "16", tail: str = "1") -> list[str]:
-    """Flags of an output edit; several layers share the single layer's 512-column budget."""
-    count = len(layers.split(","))
-    columns = [] if count == 1 else ["--max-edit-neurons", str(512 // count)]
-    return [
-        "--strategy",
-        "output",
-        "--layer",
-        layers,
-        *columns,
-        "--gain",
-        gain,
-        "--harmless-tail-weight",
-        tail,
-        *extra,
-    ]
+def load_configurations() -> tuple[dict[str, list[str]], dict[str, str]]:
+    """(apply flags per named configuration, the configuration each one builds on) from configurations.toml."""
+    import tomllib
+
+    table = tomllib.loads((Path(__file__).parent / "configurations.toml").read_text(encoding="utf-8"))
+    flags: dict[str, list[str]] = {}
+    for name, settings in table.items():
+        flags[name] = []
+        for key, value in settings.items():
+            if key == "builds_on":
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                flags[name] += ["--" + key.replace("_", "-"), str(item)]
+    return flags, {name: s["builds_on"] for name, s in table.items() if "builds_on" in s}
 
 
-# Named edit configurations (flags on top of examples/configs/qwen-polyrefuse-apply.toml). The layers
-# are those the anchors' dev split preferred (benchmarks/results/qwen-apply-candidates.json); gains and
-# neuron scores were compared on the same dev split (README, "Candidates on the anchors' dev split").
-STRATEGIES = {
-    "output@16 gain16 tail1": output_edit("16"),
-    "output@16 gain8 tail1": output_edit("16", gain="8"),
-    "output@16 gain16 tail4": output_edit("16", tail="4"),
-    # Two layers, half the columns each: the same parameter budget as one layer of 512.
-    "output@16+18 gain16 tail1": output_edit("16,18"),
-    "output@16+18 gain16 tail4": output_edit("16,18", tail="4"),
-    "output@16+18 gain16 tail16": output_edit("16,18", tail="16"),
-    # The same with every harmless training prompt PolyRefuse has (200 per language, not 48) as null-space rows.
-    "output@16+18 gain16 tail1 h200": output_edit("16,18", "--harmless-limit", "200"),
-    # The low languages' union without the English safety neurons (the over-refusal is mostly English).
-    "output@16+18 gain16 tail1 low-only": output_edit("16,18", "--output-neurons", "low-only"),
-    # Three layers one after another, the same column budget split three ways.
-    "output@14+16+18 gain16 tail1": output_edit("14,16,18"),
-    # Four layers, 128 columns each: three layers over-refused about half as much as two, on both slices.
-    "output@12+14+16+18 gain16 tail1": output_edit("12,14,16,18"),
-    # The reference language's harmful rows fitted to no shift as well (it already refuses).
-    "output@16+18 gain16 tail1 ref1": output_edit("16,18", "--reference-weight", "1"),
-    # The last 4 prompt tokens (the chat template's tail) as rows, harmful and harmless alike.
-    "output@16+18 gain16 tail1 pos4": output_edit("16,18", "--positions", "4"),
-    # One repurposed neuron as a thresholded harmfulness probe (gain from benchmarks/detector_dev.py, on prompts
-    # that are neither anchors nor evaluation prompts).
-    "detector@16 gain8": ["--strategy", "detector", "--layer", "16", "--gain", "8"],
-    # Two probes, one neuron at layer 12 and one at 16, solved one after the other.
-    "detector@12+16 gain8": ["--strategy", "detector", "--layer", "12,16", "--gain", "8"],
-    # Applied on top of "output@16+18 gain16 tail1" (BUILDS_ON): a neuron at layer 20 that fires on harmless
-    # prompts' last tokens and lowers their refusal projection to the English harmless level (gain 1).
-    "output@16+18 gain16 tail1 + release@20": [
-        "--strategy",
-        "detector",
-        "--detector-mode",
-        "release",
-        "--layer",
-        "20",
-        "--gain",
-        "1",
-    ],
-    "paper@16 attribution": ["--strategy", "paper", "--layer", "16", "--neuron-score", "attribution"],
-    "output@16 gain2": output_edit("16", gain="2", tail="0"),
-    "paper@18": ["--strategy", "paper", "--layer", "18"],
-}
-# Configurations applied to another configuration's edited model (given as --model) rather than to the base model.
-BUILDS_ON = {"output@16+18 gain16 tail1 + release@20": "output@16+18 gain16 tail1"}
+# Named edit configurations (flags on top of examples/configs/qwen-polyrefuse-apply.toml): configurations.toml.
+STRATEGIES, BUILDS_ON = load_configurations()
 
 
 def chain(name: str) -> list[str]:
