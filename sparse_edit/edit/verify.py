@@ -68,6 +68,7 @@ def _planned_mask(shape: tuple[int, ...], delta: EditDelta, name: str) -> torch.
 
 
 def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> VerifyReport:
+    """Every check of an edited folder against its base, its delta and its manifest."""
     from sparse_edit.io.model_path import ensure_hf_folder
 
     base = Checkpoint.open(ensure_hf_folder(base_path))
@@ -81,7 +82,17 @@ def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> Veri
         not problems,
         "the manifest describes the delta file and its hash matches" if not problems else "; ".join(problems),
     )
+    if not _check_layout(report, base, edited, delta):
+        return report
+    energies = _check_rows(report, base, edited, delta)
+    _check_leak(report, energies, manifest.diagnostics.get("leak_train") if manifest is not None else None)
+    if run_forward:
+        report.add("loads", *_forward_check(edited_path))
+    return report
 
+
+def _check_layout(report: VerifyReport, base: Checkpoint, edited: Checkpoint, delta: EditDelta) -> bool:
+    """Same tensors and the delta's base; returns whether the row checks can run."""
     layout_base = {n: (i.shape, i.dtype) for n, i in base.tensors.items()}
     layout_edited = {n: (i.shape, i.dtype) for n, i in edited.tensors.items()}
     differ = sorted(set(layout_base.items()) ^ set(layout_edited.items()))
@@ -90,16 +101,14 @@ def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> Veri
         not differ,
         "same tensor names, shapes and dtypes" if not differ else f"differs at {differ[0][0]}",
     )
+    same_base = delta.base_fingerprint == base.fingerprint()
     report.add(
         "base",
-        delta.base_fingerprint == base.fingerprint(),
-        "the delta was made from this base"
-        if delta.base_fingerprint == base.fingerprint()
-        else "the delta was made from another checkpoint",
+        same_base,
+        "the delta was made from this base" if same_base else "the delta was made from another checkpoint",
     )
     if differ:
-        return report
-
+        return False
     planned = {edit.slice.tensor for edit in delta.edits}
     unplanned_changes = [
         name for name in sorted(base.tensors) if name not in planned and not _same_tensor(base, edited, name)
@@ -111,11 +120,17 @@ def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> Veri
         if not unplanned_changes
         else f"{len(unplanned_changes)} unplanned tensor(s) changed, first {unplanned_changes[0]}",
     )
+    return True
 
+
+def _check_rows(
+    report: VerifyReport, base: Checkpoint, edited: Checkpoint, delta: EditDelta
+) -> dict[int, tuple[float, float]]:
+    """Only the planned rows changed, each as the delta says; returns per layer (moved, base) harmless energy."""
     outside_ok, rows_ok, original_ok = True, True, True
     worst = 0.0
     energies: dict[int, tuple[float, float]] = {}
-    for name in sorted(planned):
+    for name in sorted({edit.slice.tensor for edit in delta.edits}):
         before, after = base.load_tensor(name), edited.load_tensor(name)
         mask = _planned_mask(tuple(before.shape), delta, name)
         outside_ok &= bool(torch.equal(before[~mask], after[~mask]))
@@ -147,24 +162,24 @@ def verify(base_path: Path, edited_path: Path, run_forward: bool = True) -> Veri
         if original_ok
         else "the delta's original rows differ from the base",
     )
+    return energies
 
-    recorded = manifest.diagnostics.get("leak_train") if manifest is not None else None
+
+def _check_leak(report: VerifyReport, energies: dict[int, tuple[float, float]], recorded: Any) -> None:
+    """The harmless leak recomputed from the weights and the stored Grams, against the manifest's."""
     # Leak per layer over all its slices (as apply computes it), worst layer reported.
     leaks = {layer: (moved / base) ** 0.5 if base > 0 else 0.0 for layer, (moved, base) in energies.items()}
-    if leaks:
-        leak = max(leaks.values())
-        report.numbers["leak_recomputed"] = leak
-        if isinstance(recorded, float):
-            close = abs(leak - recorded) <= LEAK_TOLERANCE * max(recorded, 1e-4)
-            report.add(
-                "leak", close, f"harmless leak {leak:.4g} recomputed from the weights (manifest: {recorded:.4g})"
-            )
-        else:
-            report.add("leak", True, f"harmless leak {leak:.4g} recomputed from the weights")
-
-    if run_forward:
-        report.add("loads", *_forward_check(edited_path))
-    return report
+    if not leaks:
+        return
+    leak = max(leaks.values())
+    report.numbers["leak_recomputed"] = leak
+    if isinstance(recorded, float):
+        close = abs(leak - recorded) <= LEAK_TOLERANCE * max(recorded, 1e-4)
+        report.add(
+            "leak", close, f"harmless leak {leak:.4g} recomputed from the weights (manifest: {recorded:.4g})"
+        )
+    else:
+        report.add("leak", True, f"harmless leak {leak:.4g} recomputed from the weights")
 
 
 def _same_tensor(base: Checkpoint, edited: Checkpoint, name: str) -> bool:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sparse_edit.architectures import NeuronSlice
 from sparse_edit.config import ApplyOptions, DetectorMode
 from sparse_edit.edit.delta import SliceEdit
 from sparse_edit.edit.strategies.base import F64, FeatureNeeds, SolveJob, Strategy, refusal_direction
@@ -131,20 +132,10 @@ def detector_candidate(
     responses = response(scores, activation, sharpness)
     scale = output_scale(responses, shift)
     new_rows = {"gate": sharpness * detector, "up": detector, "down": scale * direction}
-    edits = []
-    for projection, neuron_slice in slices.items():
-        old = neuron_slice.read(weights[neuron_slice.tensor], index).to(F64)  # [1, d]
-        edits.append(
-            SliceEdit(
-                layer=layer,
-                projection=projection,
-                slice=neuron_slice,
-                neurons=index,
-                a=torch.ones(1, 1),
-                b=(new_rows[projection][None, :] - old).float().contiguous(),
-                key_axis="rows" if projection == "down" else "columns",
-            )
-        )
+    edits = [
+        _rewrite(layer, projection, neuron_slice, weights[neuron_slice.tensor], index, new_rows[projection])
+        for projection, neuron_slice in slices.items()
+    ]
     diagnostics = _detector_diagnostics(data, detector, positive, harmless, scale, responses, shift)
     diagnostics.update(
         {
@@ -161,6 +152,27 @@ def detector_candidate(
             dev_response = scale * response(dev_scores, activation, sharpness)
             diagnostics["fit_dev"] = float((dev_response - dev_shift).norm() / dev_shift.norm())
     return edits, diagnostics
+
+
+def _rewrite(
+    layer: int,
+    projection: str,
+    neuron_slice: NeuronSlice,
+    weight: torch.Tensor,
+    index: torch.Tensor,
+    new_row: torch.Tensor,
+) -> SliceEdit:
+    """The rank-1 edit that replaces the neuron's row of ``projection`` with ``new_row``."""
+    old = neuron_slice.read(weight, index).to(F64)  # [1, d]
+    return SliceEdit(
+        layer=layer,
+        projection=projection,
+        slice=neuron_slice,
+        neurons=index,
+        a=torch.ones(1, 1),
+        b=(new_row[None, :] - old).float().contiguous(),
+        key_axis="rows" if projection == "down" else "columns",
+    )
 
 
 def _detector_diagnostics(
