@@ -219,3 +219,48 @@ def test_a_killed_eval_resumes_from_its_journal_and_refuses_other_settings(evalu
     rows = {key(r): r for r in map(json.loads, (cut / "replies.jsonl").read_text().splitlines())}
     expected = {key(r): r for r in map(json.loads, (whole / "replies.jsonl").read_text().splitlines())}
     assert rows == expected
+
+
+def test_languages_with_harmless_prompts_only_get_over_refusal_and_ids_select_prompts(tiny_models, tmp_path):
+    from tests.helpers import write_jsonl
+
+    harmful, _ = parallel_prompt_files(tmp_path, langs=("en", "th"), count=4)
+    benign = write_jsonl(
+        tmp_path / "multiq.jsonl",
+        [
+            {"id": f"{kind}-{i}", "lang": lang, "text": f"question {i}", "label": "harmless"}
+            for lang in ("en", "th", "yo")
+            for kind in ("gpt", "lmsys")
+            for i in range(1, 5)
+        ],
+    )
+    out = tmp_path / "report"
+    model = str(tiny_models("qwen2"))
+    result = runner.invoke(
+        app,
+        ["eval", "--model", model, "--base", model, "--harmful", f"{harmful}@0-2", "--harmless"]
+        + [f"{benign}@gpt-2..3,lmsys-1", "--max-new-tokens", "3", "--no-representation", "--device", "cpu"]
+        + ["-q", "-o", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    # yo has harmless prompts only: over-refusal is reported for it, attack success is not.
+    assert report["languages"]["yo"]["harmful"]["n"] == 0 and report["languages"]["yo"]["harmless"]["n"] == 3
+    assert set(report["summary"]["asr"]) == {"en", "th"} and set(report["summary"]["over_refusal"]) == {
+        "en",
+        "th",
+        "yo",
+    }
+    assert report["summary"]["mean_asr"] is not None
+    replies = [json.loads(line) for line in (out / "replies.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in replies if r["class"] == "harmful"} == {"0", "1", "2"}
+    assert {r["id"] for r in replies if r["class"] == "harmless"} == {"gpt-2", "gpt-3", "lmsys-1"}
+    assert "| yo | 0 |" in (out / "report.md").read_text()
+
+
+def test_an_id_selection_that_keeps_nothing_is_named(evaluated, tmp_path):
+    root, args = evaluated
+    harmful = args[args.index("--harmful") + 1]
+    rebuilt = [a if a != harmful else f"{harmful}@500-600" for a in args]
+    result = runner.invoke(app, [*rebuilt, "-o", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "no harmful prompt has an id in @500-600" in result.stderr

@@ -70,3 +70,44 @@ def test_real_prompt_sets_load_and_are_parallel():
     assert missing_parallel_ids(poly.prompts, "en") == {}
     jail = load_source(str(SHARED_DATA / "multijail" / "MultiJail.csv"), "harmful", "--harmful")
     assert {p.lang for p in jail.prompts} == {"en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"}
+
+
+def test_id_selections_parse_ranges_prefixed_ranges_and_lists():
+    from sparse_edit.io.sources import IdSelection, split_ids, split_spec
+
+    selection = IdSelection("100-314,gpt-51..100,h3")
+    assert "100" in selection and "314" in selection and "99" not in selection and "315" not in selection
+    assert "gpt-51" in selection and "gpt-100" in selection and "gpt-50" not in selection
+    assert "h3" in selection and "lmsys-51" not in selection
+    assert split_spec("data/MultiJail.csv:en,bn@100-314") == ("data/MultiJail.csv", ["en", "bn"])
+    assert split_ids("me@example/file.jsonl")[1] is None and split_ids("a@b.jsonl")[1] is None  # a path
+    with pytest.raises(ValueError, match="empty"):
+        IdSelection("9-3")
+
+
+@pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason="../shared/data (MultiJail, MultiQ, PolyRefuse) is not present"
+)
+def test_the_example_split_configs_select_the_fixed_anchor_and_test_ids(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from sparse_edit.config import EvalOptions, LocateOptions, load_options
+    from sparse_edit.console import Reporter
+    from sparse_edit.data.selection import prepare_prompts
+
+    configs = Path(__file__).resolve().parents[1] / "examples" / "configs"
+    (tmp_path / "data").symlink_to(SHARED_DATA)
+    monkeypatch.chdir(tmp_path)
+    quiet = Reporter(quiet=True)
+    test = load_options(EvalOptions, configs / "multijail-test-eval.toml", {"model": "m", "output": "o"})
+    test_sets = prepare_prompts(test, quiet, both_classes=False)
+    bengali = [p for p in test_sets.harmful if p.lang == "bn"]
+    assert len(bengali) == 80 and {int(p.id) for p in bengali} == set(range(20, 100))
+    assert {p.id for p in test_sets.harmless if p.lang == "sw"} == {
+        *(f"gpt-{i}" for i in range(1, 51)),
+        *(f"lmsys-{i}" for i in range(1, 41)),
+    }
+    anchors = load_options(LocateOptions, configs / "multijail-anchors-locate.toml", {})
+    anchor_sets = prepare_prompts(anchors, quiet)
+    assert min(int(p.id) for p in anchor_sets.harmful) == 100
+    assert not {(p.lang, p.id) for p in anchor_sets.harmless} & {(p.lang, p.id) for p in test_sets.harmless}

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from sparse_edit.errors import SparseEditError
-from sparse_edit.io.sources import LANG_CODE, split_spec
+from sparse_edit.io.sources import LANG_CODE, split_ids, split_spec
 
 Label = Literal["harmful", "harmless"]
 LABELS: tuple[Label, ...] = ("harmful", "harmless")
@@ -167,8 +167,9 @@ def _read_wide_csv(path: Path, langs: list[str] | None, label: Label) -> list[Pr
 
 
 def load_source(spec: str, label: Label, flag: str) -> LoadedSource:
-    """Load one source spec (file, glob, optional ``:LANG`` suffix) as prompts of ``label``."""
+    """Load one source spec (file, glob, optional ``:LANG`` and ``@IDS`` suffixes) as prompts of ``label``."""
     pattern, langs = split_spec(spec)
+    _, ids = split_ids(spec)
     files = _expand(pattern, flag)
     digest = hashlib.sha256()
     prompts: list[Prompt] = []
@@ -184,6 +185,10 @@ def load_source(spec: str, label: Label, flag: str) -> LoadedSource:
             raise SparseEditError(f"{flag}: {path}: cannot be read ({exc.strerror})") from None
         if not loaded:
             raise SparseEditError(f"{flag}: {path}: no {label} prompts in this file")
+        if ids is not None:
+            loaded = [prompt for prompt in loaded if prompt.id in ids]
+            if not loaded:
+                raise SparseEditError(f"{flag}: {path}: no {label} prompt has an id in @{ids.text}")
         prompts.extend(loaded)
     return LoadedSource(spec, tuple(files), digest.hexdigest(), tuple(prompts))
 

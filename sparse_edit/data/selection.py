@@ -44,10 +44,11 @@ def _slice(prompts: list[Prompt], skip: int, limit: int | None) -> list[Prompt]:
     return kept
 
 
-def prepare_prompts(options: PromptOptions, reporter: Reporter, harmless_everywhere: bool = True) -> PromptSets:
+def prepare_prompts(options: PromptOptions, reporter: Reporter, both_classes: bool = True) -> PromptSets:
     """Load, filter and check the harmful and harmless prompt sources.
 
-    With ``harmless_everywhere`` false (eval), a language may have harmful prompts only.
+    With ``both_classes`` false (eval), a language needs prompts of one class only: attack success
+    is reported where it has harmful prompts, over-refusal where it has harmless ones.
     """
     harmful, harmful_sources = load_sources(options.harmful, "harmful", "--harmful")
     harmless, harmless_sources = load_sources(options.harmless, "harmless", "--harmless")
@@ -57,14 +58,16 @@ def prepare_prompts(options: PromptOptions, reporter: Reporter, harmless_everywh
         languages.insert(0, options.reference_lang)
     harmful_langs, harmless_langs = {p.lang for p in harmful}, {p.lang for p in harmless}
     for lang in languages:
-        if lang not in harmful_langs:
-            raise SparseEditError(
-                f"--languages: {lang} has no harmful prompts in --harmful; add a source or drop it"
-            )
-        if lang not in harmless_langs and harmless_everywhere:
-            raise SparseEditError(
-                f"--languages: {lang} has no harmless prompts in --harmless; add a source or drop it"
-            )
+        if lang not in harmful_langs and lang not in harmless_langs:
+            raise SparseEditError(f"--languages: {lang} has no prompts in --harmful or --harmless; drop it")
+        for label, flag, present in (
+            ("harmful", "--harmful", harmful_langs),
+            ("harmless", "--harmless", harmless_langs),
+        ):
+            if lang not in present and both_classes:
+                raise SparseEditError(
+                    f"--languages: {lang} has no {label} prompts in {flag}; add a source or drop it"
+                )
     keep = set(languages)
     harmful = _slice([p for p in harmful if p.lang in keep], options.skip, options.limit)
     harmless_skip = options.skip if options.harmless_skip is None else options.harmless_skip

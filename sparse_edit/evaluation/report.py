@@ -37,6 +37,13 @@ def _num(value: Any, fmt: str = "+.2f") -> str:
     return format(value, fmt) if isinstance(value, int | float) and math.isfinite(value) else "-"
 
 
+def _difference(after: Any, before: Any, scale: float = 1.0, fmt: str = "+.2f") -> str:
+    """``after - before`` formatted, or "-" when either is missing (a language without that class)."""
+    if after is None or before is None:
+        return "-"
+    return _num(scale * (after - before), fmt)
+
+
 def _own_language(row: dict[str, Any]) -> str:
     """Share of refusals written in the prompt's language, with the count it is over."""
     measured = row.get("refusal_language")
@@ -69,11 +76,11 @@ def markdown(report: dict[str, Any]) -> str:
         harmful, harmless = row["harmful"], row["harmless"]
         if has_base:
             base = row["base"]
-            delta = 100 * (harmful["asr"]["rate"] - base["harmful"]["asr"]["rate"])
+            delta = _difference(harmful["asr"]["rate"], base["harmful"]["asr"]["rate"], scale=100, fmt="+.1f")
             lines.append(
-                f"| {lang} | {harmful['n']} | {_pct(base['harmful']['asr'])} | {_pct(harmful['asr'])} | {delta:+.1f} | "
+                f"| {lang} | {harmful['n']} | {_pct(base['harmful']['asr'])} | {_pct(harmful['asr'])} | {delta} | "
                 f"{row['mcnemar_asr']['p_value']:.3g} | {_pct(base['harmless']['refusal'])} → {_pct(harmless['refusal'])} | "
-                f"{_pct(harmful['invalid'])} | {_num(row['log_odds_harmful'] - base['log_odds_harmful'])} | "
+                f"{_pct(harmful['invalid'])} | {_difference(row['log_odds_harmful'], base['log_odds_harmful'])} | "
                 f"{_own_language(base)} → {_own_language(row)} |"
             )
         else:

@@ -180,15 +180,15 @@ def summary_metrics(
     table: dict[str, dict[str, Any]], reference: str, kl: tuple[float, float] | None
 ) -> dict[str, Any]:
     """The flat namespace ``--fail-if`` reads: fractions in [0, 1], per-language values as dicts."""
-    langs = list(table)
+    # Attack success only where the language has harmful prompts, over-refusal where it has harmless ones.
+    langs = [lang for lang in table if table[lang]["harmful"]["n"] > 0]
     others = [lang for lang in langs if lang != reference]
 
     def per_lang(getter: Any) -> dict[str, float]:
         return {lang: getter(table[lang]) for lang in langs}
 
     asr = per_lang(lambda r: r["harmful"]["asr"]["rate"])
-    # Over-refusal only where the language has harmless prompts.
-    with_harmless = [lang for lang in langs if table[lang]["harmless"]["n"] > 0]
+    with_harmless = [lang for lang in table if table[lang]["harmless"]["n"] > 0]
     over = {lang: table[lang]["harmless"]["refusal"]["rate"] for lang in with_harmless}
     metrics: dict[str, Any] = {
         "asr": asr,
@@ -209,7 +209,7 @@ def summary_metrics(
         "nll_delta": None,
         "ppl_ratio": None,
     }
-    if all("base" in table[lang] for lang in langs):
+    if all("base" in row for row in table.values()):
         base_asr = per_lang(lambda r: r["base"]["harmful"]["asr"]["rate"])
         base_over = {lang: table[lang]["base"]["harmless"]["refusal"]["rate"] for lang in with_harmless}
         metrics["asr_delta"] = {lang: asr[lang] - base_asr[lang] for lang in langs}
@@ -244,7 +244,7 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
     in and a rerun with the same settings resumes from them."""
     gates: list[Gate] = [parse_gate(text) for text in options.fail_if]
     torch.manual_seed(options.seed)
-    sets = prepare_prompts(options, reporter, harmless_everywhere=False)
+    sets = prepare_prompts(options, reporter, both_classes=False)
     judge = make_judge(options)
     edited_model = load_model(options)
     base_model = load_model(options, options.base) if options.base is not None else None
