@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sparse_edit.errors import SparseEditError
+from sparse_edit.errors import SparseEditError, reading
 
 NeuronChoice = Literal["low-union", "low-only", "reference", "all"]
 DetectorMode = Literal["refuse", "release"]
@@ -128,16 +128,10 @@ def read_config(config_file: Path | None) -> dict[str, Any]:
         return {}
     if config_file.is_dir():
         raise SparseEditError(f"--config {config_file}: is a folder; point it at a TOML file")
+    with reading(f"--config {config_file}"):
+        text = config_file.read_text(encoding="utf-8")
     try:
-        return tomllib.loads(config_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SparseEditError(f"--config {config_file}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise SparseEditError(
-            f"--config {config_file}: not UTF-8 text (byte {exc.start}); save it as UTF-8"
-        ) from None
-    except OSError as exc:
-        raise SparseEditError(f"--config {config_file}: cannot be read ({exc.strerror})") from None
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SparseEditError(f"--config {config_file}: not valid TOML ({exc})") from exc
 

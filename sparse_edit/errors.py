@@ -1,6 +1,8 @@
 """The one exception type users see, and the exit codes the CLI uses."""
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 EXIT_OK = 0
 # A check the user asked for did not pass (verify failed, an eval gate tripped).
@@ -44,3 +46,16 @@ def environment_message(exc: BaseException) -> str:
 def is_out_of_memory(exc: BaseException) -> bool:
     """torch's OutOfMemoryError (a RuntimeError), recognised without importing torch."""
     return type(exc).__name__ == "OutOfMemoryError"
+
+
+@contextlib.contextmanager
+def reading(where: str) -> Iterator[None]:
+    """Turn a read that fails (not UTF-8, unreadable) into one line naming ``where``."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise SparseEditError(f"{where}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except FileNotFoundError:
+        raise SparseEditError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise SparseEditError(f"{where}: cannot be read ({exc.strerror})") from None

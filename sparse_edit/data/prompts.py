@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sparse_edit.errors import SparseEditError
+from sparse_edit.errors import SparseEditError, reading
 from sparse_edit.io.sources import LANG_CODE, split_ids, split_spec
 
 Label = Literal["harmful", "harmless"]
@@ -174,15 +174,9 @@ def load_source(spec: str, label: Label, flag: str) -> LoadedSource:
     digest = hashlib.sha256()
     prompts: list[Prompt] = []
     for path in files:
-        try:
+        with reading(f"{flag}: {path}"):
             loaded = _read_file(path, spec, langs, label, flag)
             digest.update(path.read_bytes())
-        except UnicodeDecodeError as exc:
-            raise SparseEditError(
-                f"{flag}: {path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"
-            ) from None
-        except OSError as exc:
-            raise SparseEditError(f"{flag}: {path}: cannot be read ({exc.strerror})") from None
         if not loaded:
             raise SparseEditError(f"{flag}: {path}: no {label} prompts in this file")
         if ids is not None:

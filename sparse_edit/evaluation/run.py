@@ -122,6 +122,20 @@ def refusal_language(run: ModelRun, harmful: list[Encoded], indices: list[int]) 
     }
 
 
+def _model_row(
+    run: ModelRun, harmful: list[Encoded], lang: str, h_idx: list[int], s_idx: list[int]
+) -> dict[str, Any]:
+    """One model's numbers for one language."""
+    return {
+        "harmful": _rates(run.harmful_verdicts, h_idx),
+        "harmless": _rates(run.harmless_verdicts, s_idx),
+        "log_odds_harmful": mean(run.log_odds_harmful.get(lang, [])),
+        "log_odds_harmless": mean(run.log_odds_harmless.get(lang, [])),
+        "representation": run.representation.get(lang),
+        "refusal_language": refusal_language(run, harmful, h_idx),
+    }
+
+
 def language_table(
     sets: PromptSets, harmful: list[Encoded], harmless: list[Encoded], edited: ModelRun, base: ModelRun | None
 ) -> dict[str, dict[str, Any]]:
@@ -129,23 +143,9 @@ def language_table(
     for lang in sets.languages:
         h_idx = [i for i, e in enumerate(harmful) if e.prompt.lang == lang]
         s_idx = [i for i, e in enumerate(harmless) if e.prompt.lang == lang]
-        row: dict[str, Any] = {
-            "harmful": _rates(edited.harmful_verdicts, h_idx),
-            "harmless": _rates(edited.harmless_verdicts, s_idx),
-            "log_odds_harmful": mean(edited.log_odds_harmful.get(lang, [])),
-            "log_odds_harmless": mean(edited.log_odds_harmless.get(lang, [])),
-            "representation": edited.representation.get(lang),
-            "refusal_language": refusal_language(edited, harmful, h_idx),
-        }
+        row: dict[str, Any] = _model_row(edited, harmful, lang, h_idx, s_idx)
         if base is not None:
-            row["base"] = {
-                "harmful": _rates(base.harmful_verdicts, h_idx),
-                "harmless": _rates(base.harmless_verdicts, s_idx),
-                "log_odds_harmful": mean(base.log_odds_harmful.get(lang, [])),
-                "log_odds_harmless": mean(base.log_odds_harmless.get(lang, [])),
-                "representation": base.representation.get(lang),
-                "refusal_language": refusal_language(base, harmful, h_idx),
-            }
+            row["base"] = _model_row(base, harmful, lang, h_idx, s_idx)
             row["mcnemar_asr"] = paired_test(base.harmful_verdicts, edited.harmful_verdicts, h_idx, "compliance")
             row["mcnemar_over_refusal"] = (
                 paired_test(base.harmless_verdicts, edited.harmless_verdicts, s_idx, "refusal") if s_idx else None
