@@ -142,13 +142,19 @@ def evaluate(
 
 def verify(base: str | Path, edited: str | Path, *, run_forward: bool = True) -> VerifyReport:
     """Check that ``edited`` differs from ``base`` exactly by its recorded delta, and still loads and runs."""
+    from sparse_edit.edit.gguf_output import is_gguf, verify_gguf
     from sparse_edit.edit.verify import verify as run_verify
 
+    if is_gguf(edited):
+        return verify_gguf(Path(base), Path(edited), run_forward=run_forward)
     return run_verify(Path(base), Path(edited), run_forward=run_forward)
 
 
 def revert(edited: str | Path, output: str | Path, *, overwrite: bool = False) -> list[str]:
     """Write the base checkpoint back from an edited folder; returns the rewritten shards."""
+    from sparse_edit.edit.gguf_output import is_gguf, revert_gguf
     from sparse_edit.edit.verify import revert as run_revert
 
+    if is_gguf(edited):
+        return revert_gguf(Path(edited), Path(output), overwrite)
     return run_revert(Path(edited), Path(output), overwrite)

@@ -79,6 +79,21 @@ class Family:
     def out_proj(self, model: torch.nn.Module, layer: int) -> torch.nn.Module:
         return getattr(self.mlp(model, layer), self.out_proj_attr)
 
+    def gguf_name(self, tensor: str) -> str | None:
+        """The llama.cpp (GGUF) name of an MLP projection weight, for families whose GGUF layout
+        stores gate, up and down as separate ``[rows, columns]`` tensors like ours; None otherwise."""
+        if self.in_layout != "linear" or not self.gated:
+            return None
+        parts = tensor.split(".")
+        prefix = self.tensor_prefix.split(".")
+        names = {self.gate_name: "ffn_gate", self.up_name: "ffn_up", self.out_name: "ffn_down"}
+        if parts[: len(prefix)] != prefix or parts[-1] != "weight" or len(parts) != len(prefix) + 4:
+            return None
+        layer, mlp, projection = parts[len(prefix)], parts[len(prefix) + 1], parts[len(prefix) + 2]
+        if mlp != self.mlp_attr or projection not in names or not layer.isdigit():
+            return None
+        return f"blk.{layer}.{names[projection]}.weight"
+
     def neuron_slice(self, layer: int, projection: Projection, d_ff: int) -> NeuronSlice:
         """Where the neurons' weights of ``projection`` live for ``layer``."""
         prefix = f"{self.tensor_prefix}.{layer}.{self.mlp_attr}."

@@ -112,3 +112,79 @@ def build_tiny_model(
     model.save_pretrained(dest, **kwargs)
     byte_tokenizer().save_pretrained(dest)
     return dest
+
+
+# llama.cpp's names for the tensors of a Llama/Qwen2-style model (no q/k permutation is needed for qwen2).
+_GGUF_NAMES = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+
+
+def write_tiny_gguf(hf_folder: str | Path, dest: str | Path, quantization: str = "F32") -> Path:
+    """A GGUF file of a tiny qwen2 model saved by ``build_tiny_model``, loadable by transformers.
+
+    2-D weights whose rows fit the type's blocks are stored as ``quantization`` (F32, F16, Q8_0, ...);
+    norms stay F32. The byte tokenizer is written as a GPT-2-style vocabulary with one merge.
+    """
+    import json
+
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    folder, dest = Path(hf_folder), Path(dest)
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    vocab = {**tokenizer["model"]["vocab"], **{t["content"]: t["id"] for t in tokenizer["added_tokens"]}}
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    tokens[-1] = "Ġt"  # a merged token, so the merge list is not empty (the last special is unused)
+    writer = gguf.GGUFWriter(str(dest), "qwen2")
+    writer.add_name("tiny")
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_freq_base(config.get("rope_theta") or 10000.0)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * 256 + [3] * (len(tokens) - 257) + [1])
+    writer.add_token_merges(["Ġ t"])
+    writer.add_bos_token_id(config["bos_token_id"])
+    writer.add_eos_token_id(config["eos_token_id"])
+    writer.add_pad_token_id(config["pad_token_id"])
+    kind = gguf.GGMLQuantizationType[quantization]
+    block = gguf.GGML_QUANT_SIZES[kind][0]
+    top = {
+        "model.embed_tokens.weight": "token_embd",
+        "model.norm.weight": "output_norm",
+        "lm_head.weight": "output",
+    }
+    for name, tensor in load_file(str(folder / "model.safetensors")).items():
+        parts = name.split(".")
+        if name in top:
+            target = f"{top[name]}.weight"
+        else:
+            target = f"blk.{parts[2]}.{_GGUF_NAMES['.'.join(parts[3:-1])]}.{parts[-1]}"  # weight or bias
+        values = tensor.float().numpy()
+        if values.ndim == 2 and values.shape[1] % block == 0 and quantization != "F32":
+            data = values.astype(np.float16) if quantization == "F16" else gguf.quants.quantize(values, kind)
+            writer.add_tensor(target, data, raw_shape=data.shape, raw_dtype=kind)
+        else:
+            writer.add_tensor(target, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dest

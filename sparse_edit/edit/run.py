@@ -14,6 +14,7 @@ from sparse_edit.edit.anchors import build_anchors
 from sparse_edit.edit.candidates import Candidate, build_candidates, storage_for
 from sparse_edit.edit.delta import EditDelta, write_back
 from sparse_edit.edit.estimate import count_work, describe, time_first_batch
+from sparse_edit.edit.gguf_output import is_gguf, write_gguf_edit
 from sparse_edit.edit.manifest import build_manifest, checked, model_card
 from sparse_edit.edit.plan import make_plan, rank_by_attribution
 from sparse_edit.edit.selection import choose, format_table, measure_candidates
@@ -88,13 +89,16 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
         MANIFEST_FILE: (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
         MODEL_CARD_FILE: model_card(manifest).encode(),
     }
-    write_checkpoint(
-        checkpoint,
-        options.output,
-        written.replacements,
-        command="apply",
-        overwrite=options.overwrite,
-        extra_files=extra,
-        warn=reporter.warn,
-    )
+    if is_gguf(options.output):
+        write_gguf_edit(options.model, checkpoint, options.output, written.replacements, extra, options.overwrite)
+    else:
+        write_checkpoint(
+            checkpoint,
+            options.output,
+            written.replacements,
+            command="apply",
+            overwrite=options.overwrite,
+            extra_files=extra,
+            warn=reporter.warn,
+        )
     return EditResult(manifest, chosen)

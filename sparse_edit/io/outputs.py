@@ -69,6 +69,13 @@ def written_by(command: Command, path: Path) -> bool:
             return path.is_file() and (read_metadata(path) or {}).get("kind") == LOCATE_KIND
         except SparseEditError:
             return False
+    if command == "apply" and path.suffix == ".gguf" and path.is_file():
+        from sparse_edit.io.gguf_file import KEY_PREFIX, read
+
+        try:
+            return KEY_PREFIX + "delta_sha256" in read(path).fields
+        except SparseEditError:
+            return False
     if not path.is_dir():
         return False
     marker = path / OUTPUT_MARKER
