@@ -128,8 +128,17 @@ _GGUF_NAMES = {
 }
 
 
+def _llama_permute(weight: Any, heads: int) -> Any:
+    """llama.cpp's row order for a Llama q/k projection (rotary halves interleaved); transformers undoes it."""
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
 def write_tiny_gguf(hf_folder: str | Path, dest: str | Path, quantization: str = "F32") -> Path:
-    """A GGUF file of a tiny qwen2 model saved by ``build_tiny_model``, loadable by transformers.
+    """A GGUF file of a tiny llama or qwen2 model saved by ``build_tiny_model``, loadable by transformers.
 
     2-D weights whose rows fit the type's blocks are stored as ``quantization`` (F32, F16, Q8_0, ...);
     norms stay F32. The byte tokenizer is written as a GPT-2-style vocabulary with one merge.
@@ -146,7 +155,10 @@ def write_tiny_gguf(hf_folder: str | Path, dest: str | Path, quantization: str =
     vocab = {**tokenizer["model"]["vocab"], **{t["content"]: t["id"] for t in tokenizer["added_tokens"]}}
     tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
     tokens[-1] = "Ġt"  # a merged token, so the merge list is not empty (the last special is unused)
-    writer = gguf.GGUFWriter(str(dest), "qwen2")
+    architecture = config["model_type"]
+    if architecture not in ("llama", "qwen2"):
+        raise ValueError(f"write_tiny_gguf writes llama and qwen2 models, not {architecture}")
+    writer = gguf.GGUFWriter(str(dest), architecture)
     writer.add_name("tiny")
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config["max_position_embeddings"])
@@ -178,6 +190,9 @@ def write_tiny_gguf(hf_folder: str | Path, dest: str | Path, quantization: str =
         else:
             target = f"blk.{parts[2]}.{_GGUF_NAMES['.'.join(parts[3:-1])]}.{parts[-1]}"  # weight or bias
         values = tensor.float().numpy()
+        if architecture == "llama" and target.endswith(("attn_q.weight", "attn_k.weight")):
+            heads = config["num_attention_heads"] if "attn_q" in target else config["num_key_value_heads"]
+            values = _llama_permute(values, heads)
         if values.ndim == 2 and values.shape[1] % block == 0 and quantization != "F32":
             data = values.astype(np.float16) if quantization == "F16" else gguf.quants.quantize(values, kind)
             writer.add_tensor(target, data, raw_shape=data.shape, raw_dtype=kind)

@@ -20,9 +20,12 @@ def workspace(tmp_path_factory):
     return root, hf, harmful, harmless
 
 
-@pytest.mark.parametrize("quantization", ["F32", "F16", "Q8_0"])
-def test_apply_verify_revert_on_a_gguf_file(workspace, quantization, tmp_path, monkeypatch):
-    root, hf, harmful, harmless = workspace
+@pytest.mark.parametrize(
+    ("model_type", "quantization"), [("qwen2", "F32"), ("qwen2", "F16"), ("qwen2", "Q8_0"), ("llama", "Q8_0")]
+)
+def test_apply_verify_revert_on_a_gguf_file(workspace, model_type, quantization, tmp_path, monkeypatch):
+    root, _, harmful, harmless = workspace
+    hf = build_tiny_model(tmp_path / "hf", model_type)
     monkeypatch.setenv("SPARSE_EDIT_CACHE", str(tmp_path / "cache"))
     source = write_tiny_gguf(hf, tmp_path / f"tiny-{quantization}.gguf", quantization)
     common = ["--harmful", harmful, "--harmless", harmless, "--device", "cpu", "-q"]
