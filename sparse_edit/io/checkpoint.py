@@ -96,79 +96,21 @@ class Checkpoint:
     @classmethod
     def open(cls, path: str | Path) -> Checkpoint:
         folder = Path(path)
-        if not folder.exists():
-            raise SparseEditError(f"{folder}: no such model folder")
-        if not folder.is_dir():
-            raise SparseEditError(f"{folder}: expected a model folder (with config.json and *.safetensors)")
-        config_path = folder / "config.json"
-        if not config_path.is_file():
-            raise SparseEditError(f"{folder}: no config.json; point to a Hugging Face model folder")
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SparseEditError(f"{config_path}: not valid JSON ({exc})") from exc
-        if not isinstance(config, dict):
-            raise SparseEditError(f"{config_path}: expected a JSON object")
+        config = _read_config(folder)
         refuse_custom_code(folder)
-
+        index, shards = _find_shards(folder)
+        weight_map: dict[str, str] = index["weight_map"] if index is not None else {}
+        tensors, metadata = _read_headers(folder, shards)
         index_path = folder / INDEX_FILE
-        single_path = folder / SINGLE_FILE
-        index: dict[str, Any] | None = None
-        if index_path.is_file():
-            index = _read_index(index_path)
-            weight_map: dict[str, str] = index["weight_map"]
-            shards = sorted(set(weight_map.values()))
-            stray = sorted(p.name for p in folder.glob("model*.safetensors") if p.name not in shards)
-            if stray:
-                raise SparseEditError(
-                    f"{index_path}: shard {stray[0]} is in the folder but not referenced by weight_map; "
-                    "the index does not describe these weights"
-                )
-        elif single_path.is_file():
-            weight_map = {}
-            shards = [SINGLE_FILE]
-        else:
-            pickles = [p.name for pattern in PICKLE_PATTERNS for p in folder.glob(pattern)]
-            if pickles:
-                raise SparseEditError(
-                    f"{folder}: only pickle weights found ({', '.join(sorted(pickles))}); sparse-edit never "
-                    "unpickles. If you trust the file, convert it once with transformers: "
-                    "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR, safe_serialization=True)"
-                )
-            raise SparseEditError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE} found")
-
-        tensors: dict[str, TensorInfo] = {}
-        metadata: dict[str, dict[str, str]] = {}
-        for shard in shards:
-            shard_path = folder / shard
-            if not shard_path.is_file():
-                raise SparseEditError(f"{index_path}: shard {shard} listed in weight_map does not exist")
-            read_header_bytes(shard_path)
-            try:
-                with safe_open(str(shard_path), framework="pt") as handle:
-                    metadata[shard] = dict(handle.metadata() or {})
-                    for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                        tensor_slice = handle.get_slice(name)
-                        if name in tensors:
-                            raise SparseEditError(
-                                f"{shard_path}: tensor {name} also appears in {tensors[name].shard}"
-                            )
-                        tensors[name] = TensorInfo(
-                            name, tuple(tensor_slice.get_shape()), tensor_slice.get_dtype(), shard
-                        )
-            except SafetensorError as exc:
-                raise SparseEditError(f"{shard_path}: safetensors header does not parse ({exc})") from exc
-
         for name, shard in weight_map.items():
             info = tensors.get(name)
             if info is None or info.shard != shard:
                 raise SparseEditError(f"{index_path}: weight_map says {name} is in {shard}, but it is not there")
-        if index is not None:
-            unlisted = sorted(set(tensors) - set(weight_map))
-            if unlisted:
-                raise SparseEditError(
-                    f"{index_path}: tensors present in shards but missing from weight_map: {', '.join(unlisted[:5])}"
-                )
+        unlisted = sorted(set(tensors) - set(weight_map)) if index is not None else []
+        if unlisted:
+            raise SparseEditError(
+                f"{index_path}: tensors present in shards but missing from weight_map: {', '.join(unlisted[:5])}"
+            )
         return cls(folder, config, shards, tensors, index, metadata)
 
     def check_complete(self) -> None:
@@ -261,6 +203,72 @@ class Checkpoint:
             "parameters": self.parameter_count,
             "fingerprint": self.fingerprint(),
         }
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    if not folder.exists():
+        raise SparseEditError(f"{folder}: no such model folder")
+    if not folder.is_dir():
+        raise SparseEditError(f"{folder}: expected a model folder (with config.json and *.safetensors)")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise SparseEditError(f"{folder}: no config.json; point to a Hugging Face model folder")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SparseEditError(f"{config_path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise SparseEditError(f"{config_path}: expected a JSON object")
+    return config
+
+
+def _find_shards(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """(the index or None, the shard file names); refuses pickles and shards the index leaves out."""
+    index_path = folder / INDEX_FILE
+    if index_path.is_file():
+        index = _read_index(index_path)
+        shards = sorted(set(index["weight_map"].values()))
+        stray = sorted(p.name for p in folder.glob("model*.safetensors") if p.name not in shards)
+        if stray:
+            raise SparseEditError(
+                f"{index_path}: shard {stray[0]} is in the folder but not referenced by weight_map; "
+                "the index does not describe these weights"
+            )
+        return index, shards
+    if (folder / SINGLE_FILE).is_file():
+        return None, [SINGLE_FILE]
+    pickles = [p.name for pattern in PICKLE_PATTERNS for p in folder.glob(pattern)]
+    if pickles:
+        raise SparseEditError(
+            f"{folder}: only pickle weights found ({', '.join(sorted(pickles))}); sparse-edit never "
+            "unpickles. If you trust the file, convert it once with transformers: "
+            "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR, safe_serialization=True)"
+        )
+    raise SparseEditError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE} found")
+
+
+def _read_headers(folder: Path, shards: list[str]) -> tuple[dict[str, TensorInfo], dict[str, dict[str, str]]]:
+    """Every tensor's name, shape, dtype and shard, and each shard's metadata, from the headers only."""
+    tensors: dict[str, TensorInfo] = {}
+    metadata: dict[str, dict[str, str]] = {}
+    for shard in shards:
+        shard_path = folder / shard
+        if not shard_path.is_file():
+            raise SparseEditError(f"{folder / INDEX_FILE}: shard {shard} listed in weight_map does not exist")
+        read_header_bytes(shard_path)
+        try:
+            with safe_open(str(shard_path), framework="pt") as handle:
+                metadata[shard] = dict(handle.metadata() or {})
+                for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    tensor_slice = handle.get_slice(name)
+                    if name in tensors:
+                        raise SparseEditError(f"{shard_path}: tensor {name} also appears in {tensors[name].shard}")
+                    tensors[name] = TensorInfo(
+                        name, tuple(tensor_slice.get_shape()), tensor_slice.get_dtype(), shard
+                    )
+        except SafetensorError as exc:
+            raise SparseEditError(f"{shard_path}: safetensors header does not parse ({exc})") from exc
+    return tensors, metadata
 
 
 def _read_index(index_path: Path) -> dict[str, Any]:
