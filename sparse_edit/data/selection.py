@@ -58,13 +58,12 @@ def prepare_prompts(options: PromptOptions, reporter: Reporter, both_classes: bo
         languages.insert(0, options.reference_lang)
     harmful_langs, harmless_langs = {p.lang for p in harmful}, {p.lang for p in harmless}
     for lang in languages:
-        if lang not in harmful_langs and lang not in harmless_langs:
-            raise SparseEditError(f"--languages: {lang} has no prompts in --harmful or --harmless; drop it")
         for label, flag, present in (
             ("harmful", "--harmful", harmful_langs),
             ("harmless", "--harmless", harmless_langs),
         ):
-            if lang not in present and both_classes:
+            # eval needs one class per language, apply and locate both
+            if lang not in present and (both_classes or lang not in harmful_langs | harmless_langs):
                 raise SparseEditError(
                     f"--languages: {lang} has no {label} prompts in {flag}; add a source or drop it"
                 )
