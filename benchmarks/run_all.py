@@ -8,6 +8,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("bench_write.py", "bench_speed.py", "bench_apply_passes.py", "bench_gguf.py", "real_model.py", "dev_sweep.py"):
+for script in (
+    "bench_write.py",
+    "bench_speed.py",
+    "bench_apply_passes.py",
+    "bench_gguf.py",
+    "real_model.py",
+    "dev_sweep.py",
+):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], cwd=HERE, check=True)
