@@ -11,8 +11,6 @@ streamed from the memory-mapped source, so memory holds about one tensor.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sparse_edit.errors import SparseEditError
-from sparse_edit.io.outputs import PARTIAL_SUFFIX, output_mode, remove_stale_staging
+from sparse_edit.io.outputs import staged_file
 
 # Metadata keys sparse-edit adds to a patched file (and revert removes).
 KEY_PREFIX = "sparse_edit."
@@ -137,14 +135,8 @@ def _rewrite(reader: Any, dest: Path, swap: Any, metadata: Mapping[str, str]) ->
     """Every tensor of ``reader`` to ``dest`` in order, ``swap(tensor)`` replacing some; staged and atomic."""
     gguf = _gguf()
     architecture = reader.fields["general.architecture"].contents()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(dest)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{dest.name}.{os.getpid()}.", suffix=PARTIAL_SUFFIX, dir=dest.parent
-    )
-    os.close(handle)
-    try:
-        writer = gguf.GGUFWriter(temporary, architecture)
+    with staged_file(dest) as temporary:
+        writer = gguf.GGUFWriter(str(temporary), architecture)
         _copy_metadata(reader, writer, metadata)
         for tensor in reader.tensors:
             data, kind = swap(tensor) or (tensor.data, tensor.tensor_type)
@@ -153,11 +145,3 @@ def _rewrite(reader: Any, dest: Path, swap: Any, metadata: Mapping[str, str]) ->
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(temporary, output_mode(folder=False))
-        os.replace(temporary, dest)
-    except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
-        raise SparseEditError(f"{dest}: writing failed ({exc.strerror or exc}); nothing was written") from exc
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -257,22 +257,31 @@ def _move_into_place(staging: Path, dest: Path, overwrite: bool, command: Comman
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def atomic_write_bytes(path: Path, content: bytes) -> None:
-    """Write next to ``path`` and rename, so readers never see a partial file."""
+@contextlib.contextmanager
+def staged_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; once the block ends it replaces ``path`` in one rename.
+
+    A failed write (disk full, file-size limit) removes the temporary file and names ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(path)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.{os.getpid()}.", suffix=PARTIAL_SUFFIX, dir=path.parent
-    )
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content)
-        os.chmod(temporary, output_mode(folder=False))
+        yield temporary
+        temporary.chmod(output_mode(folder=False))
         os.replace(temporary, path)
     except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise SparseEditError(f"{path}: {_write_failure(exc)}; nothing was written") from exc
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, content: bytes) -> None:
+    """Write next to ``path`` and rename, so readers never see a partial file."""
+    with staged_file(path) as temporary:
+        temporary.write_bytes(content)
