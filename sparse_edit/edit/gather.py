@@ -130,32 +130,50 @@ def gather(
             "use --target class-mean or add parallel prompts"
         )
     dev_pairs = pair_rows(anchors.low_dev, anchors.ref_dev, options.positions, options.target)
-    out = {}
-    for layer in layers:
-        dev = None
-        if dev_low is not None and dev_ref is not None and dev_safe is not None:
-            dev = LayerData(
-                _at(dev_low, layer, plan.sites),
-                _at(dev_ref, layer, plan.sites),
-                dev_pairs,
-                _grams_at(dev_safe, layer),
-                dev_safe.tokens,
-                None,
-                safe_rows=_at(dev_safe, layer, plan.sites),
-            )
-        out[layer] = LayerData(
-            _at(low, layer, plan.sites),
-            _at(ref, layer, plan.sites),
-            pairs,
-            _grams_at(safe, layer),
-            safe.tokens,
-            ref_safe.rows[("residual", layer)] if ref_safe is not None else None,
-            dev,
-            _at(safe, layer, plan.sites),
-            {site: total for (site, at), total in safe.sums.items() if at == layer},
-            {site: total for (site, at), total in safe.squares.items() if at == layer},
+    dev_groups = None
+    if dev_low is not None and dev_ref is not None and dev_safe is not None:
+        dev_groups = (dev_low, dev_ref, dev_safe)
+    return {
+        layer: _layer_data(layer, plan.sites, (low, ref, safe), ref_safe, pairs, dev_groups, dev_pairs)
+        for layer in layers
+    }
+
+
+def _layer_data(
+    layer: int,
+    sites: Sequence[Site],
+    train: tuple[Features, Features, Features],
+    ref_safe: Features | None,
+    pairs: tuple[list[int], list[int]],
+    dev: tuple[Features, Features, Features] | None,
+    dev_pairs: tuple[list[int], list[int]],
+) -> LayerData:
+    """One layer's rows, Grams and moments out of the shared passes (train, and dev when there is one)."""
+    low, ref, safe = train
+    dev_data = None
+    if dev is not None:
+        dev_low, dev_ref, dev_safe = dev
+        dev_data = LayerData(
+            _at(dev_low, layer, sites),
+            _at(dev_ref, layer, sites),
+            dev_pairs,
+            _grams_at(dev_safe, layer),
+            dev_safe.tokens,
+            None,
+            safe_rows=_at(dev_safe, layer, sites),
         )
-    return out
+    return LayerData(
+        _at(low, layer, sites),
+        _at(ref, layer, sites),
+        pairs,
+        _grams_at(safe, layer),
+        safe.tokens,
+        ref_safe.rows[("residual", layer)] if ref_safe is not None else None,
+        dev_data,
+        _at(safe, layer, sites),
+        {site: total for (site, at), total in safe.sums.items() if at == layer},
+        {site: total for (site, at), total in safe.squares.items() if at == layer},
+    )
 
 
 def _at(features: Features, layer: int, sites: Sequence[Site]) -> dict[str, torch.Tensor]:

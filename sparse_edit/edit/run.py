@@ -10,19 +10,20 @@ import torch
 
 from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
-from sparse_edit.edit.anchors import build_anchors
+from sparse_edit.edit.anchors import Anchors, build_anchors
 from sparse_edit.edit.candidates import Candidate, build_candidates, storage_for
 from sparse_edit.edit.delta import EditDelta, write_back
 from sparse_edit.edit.estimate import count_work, describe, time_first_batch
 from sparse_edit.edit.gguf_output import is_gguf, write_gguf_edit
 from sparse_edit.edit.manifest import build_manifest, checked, model_card
-from sparse_edit.edit.plan import make_plan, rank_by_attribution
+from sparse_edit.edit.plan import Plan, make_plan, rank_by_attribution
 from sparse_edit.edit.selection import choose, format_table, measure_candidates
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, MODEL_CARD_FILE
 from sparse_edit.io.outputs import check_output, command_inputs
 from sparse_edit.io.writer import write_checkpoint
-from sparse_edit.model.loading import load_model
+from sparse_edit.model.loading import LoadedModel, load_model
 from sparse_edit.neurons.artifact import LocateArtifact
 
 
@@ -33,6 +34,7 @@ class EditResult:
 
 
 def run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
+    """Plan, solve and choose an edit on the dev split, then write the edited checkpoint."""
     check_output(options.output, "apply", command_inputs(options), options.overwrite)
     artifact = LocateArtifact.load(options.artifact)
     loaded = load_model(options)
@@ -47,16 +49,7 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
     for name in plan.strategies:
         plan.strategy(name).check(checkpoint)  # fail before any forward pass
     anchors = build_anchors(options, loaded, low_langs, reporter)
-    work = count_work(
-        vars(anchors),
-        plan.layer_sets,
-        len(plan.strategies),
-        attribution=options.neuron_score == "attribution",
-        ceiling=options.ceiling,
-        dev_generate=options.dev_generate,
-    )
-    per_pass, per_reply = time_first_batch(loaded, anchors.low_train, options.batch_size, options.dev_generate)
-    reporter.info(describe(work, per_pass, per_reply))
+    announce_cost(loaded, anchors, plan, options, reporter)
     if options.neuron_score == "attribution":
         rank_by_attribution(loaded, anchors, plan, options, reporter)
     storage: dict[str, torch.dtype] = {}
@@ -67,7 +60,36 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
         measure_candidates(loaded, candidates, anchors, storage, options, reporter)
     chosen = choose(candidates, options.kl_budget, reporter) if len(candidates) > 1 else candidates[0]
     reporter.info(format_table(candidates, chosen))
+    manifest = write_edit(options, checkpoint, candidates, chosen, anchors.counts(), low_langs, reporter)
+    return EditResult(manifest, chosen)
 
+
+def announce_cost(
+    loaded: LoadedModel, anchors: Anchors, plan: Plan, options: ApplyOptions, reporter: Reporter
+) -> None:
+    """Say before the long work how long it will take (passes and replies, priced on a first batch)."""
+    work = count_work(
+        vars(anchors),
+        plan.layer_sets,
+        len(plan.strategies),
+        attribution=options.neuron_score == "attribution",
+        ceiling=options.ceiling,
+        dev_generate=options.dev_generate,
+    )
+    per_pass, per_reply = time_first_batch(loaded, anchors.low_train, options.batch_size, options.dev_generate)
+    reporter.info(describe(work, per_pass, per_reply))
+
+
+def write_edit(
+    options: ApplyOptions,
+    checkpoint: Checkpoint,
+    candidates: list[Candidate],
+    chosen: Candidate,
+    anchor_counts: dict[str, int],
+    low_langs: list[str],
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """The chosen edit as an edited folder (or a patched GGUF file) with its delta, manifest and card."""
     written = write_back(checkpoint, chosen.edits)
     chosen.diagnostics["retention"] = written.retention
     for name, kept in written.retention.items():
@@ -75,14 +97,13 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
             reporter.warn(
                 f"{name}: only {kept:.1%} of the update survived the cast to {checkpoint.tensors[name].dtype}"
             )
-    delta = EditDelta(chosen.edits, chosen.grams, chosen.gram_tokens, checkpoint.fingerprint())
-    delta_bytes = delta.to_bytes()
+    delta_bytes = EditDelta(chosen.edits, chosen.grams, chosen.gram_tokens, checkpoint.fingerprint()).to_bytes()
     table = [
         {"candidate": c.label, "strategy": c.strategy, "layers": list(c.layers), **c.diagnostics}
         for c in candidates
     ]
     manifest = build_manifest(options, checkpoint, chosen, table, delta_bytes, low_langs)
-    manifest["anchors"] = anchors.counts()
+    manifest["anchors"] = anchor_counts
     checked(manifest)
     extra = {
         DELTA_FILE: delta_bytes,
@@ -101,4 +122,4 @@ def run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
             extra_files=extra,
             warn=reporter.warn,
         )
-    return EditResult(manifest, chosen)
+    return manifest

@@ -153,28 +153,10 @@ class LocateArtifact:
         num_layers, width = meta["num_layers"], meta["mlp_width"]
 
         def tensor(name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-            value = tensors.get(name)
-            if value is None:
-                raise SparseEditError(
-                    f"{path}: tensor {name} is missing; the artifact is damaged, run locate again"
-                )
-            if shape is not None and tuple(value.shape) != shape:
-                raise SparseEditError(f"{path}: tensor {name} is {list(value.shape)}, expected {list(shape)}")
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise SparseEditError(f"{path}: tensor {name} holds NaN or infinite values")
-            return value
+            return _checked_tensor(path, tensors, name, shape)
 
         def neuron_index(lang: str, layer: int) -> torch.Tensor:
-            index = tensor(f"neurons.{lang}.{layer}")
-            if index.dim() != 1 or index.is_floating_point():
-                raise SparseEditError(f"{path}: tensor neurons.{lang}.{layer} is not a list of neuron indices")
-            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= width):
-                raise SparseEditError(
-                    f"{path}: tensor neurons.{lang}.{layer} has neuron indices outside 0..{width - 1}"
-                )
-            if index.unique().numel() != index.numel():
-                raise SparseEditError(f"{path}: tensor neurons.{lang}.{layer} lists a neuron twice")
-            return index
+            return _checked_index(path, tensor(f"neurons.{lang}.{layer}"), f"neurons.{lang}.{layer}", width)
 
         grid = (num_layers, width)
         neurons = {lang: [neuron_index(lang, layer) for layer in range(num_layers)] for lang in languages}
@@ -210,6 +192,31 @@ class LocateArtifact:
             tool_version=meta["tool_version"],
             extra=meta.get("extra", {}),
         )
+
+
+def _checked_tensor(
+    path: Path, tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...] | None
+) -> torch.Tensor:
+    """An artifact tensor that is present, of the expected shape, and finite."""
+    value = tensors.get(name)
+    if value is None:
+        raise SparseEditError(f"{path}: tensor {name} is missing; the artifact is damaged, run locate again")
+    if shape is not None and tuple(value.shape) != shape:
+        raise SparseEditError(f"{path}: tensor {name} is {list(value.shape)}, expected {list(shape)}")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise SparseEditError(f"{path}: tensor {name} holds NaN or infinite values")
+    return value
+
+
+def _checked_index(path: Path, index: torch.Tensor, name: str, width: int) -> torch.Tensor:
+    """A neuron set: distinct integer indices inside the MLP width."""
+    if index.dim() != 1 or index.is_floating_point():
+        raise SparseEditError(f"{path}: tensor {name} is not a list of neuron indices")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= width):
+        raise SparseEditError(f"{path}: tensor {name} has neuron indices outside 0..{width - 1}")
+    if index.unique().numel() != index.numel():
+        raise SparseEditError(f"{path}: tensor {name} lists a neuron twice")
+    return index
 
 
 # The metadata fields load() reads, with the JSON types they must have.

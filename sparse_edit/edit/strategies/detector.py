@@ -97,19 +97,13 @@ def detector_candidate(
     harmful = torch.cat([data.low_rows["mlp_input"], data.ref_rows["mlp_input"]])
     harmless = data.safe_rows.get("mlp_input", harmful[:0])
     positive, negative = (harmful, harmless) if mode == "refuse" else (harmless, harmful)
-    detector = fit_detector(
-        positive,
-        negative,
-        data.safe_gram["mlp_input"],
-        data.safe_sums["mlp_input"],
-        data.safe_tokens,
-        margin,
-        lam,
-    )
+    sums, gram = data.safe_sums["mlp_input"], data.safe_gram["mlp_input"]
+    detector = fit_detector(positive, negative, gram, sums, data.safe_tokens, margin, lam)
     slices = {p: family.neuron_slice(layer, p, d_ff) for p in ("gate", "up", "down")}
     weights = {name: checkpoint.load_tensor(name) for name in {s.tensor for s in slices.values()}}
-    down_rows = slices["down"].read(weights[slices["down"].tensor], torch.arange(d_ff))
-    energy = harmless_output_energy(data.safe_squares["neurons"], down_rows)
+    energy = harmless_output_energy(
+        data.safe_squares["neurons"], slices["down"].read(weights[slices["down"].tensor], torch.arange(d_ff))
+    )
     neuron = int(torch.argmin(energy))  # the neuron harmless prompts miss least
     index = torch.tensor([neuron])
 
@@ -119,14 +113,7 @@ def detector_candidate(
     reference_level = float((reference.to(F64) @ direction).mean())
 
     def wanted(d: LayerData) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probe scores and wanted shifts of the rows the neuron should fire on (release: lower, so ≤ 0)."""
-        if mode == "refuse":
-            keys, residual = d.low_rows["mlp_input"], d.low_rows["residual"]
-        else:
-            keys, residual = d.safe_rows["mlp_input"], d.safe_rows["residual"]
-        gap = reference_level - residual.to(F64) @ direction
-        gap = gap.clamp(min=0) if mode == "refuse" else gap.clamp(max=0)
-        return keys.to(F64) @ detector, share * gain * gap
+        return _wanted(d, mode, detector, direction, reference_level, share * gain)
 
     scores, shift = wanted(data)
     responses = response(scores, activation, sharpness)
@@ -145,13 +132,25 @@ def detector_candidate(
             "refusal_level": reference_level,
         }
     )
-    dev = data.dev
-    if dev is not None and dev.low_rows["mlp_input"].shape[0]:
-        dev_scores, dev_shift = wanted(dev)  # release: gather kept the dev harmless residual rows too
+    if data.dev is not None and data.dev.low_rows["mlp_input"].shape[0]:
+        dev_scores, dev_shift = wanted(data.dev)  # release: gather kept the dev harmless residual rows too
         if float(dev_shift.norm()) > 0:
             dev_response = scale * response(dev_scores, activation, sharpness)
             diagnostics["fit_dev"] = float((dev_response - dev_shift).norm() / dev_shift.norm())
     return edits, diagnostics
+
+
+def _wanted(
+    d: LayerData, mode: DetectorMode, detector: torch.Tensor, direction: torch.Tensor, level: float, gain: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probe scores and wanted shifts of the rows the neuron should fire on (release: lower, so ≤ 0)."""
+    if mode == "refuse":
+        keys, residual = d.low_rows["mlp_input"], d.low_rows["residual"]
+    else:
+        keys, residual = d.safe_rows["mlp_input"], d.safe_rows["residual"]
+    gap = level - residual.to(F64) @ direction
+    gap = gap.clamp(min=0) if mode == "refuse" else gap.clamp(max=0)
+    return keys.to(F64) @ detector, gain * gap
 
 
 def _rewrite(
