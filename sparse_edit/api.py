@@ -102,11 +102,9 @@ def apply_edit(
 ) -> EditResult:
     """Compute the closed-form edit from a locate artifact and write the edited checkpoint to ``output``."""
     from sparse_edit.edit.run import run_apply
-    from sparse_edit.io.outputs import check_output, command_inputs
 
     options = options or apply_options(config, **settings)
-    check_output(options.output, "apply", command_inputs(options, config), options.overwrite)
-    return run_apply(options, _reporter(reporter))
+    return run_apply(options, _reporter(reporter), config)
 
 
 def evaluate(

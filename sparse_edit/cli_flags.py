@@ -17,15 +17,25 @@ from typing import Annotated, Any, Union
 import typer
 import typer.core
 
-from sparse_edit.config import Options
+from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, Options
 
-# Flags that take a list: several values may follow one flag (--harmful a.jsonl b.jsonl).
-MULTI_VALUE_FLAGS = frozenset(
-    {"--harmful", "--harmless", "--languages", "--low-langs", "--strategy", "--candidate-layers", "--fail-if"}
-)
 # List settings whose values may also be joined by commas (never paths, which may hold commas).
 COMMA_LISTS = {"languages", "low_langs", "strategy", "candidate_layers"}
 SHORT_NAMES = {"output": "-o"}
+
+
+def _flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _list_flags(*models: type[Options]) -> frozenset[str]:
+    """The flags of list settings: several values may follow one of them (--harmful a.jsonl b.jsonl)."""
+    return frozenset(
+        _flag_name(name)
+        for model in models
+        for name, field in model.model_fields.items()
+        if _flag_type(field.annotation) is list
+    )
 
 
 def spread_multi_values(args: list[str]) -> list[str]:
@@ -63,11 +73,14 @@ def _flag_type(annotation: Any) -> type:
     return str  # paths, literals and strings: checked by the options model
 
 
+MULTI_VALUE_FLAGS = _list_flags(LocateOptions, ApplyOptions, EvalOptions)
+
+
 def field_parameters(model: type[Options], note: Mapping[str, str]) -> list[inspect.Parameter]:
     """One keyword parameter per field of ``model``, annotated for typer."""
     params = []
     for name, field in model.model_fields.items():
-        flag = "--" + name.replace("_", "-")
+        flag = _flag_name(name)
         kind = _flag_type(field.annotation)
         help_text = " ".join(filter(None, [field.description, note.get(name)]))
         if kind is bool:

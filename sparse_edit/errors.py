@@ -31,7 +31,7 @@ def environment_message(exc: BaseException) -> str:
     """One line for an error: the user's own message, or what failed and on which path."""
     if isinstance(exc, SparseEditError):
         return str(exc)
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+    if isinstance(exc, MemoryError) or is_out_of_memory(exc):
         return "ran out of memory; lower --batch-size or --max-length, or use a machine with more memory"
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""

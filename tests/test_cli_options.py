@@ -19,7 +19,7 @@ def _apply_options(monkeypatch, tmp_path, *flags: str):
     )
     seen = []
 
-    def capture(options, reporter):
+    def capture(options, reporter, config=None):
         seen.append(options)
         raise SparseEditError("stop")
 

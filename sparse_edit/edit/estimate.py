@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sparse_edit.console import Reporter
 from sparse_edit.model.batching import Encoded, batches
 from sparse_edit.model.generation import generate_replies
 from sparse_edit.model.loading import LoadedModel
@@ -72,8 +73,6 @@ def time_first_batch(
     per_pass = min(times) / len(batch.items)
     per_reply = 0.0
     if new_tokens:
-        from sparse_edit.console import Reporter
-
         start = time.perf_counter()
         generate_replies(loaded, batch.items, new_tokens, batch_size, Reporter(quiet=True), "timing")
         per_reply = (time.perf_counter() - start) / len(batch.items)

@@ -9,12 +9,14 @@ with the manifest, the delta, the model card and the edited tensors' original by
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save as save_numpy
 
@@ -22,17 +24,20 @@ from sparse_edit import __version__
 from sparse_edit.architectures import Family, family_for_model_type
 from sparse_edit.edit.delta import EditDelta, apply_rows
 from sparse_edit.edit.manifest_schema import read_manifest
+from sparse_edit.edit.verify import VerifyReport, manifest_mismatches
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io import gguf_file
 from sparse_edit.io.checkpoint import Checkpoint
-from sparse_edit.io.layout import DELTA_FILE, META_KEY
+from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, META_KEY
 from sparse_edit.io.outputs import check_output, staged_folder
 
 SIDECAR_SUFFIX = ".sparse_edit"
 ORIGINALS_FILE = "gguf_originals.safetensors"
 # Largest deviation of a written value from the intended one, relative to the row's largest |value|.
-TOLERANCE = {"F32": 1e-6, "F16": 1e-3, "BF16": 8e-3, "Q8_0": 1e-2, "Q5_0": 7e-2, "Q5_1": 7e-2}
-TOLERANCE |= {"Q4_0": 0.15, "Q4_1": 0.15}
+TOLERANCE = {
+    **{"F32": 1e-6, "F16": 1e-3, "BF16": 8e-3, "Q8_0": 1e-2},
+    **{"Q5_0": 7e-2, "Q5_1": 7e-2, "Q4_0": 0.15, "Q4_1": 0.15},
+}
 
 
 def is_gguf(path: Path | str) -> bool:
@@ -77,11 +82,10 @@ def write_gguf_edit(
         values[target] = tensor.detach().to(torch.float32).numpy()
     side = sidecar(output)
     check_output(side, "apply", [("--model", source)], overwrite, flag="--output (sidecar)")
-    digests = {key.split("/")[-1]: hashlib.sha256(content).hexdigest() for key, content in extra_files.items()}
     metadata = {
         "tool_version": __version__,
-        "delta_sha256": digests["delta.safetensors"],
-        "manifest_sha256": digests["manifest.json"],
+        "delta_sha256": hashlib.sha256(extra_files[DELTA_FILE]).hexdigest(),
+        "manifest_sha256": hashlib.sha256(extra_files[MANIFEST_FILE]).hexdigest(),
     }
     with staged_folder(side, overwrite, "apply") as staging:
         for relative, content in extra_files.items():
@@ -90,20 +94,12 @@ def write_gguf_edit(
         replaced = gguf_file.write_patched(source, output, values, metadata)
         originals = {item.name: item.original for item in replaced}
         types = {item.name: {"original": item.original_type, "written": item.written_type} for item in replaced}
-        (staging / ORIGINALS_FILE).write_bytes(save_numpy(originals, metadata={META_KEY: _json(types)}))
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True)
+        (staging / ORIGINALS_FILE).write_bytes(
+            save_numpy(originals, metadata={META_KEY: json.dumps(types, sort_keys=True)})
+        )
 
 
 def _originals(patched: Path) -> tuple[dict[str, np.ndarray], dict[str, dict[str, str]]]:
-    import json
-
-    from safetensors import safe_open
-
     path = sidecar(patched) / ORIGINALS_FILE
     if not path.is_file():
         raise SparseEditError(f"{path}: missing; is {patched} a file written by sparse-edit apply?")
@@ -114,8 +110,6 @@ def _originals(patched: Path) -> tuple[dict[str, np.ndarray], dict[str, dict[str
 
 def _check_sidecar(patched: Path, reader: Any) -> tuple[EditDelta, list[str]]:
     """The delta, and where the sidecar disagrees with itself or with the patched file's metadata."""
-    from sparse_edit.edit.verify import manifest_mismatches
-
     side = sidecar(patched)
     delta = EditDelta.load(side / DELTA_FILE)
     manifest, problem = read_manifest(side)
@@ -127,10 +121,8 @@ def _check_sidecar(patched: Path, reader: Any) -> tuple[EditDelta, list[str]]:
     return delta, problems
 
 
-def verify_gguf(base_path: Path, patched: Path, run_forward: bool = True) -> Any:
+def verify_gguf(base_path: Path, patched: Path, run_forward: bool = True) -> VerifyReport:
     """The checks of ``verify`` for a patched GGUF file against its source GGUF."""
-    from sparse_edit.edit.verify import VerifyReport
-
     report = VerifyReport()
     base, edited = gguf_file.read(source_gguf(base_path)), gguf_file.read(patched)
     delta, problems = _check_sidecar(patched, edited)

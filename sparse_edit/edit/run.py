@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,9 +34,12 @@ class EditResult:
     chosen: Candidate
 
 
-def run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
-    """Plan, solve and choose an edit on the dev split, then write the edited checkpoint."""
-    check_output(options.output, "apply", command_inputs(options), options.overwrite)
+def run_apply(options: ApplyOptions, reporter: Reporter, config: Path | None = None) -> EditResult:
+    """Plan, solve and choose an edit on the dev split, then write the edited checkpoint.
+
+    ``config`` is the TOML file the options came from, if any: an input the output may not touch.
+    """
+    check_output(options.output, "apply", command_inputs(options, config), options.overwrite)
     artifact = LocateArtifact.load(options.artifact)
     loaded = load_model(options)
     checkpoint = loaded.checkpoint

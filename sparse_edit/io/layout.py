@@ -52,11 +52,11 @@ def read_metadata(path: Path) -> dict[str, Any] | None:
     return meta
 
 
-def json_kind(path: Path) -> str | None:
-    """The ``kind`` of a JSON file sparse-edit wrote, or None for anything else (missing, unreadable, foreign)."""
+def json_field(path: Path, key: str) -> str | None:
+    """A string field of a JSON object sparse-edit wrote, or None for anything else (missing, unreadable, foreign)."""
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    kind = content.get("kind") if isinstance(content, dict) else None
-    return kind if isinstance(kind, str) else None
+    value = content.get(key) if isinstance(content, dict) else None
+    return value if isinstance(value, str) else None

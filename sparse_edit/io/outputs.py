@@ -29,7 +29,7 @@ from sparse_edit.io.layout import (
     MANIFEST_FILE,
     MANIFEST_KIND,
     REPORT_JSON,
-    json_kind,
+    json_field,
     read_metadata,
 )
 from sparse_edit.io.sources import source_files
@@ -78,17 +78,13 @@ def written_by(command: Command, path: Path) -> bool:
             return False
     if not path.is_dir():
         return False
-    marker = path / OUTPUT_MARKER
-    if marker.is_file():
-        try:
-            return json.loads(marker.read_text(encoding="utf-8")).get("command") == command
-        except (OSError, ValueError, AttributeError):
-            return False
+    if (path / OUTPUT_MARKER).is_file():
+        return json_field(path / OUTPUT_MARKER, "command") == command
     # Folders written before the marker existed.
     if command == "apply":
-        return json_kind(path / MANIFEST_FILE) == MANIFEST_KIND
+        return json_field(path / MANIFEST_FILE, "kind") == MANIFEST_KIND
     if command == "eval":
-        return json_kind(path / REPORT_JSON) == EVAL_KIND
+        return json_field(path / REPORT_JSON, "kind") == EVAL_KIND
     return False
 
 
