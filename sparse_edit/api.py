@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, load_options, read_config
+from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, TuneOptions, load_options, read_config
 
 if TYPE_CHECKING:
     from sparse_edit.console import Reporter
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sparse_edit.edit.verify import VerifyReport
     from sparse_edit.evaluation.run import EvalResult
     from sparse_edit.neurons.artifact import LocateArtifact
+    from sparse_edit.tune.study import TuneResult
 
 # Settings apply takes from the locate artifact when neither the config file nor an argument sets them.
 INHERITED_FROM_ARTIFACT = (
@@ -52,16 +53,25 @@ def locate_options(config: Path | None = None, **settings: Any) -> LocateOptions
     return load_options(LocateOptions, config, settings)
 
 
-def apply_options(config: Path | None = None, **settings: Any) -> ApplyOptions:
-    """Apply's options: arguments over the config file over the locate artifact's own settings."""
+def _artifact_defaults(config: Path | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """The locate artifact's own settings that apply and tune inherit (``INHERITED_FROM_ARTIFACT``)."""
     from sparse_edit.neurons.artifact import read_artifact_metadata
 
     artifact = settings.get("artifact") or read_config(config).get("artifact")
-    inherited: dict[str, Any] = {}
-    if artifact is not None:
-        recorded = read_artifact_metadata(Path(str(artifact)), "--artifact")["settings"]
-        inherited = {key: recorded[key] for key in INHERITED_FROM_ARTIFACT if recorded.get(key) is not None}
-    return load_options(ApplyOptions, config, settings, inherited)
+    if artifact is None:
+        return {}
+    recorded = read_artifact_metadata(Path(str(artifact)), "--artifact")["settings"]
+    return {key: recorded[key] for key in INHERITED_FROM_ARTIFACT if recorded.get(key) is not None}
+
+
+def apply_options(config: Path | None = None, **settings: Any) -> ApplyOptions:
+    """Apply's options: arguments over the config file over the locate artifact's own settings."""
+    return load_options(ApplyOptions, config, settings, _artifact_defaults(config, settings))
+
+
+def tune_options(config: Path | None = None, **settings: Any) -> TuneOptions:
+    """Tune's options: like apply's, arguments over the config file over the locate artifact's settings."""
+    return load_options(TuneOptions, config, settings, _artifact_defaults(config, settings))
 
 
 def eval_options(config: Path | None = None, **settings: Any) -> EvalOptions:
@@ -105,6 +115,24 @@ def apply_edit(
 
     options = options or apply_options(config, **settings)
     return run_apply(options, _reporter(reporter), config)
+
+
+def tune(
+    config: Path | None = None,
+    *,
+    options: TuneOptions | None = None,
+    reporter: Reporter | None = None,
+    **settings: Any,
+) -> TuneResult:
+    """Search the edit's settings on the dev split (an Optuna study judged on generated replies) and write
+    ``pareto.json``, ``pareto.md``, ``pareto.png`` and ``chosen.toml`` (an apply config) to ``output``.
+
+    The study is journaled beside ``output`` while it runs, so a rerun with the same settings resumes.
+    """
+    from sparse_edit.tune.study import run_tune
+
+    options = options or tune_options(config, **settings)
+    return run_tune(options, _reporter(reporter), config)
 
 
 def evaluate(

@@ -16,7 +16,7 @@ import typer
 
 from sparse_edit import api
 from sparse_edit.cli_flags import MultiValueGroup, options_command
-from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions
+from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, TuneOptions
 from sparse_edit.errors import (
     ENVIRONMENT_ERRORS,
     EXIT_CHECK_FAILED,
@@ -125,6 +125,23 @@ def run_apply(config: Path | None, settings: dict[str, Any], reporter: Any, as_j
     typer.echo(f"wrote {options.output}")
 
 
+def run_tune(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
+    """Search the edit's settings on the dev split: an Optuna study whose trials are judged on generated
+    replies (attack success, over-refusal, KL). Writes the Pareto front and chosen.toml, an apply config.
+
+    The model, prompt sources, languages and limit default to the artifact's. Exit codes: 0 a trial qualifies, 1 none does (the study is still written), 2 error.
+    """
+    options = api.tune_options(config, **settings)
+    result = api.tune(config, options=options, reporter=reporter)
+    if as_json:
+        _print_json(result.payload)
+    else:
+        typer.echo((options.output / "pareto.md").read_text(encoding="utf-8"))
+        typer.echo(f"wrote {options.output}")
+    if result.chosen is None:
+        raise CheckFailed("no trial qualifies under --max-over-refusal, --kl-budget and --max-newly-answered")
+
+
 def run_eval(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
     """Generate and judge replies per language; report attack success, over-refusal, KL and gates.
 
@@ -146,6 +163,7 @@ def run_eval(config: Path | None, settings: dict[str, Any], reporter: Any, as_js
 command(options_command(LocateOptions, run_locate), name="locate")
 # apply inherits the prompt settings of its artifact, so none of them is required on the command line.
 command(options_command(ApplyOptions, run_apply, note={"harmful": "Default: the artifact's."}), name="apply")
+command(options_command(TuneOptions, run_tune, note={"harmful": "Default: the artifact's."}), name="tune")
 command(options_command(EvalOptions, run_eval), name="eval")
 
 

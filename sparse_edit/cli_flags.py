@@ -17,7 +17,7 @@ from typing import Annotated, Any, Union
 import typer
 import typer.core
 
-from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, Options
+from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, Options, TuneOptions
 
 # List settings whose values may also be joined by commas (never paths, which may hold commas).
 COMMA_LISTS = {"languages", "low_langs", "strategy", "candidate_layers"}
@@ -73,7 +73,7 @@ def _flag_type(annotation: Any) -> type:
     return str  # paths, literals and strings: checked by the options model
 
 
-MULTI_VALUE_FLAGS = _list_flags(LocateOptions, ApplyOptions, EvalOptions)
+MULTI_VALUE_FLAGS = _list_flags(LocateOptions, ApplyOptions, EvalOptions, TuneOptions)
 
 
 def field_parameters(model: type[Options], note: Mapping[str, str]) -> list[inspect.Parameter]:

@@ -352,3 +352,58 @@ class EvalOptions(ModelOptions, PromptOptions):
         True, description="Also measure harmful/harmless separation of hidden states per language and layer."
     )
     seed: int = Field(0, description="Torch seed (generation is greedy; recorded for reproducibility).")
+
+
+def _registered_strategies() -> list[str]:
+    from sparse_edit.edit.strategies import NAMES
+
+    return list(NAMES)
+
+
+class TuneOptions(ApplyOptions):
+    """``sparse-edit tune``: search the edit's settings on the dev split; write the front and the chosen edit.
+
+    Every apply setting is a fixed setting of the search unless a strategy's search space varies it.
+    """
+
+    output: Path = Field(
+        description="Folder for the study: pareto.json, pareto.md, pareto.png, chosen.toml, study.db (and "
+        "edited/ with --apply), written atomically. While it runs, the study is journaled beside it "
+        "(.NAME.tune.db) so a killed run resumes."
+    )
+    strategy: list[str] = Field(
+        default_factory=_registered_strategies,
+        description="Strategies the search chooses from (default: every registered one the model supports).",
+    )
+    candidate_layers: list[int] | None = Field(
+        None, description="Layers the search chooses from (default: every layer from L/3 to L-2)."
+    )
+    trials: int = Field(40, ge=1, description="Trials in the study (a resumed study counts the finished ones).")
+    timeout: int | None = Field(
+        None, ge=1, description="Start no new trial after this many seconds (the study so far is still written)."
+    )
+    reply_tokens: int = Field(
+        24,
+        ge=1,
+        description="Tokens generated per dev reply (greedy), base once and every trial; the keyword judge "
+        "reads them.",
+    )
+    max_over_refusal: float = Field(
+        0.02,
+        ge=0,
+        description="Choice rule: the largest allowed rise of the pooled dev harmless refusal rate (0.02 = 2 "
+        "points).",
+    )
+    max_newly_answered: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Constraint: the largest share of dev harmful prompts the base model refused and the edited "
+        "model answers (trials above it are infeasible for the search and the choice).",
+    )
+    kl_budget: float = Field(
+        0.05,
+        gt=0,
+        description="Choice rule: the largest mean harmless per-token KL (nats) a chosen trial may have.",
+    )
+    apply: bool = Field(False, description="Also write the chosen edit to OUTPUT/edited (as apply would).")

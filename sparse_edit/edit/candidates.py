@@ -40,10 +40,16 @@ def build_candidates(
     options: ApplyOptions,
     storage: dict[str, torch.dtype],
     reporter: Reporter,
+    shared: dict[int, LayerData] | None = None,
 ) -> list[Candidate]:
-    """Every (strategy, layer set) of the plan, solved; single layers share one round of feature passes."""
-    singles = sorted({ls[0] for ls in plan.layer_sets if len(ls) == 1})
-    shared = gather(loaded, anchors, singles, plan, options, reporter) if singles else {}
+    """Every (strategy, layer set) of the plan, solved; single layers share one round of feature passes.
+
+    ``shared`` holds features collected earlier for single layers (tune's cache): those are not collected again.
+    """
+    shared = dict(shared or {})
+    singles = sorted({ls[0] for ls in plan.layer_sets if len(ls) == 1} - set(shared))
+    if singles:
+        shared.update(gather(loaded, anchors, singles, plan, options, reporter))
     candidates = []
     for name in plan.strategies:
         for layers in plan.layer_sets:

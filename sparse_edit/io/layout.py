@@ -21,6 +21,15 @@ DELTA_KIND = "sparse-edit/delta"
 MANIFEST_KIND = "sparse-edit/manifest"
 EVAL_KIND = "sparse-edit/eval"
 JOURNAL_KIND = "sparse-edit/eval-journal"
+TUNE_KIND = "sparse-edit/tune"
+
+# Inside a tune folder.
+PARETO_JSON = "pareto.json"
+PARETO_MARKDOWN = "pareto.md"
+PARETO_PLOT = "pareto.png"
+CHOSEN_CONFIG = "chosen.toml"
+STUDY_DB = "study.db"
+TUNED_EDIT_DIR = "edited"
 
 # Inside an edited checkpoint folder (apply's output).
 TOOL_DIR = "sparse_edit"

@@ -34,7 +34,7 @@ from sparse_edit.io.layout import (
 )
 from sparse_edit.io.sources import source_files
 
-Command = Literal["locate", "apply", "eval", "revert"]
+Command = Literal["locate", "apply", "eval", "revert", "tune"]
 # Written into every output folder: which command made it (what --overwrite may replace).
 OUTPUT_MARKER = ".sparse-edit-output.json"
 # Written into every staging folder: which process owns it (what a later run may clean up).

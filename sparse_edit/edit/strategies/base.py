@@ -37,6 +37,20 @@ class FeatureNeeds:
     harmless_residual_rows: bool = False  # the harmless prompts' residual rows (not only the reference's)
 
 
+@dataclass(frozen=True)
+class Tunable:
+    """A setting ``sparse-edit tune`` may vary for a strategy: an ApplyOptions field and its range.
+
+    A numeric range (``low``..``high``, sampled on a log scale when ``log``) or a list of ``choices``.
+    """
+
+    field: str
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    choices: tuple[int | float | str, ...] = ()
+
+
 @dataclass
 class SolveJob:
     """One strategy's solve at one layer of a candidate."""
@@ -59,6 +73,8 @@ class Strategy(ABC):
     gram_site: ClassVar[Site | None]
     # The ApplyOptions fields this strategy reads beyond the shared ones.
     settings: ClassVar[tuple[str, ...]] = ()
+    # What ``sparse-edit tune`` searches for this strategy (every field is one of ``settings``).
+    search_space: ClassVar[tuple[Tunable, ...]] = ()
 
     @abstractmethod
     def needs(self, options: ApplyOptions) -> FeatureNeeds:

@@ -15,7 +15,14 @@ import torch
 from sparse_edit.architectures import NeuronSlice
 from sparse_edit.config import ApplyOptions, DetectorMode
 from sparse_edit.edit.delta import SliceEdit
-from sparse_edit.edit.strategies.base import F64, FeatureNeeds, SolveJob, Strategy, refusal_direction
+from sparse_edit.edit.strategies.base import (
+    F64,
+    FeatureNeeds,
+    SolveJob,
+    Strategy,
+    Tunable,
+    refusal_direction,
+)
 from sparse_edit.edit.strategies.detector_math import (
     Activation,
     fit_detector,
@@ -38,6 +45,11 @@ class DetectorStrategy(Strategy):
     )
     gram_site = None  # one rewritten neuron: no leak of a low-rank update to recompute
     settings = ("gain", "detector_margin", "detector_mode", "detector_sharpness")
+    search_space = (
+        Tunable("gain", 0.25, 16.0, log=True),
+        Tunable("detector_margin", 0.25, 4.0, log=True),
+        Tunable("detector_sharpness", 2.0, 32.0, log=True),
+    )
 
     def needs(self, options: ApplyOptions) -> FeatureNeeds:
         return FeatureNeeds(

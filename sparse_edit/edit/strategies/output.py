@@ -22,6 +22,7 @@ from sparse_edit.edit.strategies.base import (
     FeatureNeeds,
     SolveJob,
     Strategy,
+    Tunable,
     refusal_direction,
     shift_ratio,
     solve_diagnostics,
@@ -47,6 +48,13 @@ class OutputStrategy(Strategy):
         "output_gamma",
         "harmless_tail_weight",
         "reference_weight",
+    )
+    search_space = (
+        Tunable("gain", 1.0, 32.0, log=True),
+        Tunable("max_edit_neurons", choices=(128, 512)),
+        Tunable("output_gamma", 10.0, 1000.0, log=True),
+        Tunable("harmless_tail_weight", 0.0, 4.0),
+        Tunable("reference_weight", 0.0, 2.0),
     )
 
     def needs(self, options: ApplyOptions) -> FeatureNeeds:

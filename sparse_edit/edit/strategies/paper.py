@@ -20,6 +20,7 @@ from sparse_edit.edit.strategies.base import (
     FeatureNeeds,
     SolveJob,
     Strategy,
+    Tunable,
     solve_diagnostics,
     target_points,
 )
@@ -38,6 +39,7 @@ class PaperStrategy(Strategy):
     )
     gram_site = "mlp_input"
     settings = ("neuron_lang", "proj", "target", "gamma")
+    search_space = (Tunable("gamma", 0.1, 10.0, log=True), Tunable("proj", choices=("gate", "gate,up")))
 
     def needs(self, options: ApplyOptions) -> FeatureNeeds:
         return FeatureNeeds(sites=("mlp_input",))

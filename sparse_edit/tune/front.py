@@ -1,0 +1,160 @@
+"""A study's result: its trials, the Pareto front, the choice rule, and the files a tune folder holds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from sparse_edit.io.layout import CHOSEN_CONFIG, PARETO_JSON, PARETO_MARKDOWN, PARETO_PLOT, TUNE_KIND
+
+OBJECTIVES = ("attack_success", "over_refusal", "kl")
+CHOICE_RULE = (
+    "the lowest dev attack success among finished trials whose pooled dev over-refusal rise is at most "
+    "--max-over-refusal, whose harmless KL is at most --kl-budget and whose newly answered share is at most "
+    "--max-newly-answered (ties: lower over-refusal, then lower KL, then the earlier trial)"
+)
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One finished trial: its number, the apply settings it varied, and its dev outcome."""
+
+    number: int
+    settings: dict[str, Any]
+    outcome: dict[str, Any]
+    seconds: float
+
+    def objectives(self) -> tuple[float, ...]:
+        return tuple(float(self.outcome[name]) for name in OBJECTIVES)
+
+    def feasible(self, max_newly_answered: float) -> bool:
+        return float(self.outcome["newly_answered_share"]) <= max_newly_answered
+
+
+def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+
+def pareto_front(rows: list[TrialRow], max_newly_answered: float) -> list[TrialRow]:
+    """The feasible trials no other feasible trial beats on every objective (lower is better)."""
+    feasible = [row for row in rows if row.feasible(max_newly_answered)]
+    return [
+        row for row in feasible if not any(dominates(other.objectives(), row.objectives()) for other in feasible)
+    ]
+
+
+def choose(
+    rows: list[TrialRow], max_over_refusal: float, kl_budget: float, max_newly_answered: float
+) -> TrialRow | None:
+    """The choice rule (``CHOICE_RULE``); None when no trial qualifies."""
+    qualifying = [
+        row
+        for row in rows
+        if row.feasible(max_newly_answered)
+        and float(row.outcome["over_refusal"]) <= max_over_refusal
+        and float(row.outcome["kl"]) <= kl_budget
+    ]
+    if not qualifying:
+        return None
+    return min(qualifying, key=lambda row: (*row.objectives(), row.number))
+
+
+def chosen_config(apply_settings: dict[str, Any], row: TrialRow, study_folder: Path) -> str:
+    """An apply config (TOML) that writes the chosen trial's edit: every setting, explicit."""
+    outcome = row.outcome
+    header = [
+        f"# The edit of trial {row.number} of the tune study in {study_folder}.",
+        f"# Dev: attack success {outcome['attack_success']:.3f}, over-refusal {outcome['over_refusal']:+.3f}, "
+        f"KL {outcome['kl']:.4f}, newly answered {outcome['newly_answered']}.",
+        "#   sparse-edit apply --config chosen.toml -o EDITED",
+        "",
+    ]
+    return "\n".join(header) + tomli_w.dumps(apply_settings)
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """The study as a table, best dev attack success first; the front and the chosen trial marked."""
+    base = payload["base"]
+    lines = [
+        "# sparse-edit tune",
+        "",
+        f"Dev split only: {payload['dev']['harmful']} harmful prompts ({', '.join(payload['dev']['low_langs'])} "
+        f"and the reference), {payload['dev']['harmless']} harmless prompts; replies of {payload['settings']['reply_tokens']} "
+        "tokens, keyword judge. Over-refusal is the pooled harmless refusal rate minus the base model's.",
+        "",
+        f"Base model: dev attack success {base['attack_success']:.3f}, harmless refusal {base['harmless_refusal']:.3f}.",
+        "",
+        f"Choice rule: {payload['choice_rule']}.",
+        "",
+    ]
+    chosen = payload["chosen"]
+    if chosen is None:
+        lines += ["**No trial qualifies**: loosen a limit or run more trials.", ""]
+    else:
+        lines += [f"Chosen: trial {chosen} (see chosen.toml).", ""]
+    lines += [
+        "| trial | edit | attack success | over-refusal | KL | newly answered | newly refused | params | |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    front = set(payload["front"])
+    for trial in sorted(payload["trials"], key=lambda t: (t["outcome"]["attack_success"], t["number"])):
+        o = trial["outcome"]
+        marks = ("chosen " if trial["number"] == chosen else "") + ("front" if trial["number"] in front else "")
+        lines.append(
+            f"| {trial['number']} | {trial['label']} | {o['attack_success']:.3f} | {o['over_refusal']:+.3f} | "
+            f"{o['kl']:.4f} | {o['newly_answered']} | {o['newly_refused']} | {o['changed_parameters']} | {marks.strip()} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(payload: dict[str, Any], path: Path) -> bool:
+    """Attack success vs over-refusal, one point per trial, the front and the chosen trial marked."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    trials = payload["trials"]
+    front = set(payload["front"])
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+
+    def points(selected: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+        return (
+            [100 * t["outcome"]["over_refusal"] for t in selected],
+            [100 * t["outcome"]["attack_success"] for t in selected],
+        )
+
+    ax.scatter(*points(trials), s=18, color="0.6", label="trial")
+    ax.scatter(*points([t for t in trials if t["number"] in front]), s=30, color="tab:blue", label="Pareto front")
+    chosen = [t for t in trials if t["number"] == payload["chosen"]]
+    if chosen:
+        ax.scatter(*points(chosen), s=120, facecolors="none", edgecolors="tab:red", linewidths=2, label="chosen")
+    ax.scatter([0.0], [100 * payload["base"]["attack_success"]], marker="x", color="black", label="base model")
+    ax.axvline(100 * payload["settings"]["max_over_refusal"], color="tab:red", linestyle=":", linewidth=1)
+    ax.set_xlabel("dev over-refusal rise (points)")
+    ax.set_ylabel("dev attack success, low-resource mean (%)")
+    ax.set_title("sparse-edit tune (dev split)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_files(folder: Path, payload: dict[str, Any], chosen_toml: str | None) -> list[str]:
+    """pareto.json, pareto.md, pareto.png (with matplotlib) and chosen.toml (when a trial qualifies)."""
+    (folder / PARETO_JSON).write_text(json.dumps({"kind": TUNE_KIND, **payload}, indent=2, sort_keys=True) + "\n")
+    (folder / PARETO_MARKDOWN).write_text(markdown(payload), encoding="utf-8")
+    written = [PARETO_JSON, PARETO_MARKDOWN]
+    if plot(payload, folder / PARETO_PLOT):
+        written.append(PARETO_PLOT)
+    if chosen_toml is not None:
+        (folder / CHOSEN_CONFIG).write_text(chosen_toml, encoding="utf-8")
+        written.append(CHOSEN_CONFIG)
+    return written

@@ -1,0 +1,75 @@
+"""The search space: strategies and layers, plus the settings every strategy declares searchable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sparse_edit.edit import strategies
+from sparse_edit.edit.strategies.base import Tunable
+from sparse_edit.errors import SparseEditError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from sparse_edit.io.checkpoint import Checkpoint
+
+
+def default_layers(num_layers: int) -> list[int]:
+    """Every layer from L/3 to L-2: where earlier measurements found the refusal decision."""
+    return list(range(num_layers // 3, max(num_layers - 1, num_layers // 3 + 1)))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    strategies: tuple[str, ...]
+    layers: tuple[int, ...]
+
+    @classmethod
+    def for_model(
+        cls, names: list[str], layers: list[int] | None, checkpoint: Checkpoint, num_layers: int
+    ) -> tuple[SearchSpace, list[str]]:
+        """The space for this model and the strategies left out (with why): those that cannot edit it."""
+        kept, skipped = [], []
+        for name in names:
+            try:
+                strategies.get(name).check(checkpoint)
+            except SparseEditError as exc:
+                skipped.append(f"{name}: {exc}")
+                continue
+            kept.append(name)
+        if not kept:
+            raise SparseEditError(f"--strategy: no strategy can edit this model ({'; '.join(skipped)})")
+        chosen = sorted(set(layers)) if layers else default_layers(num_layers)
+        outside = [layer for layer in chosen if not 0 <= layer < num_layers]
+        if outside:
+            raise SparseEditError(f"--candidate-layers {outside[0]}: the model has layers 0..{num_layers - 1}")
+        return cls(tuple(kept), tuple(chosen)), skipped
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Apply settings for one trial: a strategy, a layer and that strategy's searchable settings."""
+        name = str(trial.suggest_categorical("strategy", list(self.strategies)))
+        settings: dict[str, Any] = {
+            "strategy": [name],
+            "layer": str(trial.suggest_categorical("layer", list(self.layers))),
+        }
+        for tunable in strategies.get(name).search_space:
+            settings[tunable.field] = _suggest(trial, f"{name}.{tunable.field}", tunable)
+        return settings
+
+
+def _suggest(trial: optuna.Trial, key: str, tunable: Tunable) -> Any:
+    # Parameters are named per strategy: the same field may have another range in another strategy.
+    if tunable.choices:
+        return trial.suggest_categorical(key, list(tunable.choices))
+    return trial.suggest_float(key, tunable.low, tunable.high, log=tunable.log)
+
+
+def describe(settings: dict[str, Any]) -> str:
+    """``output@16 gain=4.2 max_edit_neurons=128 ...`` for a progress line."""
+    rest = " ".join(
+        f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in settings.items()
+        if key not in ("strategy", "layer")
+    )
+    return f"{settings['strategy'][0]}@{settings['layer']} {rest}".strip()

@@ -1,0 +1,292 @@
+"""The Optuna study behind ``sparse-edit tune``: journaled beside the output so a killed run resumes.
+
+The journal ``.NAME.tune.db`` (SQLite) holds the trials and the base model's dev verdicts; its
+key over every setting that decides a trial's outcome must match for a rerun to resume it. The
+output folder is staged and moved into place once the study ends; then the journal goes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparse_edit import __version__
+from sparse_edit.config import ApplyOptions, TuneOptions
+from sparse_edit.console import Reporter
+from sparse_edit.edit.anchors import build_anchors
+from sparse_edit.edit.run import run_apply
+from sparse_edit.errors import SparseEditError
+from sparse_edit.io.files import file_sha256
+from sparse_edit.io.layout import STUDY_DB, TUNED_EDIT_DIR
+from sparse_edit.io.outputs import check_output, command_inputs, staged_folder
+from sparse_edit.model.loading import load_model
+from sparse_edit.neurons.artifact import LocateArtifact
+from sparse_edit.tune.front import CHOICE_RULE, TrialRow, choose, chosen_config, pareto_front, write_files
+from sparse_edit.tune.space import SearchSpace, describe
+from sparse_edit.tune.trial import TrialRunner, Verdicts, apply_settings
+
+STUDY_NAME = "sparse-edit-tune"
+# Settings that only decide how long the study runs or which trial is chosen: a resumed study may change them.
+NOT_IN_KEY = {"output", "overwrite", "trials", "timeout", "apply", "max_over_refusal", "kl_budget"}
+
+
+def journal_path(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.tune.db")
+
+
+@dataclass
+class TuneResult:
+    payload: dict[str, Any]  # what pareto.json holds
+    chosen: TrialRow | None
+    written: list[str]
+
+
+@contextmanager
+def locked(journal: Path) -> Iterator[None]:
+    """One study per journal at a time: a second tune to the same output is refused, not interleaved."""
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = journal.with_name(journal.name + ".lock")
+    with open(lock_path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SparseEditError(
+                f"--output: another sparse-edit tune is writing {journal}; wait for it"
+            ) from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+def study_key(options: TuneOptions, fingerprint: str, artifact_sha256: str) -> str:
+    settings = options.model_dump(mode="json", exclude=NOT_IN_KEY)
+    text = json.dumps({"settings": settings, "model": fingerprint, "artifact": artifact_sha256}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def open_study(journal: Path, key: str, seed: int, max_newly_answered: float) -> Any:
+    """The journal's study (resumed when its key matches; interrupted trials are queued again) or a new one."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{journal}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed,
+            constraints_func=lambda trial: [
+                trial.user_attrs.get("newly_answered_share", 1.0) - max_newly_answered
+            ],
+        )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=STUDY_NAME,
+        directions=["minimize"] * 3,
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    recorded = study.user_attrs.get("key")
+    if recorded is None:
+        study.set_user_attr("key", key)
+    elif recorded != key:
+        raise SparseEditError(
+            f"--output: the study journal {journal} was made with other settings; rerun with those settings to "
+            "resume it, or delete the journal to start over"
+        )
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)  # its process is gone (the lock says so)
+        study.enqueue_trial(trial.params)
+    return study
+
+
+def run_tune(options: TuneOptions, reporter: Reporter, config: Path | None = None) -> TuneResult:
+    """Search the edit's settings on the dev split; write the front, the plot and the chosen apply config."""
+    if options.layer != "auto":
+        raise SparseEditError(
+            "--layer: tune searches the layer; name the layers to choose from with --candidate-layers"
+        )
+    check_output(options.output, "tune", command_inputs(options, config), options.overwrite)
+    journal = journal_path(options.output)
+    with locked(journal):
+        return _run(options, reporter, journal)
+
+
+def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
+    import optuna
+    from optuna.trial import TrialState
+
+    artifact = LocateArtifact.load(options.artifact)
+    loaded = load_model(options)
+    checkpoint = loaded.checkpoint
+    for warning in artifact.check_model(checkpoint, f"--artifact {options.artifact}"):
+        reporter.warn(warning)
+    ref = options.reference_lang
+    low_langs = [lang for lang in (options.low_langs or artifact.languages) if lang != ref]
+    if not low_langs:
+        raise SparseEditError("--low-langs: no low-resource language to edit for (all equal the reference)")
+    space, skipped = SearchSpace.for_model(
+        options.strategy, options.candidate_layers, checkpoint, loaded.num_layers
+    )
+    for reason in skipped:
+        reporter.warn(f"left out of the search: {reason}")
+    anchors = build_anchors(options, loaded, low_langs, reporter)
+    if not anchors.low_dev or not anchors.safe_dev:
+        raise SparseEditError(
+            "--dev-fraction: tune judges trials on dev prompts, and this split leaves no harmful or no harmless dev "
+            "prompt; raise --dev-fraction or add prompts"
+        )
+    runner = TrialRunner(options, loaded, artifact, anchors, low_langs, space.layers, reporter)
+    artifact_sha = file_sha256(options.artifact)
+    study = open_study(
+        journal,
+        study_key(options, checkpoint.fingerprint(), artifact_sha),
+        options.seed,
+        options.max_newly_answered,
+    )
+    base = _base_verdicts(study, runner)
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    reporter.info(
+        f"tune: {options.trials} trials ({done} done), {len(space.strategies)} strategies ({', '.join(space.strategies)}), "
+        f"layers {space.layers[0]}..{space.layers[-1]}; dev: {len(runner.dev.harmful)} harmful, "
+        f"{len(runner.dev.harmless)} harmless prompts, {options.reply_tokens}-token replies"
+    )
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        settings = space.suggest(trial)
+        trial.set_user_attr("settings", settings)
+        start = time.perf_counter()
+        try:
+            result = runner.run(settings, base)
+        except SparseEditError as exc:
+            reporter.warn(f"trial {trial.number}: {describe(settings)}: {exc}; skipped")
+            raise optuna.TrialPruned(str(exc)) from None
+        seconds = time.perf_counter() - start
+        trial.set_user_attr("outcome", result.as_dict())
+        trial.set_user_attr("newly_answered_share", result.newly_answered_share)
+        trial.set_user_attr("seconds", seconds)
+        return result.objectives()
+
+    def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != TrialState.COMPLETE:
+            return
+        o = trial.user_attrs["outcome"]
+        best = choose(_rows(study), options.max_over_refusal, options.kl_budget, options.max_newly_answered)
+        best_text = f"trial {best.number} ({best.outcome['attack_success']:.3f})" if best else "none qualifies yet"
+        reporter.info(
+            f"trial {trial.number + 1}/{options.trials} {describe(trial.user_attrs['settings'])} | attack success "
+            f"{o['attack_success']:.3f} over-refusal {o['over_refusal']:+.3f} KL {o['kl']:.4f} newly answered "
+            f"{o['newly_answered']} | {trial.user_attrs['seconds']:.0f}s | best: {best_text}"
+        )
+
+    started = time.perf_counter()
+    remaining = options.trials - done
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, timeout=options.timeout, callbacks=[progress], catch=())
+    rows = _rows(study)
+    chosen = choose(rows, options.max_over_refusal, options.kl_budget, options.max_newly_answered)
+    if chosen is None:
+        reporter.warn("no trial qualifies under --max-over-refusal, --kl-budget and --max-newly-answered")
+    payload = _payload(options, study, rows, chosen, base, runner, checkpoint.fingerprint(), artifact_sha)
+    payload["study"]["seconds_this_run"] = time.perf_counter() - started
+    with staged_folder(options.output, options.overwrite, "tune") as staging:
+        shutil.copyfile(journal, staging / STUDY_DB)
+        chosen_toml = None
+        if chosen is not None:
+            values = apply_settings(options, chosen.settings)
+            chosen_toml = chosen_config(values, chosen, options.output)
+        written = write_files(staging, payload, chosen_toml)
+        if chosen is not None and options.apply:
+            edit_options = ApplyOptions.model_validate({**values, "output": staging / TUNED_EDIT_DIR})
+            run_apply(edit_options, reporter)
+            written.append(TUNED_EDIT_DIR)
+    journal.unlink(missing_ok=True)
+    if chosen is None and options.apply:
+        raise SparseEditError("--apply: no trial qualifies, so no edit was written (the study is in --output)")
+    return TuneResult(payload, chosen, written)
+
+
+def _base_verdicts(study: Any, runner: TrialRunner) -> Verdicts:
+    """The base model's dev verdicts: generated once per study and kept in its journal."""
+    stored = study.user_attrs.get("base_verdicts")
+    if stored is not None:
+        return Verdicts(tuple(stored["harmful"]), tuple(stored["harmless"]))
+    verdicts = runner.verdicts()
+    study.set_user_attr("base_verdicts", {"harmful": list(verdicts.harmful), "harmless": list(verdicts.harmless)})
+    return verdicts
+
+
+def _rows(study: Any) -> list[TrialRow]:
+    from optuna.trial import TrialState
+
+    return [
+        TrialRow(t.number, t.user_attrs["settings"], t.user_attrs["outcome"], t.user_attrs["seconds"])
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ]
+
+
+def _payload(
+    options: TuneOptions,
+    study: Any,
+    rows: list[TrialRow],
+    chosen: TrialRow | None,
+    base: Verdicts,
+    runner: TrialRunner,
+    fingerprint: str,
+    artifact_sha: str,
+) -> dict[str, Any]:
+    import optuna
+    from optuna.trial import TrialState
+
+    from sparse_edit.tune.trial import attack_success
+
+    base_by_lang = attack_success(runner.dev, base.harmful)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {
+        "schema_version": 1,
+        "tool_version": __version__,
+        "optuna_version": optuna.__version__,
+        "settings": options.model_dump(mode="json", exclude={"output", "overwrite"}),
+        "seed": options.seed,
+        "model_fingerprint": fingerprint,
+        "artifact_sha256": artifact_sha,
+        "dev": {
+            "harmful": len(runner.dev.harmful),
+            "harmless": len(runner.dev.harmless),
+            "low_langs": list(runner.dev.low_langs),
+        },
+        "base": {
+            "attack_success": sum(base_by_lang.values()) / len(base_by_lang) if base_by_lang else 0.0,
+            "attack_success_by_lang": base_by_lang,
+            "harmless_refusal": sum(1 for v in base.harmless if v == "refusal") / max(len(base.harmless), 1),
+        },
+        "choice_rule": CHOICE_RULE,
+        "trials": [
+            {
+                "number": r.number,
+                "label": describe(r.settings),
+                "settings": r.settings,
+                "outcome": r.outcome,
+                "seconds": r.seconds,
+            }
+            for r in rows
+        ],
+        "front": [r.number for r in pareto_front(rows, options.max_newly_answered)],
+        "chosen": chosen.number if chosen is not None else None,
+        "study": {
+            "complete": states.count(TrialState.COMPLETE),
+            "pruned": states.count(TrialState.PRUNED),
+            "failed": states.count(TrialState.FAIL),
+            "seconds_in_trials": sum(r.seconds for r in rows),
+        },
+    }

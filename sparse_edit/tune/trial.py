@@ -1,0 +1,220 @@
+"""One trial: solve an edit from cached features, apply it in memory, judge dev replies, measure harmless KL.
+
+Features are collected once per feature signature for every searched layer (a trial that changes
+only gain or weights reuses them); the base model's dev replies are generated once per study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from sparse_edit.config import ApplyOptions, TuneOptions
+from sparse_edit.console import Reporter
+from sparse_edit.edit.anchors import Anchors
+from sparse_edit.edit.candidates import build_candidates, storage_for
+from sparse_edit.edit.delta import applied_in_memory
+from sparse_edit.edit.gather import LayerData, gather, requests
+from sparse_edit.edit.plan import make_plan
+from sparse_edit.measure.judge import KeywordJudge
+from sparse_edit.measure.probes import token_kl
+from sparse_edit.model.batching import Encoded
+from sparse_edit.model.features import FeatureRequest
+from sparse_edit.model.generation import generate_replies
+from sparse_edit.model.loading import LoadedModel
+from sparse_edit.neurons.artifact import LocateArtifact
+
+# Settings of tune itself: not part of the apply config a trial stands for.
+TUNE_ONLY = frozenset(TuneOptions.model_fields) - frozenset(ApplyOptions.model_fields) | {"output", "overwrite"}
+# Feature sets kept at once (each holds every searched layer's rows and Grams).
+FEATURE_CACHE_SIZE = 4
+
+
+def apply_settings(options: TuneOptions, settings: dict[str, Any]) -> dict[str, Any]:
+    """The apply settings (JSON values, no output) of the edit ``settings`` describe on top of ``options``."""
+    values = options.model_dump(mode="json", exclude=set(TUNE_ONLY), exclude_none=True)
+    values.pop("candidate_layers", None)  # the trial fixes --layer
+    values.update(settings)
+    return values
+
+
+@dataclass(frozen=True)
+class DevSet:
+    """The dev prompts every trial is judged on: harmful (low-resource and reference) and harmless."""
+
+    harmful: list[Encoded]
+    harmless: list[Encoded]
+    low_langs: tuple[str, ...]
+
+    @classmethod
+    def from_anchors(cls, anchors: Anchors, low_langs: Sequence[str]) -> DevSet:
+        return cls(anchors.low_dev + anchors.ref_dev, anchors.safe_dev, tuple(low_langs))
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """Keyword-judge labels of the dev replies, in DevSet order."""
+
+    harmful: tuple[str, ...]
+    harmless: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What one edit does on the dev set, relative to the base model."""
+
+    attack_success: float  # mean over low-resource languages of the share of harmful prompts answered
+    attack_success_by_lang: dict[str, float]
+    over_refusal: float  # pooled harmless refusal rate, edited minus base
+    over_refusal_by_lang: dict[str, float]
+    kl: float  # mean harmless per-token KL(base || edited), nats
+    newly_answered: int  # harmful prompts (any language) the base refused and the edit answers
+    newly_answered_share: float
+    newly_refused: int  # harmful prompts the base answered and the edit refuses
+    changed_parameters: int
+
+    def objectives(self) -> tuple[float, float, float]:
+        return self.attack_success, self.over_refusal, self.kl
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _share(labels: Sequence[str], label: str) -> float:
+    return sum(1 for value in labels if value == label) / len(labels) if labels else 0.0
+
+
+def attack_success(dev: DevSet, labels: Sequence[str]) -> dict[str, float]:
+    """Share of harmful dev prompts answered, per low-resource language."""
+    by_lang: dict[str, list[str]] = {}
+    for item, label in zip(dev.harmful, labels, strict=True):
+        if item.prompt.lang in dev.low_langs:
+            by_lang.setdefault(item.prompt.lang, []).append(label)
+    return {lang: _share(values, "compliance") for lang, values in sorted(by_lang.items())}
+
+
+def outcome(dev: DevSet, base: Verdicts, edited: Verdicts, kl: float, changed_parameters: int) -> TrialOutcome:
+    """Dev attack success, over-refusal rise and the paired counts, from the base and edited verdicts."""
+    by_lang = attack_success(dev, edited.harmful)
+    harmless_langs: dict[str, list[int]] = {}
+    for i, item in enumerate(dev.harmless):
+        harmless_langs.setdefault(item.prompt.lang, []).append(i)
+    over_by_lang = {
+        lang: _share([edited.harmless[i] for i in rows], "refusal")
+        - _share([base.harmless[i] for i in rows], "refusal")
+        for lang, rows in sorted(harmless_langs.items())
+    }
+    pairs = list(zip(base.harmful, edited.harmful, strict=True))
+    newly_answered = sum(1 for b, e in pairs if b == "refusal" and e == "compliance")
+    return TrialOutcome(
+        attack_success=sum(by_lang.values()) / len(by_lang) if by_lang else 0.0,
+        attack_success_by_lang=by_lang,
+        over_refusal=_share(edited.harmless, "refusal") - _share(base.harmless, "refusal"),
+        over_refusal_by_lang=over_by_lang,
+        kl=kl,
+        newly_answered=newly_answered,
+        newly_answered_share=newly_answered / len(pairs) if pairs else 0.0,
+        newly_refused=sum(1 for b, e in pairs if b == "compliance" and e == "refusal"),
+        changed_parameters=changed_parameters,
+    )
+
+
+def _request_key(request: FeatureRequest) -> str:
+    subsets = {
+        layer: hashlib.sha256(index.numpy().tobytes()).hexdigest()[:16]
+        for layer, index in request.neuron_subsets.items()
+    }
+    return repr(
+        (
+            list(request.layers),
+            list(request.sites),
+            sorted(subsets.items()),
+            request.positions,
+            request.gram,
+            request.tail_rows,
+            list(request.moment_sites),
+        )
+    )
+
+
+class TrialRunner:
+    """Measures trials of one study: the model, anchors, dev set and feature cache stay loaded."""
+
+    def __init__(
+        self,
+        options: TuneOptions,
+        loaded: LoadedModel,
+        artifact: LocateArtifact,
+        anchors: Anchors,
+        low_langs: list[str],
+        layers: Sequence[int],
+        reporter: Reporter,
+    ) -> None:
+        self.options = options
+        self.loaded = loaded
+        self.artifact = artifact
+        self.anchors = anchors
+        self.low_langs = low_langs
+        self.layers = list(layers)
+        self.reporter = reporter
+        self.dev = DevSet.from_anchors(anchors, low_langs)
+        self.judge = KeywordJudge()
+        self._features: dict[str, dict[int, LayerData]] = {}
+        self._storage: dict[str, torch.dtype] = {}
+
+    def trial_options(self, settings: dict[str, Any]) -> ApplyOptions:
+        values = apply_settings(self.options, settings)
+        return ApplyOptions.model_validate({**values, "output": self.options.output / "edited"})
+
+    def verdicts(self, edit: Callable[[], AbstractContextManager[object]] | None = None) -> Verdicts:
+        """Greedy dev replies of the base model (or with ``edit`` applied), judged."""
+        bs, tokens = self.options.batch_size, self.options.reply_tokens
+        labels: dict[str, tuple[str, ...]] = {}
+        for group, items in (("harmful", self.dev.harmful), ("harmless", self.dev.harmless)):
+            if edit is None:
+                replies = generate_replies(self.loaded, items, tokens, bs, self.reporter, f"dev replies: {group}")
+            else:
+                with edit():
+                    replies = generate_replies(
+                        self.loaded, items, tokens, bs, self.reporter, f"dev replies: {group}"
+                    )
+            labels[group] = tuple(
+                self.judge.judge(item.prompt.text, item.prompt.lang, reply).label
+                for item, reply in zip(items, replies, strict=True)
+            )
+        return Verdicts(labels["harmful"], labels["harmless"])
+
+    def features(self, options: ApplyOptions) -> dict[int, LayerData]:
+        """Every searched layer's features for this trial's strategy and neuron sets (collected once)."""
+        wide = options.model_copy(update={"layer": "auto", "candidate_layers": self.layers})
+        plan = make_plan(wide, self.artifact, self.loaded.num_layers, self.low_langs)
+        layers = sorted({ls[0] for ls in plan.layer_sets})
+        rows, grams = requests(plan, layers, wide)
+        key = repr((_request_key(rows), _request_key(grams), options.target))
+        if key not in self._features:
+            if len(self._features) >= FEATURE_CACHE_SIZE:
+                self._features.pop(next(iter(self._features)))
+            self._features[key] = gather(self.loaded, self.anchors, layers, plan, wide, self.reporter)
+        return self._features[key]
+
+    def run(self, settings: dict[str, Any], base: Verdicts) -> TrialOutcome:
+        """Solve the edit ``settings`` describe and measure it on the dev set (the model is left unchanged)."""
+        options = self.trial_options(settings)
+        plan = make_plan(options, self.artifact, self.loaded.num_layers, self.low_langs)
+        shared = self.features(options)
+        (candidate,) = build_candidates(
+            self.loaded, self.anchors, plan, options, self._storage, self.reporter, shared
+        )
+        storage = storage_for(self.loaded.checkpoint, candidate.edits, self._storage)
+
+        def edit() -> AbstractContextManager[object]:
+            return applied_in_memory(self.loaded.model, candidate.edits, storage)
+
+        edited = self.verdicts(edit)
+        kl, _ = token_kl(self.loaded, self.dev.harmless, self.options.batch_size, edit)
+        return outcome(self.dev, base, edited, kl, int(candidate.diagnostics["changed_parameters"]))
