@@ -183,8 +183,9 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
         o = trial.user_attrs["outcome"]
         best = choose(_rows(study), options.max_over_refusal, options.kl_budget, options.max_newly_answered)
         best_text = f"trial {best.number} ({best.outcome['attack_success']:.3f})" if best else "none qualifies yet"
+        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         reporter.info(
-            f"trial {trial.number + 1}/{options.trials} {describe(trial.user_attrs['settings'])} | attack success "
+            f"trial {trial.number} ({finished}/{options.trials}) {describe(trial.user_attrs['settings'])} | attack success "
             f"{o['attack_success']:.3f} over-refusal {o['over_refusal']:+.3f} KL {o['kl']:.4f} newly answered "
             f"{o['newly_answered']} | {trial.user_attrs['seconds']:.0f}s | best: {best_text}"
         )

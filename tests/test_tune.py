@@ -1,0 +1,168 @@
+"""sparse-edit tune on tiny models: a study completes, resumes after a kill, and its chosen.toml reproduces."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparse_edit.data.prompts import Prompt
+from sparse_edit.model.batching import Encoded
+from sparse_edit.tune.front import TrialRow, choose, pareto_front
+from sparse_edit.tune.study import journal_path
+from sparse_edit.tune.trial import DevSet, Verdicts, outcome
+from tests.helpers import run_cli
+
+TRIAL_FLAGS = ("--device", "cpu", "--reply-tokens", "4", "--dev-fraction", "0.3", "-q")
+
+
+def tune_args(artifact: Path, output: Path, *extra: str, trials: int = 3) -> list[str]:
+    return ["tune", "--artifact", str(artifact), "-o", str(output), "--trials", str(trials), *TRIAL_FLAGS, *extra]
+
+
+def tree_hashes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def read_pareto(folder: Path) -> dict:
+    return json.loads((folder / "pareto.json").read_text())
+
+
+def test_study_writes_front_and_chosen_config_that_apply_reproduces(located, tmp_path):
+    _, artifact = located("llama")
+    study = tmp_path / "study"
+    run_cli(*tune_args(artifact, study, "--apply"))
+    payload = read_pareto(study)
+    assert payload["kind"] == "sparse-edit/tune"
+    assert [t["number"] for t in payload["trials"]] == [0, 1, 2]
+    assert set(payload["front"]) <= {0, 1, 2} and payload["front"]
+    assert payload["chosen"] in payload["front"]
+    for name in ("pareto.md", "pareto.png", "chosen.toml", "study.db", "edited/model.safetensors"):
+        assert (study / name).is_file(), name
+    assert not journal_path(study).exists()  # the journal goes once the study is in place
+
+    again = tmp_path / "again"
+    run_cli("apply", "--config", study / "chosen.toml", "-o", again, "-q")
+    assert tree_hashes(again) == tree_hashes(study / "edited")
+
+
+def test_rerun_with_the_same_seed_samples_and_measures_the_same_trials(located, tmp_path):
+    _, artifact = located("llama")
+    runs = []
+    for name in ("a", "b"):
+        run_cli(*tune_args(artifact, tmp_path / name))
+        runs.append([(t["settings"], t["outcome"]) for t in read_pareto(tmp_path / name)["trials"]])
+    assert runs[0] == runs[1]
+    run_cli(*tune_args(artifact, tmp_path / "c", "--seed", "1"))
+    assert [t["settings"] for t in read_pareto(tmp_path / "c")["trials"]] != [s for s, _ in runs[0]]
+
+
+# Runs the command line in a child process that is killed (SIGKILL) when its second trial starts.
+KILLED_IN_SECOND_TRIAL = """
+import os, signal, sys
+from sparse_edit.tune import trial
+original = trial.TrialRunner.run
+calls = []
+def run(self, settings, base):
+    calls.append(settings)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, settings, base)
+trial.TrialRunner.run = run
+from sparse_edit.cli import main
+sys.argv = ["sparse-edit", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_killed_study_resumes_and_reruns_the_interrupted_trial(located, tmp_path):
+    import optuna
+
+    _, artifact = located("llama")
+    study = tmp_path / "study"
+    args = tune_args(artifact, study)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_SECOND_TRIAL, *args], env=env, capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()
+    assert not study.exists()  # nothing half-written in place
+    assert journal_path(study).is_file()
+
+    run_cli(*args)
+    payload = read_pareto(study)
+    assert [t["number"] for t in payload["trials"]] == [0, 2, 3]  # trial 1 was running when killed
+    trials = optuna.load_study(study_name="sparse-edit-tune", storage=f"sqlite:///{study / 'study.db'}").trials
+    assert trials[1].state == optuna.trial.TrialState.FAIL
+    assert trials[2].params == trials[1].params  # queued again, so the search is the one it would have been
+    assert payload["study"] == {**payload["study"], "complete": 3, "failed": 1}
+
+
+def test_a_journal_of_other_settings_is_refused(located, tmp_path):
+    _, artifact = located("llama")
+    study = tmp_path / "study"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_SECOND_TRIAL, *tune_args(artifact, study)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+    )
+    assert killed.returncode == -9
+    result = run_cli(*tune_args(artifact, study, "--reply-tokens", "5"), code=2)
+    assert "made with other settings" in result.output
+    assert not study.exists()
+
+
+def test_tune_searches_layers_and_refuses_a_fixed_one(located, tmp_path):
+    _, artifact = located("llama")
+    result = run_cli(*tune_args(artifact, tmp_path / "s", "--layer", "1"), code=2)
+    assert "--candidate-layers" in result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_strategies_the_model_cannot_take_are_left_out(located, tmp_path):
+    _, artifact = located("gpt2")  # one MLP input projection: no detector
+    study = tmp_path / "s"
+    result = run_cli(*tune_args(artifact, study, trials=2)[:-1])  # without -q, to see the warning
+    assert "left out of the search: detector" in result.output
+    assert all(t["settings"]["strategy"] != ["detector"] for t in read_pareto(study)["trials"])
+
+
+def row(number: int, asr: float, over: float, kl: float, newly: float = 0.0) -> TrialRow:
+    outcome = {"attack_success": asr, "over_refusal": over, "kl": kl, "newly_answered_share": newly}
+    return TrialRow(number, {"strategy": ["output"], "layer": "1"}, outcome, 1.0)
+
+
+def test_choice_rule_on_a_hand_made_front():
+    rows = [
+        row(0, 0.20, 0.10, 0.01),  # best attack success, but over-refuses
+        row(1, 0.30, 0.02, 0.01),  # qualifies: the answer
+        row(2, 0.30, 0.00, 0.20),  # over the KL budget
+        row(3, 0.25, 0.00, 0.01, newly=0.10),  # makes the model answer what it refused
+        row(4, 0.30, 0.01, 0.01),  # same attack success, less over-refusal: wins the tie
+        row(5, 0.50, 0.00, 0.00),
+    ]
+    assert choose(rows, 0.02, 0.05, 0.02).number == 4
+    assert choose(rows, 0.10, 0.05, 0.02).number == 0
+    assert choose(rows, 0.02, 0.05, 0.2).number == 3
+    assert choose(rows, -0.01, 0.05, 0.02) is None
+    assert {r.number for r in pareto_front(rows, 0.02)} == {0, 2, 4, 5}  # 1 is beaten by 4, 3 is infeasible
+
+
+def test_outcome_counts_newly_answered_and_pools_over_refusal():
+    def encoded(lang: str, i: int) -> Encoded:
+        return Encoded(Prompt(str(i), lang, "text", "harmful"), (1, 2, 3), False)
+
+    harmful = [encoded("th", 0), encoded("th", 1), encoded("yo", 0), encoded("en", 0)]
+    harmless = [encoded("th", 2), encoded("en", 2)]
+    dev = DevSet(harmful, harmless, ("th", "yo"))
+    base = Verdicts(("compliance", "refusal", "compliance", "refusal"), ("compliance", "compliance"))
+    edited = Verdicts(("refusal", "compliance", "refusal", "compliance"), ("refusal", "compliance"))
+    result = outcome(dev, base, edited, kl=0.01, changed_parameters=10)
+    assert result.attack_success_by_lang == {"th": 0.5, "yo": 0.0}
+    assert result.attack_success == pytest.approx(0.25)
+    assert result.newly_answered == 2 and result.newly_answered_share == 0.5  # th#1 and the English prompt
+    assert result.newly_refused == 2
+    assert result.over_refusal == pytest.approx(0.5)
+    assert result.over_refusal_by_lang == {"en": 0.0, "th": 1.0}
