@@ -26,7 +26,7 @@ from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt, load_sources
 from sparse_edit.edit.gather import gather
 from sparse_edit.edit.plan import make_plan
-from sparse_edit.edit.strategies.detector import detector_candidate
+from sparse_edit.edit.strategies.detector import DetectorSettings, detector_candidate
 from sparse_edit.measure.judge import KeywordJudge
 from sparse_edit.measure.probes import EditContext
 from sparse_edit.model.batching import Encoded, encode_prompts
@@ -103,15 +103,8 @@ def main() -> None:
         plan = make_plan(options.model_copy(update={"layer": str(layer)}), artifact, loaded.num_layers, low_langs)
         data = gather(loaded, anchors, [layer], plan, options, reporter)[layer]
         for gain in [float(x) for x in args.gains.split(",")]:
-            edits, diagnostics = detector_candidate(
-                layer,
-                loaded.checkpoint,
-                data,
-                gain,
-                options.detector_margin,
-                options.detector_sharpness,
-                options.lam,
-            )
+            settings = DetectorSettings(gain, options.detector_margin, options.detector_sharpness, options.lam)
+            edits, diagnostics = detector_candidate(layer, loaded.checkpoint, data, settings)
             counts = verdicts(in_memory(loaded, edits))
             row = {
                 "layer": layer,

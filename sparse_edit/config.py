@@ -228,6 +228,12 @@ class ApplyOptions(ModelOptions, PromptOptions):
         description="detector strategy: the gate row is this multiple of the detector, so the neuron's response "
         "act(k s) s is near 0 for negative scores s (a larger k is a harder threshold).",
     )
+    detector_neurons: Literal["one", "per-language"] = Field(
+        "one",
+        description="detector strategy: one neuron with one probe fitted on every low-resource language, or one "
+        "neuron per low-resource language, each probe fitted on that language's harmful anchors against all harmless "
+        "ones, their output scales fitted jointly and kept non-negative (refuse mode only).",
+    )
     output_gamma: float = Field(
         100.0,
         gt=0,

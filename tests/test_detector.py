@@ -161,3 +161,30 @@ def test_probe_classes_swap_for_release():
     assert (harmless.double() @ w > 0).double().mean() > 0.95
     assert (harmful.double() @ w < 0).double().mean() > 0.95
     assert (tokens.double() @ w < 0).double().mean() > 0.95
+
+
+def test_per_language_detector_gives_each_language_a_neuron_with_a_non_negative_scale(located, tmp_path):
+    model, artifact = located("llama")
+    out = tmp_path / "edited"
+    manifest = json.loads(
+        run_cli(*detector_args(artifact, out, "--detector-neurons", "per-language"), "--json").stdout
+    )
+    row = manifest["diagnostics"]["per_layer"][0]
+    assert len(row["repurposed_neuron"]) == 2 and row["neurons"] == 2  # th and yo
+    assert all(scale >= 0 for scale in row["detector_scale"])
+    delta = EditDelta.load(out / DELTA_FILE)
+    assert {tuple(e.neurons.tolist()) for e in delta.edits} == {tuple(row["repurposed_neuron"])}
+    d = Checkpoint.open(model).dims.hidden_size
+    assert manifest["changed_parameters"] == 2 * 3 * d
+    edited = Checkpoint.open(out)
+    rows = {e.projection: e.slice.read(edited.load_tensor(e.slice.tensor), e.neurons).float() for e in delta.edits}
+    assert not torch.allclose(rows["up"][0], rows["up"][1])  # two probes, fitted on different languages
+    assert all(line.startswith("ok") for line in run_cli("verify", model, out).stdout.splitlines())
+
+
+def test_per_language_detector_refuses_release_mode(located, tmp_path):
+    _, artifact = located("llama")
+    out = tmp_path / "edited"
+    args = detector_args(artifact, out, "--detector-neurons", "per-language", "--detector-mode", "release")
+    result = run_cli(*args, code=2)
+    assert "--detector-mode refuse only" in result.output and not out.exists()

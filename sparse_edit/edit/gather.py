@@ -36,6 +36,7 @@ class LayerData:
     safe_rows: dict[str, torch.Tensor] = field(default_factory=dict)  # site -> [N_safe * k, D]
     safe_sums: dict[str, torch.Tensor] = field(default_factory=dict)  # site -> [D_full] float64, over tokens
     safe_squares: dict[str, torch.Tensor] = field(default_factory=dict)  # site -> [D_full] float64, over tokens
+    low_row_langs: tuple[str, ...] = ()  # the language of every low_rows row
 
 
 def pair_rows(
@@ -133,10 +134,16 @@ def gather(
     dev_groups = None
     if dev_low is not None and dev_ref is not None and dev_safe is not None:
         dev_groups = (dev_low, dev_ref, dev_safe)
+    langs = (row_langs(anchors.low_train, options.positions), row_langs(anchors.low_dev, options.positions))
     return {
-        layer: _layer_data(layer, plan.sites, (low, ref, safe), ref_safe, pairs, dev_groups, dev_pairs)
+        layer: _layer_data(layer, plan.sites, (low, ref, safe), ref_safe, pairs, dev_groups, dev_pairs, langs)
         for layer in layers
     }
+
+
+def row_langs(items: Sequence[Encoded], positions: int) -> tuple[str, ...]:
+    """The language of every row of a prompt-major group (``positions`` rows per prompt)."""
+    return tuple(item.prompt.lang for item in items for _ in range(positions))
 
 
 def _layer_data(
@@ -147,6 +154,7 @@ def _layer_data(
     pairs: tuple[list[int], list[int]],
     dev: tuple[Features, Features, Features] | None,
     dev_pairs: tuple[list[int], list[int]],
+    langs: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
 ) -> LayerData:
     """One layer's rows, Grams and moments out of the shared passes (train, and dev when there is one)."""
     low, ref, safe = train
@@ -161,6 +169,7 @@ def _layer_data(
             dev_safe.tokens,
             None,
             safe_rows=_at(dev_safe, layer, sites),
+            low_row_langs=langs[1],
         )
     return LayerData(
         _at(low, layer, sites),
@@ -173,6 +182,7 @@ def _layer_data(
         _at(safe, layer, sites),
         {site: total for (site, at), total in safe.sums.items() if at == layer},
         {site: total for (site, at), total in safe.squares.items() if at == layer},
+        langs[0],
     )
 
 

@@ -8,6 +8,7 @@ input; it adds the refusal direction only when the probe fires (see ``detector_m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -40,15 +41,16 @@ if TYPE_CHECKING:
 class DetectorStrategy(Strategy):
     name = "detector"
     summary = (
-        "the layer's quietest neuron rewritten as a thresholded probe that adds the refusal direction only "
-        "when it fires (gate, up and down of one neuron; gated MLPs only)"
+        "the layer's quietest neuron (or one per low-resource language) rewritten as a thresholded probe that adds "
+        "the refusal direction only when it fires (gate, up and down of the neuron; gated MLPs only)"
     )
-    gram_site = None  # one rewritten neuron: no leak of a low-rank update to recompute
-    settings = ("gain", "detector_margin", "detector_mode", "detector_sharpness")
+    gram_site = None  # rewritten neurons: no leak of a low-rank update to recompute
+    settings = ("gain", "detector_margin", "detector_mode", "detector_sharpness", "detector_neurons")
     search_space = (
         Tunable("gain", 0.25, 16.0, log=True),
         Tunable("detector_margin", 0.25, 4.0, log=True),
         Tunable("detector_sharpness", 2.0, 32.0, log=True),
+        Tunable("detector_neurons", choices=("one", "per-language")),
     )
 
     def needs(self, options: ApplyOptions) -> FeatureNeeds:
@@ -65,17 +67,32 @@ class DetectorStrategy(Strategy):
 
     def solve(self, job: SolveJob) -> tuple[list[SliceEdit], dict[str, Any]]:
         options = job.options
+        if options.detector_neurons == "per-language" and options.detector_mode != "refuse":
+            raise SparseEditError("--detector-neurons per-language works in --detector-mode refuse only")
         return detector_candidate(
             job.layer,
             job.checkpoint,
             job.data,
-            options.gain,
-            options.detector_margin,
-            options.detector_sharpness,
-            options.lam,
+            DetectorSettings(
+                options.gain,
+                options.detector_margin,
+                options.detector_sharpness,
+                options.lam,
+                options.detector_mode,
+                options.detector_neurons == "per-language",
+            ),
             job.share,
-            options.detector_mode,
         )
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    gain: float
+    margin: float
+    sharpness: float
+    lam: float
+    mode: DetectorMode = "refuse"
+    per_language: bool = False
 
 
 def detector_activation(checkpoint: Checkpoint) -> Activation:
@@ -88,81 +105,122 @@ def detector_activation(checkpoint: Checkpoint) -> Activation:
     return checkpoint.gate_activation()
 
 
+def probe_groups(data: LayerData, per_language: bool) -> list[torch.Tensor]:
+    """Masks over the low-resource rows, one per probe: all rows, or one language's rows each."""
+    count = data.low_rows["mlp_input"].shape[0]
+    if not per_language:
+        return [torch.ones(count, dtype=torch.bool)]
+    langs = data.low_row_langs
+    return [torch.tensor([lang == wanted for lang in langs]) for wanted in sorted(set(langs))]
+
+
 def detector_candidate(
     layer: int,
     checkpoint: Checkpoint,
     data: LayerData,
-    gain: float,
-    margin: float,
-    sharpness: float,
-    lam: float,
+    settings: DetectorSettings,
     share: float = 1.0,
-    mode: DetectorMode = "refuse",
 ) -> tuple[list[SliceEdit], dict[str, Any]]:
-    """Rewrite the layer's quietest neuron as a detector that moves the refusal projection when it fires.
+    """Rewrite the layer's quietest neuron(s) as detectors that move the refusal projection when they fire.
 
     refuse: fires on harmful prompts and raises their projection to the reference harmful level.
     release: fires on harmless prompts and lowers their projection to the reference harmless level.
+    Per language: one probe per low-resource language (its harmful rows and the reference's against all
+    harmless rows), output scales fitted jointly by non-negative least squares, so no neuron lowers refusal.
     """
-    family, d_ff = checkpoint.family, checkpoint.dims.mlp_width
+    family, d_ff, mode = checkpoint.family, checkpoint.dims.mlp_width, settings.mode
     activation = detector_activation(checkpoint)
-    harmful = torch.cat([data.low_rows["mlp_input"], data.ref_rows["mlp_input"]])
-    harmless = data.safe_rows.get("mlp_input", harmful[:0])
-    positive, negative = (harmful, harmless) if mode == "refuse" else (harmless, harmful)
+    harmless = data.safe_rows.get("mlp_input", data.low_rows["mlp_input"][:0])
     sums, gram = data.safe_sums["mlp_input"], data.safe_gram["mlp_input"]
-    detector = fit_detector(positive, negative, gram, sums, data.safe_tokens, margin, lam)
+    probes = []
+    for mask in probe_groups(data, settings.per_language):
+        harmful = torch.cat([data.low_rows["mlp_input"][mask], data.ref_rows["mlp_input"]])
+        positive, negative = (harmful, harmless) if mode == "refuse" else (harmless, harmful)
+        probes.append(
+            fit_detector(positive, negative, gram, sums, data.safe_tokens, settings.margin, settings.lam)
+        )
+    detectors = torch.stack(probes)  # [n, d]
     slices = {p: family.neuron_slice(layer, p, d_ff) for p in ("gate", "up", "down")}
     weights = {name: checkpoint.load_tensor(name) for name in {s.tensor for s in slices.values()}}
     energy = harmless_output_energy(
         data.safe_squares["neurons"], slices["down"].read(weights[slices["down"].tensor], torch.arange(d_ff))
     )
-    neuron = int(torch.argmin(energy))  # the neuron harmless prompts miss least
-    index = torch.tensor([neuron])
+    index = torch.argsort(energy, stable=True)[: len(probes)]  # the neurons harmless prompts miss least
 
     direction = refusal_direction(data)
     assert data.ref_harmless_residual is not None
     reference = data.ref_rows["residual"] if mode == "refuse" else data.ref_harmless_residual
     reference_level = float((reference.to(F64) @ direction).mean())
 
-    def wanted(d: LayerData) -> tuple[torch.Tensor, torch.Tensor]:
-        return _wanted(d, mode, detector, direction, reference_level, share * gain)
+    def responses_and_shift(d: LayerData) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, shift = _wanted(d, mode, detectors, direction, reference_level, share * settings.gain)
+        return response(scores, activation, settings.sharpness), shift
 
-    scores, shift = wanted(data)
-    responses = response(scores, activation, sharpness)
-    scale = output_scale(responses, shift)
-    new_rows = {"gate": sharpness * detector, "up": detector, "down": scale * direction}
+    responses, shift = responses_and_shift(data)
+    scales = output_scales(responses, shift)
+    new_rows = {
+        "gate": settings.sharpness * detectors,
+        "up": detectors,
+        "down": scales[:, None] * direction[None, :],
+    }
     edits = [
         _rewrite(layer, projection, neuron_slice, weights[neuron_slice.tensor], index, new_rows[projection])
         for projection, neuron_slice in slices.items()
     ]
-    diagnostics = _detector_diagnostics(data, detector, positive, harmless, scale, responses, shift)
+    diagnostics = _detector_diagnostics(data, detectors, probes_positive_count(data, harmless, mode), harmless)
+    fitted = responses @ scales
     diagnostics.update(
         {
+            "fit_train": float((fitted - shift).norm() / shift.norm()) if float(shift.norm()) > 0 else 0.0,
             "detector_mode": mode,
-            "repurposed_neuron": neuron,
-            "repurposed_energy_share": float(energy[neuron] / energy.sum()) if float(energy.sum()) > 0 else 0.0,
+            "detector_scale": float(scales[0]) if len(probes) == 1 else [float(x) for x in scales],
+            "repurposed_neuron": int(index[0]) if len(probes) == 1 else [int(i) for i in index],
+            "repurposed_energy_share": float(energy[index].sum() / energy.sum())
+            if float(energy.sum()) > 0
+            else 0.0,
             "refusal_level": reference_level,
         }
     )
     if data.dev is not None and data.dev.low_rows["mlp_input"].shape[0]:
-        dev_scores, dev_shift = wanted(data.dev)  # release: gather kept the dev harmless residual rows too
+        dev_responses, dev_shift = responses_and_shift(
+            data.dev
+        )  # release: gather kept the dev harmless residual rows
         if float(dev_shift.norm()) > 0:
-            dev_response = scale * response(dev_scores, activation, sharpness)
-            diagnostics["fit_dev"] = float((dev_response - dev_shift).norm() / dev_shift.norm())
+            diagnostics["fit_dev"] = float((dev_responses @ scales - dev_shift).norm() / dev_shift.norm())
     return edits, diagnostics
 
 
+def output_scales(responses: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """The output scale of each detector neuron [n]: least squares for one neuron (its sign free, as release
+    needs), non-negative least squares for several (a neuron that fires may only add refusal)."""
+    if responses.shape[1] == 1:
+        return torch.tensor([output_scale(responses[:, 0], shift)], dtype=F64)
+    if float((responses**2).sum()) <= 0:
+        output_scale(responses[:, 0], shift)  # raises the "does not fire" error
+    from scipy.optimize import nnls
+
+    solution, _ = nnls(responses.numpy(), shift.to(F64).numpy())
+    return torch.from_numpy(solution).to(F64)
+
+
+def probes_positive_count(data: LayerData, harmless: torch.Tensor, mode: DetectorMode) -> int:
+    """Rows the probes are fitted to fire on (for the manifest)."""
+    if mode == "refuse":
+        return int(data.low_rows["mlp_input"].shape[0] + data.ref_rows["mlp_input"].shape[0])
+    return int(harmless.shape[0])
+
+
 def _wanted(
-    d: LayerData, mode: DetectorMode, detector: torch.Tensor, direction: torch.Tensor, level: float, gain: float
+    d: LayerData, mode: DetectorMode, detectors: torch.Tensor, direction: torch.Tensor, level: float, gain: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probe scores and wanted shifts of the rows the neuron should fire on (release: lower, so ≤ 0)."""
+    """Probe scores [rows, n] and wanted shifts [rows] of the rows the neurons should fire on (release: ≤ 0)."""
     if mode == "refuse":
         keys, residual = d.low_rows["mlp_input"], d.low_rows["residual"]
     else:
         keys, residual = d.safe_rows["mlp_input"], d.safe_rows["residual"]
     gap = level - residual.to(F64) @ direction
     gap = gap.clamp(min=0) if mode == "refuse" else gap.clamp(max=0)
-    return keys.to(F64) @ detector, gain * gap
+    return keys.to(F64) @ detectors.T, gain * gap
 
 
 def _rewrite(
@@ -171,42 +229,34 @@ def _rewrite(
     neuron_slice: NeuronSlice,
     weight: torch.Tensor,
     index: torch.Tensor,
-    new_row: torch.Tensor,
+    new_rows: torch.Tensor,
 ) -> SliceEdit:
-    """The rank-1 edit that replaces the neuron's row of ``projection`` with ``new_row``."""
-    old = neuron_slice.read(weight, index).to(F64)  # [1, d]
+    """The edit that replaces the neurons' rows of ``projection`` with ``new_rows`` [n, d]."""
+    old = neuron_slice.read(weight, index).to(F64)  # [n, d]
     return SliceEdit(
         layer=layer,
         projection=projection,
         slice=neuron_slice,
         neurons=index,
-        a=torch.ones(1, 1),
-        b=(new_row[None, :] - old).float().contiguous(),
+        a=torch.eye(len(index)),
+        b=(new_rows - old).float().contiguous(),
         key_axis="rows" if projection == "down" else "columns",
     )
 
 
 def _detector_diagnostics(
-    data: LayerData,
-    detector: torch.Tensor,
-    positive: torch.Tensor,
-    harmless: torch.Tensor,
-    scale: float,
-    responses: torch.Tensor,
-    shift: torch.Tensor,
+    data: LayerData, detectors: torch.Tensor, positives: int, harmless: torch.Tensor
 ) -> dict[str, Any]:
-    """How well the neuron's response fits the wanted shift, and how often its probe fires."""
+    """How often the probes fire (any of them) on each anchor group."""
 
     def fires(rows: torch.Tensor) -> float:
-        return float((rows.to(F64) @ detector > 0).double().mean())
+        return float((rows.to(F64) @ detectors.T > 0).any(dim=1).double().mean())
 
     diagnostics: dict[str, Any] = {
-        "rank": 1,
+        "rank": int(detectors.shape[0]),
         "jitter": 0.0,
         "nullspace_dim": None,
-        "anchors_train": int(positive.shape[0]),
-        "fit_train": float((scale * responses - shift).norm() / shift.norm()) if float(shift.norm()) > 0 else 0.0,
-        "detector_scale": scale,
+        "anchors_train": positives,
         "fires_harmful_train": fires(data.low_rows["mlp_input"]),
     }
     if harmless.shape[0]:
