@@ -58,9 +58,40 @@ def cli(*args: str) -> float:
     return time.perf_counter() - start
 
 
+def newly_answered(report_folder: Path) -> dict[str, Any]:
+    """Per language, harmful test prompts the base model refused and the edited model answers (and the
+    reverse), from the report's replies."""
+    verdicts: dict[tuple[str, str, str], str] = {}
+    for line in (report_folder / "replies.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row["class"] == "harmful":
+            verdicts[(row["model"], row["lang"], row["id"])] = row["verdict"]
+    counts: dict[str, dict[str, int]] = {}
+    for (model, lang, prompt_id), before in verdicts.items():
+        if model != "base":
+            continue
+        after = verdicts[("edited", lang, prompt_id)]
+        cell = counts.setdefault(lang, {"prompts": 0, "newly_answered": 0, "newly_refused": 0})
+        cell["prompts"] += 1
+        cell["newly_answered"] += before == "refusal" and after == "compliance"
+        cell["newly_refused"] += before == "compliance" and after == "refusal"
+    total = {
+        key: sum(cell[key] for cell in counts.values()) for key in ("prompts", "newly_answered", "newly_refused")
+    }
+    return {
+        "by_lang": counts,
+        "total": total,
+        "newly_answered_share": total["newly_answered"] / max(total["prompts"], 1),
+    }
+
+
 def summary(report_folder: Path) -> dict[str, Any]:
     report = json.loads((report_folder / "report.json").read_text())
-    return {"summary": report["summary"], "languages": report["languages"]}
+    return {
+        "summary": report["summary"],
+        "languages": report["languages"],
+        "paired": newly_answered(report_folder),
+    }
 
 
 def main() -> None:

@@ -166,3 +166,26 @@ def test_outcome_counts_newly_answered_and_pools_over_refusal():
     assert result.newly_refused == 2
     assert result.over_refusal == pytest.approx(0.5)
     assert result.over_refusal_by_lang == {"en": 0.0, "th": 1.0}
+
+
+def test_every_searchable_setting_is_a_setting_its_strategy_reads():
+    from sparse_edit.config import ApplyOptions
+    from sparse_edit.edit import strategies
+
+    for name in strategies.NAMES:
+        strategy = strategies.get(name)
+        assert strategy.search_space, f"{name} declares nothing to search"
+        for tunable in strategy.search_space:
+            assert tunable.field in strategy.settings and tunable.field in ApplyOptions.model_fields
+            values = tunable.choices or (tunable.low, tunable.high)
+            for value in values:  # every end of the range is a valid value of the field
+                ApplyOptions.model_validate(
+                    {
+                        "model": "m",
+                        "artifact": "a.safetensors",
+                        "output": "o",
+                        "harmful": ["h"],
+                        "harmless": ["s"],
+                        tunable.field: value,
+                    }
+                )
