@@ -123,9 +123,37 @@ def run_tune(options: TuneOptions, reporter: Reporter, config: Path | None = Non
 
 
 def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
-    import optuna
     from optuna.trial import TrialState
 
+    runner, space = prepare(options, reporter)
+    fingerprint = runner.loaded.checkpoint.fingerprint()
+    artifact_sha = file_sha256(options.artifact)
+    study = open_study(
+        journal, study_key(options, fingerprint, artifact_sha), options.seed, options.max_newly_answered
+    )
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    reporter.info(
+        f"tune: {options.trials} trials ({done} done), strategies {', '.join(space.strategies)}, layers "
+        f"{space.layers[0]}..{space.layers[-1]}; dev: {len(runner.dev.harmful)} harmful, "
+        f"{len(runner.dev.harmless)} harmless prompts, {options.reply_tokens}-token replies"
+    )
+    base = _base_verdicts(study, runner)
+    started = time.perf_counter()
+    if options.trials > done:
+        search(study, runner, space, base, options, reporter, options.trials - done)
+    rows = _rows(study)
+    chosen = choose(rows, options.max_over_refusal, options.kl_budget, options.max_newly_answered)
+    if chosen is None:
+        reporter.warn("no trial qualifies under --max-over-refusal, --kl-budget and --max-newly-answered")
+    payload = _payload(options, study, rows, chosen, base, runner, fingerprint, artifact_sha)
+    payload["study"]["seconds_this_run"] = time.perf_counter() - started
+    written = write_study(options, journal, payload, chosen, reporter)
+    journal.unlink(missing_ok=True)
+    return TuneResult(payload, chosen, written)
+
+
+def prepare(options: TuneOptions, reporter: Reporter) -> tuple[TrialRunner, SearchSpace]:
+    """Load the artifact and model, build the anchors and the search space: what every trial shares."""
     artifact = LocateArtifact.load(options.artifact)
     loaded = load_model(options)
     checkpoint = loaded.checkpoint
@@ -146,21 +174,21 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
             "--dev-fraction: tune judges trials on dev prompts, and this split leaves no harmful or no harmless dev "
             "prompt; raise --dev-fraction or add prompts"
         )
-    runner = TrialRunner(options, loaded, artifact, anchors, low_langs, space.layers, reporter)
-    artifact_sha = file_sha256(options.artifact)
-    study = open_study(
-        journal,
-        study_key(options, checkpoint.fingerprint(), artifact_sha),
-        options.seed,
-        options.max_newly_answered,
-    )
-    base = _base_verdicts(study, runner)
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    reporter.info(
-        f"tune: {options.trials} trials ({done} done), {len(space.strategies)} strategies ({', '.join(space.strategies)}), "
-        f"layers {space.layers[0]}..{space.layers[-1]}; dev: {len(runner.dev.harmful)} harmful, "
-        f"{len(runner.dev.harmless)} harmless prompts, {options.reply_tokens}-token replies"
-    )
+    return TrialRunner(options, loaded, artifact, anchors, low_langs, space.layers, reporter), space
+
+
+def search(
+    study: Any,
+    runner: TrialRunner,
+    space: SearchSpace,
+    base: Verdicts,
+    options: TuneOptions,
+    reporter: Reporter,
+    trials: int,
+) -> None:
+    """Run ``trials`` more trials (or until --timeout), with a progress line per finished trial."""
+    import optuna
+    from optuna.trial import TrialState
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         settings = space.suggest(trial)
@@ -171,10 +199,9 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
         except SparseEditError as exc:
             reporter.warn(f"trial {trial.number}: {describe(settings)}: {exc}; skipped")
             raise optuna.TrialPruned(str(exc)) from None
-        seconds = time.perf_counter() - start
         trial.set_user_attr("outcome", result.as_dict())
         trial.set_user_attr("newly_answered_share", result.newly_answered_share)
-        trial.set_user_attr("seconds", seconds)
+        trial.set_user_attr("seconds", time.perf_counter() - start)
         return result.objectives()
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -185,36 +212,28 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
         best_text = f"trial {best.number} ({best.outcome['attack_success']:.3f})" if best else "none qualifies yet"
         finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         reporter.info(
-            f"trial {trial.number} ({finished}/{options.trials}) {describe(trial.user_attrs['settings'])} | attack success "
-            f"{o['attack_success']:.3f} over-refusal {o['over_refusal']:+.3f} KL {o['kl']:.4f} newly answered "
-            f"{o['newly_answered']} | {trial.user_attrs['seconds']:.0f}s | best: {best_text}"
+            f"trial {trial.number} ({finished}/{options.trials}) {describe(trial.user_attrs['settings'])} | "
+            f"attack success {o['attack_success']:.3f} over-refusal {o['over_refusal']:+.3f} KL {o['kl']:.4f} "
+            f"newly answered {o['newly_answered']} | {trial.user_attrs['seconds']:.0f}s | best: {best_text}"
         )
 
-    started = time.perf_counter()
-    remaining = options.trials - done
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, timeout=options.timeout, callbacks=[progress], catch=())
-    rows = _rows(study)
-    chosen = choose(rows, options.max_over_refusal, options.kl_budget, options.max_newly_answered)
-    if chosen is None:
-        reporter.warn("no trial qualifies under --max-over-refusal, --kl-budget and --max-newly-answered")
-    payload = _payload(options, study, rows, chosen, base, runner, checkpoint.fingerprint(), artifact_sha)
-    payload["study"]["seconds_this_run"] = time.perf_counter() - started
+    study.optimize(objective, n_trials=trials, timeout=options.timeout, callbacks=[progress], catch=())
+
+
+def write_study(
+    options: TuneOptions, journal: Path, payload: dict[str, Any], chosen: TrialRow | None, reporter: Reporter
+) -> list[str]:
+    """The tune folder, staged: the study, the front and, when a trial qualifies, chosen.toml (and edited/)."""
     with staged_folder(options.output, options.overwrite, "tune") as staging:
         shutil.copyfile(journal, staging / STUDY_DB)
-        chosen_toml = None
-        if chosen is not None:
-            values = apply_settings(options, chosen.settings)
-            chosen_toml = chosen_config(values, chosen, options.output)
-        written = write_files(staging, payload, chosen_toml)
-        if chosen is not None and options.apply:
-            edit_options = ApplyOptions.model_validate({**values, "output": staging / TUNED_EDIT_DIR})
-            run_apply(edit_options, reporter)
+        if chosen is None:
+            return write_files(staging, payload, None)
+        values = apply_settings(options, chosen.settings)
+        written = write_files(staging, payload, chosen_config(values, chosen, options.output))
+        if options.apply:
+            run_apply(ApplyOptions.model_validate({**values, "output": staging / TUNED_EDIT_DIR}), reporter)
             written.append(TUNED_EDIT_DIR)
-    journal.unlink(missing_ok=True)
-    if chosen is None and options.apply:
-        raise SparseEditError("--apply: no trial qualifies, so no edit was written (the study is in --output)")
-    return TuneResult(payload, chosen, written)
+    return written
 
 
 def _base_verdicts(study: Any, runner: TrialRunner) -> Verdicts:
