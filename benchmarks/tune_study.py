@@ -24,6 +24,8 @@ from typing import Any
 
 from common import ROOT, SHARED, save
 
+from sparse_edit.measure.statistics import mcnemar, wilson
+
 RUNS = ROOT / "runs" / "multijail-anchors"
 CONFIGS = ROOT / "examples" / "configs"
 MODEL = "zoo:qwen2.5-coder-0.5b-instruct"
@@ -58,39 +60,65 @@ def cli(*args: str) -> float:
     return time.perf_counter() - start
 
 
-def newly_answered(report_folder: Path) -> dict[str, Any]:
-    """Per language, harmful test prompts the base model refused and the edited model answers (and the
-    reverse), from the report's replies."""
-    verdicts: dict[tuple[str, str, str], str] = {}
-    for line in (report_folder / "replies.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if row["class"] == "harmful":
-            verdicts[(row["model"], row["lang"], row["id"])] = row["verdict"]
-    counts: dict[str, dict[str, int]] = {}
-    for (model, lang, prompt_id), before in verdicts.items():
-        if model != "base":
-            continue
-        after = verdicts[("edited", lang, prompt_id)]
-        cell = counts.setdefault(lang, {"prompts": 0, "newly_answered": 0, "newly_refused": 0})
-        cell["prompts"] += 1
-        cell["newly_answered"] += before == "refusal" and after == "compliance"
-        cell["newly_refused"] += before == "compliance" and after == "refusal"
-    total = {
-        key: sum(cell[key] for cell in counts.values()) for key in ("prompts", "newly_answered", "newly_refused")
-    }
-    return {
-        "by_lang": counts,
-        "total": total,
-        "newly_answered_share": total["newly_answered"] / max(total["prompts"], 1),
-    }
+def verdicts(report_folder: Path, model: str) -> dict[tuple[str, str, str], str]:
+    """(class, lang, id) -> verdict of one model's replies in an eval report."""
+    rows = [
+        json.loads(line) for line in (report_folder / "replies.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    return {(r["class"], r["lang"], r["id"]): r["verdict"] for r in rows if r["model"] == model}
 
 
-def summary(report_folder: Path) -> dict[str, Any]:
-    report = json.loads((report_folder / "report.json").read_text())
+def rate(k: int, n: int) -> dict[str, Any]:
+    return wilson(k, n).as_dict()
+
+
+def paired(edited_report: Path, base_report: Path) -> dict[str, Any]:
+    """Base vs edited on the same test prompts, from the replies: per language and pooled, with Wilson
+    intervals, exact McNemar tests and the newly answered / newly refused counts."""
+    base, edited = verdicts(base_report, "base"), verdicts(edited_report, "edited")
+    if set(base) != set(edited):
+        raise SystemExit(f"{edited_report} and {base_report} were not run on the same prompts")
+    langs = sorted({lang for _, lang, _ in base})
+    table: dict[str, Any] = {}
+    for lang in langs:
+        harmful = [key for key in base if key[0] == "harmful" and key[1] == lang]
+        harmless = [key for key in base if key[0] == "harmless" and key[1] == lang]
+        table[lang] = {
+            "asr_base": rate(sum(base[k] == "compliance" for k in harmful), len(harmful)),
+            "asr_edited": rate(sum(edited[k] == "compliance" for k in harmful), len(harmful)),
+            "newly_answered": sum(base[k] == "refusal" and edited[k] == "compliance" for k in harmful),
+            "newly_refused": sum(base[k] == "compliance" and edited[k] == "refusal" for k in harmful),
+            "over_refusal_base": rate(sum(base[k] == "refusal" for k in harmless), len(harmless)),
+            "over_refusal_edited": rate(sum(edited[k] == "refusal" for k in harmless), len(harmless)),
+        }
+    others = [key for key in base if key[0] == "harmful" and key[1] != "en"]
+    harmful_all = [key for key in base if key[0] == "harmful"]
+    harmless_all = [key for key in base if key[0] == "harmless"]
+    mean_base = sum(
+        table[lang]["asr_base"]["rate"] for lang in langs if lang != "en" and table[lang]["asr_base"]["n"]
+    )
+    mean_edited = sum(
+        table[lang]["asr_edited"]["rate"] for lang in langs if lang != "en" and table[lang]["asr_edited"]["n"]
+    )
+    n_langs = sum(1 for lang in langs if lang != "en" and table[lang]["asr_base"]["n"])
+    newly = sum(base[k] == "refusal" and edited[k] == "compliance" for k in harmful_all)
     return {
-        "summary": report["summary"],
-        "languages": report["languages"],
-        "paired": newly_answered(report_folder),
+        "by_lang": table,
+        "mean_asr_non_english_base": mean_base / n_langs,
+        "mean_asr_non_english_edited": mean_edited / n_langs,
+        "mean_asr_relative_change": (mean_edited - mean_base) / mean_base if mean_base else None,
+        "over_refusal_pooled_base": rate(sum(base[k] == "refusal" for k in harmless_all), len(harmless_all)),
+        "over_refusal_pooled_edited": rate(sum(edited[k] == "refusal" for k in harmless_all), len(harmless_all)),
+        "mcnemar_asr_non_english": mcnemar(
+            [base[k] == "compliance" for k in others], [edited[k] == "compliance" for k in others]
+        ),
+        "mcnemar_over_refusal": mcnemar(
+            [base[k] == "refusal" for k in harmless_all], [edited[k] == "refusal" for k in harmless_all]
+        ),
+        "newly_answered": newly,
+        "newly_answered_share": newly / len(harmful_all),
+        "harmful_prompts": len(harmful_all),
+        "harmless_prompts": len(harmless_all),
     }
 
 
@@ -137,6 +165,7 @@ def main() -> None:
         ).stdout
     )["recommended_layer"]
     results: dict[str, Any] = {}
+    base_report: Path | None = None
     for name in args.edits.split(","):
         edited = RUNS / f"edit-{name}"
         if not edited.is_dir():
@@ -157,16 +186,18 @@ def main() -> None:
                     "-o",
                     edited,
                 )
+        # The first edit's report holds the base model's replies too; the others are paired with them.
         report = RUNS / f"test-{name}"
+        base_report = base_report or report
         if not report.is_dir():
+            with_base = ["--base", MODEL] if report == base_report else []
             seconds[f"eval-{name}"] = cli(
                 "eval",
                 "--config",
                 CONFIGS / "multijail-test-eval.toml",
                 "--model",
                 edited,
-                "--base",
-                MODEL,
+                *with_base,
                 "--limit",
                 str(args.test_limit),
                 "--harmless-limit",
@@ -177,8 +208,13 @@ def main() -> None:
         manifest = json.loads((edited / "sparse_edit" / "manifest.json").read_text())
         results[name] = {
             "edit": {k: manifest[k] for k in ("strategy", "layers", "changed_parameters", "changed_fraction")},
-            "test": summary(report),
+            "dev_kl_harmless": manifest["diagnostics"].get("kl_harmless"),
+            "test": paired(report, base_report),
         }
+        if report == base_report:
+            results[name]["test_kl_harmless"] = json.loads((report / "report.json").read_text())["summary"][
+                "kl_harmless"
+            ]
     shutil.copyfile(study / "pareto.md", ROOT / "benchmarks" / "results" / "tune-study-pareto.md")
     path = save(
         "tune-study",
