@@ -15,6 +15,7 @@ for script in (
     "bench_gguf.py",
     "real_model.py",
     "dev_sweep.py",
+    "tune_study.py",
 ):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], cwd=HERE, check=True)

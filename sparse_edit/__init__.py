@@ -5,6 +5,7 @@ The library API (see ``sparse_edit.api``)::
     import sparse_edit as se
 
     artifact = se.locate(model="./my-model", harmful=["h.jsonl"], harmless=["s.jsonl"], output="loc.safetensors")
+    study = se.tune(artifact="loc.safetensors", output="study")  # optional: search the settings
     edit = se.apply_edit(artifact="loc.safetensors", output="edited")
     assert se.verify("./my-model", "edited").ok
     result = se.evaluate(model="edited", base="./my-model", harmful=["t.jsonl"], harmless=["b.jsonl"], output="report")
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sparse_edit.api import apply_edit, evaluate, locate, revert, verify
+from sparse_edit.api import apply_edit, evaluate, locate, revert, tune, verify
 
 __version__ = "0.1.0"
 
@@ -23,12 +24,14 @@ if TYPE_CHECKING:
     from sparse_edit.edit.verify import VerifyReport
     from sparse_edit.evaluation.run import EvalResult
     from sparse_edit.neurons.artifact import LocateArtifact
+    from sparse_edit.tune.study import TuneResult
 
 # Result types, imported on first use so that ``import sparse_edit`` does not load torch.
 _LAZY = {
     "EditResult": "sparse_edit.edit.run",
     "EvalResult": "sparse_edit.evaluation.run",
     "LocateArtifact": "sparse_edit.neurons.artifact",
+    "TuneResult": "sparse_edit.tune.study",
     "VerifyReport": "sparse_edit.edit.verify",
 }
 
@@ -36,12 +39,14 @@ __all__ = [
     "EditResult",
     "EvalResult",
     "LocateArtifact",
+    "TuneResult",
     "VerifyReport",
     "__version__",
     "apply_edit",
     "evaluate",
     "locate",
     "revert",
+    "tune",
     "verify",
 ]
 
