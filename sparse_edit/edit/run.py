@@ -40,15 +40,8 @@ def run_apply(options: ApplyOptions, reporter: Reporter, config: Path | None = N
     ``config`` is the TOML file the options came from, if any: an input the output may not touch.
     """
     check_output(options.output, "apply", command_inputs(options, config), options.overwrite)
-    artifact = LocateArtifact.load(options.artifact)
-    loaded = load_model(options)
+    artifact, loaded, low_langs = load_edit_inputs(options, reporter)
     checkpoint = loaded.checkpoint
-    for warning in artifact.check_model(checkpoint, f"--artifact {options.artifact}"):
-        reporter.warn(warning)
-    ref = options.reference_lang
-    low_langs = [lang for lang in (options.low_langs or artifact.languages) if lang != ref]
-    if not low_langs:
-        raise SparseEditError("--low-langs: no low-resource language to edit for (all equal the reference)")
     plan = make_plan(options, artifact, loaded.num_layers, low_langs)
     for name in plan.strategies:
         plan.strategy(name).check(checkpoint)  # fail before any forward pass
@@ -66,6 +59,19 @@ def run_apply(options: ApplyOptions, reporter: Reporter, config: Path | None = N
     reporter.info(format_table(candidates, chosen))
     manifest = write_edit(options, checkpoint, candidates, chosen, anchors.counts(), low_langs, reporter)
     return EditResult(manifest, chosen)
+
+
+def load_edit_inputs(options: ApplyOptions, reporter: Reporter) -> tuple[LocateArtifact, LoadedModel, list[str]]:
+    """The locate artifact, the model (checked against it) and the low-resource languages to edit for."""
+    artifact = LocateArtifact.load(options.artifact)
+    loaded = load_model(options)
+    for warning in artifact.check_model(loaded.checkpoint, f"--artifact {options.artifact}"):
+        reporter.warn(warning)
+    ref = options.reference_lang
+    low_langs = [lang for lang in (options.low_langs or artifact.languages) if lang != ref]
+    if not low_langs:
+        raise SparseEditError("--low-langs: no low-resource language to edit for (all equal the reference)")
+    return artifact, loaded, low_langs
 
 
 def announce_cost(

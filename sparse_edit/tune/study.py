@@ -23,13 +23,11 @@ from sparse_edit import __version__
 from sparse_edit.config import ApplyOptions, TuneOptions
 from sparse_edit.console import Reporter
 from sparse_edit.edit.anchors import build_anchors
-from sparse_edit.edit.run import run_apply
+from sparse_edit.edit.run import load_edit_inputs, run_apply
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.files import file_sha256
 from sparse_edit.io.layout import STUDY_DB, TUNED_EDIT_DIR
 from sparse_edit.io.outputs import check_output, command_inputs, staged_folder
-from sparse_edit.model.loading import load_model
-from sparse_edit.neurons.artifact import LocateArtifact
 from sparse_edit.tune.front import CHOICE_RULE, TrialRow, choose, chosen_config, pareto_front, write_files
 from sparse_edit.tune.space import SearchSpace, describe
 from sparse_edit.tune.trial import TrialRunner, Verdicts, apply_settings
@@ -154,17 +152,9 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
 
 def prepare(options: TuneOptions, reporter: Reporter) -> tuple[TrialRunner, SearchSpace]:
     """Load the artifact and model, build the anchors and the search space: what every trial shares."""
-    artifact = LocateArtifact.load(options.artifact)
-    loaded = load_model(options)
-    checkpoint = loaded.checkpoint
-    for warning in artifact.check_model(checkpoint, f"--artifact {options.artifact}"):
-        reporter.warn(warning)
-    ref = options.reference_lang
-    low_langs = [lang for lang in (options.low_langs or artifact.languages) if lang != ref]
-    if not low_langs:
-        raise SparseEditError("--low-langs: no low-resource language to edit for (all equal the reference)")
+    artifact, loaded, low_langs = load_edit_inputs(options, reporter)
     space, skipped = SearchSpace.for_model(
-        options.strategy, options.candidate_layers, checkpoint, loaded.num_layers
+        options.strategy, options.candidate_layers, loaded.checkpoint, loaded.num_layers
     )
     for reason in skipped:
         reporter.warn(f"left out of the search: {reason}")
