@@ -29,19 +29,7 @@ from sparse_edit.measure.statistics import mcnemar, wilson
 RUNS = ROOT / "runs" / "multijail-anchors"
 CONFIGS = ROOT / "examples" / "configs"
 MODEL = "zoo:qwen2.5-coder-0.5b-instruct"
-# The anchors of examples/configs/multijail-anchors-tune.toml, for the edits the tuned one is compared with.
-SAME_ANCHORS = [
-    "--limit",
-    "48",
-    "--harmless-limit",
-    "40",
-    "--dev-fraction",
-    "0.2",
-    "--dev-limit",
-    "4",
-    "--batch-size",
-    "16",
-]
+# The baselines are solved on the study's anchors (its fixed settings), with these flags on top.
 BASELINES = {
     # The published edit, literally: gate_proj rows of the reference language's safety neurons at the
     # artifact's recommended layer.
@@ -122,12 +110,43 @@ def paired(edited_report: Path, base_report: Path) -> dict[str, Any]:
     }
 
 
+def study_config(pareto: dict[str, Any], settings: dict[str, Any], path: Path) -> Path:
+    """An apply config with the study's anchors and fixed settings, and ``settings`` on top (tune's own rule)."""
+    import tomli_w
+
+    from sparse_edit.config import TuneOptions
+    from sparse_edit.tune.trial import apply_settings
+
+    options = TuneOptions.model_validate({**pareto["settings"], "output": path.with_suffix("")})
+    path.write_text(tomli_w.dumps(apply_settings(options, settings)), encoding="utf-8")
+    return path
+
+
+def edit_args(name: str, pareto: dict[str, Any], study: Path, recommended: int) -> list[str] | None:
+    """apply's arguments for an edit: ``tuned`` (chosen.toml), ``trial-N`` (trial N of the study) or a baseline
+    (the study's anchors and fixed settings with the baseline's flags)."""
+    if name == "tuned":
+        chosen = study / "chosen.toml"
+        return ["--config", str(chosen)] if chosen.is_file() else None
+    if name.startswith("trial-"):
+        number = int(name.removeprefix("trial-"))
+        (trial,) = [t for t in pareto["trials"] if t["number"] == number]
+        return ["--config", str(study_config(pareto, trial["settings"], RUNS / f"{name}.toml"))]
+    flags = [str(recommended) if flag == "RECOMMENDED" else flag for flag in BASELINES[name]]
+    return ["--config", str(study_config(pareto, {}, RUNS / "study-anchors.toml")), *flags]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--timeout", type=int, default=None, help="seconds after which the study starts no trial")
     parser.add_argument("--test-limit", type=int, default=24, help="test prompts per language and class")
-    parser.add_argument("--edits", default="tuned,paper,previous", help="which edits to evaluate on the test side")
+    parser.add_argument(
+        "--edits",
+        default="tuned,paper,previous",
+        help="edits to evaluate on the test side: tuned, paper, previous, trial-N (trial N of the study); the first "
+        "one's report holds the base model's replies",
+    )
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} is missing: this benchmark needs the shared prompt sets")
@@ -169,23 +188,11 @@ def main() -> None:
     for name in args.edits.split(","):
         edited = RUNS / f"edit-{name}"
         if not edited.is_dir():
-            if name == "tuned":
-                if not (study / "chosen.toml").is_file():
-                    print("no trial qualified: no tuned edit to test", flush=True)
-                    continue
-                seconds[f"apply-{name}"] = cli("apply", "--config", study / "chosen.toml", "-o", edited)
-            else:
-                flags = [str(recommended) if flag == "RECOMMENDED" else flag for flag in BASELINES[name]]
-                seconds[f"apply-{name}"] = cli(
-                    "apply",
-                    "--config",
-                    CONFIGS / "multijail-anchors-tune.toml",
-                    "--artifact",
-                    artifact,
-                    *flags,
-                    "-o",
-                    edited,
-                )
+            config_args = edit_args(name, pareto, study, recommended)
+            if config_args is None:
+                print(f"{name}: no such edit in this study (no trial qualified?)", flush=True)
+                continue
+            seconds[f"apply-{name}"] = cli("apply", *config_args, "-o", edited)
         # The first edit's report holds the base model's replies too; the others are paired with them.
         report = RUNS / f"test-{name}"
         base_report = base_report or report
