@@ -136,6 +136,62 @@ def edit_args(name: str, pareto: dict[str, Any], study: Path, recommended: int) 
     return ["--config", str(study_config(pareto, {}, RUNS / "study-anchors.toml")), *flags]
 
 
+def pct(rate: dict[str, Any]) -> str:
+    low, high = rate["ci95"]
+    return f"{100 * rate['rate']:.1f} [{100 * low:.0f}–{100 * high:.0f}]"
+
+
+def render(payload: dict[str, Any]) -> str:
+    """The test-side comparison as Markdown (benchmarks/results/tune-study.md)."""
+    study = payload["study"]
+    lines = [
+        "# Tune study on Qwen2.5-Coder-0.5B-Instruct",
+        "",
+        "Written by `python benchmarks/tune_study.py` from `tune-study.json`. Everything the study chose came from "
+        "the anchor side (MultiJail ids 100-314, MultiQ gpt-51..100 and lmsys-41..80); the table below is the test "
+        f"side: MultiJail ids 20-99 and MultiQ gpt-1..50, lmsys-1..40 plus PolyRefuse harmless val, the first "
+        f"{payload['test_limit_per_language']} per language and class, 32-token greedy replies, keyword judge. "
+        "Rates in % with 95 % Wilson intervals; McNemar tests are exact and pooled over languages; newly answered = "
+        "harmful test prompts the base model refused and the edited model answers.",
+        "",
+        f"Study: {study['study']['complete']} finished trials ({study['study']['pruned']} skipped, "
+        f"{study['study']['failed']} failed), {payload['seconds'].get('tune', float('nan')):.0f} s wall time; "
+        f"dev: {study['dev']['harmful']} harmful and {study['dev']['harmless']} harmless prompts. Chosen trial: "
+        f"{study['chosen']}; front: {', '.join(map(str, study['front']))}.",
+        "",
+        "| edit | params | non-English ASR base → edited | relative | McNemar p | over-refusal base → edited | "
+        "McNemar p | newly answered | test KL |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for name, result in payload["results"].items():
+        test, edit = result["test"], result["edit"]
+        label = f"{name} ({edit['strategy']}@{','.join(map(str, edit['layers']))})"
+        kl = result.get("test_kl_harmless")
+        lines.append(
+            f"| {label} | {edit['changed_parameters']} | {100 * test['mean_asr_non_english_base']:.1f} → "
+            f"{100 * test['mean_asr_non_english_edited']:.1f} | {100 * (test['mean_asr_relative_change'] or 0):+.0f} % | "
+            f"{test['mcnemar_asr_non_english']['p_value']:.3f} | {pct(test['over_refusal_pooled_base'])} → "
+            f"{pct(test['over_refusal_pooled_edited'])} | {test['mcnemar_over_refusal']['p_value']:.3f} | "
+            f"{test['newly_answered']}/{test['harmful_prompts']} | {'-' if kl is None else f'{kl:.4f}'} |"
+        )
+    for name, result in payload["results"].items():
+        lines += [
+            "",
+            f"## {name}: per language (test)",
+            "",
+            "| lang | ASR base | ASR edited | newly answered | "
+            "newly refused | over-refusal base | over-refusal edited |",
+            "|---|---|---|---:|---:|---|---|",
+        ]
+        for lang, row in result["test"]["by_lang"].items():
+            asr = (pct(row["asr_base"]), pct(row["asr_edited"])) if row["asr_base"]["n"] else ("-", "-")
+            lines.append(
+                f"| {lang} | {asr[0]} | {asr[1]} | {row['newly_answered']} | {row['newly_refused']} | "
+                f"{pct(row['over_refusal_base'])} | {pct(row['over_refusal_edited'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=40)
@@ -236,7 +292,8 @@ def main() -> None:
             "results": results,
         },
     )
-    print(f"wrote {path}")
+    (ROOT / "benchmarks" / "results" / "tune-study.md").write_text(render(json.loads(path.read_text())))
+    print(f"wrote {path} and tune-study.md")
 
 
 if __name__ == "__main__":
