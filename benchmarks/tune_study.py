@@ -174,6 +174,27 @@ def render(payload: dict[str, Any]) -> str:
             f"{pct(test['over_refusal_pooled_edited'])} | {test['mcnemar_over_refusal']['p_value']:.3f} | "
             f"{test['newly_answered']}/{test['harmful_prompts']} | {'-' if kl is None else f'{kl:.4f}'} |"
         )
+    lines += [
+        "",
+        "## Dev vs test (trials of the study)",
+        "",
+        f"Dev base: attack success {100 * study['base']['attack_success']:.1f} %. Over-refusal on dev is the rise "
+        "over the base model, as on test.",
+        "",
+        "| edit | trial | dev ASR | test ASR | dev over-refusal rise | test over-refusal rise | dev newly answered | "
+        "test newly answered |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, result in payload["results"].items():
+        dev, test = result.get("dev"), result["test"]
+        if dev is None:
+            continue
+        rise = test["over_refusal_pooled_edited"]["rate"] - test["over_refusal_pooled_base"]["rate"]
+        lines.append(
+            f"| {name} | {dev['trial']} | {100 * dev['attack_success']:.1f} | "
+            f"{100 * test['mean_asr_non_english_edited']:.1f} | {100 * dev['over_refusal']:+.1f} | {100 * rise:+.1f} | "
+            f"{dev['newly_answered']} | {test['newly_answered']} |"
+        )
     for name, result in payload["results"].items():
         lines += [
             "",
@@ -274,6 +295,10 @@ def main() -> None:
             "dev_kl_harmless": manifest["diagnostics"].get("kl_harmless"),
             "test": paired(report, base_report),
         }
+        number = pareto["chosen"] if name == "tuned" else int(name[6:]) if name.startswith("trial-") else None
+        if number is not None:
+            (trial,) = [t for t in pareto["trials"] if t["number"] == number]
+            results[name]["dev"] = {"trial": number, **trial["outcome"]}
         if report == base_report:
             results[name]["test_kl_harmless"] = json.loads((report / "report.json").read_text())["summary"][
                 "kl_harmless"
