@@ -130,7 +130,14 @@ def plot(payload: dict[str, Any], path: Path) -> bool:
             [100 * t["outcome"]["attack_success"] for t in selected],
         )
 
-    ax.scatter(*points(trials), s=18, color="0.6", label="trial")
+    limit = payload["settings"]["max_newly_answered"]
+    feasible = [t for t in trials if t["outcome"]["newly_answered_share"] <= limit]
+    infeasible = [t for t in trials if t["outcome"]["newly_answered_share"] > limit]
+    ax.scatter(*points(feasible), s=18, color="0.6", label="trial")
+    if infeasible:
+        ax.scatter(
+            *points(infeasible), s=18, facecolors="none", edgecolors="0.5", label="answers what base refused"
+        )
     ax.scatter(*points([t for t in trials if t["number"] in front]), s=30, color="tab:blue", label="Pareto front")
     chosen = [t for t in trials if t["number"] == payload["chosen"]]
     if chosen:
