@@ -115,7 +115,7 @@ def study_config(pareto: dict[str, Any], settings: dict[str, Any], path: Path) -
     import tomli_w
 
     from sparse_edit.config import TuneOptions
-    from sparse_edit.tune.trial import apply_settings
+    from sparse_edit.tuning.trial import apply_settings
 
     options = TuneOptions.model_validate({**pareto["settings"], "output": path.with_suffix("")})
     path.write_text(tomli_w.dumps(apply_settings(options, settings)), encoding="utf-8")

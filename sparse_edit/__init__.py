@@ -24,14 +24,14 @@ if TYPE_CHECKING:
     from sparse_edit.edit.verify import VerifyReport
     from sparse_edit.evaluation.run import EvalResult
     from sparse_edit.neurons.artifact import LocateArtifact
-    from sparse_edit.tune.study import TuneResult
+    from sparse_edit.tuning.study import TuneResult
 
 # Result types, imported on first use so that ``import sparse_edit`` does not load torch.
 _LAZY = {
     "EditResult": "sparse_edit.edit.run",
     "EvalResult": "sparse_edit.evaluation.run",
     "LocateArtifact": "sparse_edit.neurons.artifact",
-    "TuneResult": "sparse_edit.tune.study",
+    "TuneResult": "sparse_edit.tuning.study",
     "VerifyReport": "sparse_edit.edit.verify",
 }
 

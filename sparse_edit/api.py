@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sparse_edit.edit.verify import VerifyReport
     from sparse_edit.evaluation.run import EvalResult
     from sparse_edit.neurons.artifact import LocateArtifact
-    from sparse_edit.tune.study import TuneResult
+    from sparse_edit.tuning.study import TuneResult
 
 # Settings apply takes from the locate artifact when neither the config file nor an argument sets them.
 INHERITED_FROM_ARTIFACT = (
@@ -129,7 +129,7 @@ def tune(
 
     The study is journaled beside ``output`` while it runs, so a rerun with the same settings resumes.
     """
-    from sparse_edit.tune.study import run_tune
+    from sparse_edit.tuning.study import run_tune
 
     options = options or tune_options(config, **settings)
     return run_tune(options, _reporter(reporter), config)

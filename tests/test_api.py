@@ -48,3 +48,16 @@ def test_library_settings_are_validated_like_flags(tmp_path):
     with pytest.raises(SparseEditError, match="unknown setting 'max_new_token'"):
         se.evaluate(model="m", harmful=["h"], harmless=["s"], output=tmp_path / "o", max_new_token=4)
     assert not (tmp_path / "o").exists()
+
+
+def test_no_subpackage_shadows_an_api_function():
+    """Importing a subpackage sets it as an attribute of ``sparse_edit``: one named like an API function
+    would replace that function for everyone once anything imports it."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.walk_packages(se.__path__, "sparse_edit."):
+        if module.name != "sparse_edit.__main__":  # runs the command line
+            importlib.import_module(module.name)
+    for name in ("locate", "apply_edit", "tune", "evaluate", "verify", "revert"):
+        assert callable(getattr(se, name)), name

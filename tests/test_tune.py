@@ -12,9 +12,9 @@ import pytest
 
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.model.batching import Encoded
-from sparse_edit.tune.front import TrialRow, choose, pareto_front
-from sparse_edit.tune.study import journal_path
-from sparse_edit.tune.trial import DevSet, Verdicts, outcome
+from sparse_edit.tuning.front import TrialRow, choose, pareto_front
+from sparse_edit.tuning.study import journal_path
+from sparse_edit.tuning.trial import DevSet, Verdicts, outcome
 from tests.helpers import run_cli
 
 TRIAL_FLAGS = ("--device", "cpu", "--reply-tokens", "4", "--dev-fraction", "0.3", "-q")
@@ -64,7 +64,7 @@ def test_rerun_with_the_same_seed_samples_and_measures_the_same_trials(located, 
 # Runs the command line in a child process that is killed (SIGKILL) when its second trial starts.
 KILLED_IN_SECOND_TRIAL = """
 import os, signal, sys
-from sparse_edit.tune import trial
+from sparse_edit.tuning import trial
 original = trial.TrialRunner.run
 calls = []
 def run(self, settings, base):

@@ -28,9 +28,9 @@ from sparse_edit.errors import SparseEditError
 from sparse_edit.io.files import file_sha256
 from sparse_edit.io.layout import STUDY_DB, TUNED_EDIT_DIR
 from sparse_edit.io.outputs import check_output, command_inputs, staged_folder
-from sparse_edit.tune.front import CHOICE_RULE, TrialRow, choose, chosen_config, pareto_front, write_files
-from sparse_edit.tune.space import SearchSpace, describe
-from sparse_edit.tune.trial import TrialRunner, Verdicts, apply_settings
+from sparse_edit.tuning.front import CHOICE_RULE, TrialRow, choose, chosen_config, pareto_front, write_files
+from sparse_edit.tuning.space import SearchSpace, describe
+from sparse_edit.tuning.trial import TrialRunner, Verdicts, apply_settings
 
 STUDY_NAME = "sparse-edit-tune"
 # Settings that only decide how long the study runs or which trial is chosen: a resumed study may change them.
@@ -258,7 +258,7 @@ def _payload(
     import optuna
     from optuna.trial import TrialState
 
-    from sparse_edit.tune.trial import attack_success
+    from sparse_edit.tuning.trial import attack_success
 
     base_by_lang = attack_success(runner.dev, base.harmful)
     states = [t.state for t in study.get_trials(deepcopy=False)]
