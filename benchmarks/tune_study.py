@@ -156,8 +156,9 @@ def render(payload: dict[str, Any]) -> str:
         "",
         f"Study: {study['study']['complete']} finished trials ({study['study']['pruned']} skipped, "
         f"{study['study']['failed']} failed) in {study['study']['seconds_this_run']:.0f} s of search (model load, "
-        f"anchors and the base model's dev replies not counted; the whole command: "
-        f"{payload['seconds'].get('tune', float('nan')):.0f} s when this script ran it); "
+        "anchors and the base model's dev replies not counted"
+        + (f"; the whole command took {payload['seconds']['tune']:.0f} s" if "tune" in payload["seconds"] else "")
+        + "); "
         f"dev: {study['dev']['harmful']} harmful and {study['dev']['harmless']} harmless prompts. Chosen trial: "
         f"{study['chosen']}; front: {', '.join(map(str, study['front']))}.",
         "",
