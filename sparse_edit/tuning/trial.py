@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -176,13 +176,8 @@ class TrialRunner:
         bs, tokens = self.options.batch_size, self.options.reply_tokens
         labels: dict[str, tuple[str, ...]] = {}
         for group, items in (("harmful", self.dev.harmful), ("harmless", self.dev.harmless)):
-            if edit is None:
+            with edit() if edit is not None else nullcontext():
                 replies = generate_replies(self.loaded, items, tokens, bs, self.reporter, f"dev replies: {group}")
-            else:
-                with edit():
-                    replies = generate_replies(
-                        self.loaded, items, tokens, bs, self.reporter, f"dev replies: {group}"
-                    )
             labels[group] = tuple(
                 self.judge.judge(item.prompt.text, item.prompt.lang, reply).label
                 for item, reply in zip(items, replies, strict=True)

@@ -29,6 +29,7 @@ from sparse_edit.edit.strategies.detector_math import (
     fit_detector,
     harmless_output_energy,
     output_scale,
+    require_firing,
     response,
 )
 from sparse_edit.errors import SparseEditError
@@ -195,8 +196,7 @@ def output_scales(responses: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     needs), non-negative least squares for several (a neuron that fires may only add refusal)."""
     if responses.shape[1] == 1:
         return torch.tensor([output_scale(responses[:, 0], shift)], dtype=F64)
-    if float((responses**2).sum()) <= 0:
-        output_scale(responses[:, 0], shift)  # raises the "does not fire" error
+    require_firing(responses)
     from scipy.optimize import nnls
 
     solution, _ = nnls(responses.numpy(), shift.to(F64).numpy())

@@ -73,10 +73,16 @@ def harmless_output_energy(square_sums: torch.Tensor, down_rows: torch.Tensor) -
 
 def output_scale(responses: torch.Tensor, wanted: torch.Tensor) -> float:
     """Least-squares ``τ`` with ``τ · response ≈ wanted shift`` over the anchors it should fire on."""
+    energy = require_firing(responses)
+    return float((responses.to(F64) * wanted.to(F64)).sum()) / energy
+
+
+def require_firing(responses: torch.Tensor) -> float:
+    """The responses' total energy; refused when the detector(s) fire on no anchor they are fitted to."""
     energy = float((responses.to(F64) ** 2).sum())
     if energy <= 0:
         raise SparseEditError(
             "--strategy detector: the detector does not fire on any anchor it is fitted to at this layer; "
             "try another --layer or a smaller --detector-margin"
         )
-    return float((responses.to(F64) * wanted.to(F64)).sum()) / energy
+    return energy
