@@ -26,7 +26,7 @@ from common import ROOT, SHARED, save
 
 from sparse_edit.measure.statistics import mcnemar, wilson
 
-RUNS = ROOT / "runs" / "multijail-anchors"
+RUNS = ROOT / "runs" / "multijail-anchors"  # --runs
 CONFIGS = ROOT / "examples" / "configs"
 MODEL = "zoo:qwen2.5-coder-0.5b-instruct"
 # The baselines are solved on the study's anchors (its fixed settings), with these flags on top.
@@ -122,7 +122,7 @@ def study_config(pareto: dict[str, Any], settings: dict[str, Any], path: Path) -
     return path
 
 
-def edit_args(name: str, pareto: dict[str, Any], study: Path, recommended: int) -> list[str] | None:
+def edit_args(name: str, pareto: dict[str, Any], study: Path, recommended: int, runs: Path) -> list[str] | None:
     """apply's arguments for an edit: ``tuned`` (chosen.toml), ``trial-N`` (trial N of the study) or a baseline
     (the study's anchors and fixed settings with the baseline's flags)."""
     if name == "tuned":
@@ -131,9 +131,9 @@ def edit_args(name: str, pareto: dict[str, Any], study: Path, recommended: int) 
     if name.startswith("trial-"):
         number = int(name.removeprefix("trial-"))
         (trial,) = [t for t in pareto["trials"] if t["number"] == number]
-        return ["--config", str(study_config(pareto, trial["settings"], RUNS / f"{name}.toml"))]
+        return ["--config", str(study_config(pareto, trial["settings"], runs / f"{name}.toml"))]
     flags = [str(recommended) if flag == "RECOMMENDED" else flag for flag in BASELINES[name]]
-    return ["--config", str(study_config(pareto, {}, RUNS / "study-anchors.toml")), *flags]
+    return ["--config", str(study_config(pareto, {}, runs / "study-anchors.toml")), *flags]
 
 
 def pct(rate: dict[str, Any]) -> str:
@@ -150,7 +150,8 @@ def render(payload: dict[str, Any]) -> str:
         "Written by `python benchmarks/tune_study.py` from `tune-study.json`. Everything the study chose came from "
         "the anchor side (MultiJail ids 100-314, MultiQ gpt-51..100 and lmsys-41..80); the table below is the test "
         f"side: MultiJail ids 20-99 and MultiQ gpt-1..50, lmsys-1..40 plus PolyRefuse harmless val, the first "
-        f"{payload['test_limit_per_language']} per language and class, 32-token greedy replies, keyword judge. "
+        f"{payload['test_limit_per_language']} per language and class, 32-token greedy replies ({payload.get('eval_dtype', 'auto')} "
+        "eval), keyword judge. "
         "Rates in % with 95 % Wilson intervals; McNemar tests are exact and pooled over languages; newly answered = "
         "harmful test prompts the base model refused and the edited model answers.",
         "",
@@ -227,14 +228,22 @@ def main() -> None:
         help="edits to evaluate on the test side: tuned, paper, previous, trial-N (trial N of the study); the first "
         "one's report holds the base model's replies",
     )
+    parser.add_argument(
+        "--runs", type=Path, default=RUNS, help="folder for the artifact, study, edits and reports"
+    )
+    parser.add_argument(
+        "--dtype", default=None, help="eval's --dtype (tune and apply take theirs from the tune config)"
+    )
+    parser.add_argument("--name", default="tune-study", help="results file name in benchmarks/results/")
     args = parser.parse_args()
+    runs: Path = args.runs.resolve()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} is missing: this benchmark needs the shared prompt sets")
     data = ROOT / "data"
     if not data.exists():
         data.symlink_to(SHARED)
     seconds: dict[str, float] = {}
-    artifact = RUNS / "locate.safetensors"
+    artifact = runs / "locate.safetensors"
     if not artifact.is_file():
         seconds["locate"] = cli(
             "locate",
@@ -247,11 +256,18 @@ def main() -> None:
             "-o",
             artifact,
         )
-    study = RUNS / "tune"
+    study = runs / "tune"
     tune_flags = ["--trials", str(args.trials), *(["--timeout", str(args.timeout)] if args.timeout else [])]
     if not study.is_dir():
         seconds["tune"] = cli(
-            "tune", "--config", CONFIGS / "multijail-anchors-tune.toml", *tune_flags, "-o", study
+            "tune",
+            "--config",
+            CONFIGS / "multijail-anchors-tune.toml",
+            "--artifact",
+            artifact,
+            *tune_flags,
+            "-o",
+            study,
         )
     pareto = json.loads((study / "pareto.json").read_text())
     recommended = json.loads(
@@ -266,15 +282,15 @@ def main() -> None:
     results: dict[str, Any] = {}
     base_report: Path | None = None
     for name in args.edits.split(","):
-        edited = RUNS / f"edit-{name}"
+        edited = runs / f"edit-{name}"
         if not edited.is_dir():
-            config_args = edit_args(name, pareto, study, recommended)
+            config_args = edit_args(name, pareto, study, recommended, runs)
             if config_args is None:
                 print(f"{name}: no such edit in this study (no trial qualified?)", flush=True)
                 continue
             seconds[f"apply-{name}"] = cli("apply", *config_args, "-o", edited)
         # The first edit's report holds the base model's replies too; the others are paired with them.
-        report = RUNS / f"test-{name}"
+        report = runs / f"test-{name}"
         base_report = base_report or report
         if not report.is_dir():
             with_base = ["--base", MODEL] if report == base_report else []
@@ -289,6 +305,7 @@ def main() -> None:
                 str(args.test_limit),
                 "--harmless-limit",
                 str(args.test_limit),
+                *(["--dtype", args.dtype] if args.dtype else []),
                 "-o",
                 report,
             )
@@ -306,11 +323,13 @@ def main() -> None:
             results[name]["test_kl_harmless"] = json.loads((report / "report.json").read_text())["summary"][
                 "kl_harmless"
             ]
-    shutil.copyfile(study / "pareto.md", ROOT / "benchmarks" / "results" / "tune-study-pareto.md")
+    shutil.copyfile(study / "pareto.md", ROOT / "benchmarks" / "results" / f"{args.name}-pareto.md")
     path = save(
-        "tune-study",
+        args.name,
         {
             "model": MODEL,
+            "eval_dtype": args.dtype or "auto",
+            "runs": str(runs.relative_to(ROOT)) if runs.is_relative_to(ROOT) else str(runs),
             "seconds": seconds,
             "study": {
                 k: pareto[k] for k in ("dev", "base", "front", "chosen", "study", "settings", "choice_rule")
@@ -320,8 +339,8 @@ def main() -> None:
             "results": results,
         },
     )
-    (ROOT / "benchmarks" / "results" / "tune-study.md").write_text(render(json.loads(path.read_text())))
-    print(f"wrote {path} and tune-study.md")
+    (ROOT / "benchmarks" / "results" / f"{args.name}.md").write_text(render(json.loads(path.read_text())))
+    print(f"wrote {path} and {args.name}.md")
 
 
 if __name__ == "__main__":

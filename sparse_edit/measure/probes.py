@@ -90,10 +90,12 @@ def token_kl(
     batch_size: int,
     edit: EditContext,
     scores: RefusalScores | None = None,
+    base: Logits | None = None,
 ) -> tuple[float, float]:
     """Mean per-token KL(base ‖ edited) in nats and the change of mean token NLL, over non-pad positions.
 
-    With ``scores``, the edited model's refusal log-odds are read off the same forward passes.
+    With ``scores``, the edited model's refusal log-odds are read off the same forward passes; ``base``
+    replaces the base model's pass (a ``KeptLogits`` of it).
     """
 
     def edited_logits(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -102,7 +104,7 @@ def token_kl(
 
     return kl_between(
         loaded,
-        lambda inputs: loaded.model(**inputs, use_cache=False).logits,
+        base or base_logits(loaded),
         edited_logits,
         encoded,
         batch_size,
@@ -111,6 +113,33 @@ def token_kl(
 
 
 Logits = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+def base_logits(loaded: LoadedModel) -> Logits:
+    return lambda inputs: loaded.model(**inputs, use_cache=False).logits
+
+
+class KeptLogits:
+    """A model's logits per batch, computed once and kept (up to ``budget`` bytes) for later calls on the
+    same inputs: repeated KL measurements against one base model then run only the edited pass."""
+
+    def __init__(self, logits: Logits, budget: int) -> None:
+        self.logits = logits
+        self.budget = budget
+        self.kept: dict[bytes, torch.Tensor] = {}
+        self.size = 0
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids = inputs["input_ids"]
+        key = bytes(str(tuple(ids.shape)), "ascii") + ids.cpu().numpy().tobytes()
+        if key in self.kept:
+            return self.kept[key]
+        value = self.logits(inputs)
+        size = value.numel() * value.element_size()
+        if self.size + size <= self.budget:
+            self.kept[key] = value
+            self.size += size
+        return value
 
 
 def kl_between(

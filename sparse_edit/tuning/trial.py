@@ -22,7 +22,7 @@ from sparse_edit.edit.delta import applied_in_memory
 from sparse_edit.edit.gather import LayerData, gather, requests
 from sparse_edit.edit.plan import make_plan
 from sparse_edit.measure.judge import KeywordJudge
-from sparse_edit.measure.probes import token_kl
+from sparse_edit.measure.probes import KeptLogits, base_logits, token_kl
 from sparse_edit.model.batching import Encoded
 from sparse_edit.model.features import FeatureRequest
 from sparse_edit.model.generation import generate_replies
@@ -33,6 +33,8 @@ from sparse_edit.neurons.artifact import LocateArtifact
 TUNE_ONLY = frozenset(TuneOptions.model_fields) - frozenset(ApplyOptions.model_fields) | {"output", "overwrite"}
 # Feature sets kept at once (each holds every searched layer's rows and Grams).
 FEATURE_CACHE_SIZE = 4
+# Base-model logits of the harmless dev prompts kept for the KL of every trial (beyond it: recomputed).
+BASE_LOGITS_BUDGET = 2 << 30
 
 
 def apply_settings(options: TuneOptions, settings: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +168,7 @@ class TrialRunner:
         self.judge = KeywordJudge()
         self._features: dict[str, dict[int, LayerData]] = {}
         self._storage: dict[str, torch.dtype] = {}
+        self._base_logits = KeptLogits(base_logits(loaded), BASE_LOGITS_BUDGET)
 
     def trial_options(self, settings: dict[str, Any]) -> ApplyOptions:
         values = apply_settings(self.options, settings)
@@ -177,7 +180,15 @@ class TrialRunner:
         labels: dict[str, tuple[str, ...]] = {}
         for group, items in (("harmful", self.dev.harmful), ("harmless", self.dev.harmless)):
             with edit() if edit is not None else nullcontext():
-                replies = generate_replies(self.loaded, items, tokens, bs, self.reporter, f"dev replies: {group}")
+                replies = generate_replies(
+                    self.loaded,
+                    items,
+                    tokens,
+                    bs,
+                    self.reporter,
+                    f"dev replies: {group}",
+                    settled=lambda prompt, reply: self.judge.settled(prompt.lang, reply),
+                )
             labels[group] = tuple(
                 self.judge.judge(item.prompt.text, item.prompt.lang, reply).label
                 for item, reply in zip(items, replies, strict=True)
@@ -211,5 +222,5 @@ class TrialRunner:
             return applied_in_memory(self.loaded.model, candidate.edits, storage)
 
         edited = self.verdicts(edit)
-        kl, _ = token_kl(self.loaded, self.dev.harmless, self.options.batch_size, edit)
+        kl, _ = token_kl(self.loaded, self.dev.harmless, self.options.batch_size, edit, base=self._base_logits)
         return outcome(self.dev, base, edited, kl, int(candidate.diagnostics["changed_parameters"]))
