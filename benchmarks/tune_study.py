@@ -136,6 +136,55 @@ def edit_args(name: str, pareto: dict[str, Any], study: Path, recommended: int, 
     return ["--config", str(study_config(pareto, {}, runs / "study-anchors.toml")), *flags]
 
 
+def edit_names(edits: str, pareto: dict[str, Any]) -> list[str]:
+    """``--edits`` with ``front`` expanded to trial-N for every trial on the study's front (the chosen one is
+    ``tuned`` when that is listed too)."""
+    names: list[str] = []
+    for name in edits.split(","):
+        if name != "front":
+            names.append(name)
+            continue
+        skip = pareto["chosen"] if "tuned" in edits.split(",") else None
+        names += [f"trial-{number}" for number in pareto["front"] if number != skip]
+    return list(dict.fromkeys(names))
+
+
+def agreement(results: dict[str, Any]) -> dict[str, Any]:
+    """Does the dev order of the evaluated trials hold on test? Spearman's rank correlation and the share of
+    pairs ordered alike, for attack success and for the over-refusal rise."""
+    from scipy.stats import spearmanr
+
+    rows = [r for r in results.values() if "dev" in r]
+    out: dict[str, Any] = {"trials": len(rows)}
+    if len(rows) < 3:
+        return out
+    test_rise = [
+        r["test"]["over_refusal_pooled_edited"]["rate"] - r["test"]["over_refusal_pooled_base"]["rate"]
+        for r in rows
+    ]
+    pairs = {
+        "attack_success": (
+            [r["dev"]["attack_success"] for r in rows],
+            [r["test"]["mean_asr_non_english_edited"] for r in rows],
+        ),
+        "over_refusal": ([r["dev"]["over_refusal"] for r in rows], test_rise),
+    }
+    for name, (dev, test) in pairs.items():
+        ordered = [
+            (dev[i] - dev[j]) * (test[i] - test[j]) > 0
+            for i in range(len(rows))
+            for j in range(i + 1, len(rows))
+            if dev[i] != dev[j] and test[i] != test[j]
+        ]
+        rho = spearmanr(dev, test).statistic
+        out[name] = {
+            "spearman": None if rho != rho else float(rho),
+            "pairs_ordered_alike": sum(ordered),
+            "pairs_compared": len(ordered),
+        }
+    return out
+
+
 def pct(rate: dict[str, Any]) -> str:
     low, high = rate["ci95"]
     return f"{100 * rate['rate']:.1f} [{100 * low:.0f}–{100 * high:.0f}]"
@@ -199,6 +248,16 @@ def render(payload: dict[str, Any]) -> str:
             f"{100 * test['mean_asr_non_english_edited']:.1f} | {100 * dev['over_refusal']:+.1f} | {100 * rise:+.1f} | "
             f"{dev['newly_answered']} | {test['newly_answered']} |"
         )
+    agree = payload.get("dev_test_agreement", {})
+    for name in ("attack_success", "over_refusal"):
+        if name in agree:
+            a = agree[name]
+            rho = "undefined" if a["spearman"] is None else f"{a['spearman']:.2f}"
+            lines += [
+                "",
+                f"Dev vs test order, {name.replace('_', ' ')} ({agree['trials']} trials): Spearman {rho}; "
+                f"{a['pairs_ordered_alike']} of {a['pairs_compared']} pairs (ties left out) ordered alike.",
+            ]
     for name, result in payload["results"].items():
         lines += [
             "",
@@ -225,8 +284,8 @@ def main() -> None:
     parser.add_argument(
         "--edits",
         default="tuned,paper,previous",
-        help="edits to evaluate on the test side: tuned, paper, previous, trial-N (trial N of the study); the first "
-        "one's report holds the base model's replies",
+        help="edits to evaluate on the test side: tuned, paper, previous, trial-N (trial N of the study), front "
+        "(every trial on the study's front); the first one's report holds the base model's replies",
     )
     parser.add_argument(
         "--runs", type=Path, default=RUNS, help="folder for the artifact, study, edits and reports"
@@ -281,7 +340,7 @@ def main() -> None:
     )["recommended_layer"]
     results: dict[str, Any] = {}
     base_report: Path | None = None
-    for name in args.edits.split(","):
+    for name in edit_names(args.edits, pareto):
         edited = runs / f"edit-{name}"
         if not edited.is_dir():
             config_args = edit_args(name, pareto, study, recommended, runs)
@@ -337,6 +396,7 @@ def main() -> None:
             "trials": pareto["trials"],
             "test_limit_per_language": args.test_limit,
             "results": results,
+            "dev_test_agreement": agreement(results),
         },
     )
     (ROOT / "benchmarks" / "results" / f"{args.name}.md").write_text(render(json.loads(path.read_text())))
