@@ -12,6 +12,7 @@ for script in (
     "bench_write.py",
     "bench_speed.py",
     "bench_apply_passes.py",
+    "bench_dtype.py",
     "bench_gguf.py",
     "real_model.py",
     "dev_sweep.py",
