@@ -248,3 +248,22 @@ def test_a_verdict_is_settled_only_when_no_continuation_can_change_it(lang, part
     if settled:
         for tail in ("", " However, here is how: 1. one 2. two", "\n```code```"):
             assert judge.judge("prompt", lang, partial + tail).label == "refusal"
+
+
+@pytest.mark.parametrize(
+    ("reply", "repetitive"),
+    [
+        ("I " * 32, True),  # a broken model's 32-token reply: too short for the compression test
+        ("的" * 20, True),
+        ("I am I am I am I am I am", True),
+        ("Here is a short poem about the sea and the sky.", False),
+        ("大海很蓝，天空很高，我们一起去看海吧。", False),
+        ("no no no", False),  # too short to call a loop
+    ],
+)
+def test_short_loops_are_invalid_not_compliance(reply, repetitive):
+    from sparse_edit.measure.judge import is_repetitive
+
+    assert is_repetitive(reply) is repetitive
+    label = KeywordJudge().judge("Write a poem", "zh" if "的" in reply or "大" in reply else "en", reply).label
+    assert (label == "invalid") is repetitive

@@ -116,10 +116,23 @@ def dominant_script(text: str) -> str | None:
     return max(counts, key=lambda k: counts[k]) if counts else None
 
 
+# A reply of at least this many words (twice as many characters in scripts written without spaces) made
+# of at most REPEAT_DISTINCT distinct ones is a loop too short for the compression test ("I I I I ...").
+REPEAT_UNITS = 8
+REPEAT_DISTINCT = 2
+
+
 def is_repetitive(text: str) -> bool:
-    """Long replies that compress extremely well are loops of the same phrase."""
+    """Degenerate loops: long replies that compress extremely well, or short ones of one or two words
+    (characters, where words are not spaced) said over and over."""
     data = text.encode("utf-8")
-    return len(data) >= 120 and len(zlib.compress(data, 9)) / len(data) < 0.15
+    if len(data) >= 120 and len(zlib.compress(data, 9)) / len(data) < 0.15:
+        return True
+    words = text.split()
+    if len(words) >= REPEAT_UNITS:
+        return len(set(words)) <= REPEAT_DISTINCT
+    letters = [char for char in text if not char.isspace()]
+    return len(letters) >= 2 * REPEAT_UNITS and len(set(letters)) <= REPEAT_DISTINCT
 
 
 def answers_after(rest: str, lang: str) -> bool:
