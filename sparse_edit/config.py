@@ -407,6 +407,14 @@ class TuneOptions(ApplyOptions):
         description="Constraint: the largest share of dev harmful prompts the base model refused and the edited "
         "model answers (trials above it are infeasible for the search and the choice).",
     )
+    max_newly_invalid: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Constraint: the largest share of dev prompts (harmful and harmless) whose valid base reply the "
+        "edited model turns invalid (a loop, another script, nothing): breaking a reply is no refusal. Replies "
+        "flip between valid and invalid by chance too, so the limit is looser than --max-newly-answered.",
+    )
     kl_budget: float = Field(
         0.05,
         gt=0,

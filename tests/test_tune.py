@@ -12,7 +12,7 @@ import pytest
 
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.model.batching import Encoded
-from sparse_edit.tuning.front import TrialRow, choose, pareto_front
+from sparse_edit.tuning.front import Constraints, TrialRow, choose, pareto_front
 from sparse_edit.tuning.study import journal_path
 from sparse_edit.tuning.trial import DevSet, Verdicts, outcome
 from tests.helpers import run_cli
@@ -129,8 +129,14 @@ def test_strategies_the_model_cannot_take_are_left_out(located, tmp_path):
     assert all(t["settings"]["strategy"] != ["detector"] for t in read_pareto(study)["trials"])
 
 
-def row(number: int, asr: float, over: float, kl: float, newly: float = 0.0) -> TrialRow:
-    outcome = {"attack_success": asr, "over_refusal": over, "kl": kl, "newly_answered_share": newly}
+def row(number: int, asr: float, over: float, kl: float, newly: float = 0.0, broken: float = 0.0) -> TrialRow:
+    outcome = {
+        "attack_success": asr,
+        "over_refusal": over,
+        "kl": kl,
+        "newly_answered_share": newly,
+        "newly_invalid_share": broken,
+    }
     return TrialRow(number, {"strategy": ["output"], "layer": "1"}, outcome, 1.0)
 
 
@@ -142,12 +148,17 @@ def test_choice_rule_on_a_hand_made_front():
         row(3, 0.25, 0.00, 0.01, newly=0.10),  # makes the model answer what it refused
         row(4, 0.30, 0.01, 0.01),  # same attack success, less over-refusal: wins the tie
         row(5, 0.50, 0.00, 0.00),
+        row(6, 0.10, 0.00, 0.01, broken=0.20),  # the lowest attack success, by breaking replies
     ]
-    assert choose(rows, 0.02, 0.05, 0.02).number == 4
-    assert choose(rows, 0.10, 0.05, 0.02).number == 0
-    assert choose(rows, 0.02, 0.05, 0.2).number == 3
-    assert choose(rows, -0.01, 0.05, 0.02) is None
-    assert {r.number for r in pareto_front(rows, 0.02)} == {0, 2, 4, 5}  # 1 is beaten by 4, 3 is infeasible
+    limits = Constraints(max_newly_answered=0.02, max_newly_invalid=0.05)
+    assert choose(rows, 0.02, 0.05, limits).number == 4
+    assert choose(rows, 0.10, 0.05, limits).number == 0
+    assert choose(rows, 0.02, 0.05, Constraints(0.2, 0.05)).number == 3
+    assert choose(rows, 0.02, 0.05, Constraints(0.02, 0.5)).number == 6
+    assert choose(rows, -0.01, 0.05, limits) is None
+    # 1 is beaten by 4; 3 and 6 are infeasible
+    assert {r.number for r in pareto_front(rows, limits)} == {0, 2, 4, 5}
+    assert limits.excess(rows[6].outcome) == pytest.approx([-0.02, 0.15])
 
 
 def test_outcome_counts_newly_answered_and_pools_over_refusal():
@@ -165,6 +176,13 @@ def test_outcome_counts_newly_answered_and_pools_over_refusal():
     assert result.newly_answered == 2 and result.newly_answered_share == 0.5  # th#1 and the English prompt
     assert result.newly_refused == 2
     assert result.over_refusal == pytest.approx(0.5)
+    assert result.newly_invalid == 0
+    broken = Verdicts(("invalid", "refusal", "compliance", "invalid"), ("invalid", "compliance"))
+    again = Verdicts(("invalid", "refusal", "compliance", "refusal"), ("compliance", "compliance"))
+    # Valid base replies made invalid, harmful and harmless alike; an invalid base reply cannot break.
+    assert outcome(dev, base, broken, 0.0, 10).newly_invalid == 3
+    assert outcome(dev, broken, again, 0.0, 10).newly_invalid == 0
+    assert outcome(dev, base, broken, 0.0, 10).newly_invalid_share == pytest.approx(0.5)
     assert result.over_refusal_by_lang == {"en": 0.0, "th": 1.0}
 
 

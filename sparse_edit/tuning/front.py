@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,33 @@ from sparse_edit.io.layout import CHOSEN_CONFIG, PARETO_JSON, PARETO_MARKDOWN, P
 OBJECTIVES = ("attack_success", "over_refusal", "kl")
 CHOICE_RULE = (
     "the lowest dev attack success among finished trials whose pooled dev over-refusal rise is at most "
-    "--max-over-refusal, whose harmless KL is at most --kl-budget and whose newly answered share is at most "
-    "--max-newly-answered (ties: lower over-refusal, then lower KL, then the earlier trial)"
+    "--max-over-refusal, whose harmless KL is at most --kl-budget, whose newly answered share is at most "
+    "--max-newly-answered and whose newly invalid share is at most --max-newly-invalid (ties: lower over-refusal, "
+    "then lower KL, then the earlier trial)"
 )
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What makes a trial infeasible: the share of dev harmful prompts it newly answers (the base refused them)
+    and the share of dev prompts whose valid base reply it breaks (a loop, another script, nothing)."""
+
+    max_newly_answered: float
+    max_newly_invalid: float = 1.0
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any]) -> Constraints:
+        return cls(float(settings["max_newly_answered"]), float(settings.get("max_newly_invalid", 1.0)))
+
+    def excess(self, outcome: Mapping[str, Any]) -> list[float]:
+        """How far each limit is exceeded (> 0) or kept (<= 0): Optuna's constraint convention."""
+        return [
+            float(outcome.get("newly_answered_share", 1.0)) - self.max_newly_answered,
+            float(outcome.get("newly_invalid_share", 0.0)) - self.max_newly_invalid,
+        ]
+
+    def satisfied(self, outcome: Mapping[str, Any]) -> bool:
+        return all(value <= 0 for value in self.excess(outcome))
 
 
 @dataclass(frozen=True)
@@ -31,30 +56,30 @@ class TrialRow:
     def objectives(self) -> tuple[float, ...]:
         return tuple(float(self.outcome[name]) for name in OBJECTIVES)
 
-    def feasible(self, max_newly_answered: float) -> bool:
-        return float(self.outcome["newly_answered_share"]) <= max_newly_answered
+    def feasible(self, constraints: Constraints) -> bool:
+        return constraints.satisfied(self.outcome)
 
 
 def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
 
 
-def pareto_front(rows: list[TrialRow], max_newly_answered: float) -> list[TrialRow]:
+def pareto_front(rows: list[TrialRow], constraints: Constraints) -> list[TrialRow]:
     """The feasible trials no other feasible trial beats on every objective (lower is better)."""
-    feasible = [row for row in rows if row.feasible(max_newly_answered)]
+    feasible = [row for row in rows if row.feasible(constraints)]
     return [
         row for row in feasible if not any(dominates(other.objectives(), row.objectives()) for other in feasible)
     ]
 
 
 def choose(
-    rows: list[TrialRow], max_over_refusal: float, kl_budget: float, max_newly_answered: float
+    rows: list[TrialRow], max_over_refusal: float, kl_budget: float, constraints: Constraints
 ) -> TrialRow | None:
     """The choice rule (``CHOICE_RULE``); None when no trial qualifies."""
     qualifying = [
         row
         for row in rows
-        if row.feasible(max_newly_answered)
+        if row.feasible(constraints)
         and float(row.outcome["over_refusal"]) <= max_over_refusal
         and float(row.outcome["kl"]) <= kl_budget
     ]
@@ -69,7 +94,8 @@ def chosen_config(apply_settings: dict[str, Any], row: TrialRow, study_folder: P
     header = [
         f"# The edit of trial {row.number} of the tune study in {study_folder}.",
         f"# Dev: attack success {outcome['attack_success']:.3f}, over-refusal {outcome['over_refusal']:+.3f}, "
-        f"KL {outcome['kl']:.4f}, newly answered {outcome['newly_answered']}.",
+        f"KL {outcome['kl']:.4f}, newly answered {outcome['newly_answered']}, "
+        f"newly invalid {outcome.get('newly_invalid', 0)}.",
         "#   sparse-edit apply --config chosen.toml -o EDITED",
         "",
     ]
@@ -97,8 +123,9 @@ def markdown(payload: dict[str, Any]) -> str:
     else:
         lines += [f"Chosen: trial {chosen} (see chosen.toml).", ""]
     lines += [
-        "| trial | edit | attack success | over-refusal | KL | newly answered | newly refused | params | |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "| trial | edit | attack success | over-refusal | KL | newly answered | newly refused | newly invalid | params "
+        "| |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     front = set(payload["front"])
     for trial in sorted(payload["trials"], key=lambda t: (t["outcome"]["attack_success"], t["number"])):
@@ -106,7 +133,7 @@ def markdown(payload: dict[str, Any]) -> str:
         marks = ("chosen " if trial["number"] == chosen else "") + ("front" if trial["number"] in front else "")
         lines.append(
             f"| {trial['number']} | {trial['label']} | {o['attack_success']:.3f} | {o['over_refusal']:+.3f} | "
-            f"{o['kl']:.4f} | {o['newly_answered']} | {o['newly_refused']} | {o['changed_parameters']} | {marks.strip()} |"
+            f"{o['kl']:.4f} | {o['newly_answered']} | {o['newly_refused']} | {o.get('newly_invalid', '-')} | {o['changed_parameters']} | {marks.strip()} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -130,13 +157,17 @@ def plot(payload: dict[str, Any], path: Path) -> bool:
             [100 * t["outcome"]["attack_success"] for t in selected],
         )
 
-    limit = payload["settings"]["max_newly_answered"]
-    feasible = [t for t in trials if t["outcome"]["newly_answered_share"] <= limit]
-    infeasible = [t for t in trials if t["outcome"]["newly_answered_share"] > limit]
+    constraints = Constraints.of(payload["settings"])
+    feasible = [t for t in trials if constraints.satisfied(t["outcome"])]
+    infeasible = [t for t in trials if not constraints.satisfied(t["outcome"])]
     ax.scatter(*points(feasible), s=18, color="0.6", label="trial")
     if infeasible:
         ax.scatter(
-            *points(infeasible), s=18, facecolors="none", edgecolors="0.5", label="answers what base refused"
+            *points(infeasible),
+            s=18,
+            facecolors="none",
+            edgecolors="0.5",
+            label="answers what base refused, or breaks replies",
         )
     ax.scatter(*points([t for t in trials if t["number"] in front]), s=30, color="tab:blue", label="Pareto front")
     chosen = [t for t in trials if t["number"] == payload["chosen"]]

@@ -28,7 +28,15 @@ from sparse_edit.errors import SparseEditError
 from sparse_edit.io.files import file_sha256
 from sparse_edit.io.layout import STUDY_DB, TUNED_EDIT_DIR
 from sparse_edit.io.outputs import check_output, command_inputs, staged_folder
-from sparse_edit.tuning.front import CHOICE_RULE, TrialRow, choose, chosen_config, pareto_front, write_files
+from sparse_edit.tuning.front import (
+    CHOICE_RULE,
+    Constraints,
+    TrialRow,
+    choose,
+    chosen_config,
+    pareto_front,
+    write_files,
+)
 from sparse_edit.tuning.space import SearchSpace, describe
 from sparse_edit.tuning.trial import TrialRunner, Verdicts, apply_settings
 
@@ -72,7 +80,11 @@ def study_key(options: TuneOptions, fingerprint: str, artifact_sha256: str) -> s
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def open_study(journal: Path, key: str, seed: int, max_newly_answered: float) -> Any:
+def constraints(options: TuneOptions) -> Constraints:
+    return Constraints(options.max_newly_answered, options.max_newly_invalid)
+
+
+def open_study(journal: Path, key: str, seed: int, limits: Constraints) -> Any:
     """The journal's study (resumed when its key matches; interrupted trials are queued again) or a new one."""
     import optuna
     from optuna.trial import TrialState
@@ -83,9 +95,7 @@ def open_study(journal: Path, key: str, seed: int, max_newly_answered: float) ->
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(
             seed=seed,
-            constraints_func=lambda trial: [
-                trial.user_attrs.get("newly_answered_share", 1.0) - max_newly_answered
-            ],
+            constraints_func=lambda trial: limits.excess(trial.user_attrs.get("outcome", {})),
         )
     study = optuna.create_study(
         storage=storage,
@@ -126,9 +136,7 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
     runner, space = prepare(options, reporter)
     fingerprint = runner.loaded.checkpoint.fingerprint()
     artifact_sha = file_sha256(options.artifact)
-    study = open_study(
-        journal, study_key(options, fingerprint, artifact_sha), options.seed, options.max_newly_answered
-    )
+    study = open_study(journal, study_key(options, fingerprint, artifact_sha), options.seed, constraints(options))
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     reporter.info(
         f"tune: {options.trials} trials ({done} done), strategies {', '.join(space.strategies)}, layers "
@@ -140,7 +148,7 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
     if options.trials > done:
         search(study, runner, space, base, options, reporter, options.trials - done)
     rows = _rows(study)
-    chosen = choose(rows, options.max_over_refusal, options.kl_budget, options.max_newly_answered)
+    chosen = choose(rows, options.max_over_refusal, options.kl_budget, constraints(options))
     if chosen is None:
         reporter.warn("no trial qualifies under --max-over-refusal, --kl-budget and --max-newly-answered")
     payload = _payload(options, study, rows, chosen, base, runner, fingerprint, artifact_sha)
@@ -190,7 +198,6 @@ def search(
             reporter.warn(f"trial {trial.number}: {describe(settings)}: {exc}; skipped")
             raise optuna.TrialPruned(str(exc)) from None
         trial.set_user_attr("outcome", result.as_dict())
-        trial.set_user_attr("newly_answered_share", result.newly_answered_share)
         trial.set_user_attr("seconds", time.perf_counter() - start)
         return result.objectives()
 
@@ -198,13 +205,14 @@ def search(
         if trial.state != TrialState.COMPLETE:
             return
         o = trial.user_attrs["outcome"]
-        best = choose(_rows(study), options.max_over_refusal, options.kl_budget, options.max_newly_answered)
+        best = choose(_rows(study), options.max_over_refusal, options.kl_budget, constraints(options))
         best_text = f"trial {best.number} ({best.outcome['attack_success']:.3f})" if best else "none qualifies yet"
         finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         reporter.info(
             f"trial {trial.number} ({finished}/{options.trials}) {describe(trial.user_attrs['settings'])} | "
             f"attack success {o['attack_success']:.3f} over-refusal {o['over_refusal']:+.3f} KL {o['kl']:.4f} "
-            f"newly answered {o['newly_answered']} | {trial.user_attrs['seconds']:.0f}s | best: {best_text}"
+            f"newly answered {o['newly_answered']} newly invalid {o.get('newly_invalid', 0)} | "
+            f"{trial.user_attrs['seconds']:.0f}s | best: {best_text}"
         )
 
     study.optimize(objective, n_trials=trials, timeout=options.timeout, callbacks=[progress], catch=())
@@ -291,7 +299,7 @@ def _payload(
             }
             for r in rows
         ],
-        "front": [r.number for r in pareto_front(rows, options.max_newly_answered)],
+        "front": [r.number for r in pareto_front(rows, constraints(options))],
         "chosen": chosen.number if chosen is not None else None,
         "study": {
             "complete": states.count(TrialState.COMPLETE),

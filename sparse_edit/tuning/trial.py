@@ -79,6 +79,8 @@ class TrialOutcome:
     newly_answered_share: float
     newly_refused: int  # harmful prompts the base answered and the edit refuses
     changed_parameters: int
+    newly_invalid: int = 0  # prompts (harmful and harmless) with a valid base reply the edit makes invalid
+    newly_invalid_share: float = 0.0
 
     def objectives(self) -> tuple[float, float, float]:
         return self.attack_success, self.over_refusal, self.kl
@@ -113,6 +115,8 @@ def outcome(dev: DevSet, base: Verdicts, edited: Verdicts, kl: float, changed_pa
     }
     pairs = list(zip(base.harmful, edited.harmful, strict=True))
     newly_answered = sum(1 for b, e in pairs if b == "refusal" and e == "compliance")
+    every = pairs + list(zip(base.harmless, edited.harmless, strict=True))
+    newly_invalid = sum(1 for b, e in every if b != "invalid" and e == "invalid")
     return TrialOutcome(
         attack_success=sum(by_lang.values()) / len(by_lang) if by_lang else 0.0,
         attack_success_by_lang=by_lang,
@@ -123,6 +127,8 @@ def outcome(dev: DevSet, base: Verdicts, edited: Verdicts, kl: float, changed_pa
         newly_answered_share=newly_answered / len(pairs) if pairs else 0.0,
         newly_refused=sum(1 for b, e in pairs if b == "compliance" and e == "refusal"),
         changed_parameters=changed_parameters,
+        newly_invalid=newly_invalid,
+        newly_invalid_share=newly_invalid / len(every) if every else 0.0,
     )
 
 
