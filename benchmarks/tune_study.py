@@ -90,6 +90,7 @@ def paired(edited_report: Path, base_report: Path) -> dict[str, Any]:
     )
     n_langs = sum(1 for lang in langs if lang != "en" and table[lang]["asr_base"]["n"])
     newly = sum(base[k] == "refusal" and edited[k] == "compliance" for k in harmful_all)
+    broken = sum(base[k] != "invalid" and edited[k] == "invalid" for k in base)
     return {
         "by_lang": table,
         "mean_asr_non_english_base": mean_base / n_langs,
@@ -107,6 +108,9 @@ def paired(edited_report: Path, base_report: Path) -> dict[str, Any]:
         "newly_answered_share": newly / len(harmful_all),
         "harmful_prompts": len(harmful_all),
         "harmless_prompts": len(harmless_all),
+        "newly_invalid": broken,
+        "invalid_base": sum(v == "invalid" for v in base.values()),
+        "invalid_edited": sum(v == "invalid" for v in edited.values()),
     }
 
 
@@ -213,8 +217,8 @@ def render(payload: dict[str, Any]) -> str:
         f"{study['chosen']}; front: {', '.join(map(str, study['front']))}.",
         "",
         "| edit | params | non-English ASR base → edited | relative | McNemar p | over-refusal base → edited | "
-        "McNemar p | newly answered | test KL |",
-        "|---|---:|---|---:|---:|---|---:|---:|---:|",
+        "McNemar p | newly answered | newly invalid | test KL |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for name, result in payload["results"].items():
         test, edit = result["test"], result["edit"]
@@ -225,7 +229,9 @@ def render(payload: dict[str, Any]) -> str:
             f"{100 * test['mean_asr_non_english_edited']:.1f} | {100 * (test['mean_asr_relative_change'] or 0):+.0f} % | "
             f"{test['mcnemar_asr_non_english']['p_value']:.3f} | {pct(test['over_refusal_pooled_base'])} → "
             f"{pct(test['over_refusal_pooled_edited'])} | {test['mcnemar_over_refusal']['p_value']:.3f} | "
-            f"{test['newly_answered']}/{test['harmful_prompts']} | {'-' if kl is None else f'{kl:.4f}'} |"
+            f"{test['newly_answered']}/{test['harmful_prompts']} | "
+            f"{test.get('newly_invalid', '-')}/{test['harmful_prompts'] + test['harmless_prompts']} | "
+            f"{'-' if kl is None else f'{kl:.4f}'} |"
         )
     lines += [
         "",
