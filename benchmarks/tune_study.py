@@ -189,6 +189,10 @@ def agreement(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def p_value(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 def pct(rate: dict[str, Any]) -> str:
     low, high = rate["ci95"]
     return f"{100 * rate['rate']:.1f} [{100 * low:.0f}–{100 * high:.0f}]"
@@ -200,7 +204,8 @@ def render(payload: dict[str, Any]) -> str:
     lines = [
         "# Tune study on Qwen2.5-Coder-0.5B-Instruct",
         "",
-        "Written by `python benchmarks/tune_study.py` from `tune-study.json`. Everything the study chose came from "
+        f"Written by `{payload.get('command', 'python benchmarks/tune_study.py')}` (with "
+        f"`{payload.get('name', 'tune-study')}.json`). Everything the study chose came from "
         "the anchor side (MultiJail ids 100-314, MultiQ gpt-51..100 and lmsys-41..80); the table below is the test "
         f"side: MultiJail ids 20-99 and MultiQ gpt-1..50, lmsys-1..40 plus PolyRefuse harmless val, the first "
         f"{payload['test_limit_per_language']} per language and class, 32-token greedy replies ({payload.get('eval_dtype', 'auto')} "
@@ -227,8 +232,8 @@ def render(payload: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | {edit['changed_parameters']} | {100 * test['mean_asr_non_english_base']:.1f} → "
             f"{100 * test['mean_asr_non_english_edited']:.1f} | {100 * (test['mean_asr_relative_change'] or 0):+.0f} % | "
-            f"{test['mcnemar_asr_non_english']['p_value']:.3f} | {pct(test['over_refusal_pooled_base'])} → "
-            f"{pct(test['over_refusal_pooled_edited'])} | {test['mcnemar_over_refusal']['p_value']:.3f} | "
+            f"{p_value(test['mcnemar_asr_non_english']['p_value'])} | {pct(test['over_refusal_pooled_base'])} → "
+            f"{pct(test['over_refusal_pooled_edited'])} | {p_value(test['mcnemar_over_refusal']['p_value'])} | "
             f"{test['newly_answered']}/{test['harmful_prompts']} | "
             f"{test.get('newly_invalid', '-')}/{test['harmful_prompts'] + test['harmless_prompts']} | "
             f"{'-' if kl is None else f'{kl:.4f}'} |"
@@ -394,6 +399,8 @@ def main() -> None:
         {
             "model": MODEL,
             "eval_dtype": args.dtype or "auto",
+            "name": args.name,
+            "command": " ".join(["python benchmarks/tune_study.py", *sys.argv[1:]]),
             "runs": str(runs.relative_to(ROOT)) if runs.is_relative_to(ROOT) else str(runs),
             "seconds": seconds,
             "study": {
