@@ -181,7 +181,8 @@ class TrialRunner:
         return ApplyOptions.model_validate({**values, "output": self.options.output / "edited"})
 
     def verdicts(self, edit: Callable[[], AbstractContextManager[object]] | None = None) -> Verdicts:
-        """Greedy dev replies of the base model (or with ``edit`` applied), judged."""
+        """Greedy dev replies of the base model (or with ``edit`` applied), judged; a reply stops once its
+        verdict is settled (the label is the same as the full reply's)."""
         bs, tokens = self.options.batch_size, self.options.reply_tokens
         labels: dict[str, tuple[str, ...]] = {}
         for group, items in (("harmful", self.dev.harmful), ("harmless", self.dev.harmless)):
