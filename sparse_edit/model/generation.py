@@ -24,14 +24,14 @@ class SettledReplies(StoppingCriteria):
         self.prompts = list(prompts)
         self.prompt_length = prompt_length
         self.settled = settled
+        self.done = [False] * len(self.prompts)  # a settled row stays settled: it is not decoded again
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         new = input_ids[:, self.prompt_length :]
-        done = [
-            self.settled(prompt, self.tokenizer.decode(row, skip_special_tokens=True))
-            for prompt, row in zip(self.prompts, new, strict=True)
-        ]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+        for i, (prompt, row) in enumerate(zip(self.prompts, new, strict=True)):
+            if not self.done[i]:
+                self.done[i] = self.settled(prompt, self.tokenizer.decode(row, skip_special_tokens=True))
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 def generate_replies(
