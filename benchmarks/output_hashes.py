@@ -25,7 +25,7 @@ FAMILIES = ("llama", "qwen2", "gpt2", "phi3", "gemma3_text")
 APPLY_VARIANTS = {
     "paper": ["--strategy", "paper", "--layer", "1"],
     "output": ["--strategy", "output", "--layer", "1"],
-    "auto": ["--strategy", "output", "--strategy", "paper", "--ceiling", "--dev-generate", "4"],
+    "auto": ["--strategy", "output", "--strategy", "paper", "--layer", "auto", "--ceiling", "--dev-generate", "4"],
     "seq": ["--strategy", "output", "--layer", "0,1", "--harmless-tail-weight", "2", "--reference-weight", "1"],
     "detector": ["--strategy", "detector", "--layer", "1"],
     "release": ["--strategy", "detector", "--layer", "1", "--detector-mode", "release"],

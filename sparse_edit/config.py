@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sparse_edit.errors import SparseEditError, reading
 
@@ -169,22 +169,25 @@ class ApplyOptions(ModelOptions, PromptOptions):
     output: Path = Field(description="Folder for the edited checkpoint (written atomically).")
     overwrite: bool = Field(False, description="Replace an existing output folder.")
     strategy: list[str] = Field(
-        default_factory=lambda: ["output"],
-        description="output (default): down_proj columns of a "
-        "neuron set, fitted to raise the layer's refusal-direction projection. detector: the layer's quietest "
-        "neuron rewritten as a thresholded harmfulness detector that adds the refusal direction only when it "
-        "fires. paper: the published edit, input rows (gate_proj) of the safety neurons. Several "
-        "(paper,output,detector) are compared on the dev split, like layers.",
+        default_factory=lambda: ["paper"],
+        description="paper (default): the published edit, input rows (gate_proj) of the safety neurons. output: "
+        "down_proj columns of a neuron set, fitted to raise the layer's refusal-direction projection. detector: "
+        "the layer's quietest neuron rewritten as a thresholded harmfulness detector that adds the refusal "
+        "direction only when it fires. Several (paper,output,detector) are compared on the dev split, like "
+        "layers. The defaults of strategy, --layer, --gamma and --proj are the configuration sparse-edit tune "
+        "chose on the measured model (docs/results/tune-study.md); tune your own model for its best.",
     )
     layer: str = Field(
-        "auto",
-        description="Layer to edit; N,M,... edits those layers one after another (features re-collected from the "
-        "partially edited model, the remaining gap spread over the layers left); auto tries --candidate-layers on a "
-        "dev split and keeps the best selective refusal gain within --kl-budget.",
+        "0.75",
+        description="Layer to edit: a number; a fraction of the depth (0.75: layer 18 of 24); N,M,... edits those "
+        "layers one after another (features re-collected from the partially edited model, the remaining gap "
+        "spread over the layers left); auto tries --candidate-layers on a dev split and keeps the best selective "
+        "refusal gain within --kl-budget.",
     )
     candidate_layers: list[int] | None = Field(
         None,
-        description="Layers tried by --layer auto (default: the recommended layer and 4 layers from L/3 to L-2).",
+        description="Layers tried by --layer auto, which naming them implies unless --layer is given (default: the "
+        "recommended layer and 4 layers from L/3 to L-2).",
     )
     output_neurons: NeuronChoice = Field(
         "low-union",
@@ -287,7 +290,12 @@ class ApplyOptions(ModelOptions, PromptOptions):
     neuron_lang: str | None = Field(
         None, description="Whose safety-neuron set to edit (default: the reference language's)."
     )
-    gamma: float = Field(1.0, gt=0, description="Weight of the harmless (null-space) term, normalised per token.")
+    gamma: float = Field(
+        0.15,
+        gt=0,
+        description="paper strategy: weight of the harmless (null-space) term, normalised per token; larger "
+        "keeps harmless inputs closer to unchanged.",
+    )
     lam: float = Field(
         1e-2, gt=0, description="Ridge weight, relative to the mean squared key norm per dimension."
     )
@@ -327,12 +335,42 @@ class ApplyOptions(ModelOptions, PromptOptions):
     @field_validator("layer")
     @classmethod
     def _layer(cls, value: str) -> str:
-        if value != "auto" and not all(part.strip().isdigit() for part in value.split(",")):
-            raise ValueError("use a layer number, a comma-separated list of layers, or auto")
+        value = value.strip()
+        if value == "auto" or depth_fraction(value) is not None:
+            return value
+        if not all(part.strip().isdigit() for part in value.split(",")):
+            raise ValueError(
+                "use a layer number, a comma-separated list of layers, a depth fraction such as 0.75, or auto"
+            )
         return value
 
-    def fixed_layers(self) -> tuple[int, ...] | None:
-        return None if self.layer == "auto" else tuple(int(part) for part in self.layer.split(","))
+    @model_validator(mode="before")
+    @classmethod
+    def _candidates_mean_auto(cls, data: Any) -> Any:
+        # Naming candidate layers asks for the dev-split choice among them, unless a layer is named too.
+        if isinstance(data, dict) and data.get("candidate_layers") and data.get("layer") is None:
+            return {**data, "layer": "auto"}
+        return data
+
+    def fixed_layers(self, num_layers: int) -> tuple[int, ...] | None:
+        """The layers ``--layer`` names for a model of ``num_layers`` layers; None for auto."""
+        if self.layer == "auto":
+            return None
+        fraction = depth_fraction(self.layer)
+        if fraction is not None:
+            return (min(round(fraction * num_layers), num_layers - 1),)
+        return tuple(int(part) for part in self.layer.split(","))
+
+
+def depth_fraction(value: str) -> float | None:
+    """``0.75`` -> 0.75: a layer given as a fraction of the model's depth (0 < f < 1); None for anything else."""
+    if "." not in value or "," in value:
+        return None
+    try:
+        fraction = float(value)
+    except ValueError:
+        return None
+    return fraction if 0 < fraction < 1 else None
 
 
 class EvalOptions(ModelOptions, PromptOptions):
@@ -380,6 +418,9 @@ class TuneOptions(ApplyOptions):
     strategy: list[str] = Field(
         default_factory=_registered_strategies,
         description="Strategies the search chooses from (default: every registered one the model supports).",
+    )
+    layer: str = Field(
+        "auto", description="tune searches the layer: keep auto and name the layers with --candidate-layers."
     )
     candidate_layers: list[int] | None = Field(
         None, description="Layers the search chooses from (default: every layer from L/3 to L-2)."

@@ -420,3 +420,15 @@ def test_refusal_rates_judge_generated_replies_per_language(monkeypatch):
     ]
     rates = probes.refusal_rates(None, items, 8, 2, Reporter(quiet=True))  # type: ignore[arg-type]
     assert rates == {"en": 0.5, "th": 0.0}
+
+
+def test_apply_without_strategy_flags_uses_the_tuned_defaults(located, tmp_path):
+    """No strategy flags: the paper edit at three quarters of the depth, with the tuned harmless weight."""
+    _, artifact = located("llama", layers=4)
+    out = tmp_path / "edited"
+    manifest = json.loads(
+        run_cli("apply", "--artifact", artifact, "-o", out, "--device", "cpu", "-q", "--json").stdout
+    )
+    assert manifest["strategy"] == "paper" and manifest["layers"] == [3]  # round(0.75 * 4 layers)
+    assert manifest["settings"]["gamma"] == 0.15 and manifest["settings"]["proj"] == "gate"
+    assert {e["projection"] for e in manifest["edits"]} == {"gate"}

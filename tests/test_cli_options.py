@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 import sparse_edit.edit.run
@@ -67,3 +68,28 @@ def test_spreading_stops_at_the_next_flag_and_leaves_single_value_flags_alone():
         "y < 2",
     ]
     assert spread_multi_values(["verify", "base", "edited"]) == ["verify", "base", "edited"]
+
+
+def test_layer_as_a_depth_fraction(monkeypatch, tmp_path):
+    assert _apply_options(monkeypatch, tmp_path).fixed_layers(24) == (18,)  # the default, 0.75
+    options = _apply_options(monkeypatch, tmp_path, "--layer", "0.5")
+    assert options.fixed_layers(24) == (12,) and options.fixed_layers(3) == (2,)
+    assert _apply_options(monkeypatch, tmp_path, "--layer", "0.99").fixed_layers(4) == (3,)  # never past the last
+    assert _apply_options(monkeypatch, tmp_path, "--layer", "5,7").fixed_layers(24) == (5, 7)
+
+
+def test_a_depth_outside_the_model_or_a_mixed_list_is_refused(tmp_path):
+    from pydantic import ValidationError
+
+    from sparse_edit.config import ApplyOptions
+
+    required = {"artifact": "a.safetensors", "output": tmp_path, "model": "m", "harmful": ["h"], "harmless": ["s"]}
+    for bad in ("1.5", "0.0", "0.5,7", "-0.5", "x"):
+        with pytest.raises(ValidationError, match="depth fraction"):
+            ApplyOptions.model_validate({**required, "layer": bad})
+
+
+def test_candidate_layers_imply_auto_unless_a_layer_is_named(monkeypatch, tmp_path):
+    assert _apply_options(monkeypatch, tmp_path, "--candidate-layers", "1", "2").fixed_layers(4) is None
+    named = _apply_options(monkeypatch, tmp_path, "--candidate-layers", "1", "2", "--layer", "3")
+    assert named.fixed_layers(4) == (3,)

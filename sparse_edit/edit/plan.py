@@ -71,7 +71,7 @@ def rank_by_attribution(
 
 
 def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, low_langs: list[str]) -> Plan:
-    fixed = options.fixed_layers()
+    fixed = options.fixed_layers(num_layers)
     layer_sets = (
         [fixed]
         if fixed
