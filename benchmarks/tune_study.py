@@ -6,7 +6,7 @@ MultiQ gpt-1..50 and lmsys-1..40, PolyRefuse harmless val; examples/configs/mult
 only in the last step. Every step is the command line, run one after another; the wall time of each
 is recorded. Writes benchmarks/results/tune-study.json.
 
-    python benchmarks/tune_study.py [--trials 40] [--test-limit 24] [--edits tuned,paper,previous]
+    python benchmarks/tune_study.py [--trials 40] [--test-limit 24] [--test-skip 0] [--edits tuned,paper,previous]
 
 Needs ../shared/data (linked or copied to data/) and the zoo model (fetched on first use).
 """
@@ -198,6 +198,12 @@ def pct(rate: dict[str, Any]) -> str:
     return f"{100 * rate['rate']:.1f} [{100 * low:.0f}–{100 * high:.0f}]"
 
 
+def test_slice(payload: dict[str, Any]) -> str:
+    """``the first 40`` or ``40 after the first 40``: which test prompts of each language the run used."""
+    limit, skip = payload["test_limit_per_language"], payload.get("test_skip_per_language", 0)
+    return f"the first {limit}" if not skip else f"{limit} after the first {skip}"
+
+
 def render(payload: dict[str, Any]) -> str:
     """The test-side comparison as Markdown (benchmarks/results/tune-study.md)."""
     study = payload["study"]
@@ -207,8 +213,8 @@ def render(payload: dict[str, Any]) -> str:
         f"Written by `{payload.get('command', 'python benchmarks/tune_study.py')}` (with "
         f"`{payload.get('name', 'tune-study')}.json`). Everything the study chose came from "
         "the anchor side (MultiJail ids 100-314, MultiQ gpt-51..100 and lmsys-41..80); the table below is the test "
-        f"side: MultiJail ids 20-99 and MultiQ gpt-1..50, lmsys-1..40 plus PolyRefuse harmless val, the first "
-        f"{payload['test_limit_per_language']} per language and class, 32-token greedy replies ({payload.get('eval_dtype', 'auto')} "
+        f"side: MultiJail ids 20-99 and MultiQ gpt-1..50, lmsys-1..40 plus PolyRefuse harmless val, "
+        f"{test_slice(payload)} per language and class, 32-token greedy replies ({payload.get('eval_dtype', 'auto')} "
         "eval), keyword judge. "
         "Rates in % with 95 % Wilson intervals; McNemar tests are exact and pooled over languages; newly answered = "
         "harmful test prompts the base model refused and the edited model answers.",
@@ -293,6 +299,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=None, help="seconds after which the study starts no trial")
     parser.add_argument("--test-limit", type=int, default=24, help="test prompts per language and class")
     parser.add_argument(
+        "--test-skip", type=int, default=0, help="skip this many test prompts per language and class first"
+    )
+    parser.add_argument(
         "--edits",
         default="tuned,paper,previous",
         help="edits to evaluate on the test side: tuned, paper, previous, trial-N (trial N of the study), front "
@@ -360,7 +369,7 @@ def main() -> None:
                 continue
             seconds[f"apply-{name}"] = cli("apply", *config_args, "-o", edited)
         # The first edit's report holds the base model's replies too; the others are paired with them.
-        report = runs / f"test-{name}"
+        report = runs / (f"test-{name}" if not args.test_skip else f"test-{name}-skip{args.test_skip}")
         base_report = base_report or report
         if not report.is_dir():
             with_base = ["--base", MODEL] if report == base_report else []
@@ -375,6 +384,11 @@ def main() -> None:
                 str(args.test_limit),
                 "--harmless-limit",
                 str(args.test_limit),
+                *(
+                    ["--skip", str(args.test_skip), "--harmless-skip", str(args.test_skip)]
+                    if args.test_skip
+                    else []
+                ),
                 *(["--dtype", args.dtype] if args.dtype else []),
                 "-o",
                 report,
@@ -408,6 +422,7 @@ def main() -> None:
             },
             "trials": pareto["trials"],
             "test_limit_per_language": args.test_limit,
+            "test_skip_per_language": args.test_skip,
             "results": results,
             "dev_test_agreement": agreement(results),
         },

@@ -6,7 +6,7 @@
 #
 # With the shared prompt sets (data/ or ../shared/data, see benchmarks/README.md): anchors from the
 # anchor side of the fixed split (MultiJail ids 100-314, MultiQ anchor ids), evaluation on the test
-# side (MultiJail ids 20-39 in 10 languages, 20 MultiQ test questions per language): a before/after
+# side (MultiJail ids 20-39 and MultiQ gpt-1..20 in 10 languages): a before/after
 # table of held-out prompts large enough to show the edit's effect.
 # Without them: the small bundled set (anchors h1-h5 / s1-s5, evaluation h6-h8 / s6-s8), which
 # shows the mechanics only.
@@ -31,17 +31,21 @@ fi
 langs=(en zh it vi ar ko th bn sw jv)
 if [[ -n "$data" ]]; then
     echo "== prompts: the fixed split of $data (anchors: MultiJail 100-314, MultiQ anchor ids; test: MultiJail 20-39, MultiQ test ids)"
+    # The anchors of benchmarks/tune_study.py, whose study chose apply's defaults: locate on 64
+    # prompts per language and class, apply on 48 harmful and 40 harmless of them.
     locate_prompts=(--harmful "$data/multijail/MultiJail.csv@100-314"
                     --harmless "$data/multiq/multiq.jsonl@gpt-51..100,lmsys-41..80"
-                    --languages "${langs[@]}" --limit 48 --harmless-limit 40)
+                    --languages "${langs[@]}" --limit 64 --harmless-limit 64)
+    apply_prompts=(--limit 48 --harmless-limit 40)
     eval_prompts=(--harmful "$data/multijail/MultiJail.csv@20-39"
-                  --harmless "$data/multiq/multiq.jsonl@gpt-1..20,lmsys-1..20"
+                  --harmless "$data/multiq/multiq.jsonl@gpt-1..20"
                   --languages "${langs[@]}" --harmless-limit 20 --max-new-tokens 32)
 else
     echo "== prompts: the small bundled set (shared prompt sets not found in data/ or ../shared/data):"
     echo "   3 held-out prompts per language and class show the mechanics, not the effect"
     prompts=examples/prompts/safety-eval.jsonl
     locate_prompts=(--harmful "$prompts@h1..5,s1..5" --harmless "$prompts@h1..5,s1..5")
+    apply_prompts=()
     eval_prompts=(--harmful "$prompts@h6..8,s6..8" --harmless "$prompts@h6..8,s6..8" --max-new-tokens 48)
 fi
 rm -rf "$out"
@@ -52,7 +56,7 @@ $cli inspect "$model"
 echo "== 2/4 locate safety neurons"
 $cli locate --model "$model" --dtype "$dtype" --batch-size 16 "${locate_prompts[@]}" -o "$out/locate.safetensors"
 echo "== 3/4 apply the edit (default settings)"
-$cli apply --artifact "$out/locate.safetensors" --dtype "$dtype" --batch-size 16 -o "$out/edited"
+$cli apply --artifact "$out/locate.safetensors" --dtype "$dtype" --batch-size 16 "${apply_prompts[@]}" -o "$out/edited"
 $cli verify "$model" "$out/edited" --skip-forward
 echo "== 4/4 evaluate base vs edited on the held-out prompts"
 $cli eval --model "$out/edited" --base "$model" --dtype "$dtype" --batch-size 16 "${eval_prompts[@]}" \
