@@ -127,11 +127,13 @@ def study_config(pareto: dict[str, Any], settings: dict[str, Any], path: Path) -
 
 
 def edit_args(name: str, pareto: dict[str, Any], study: Path, recommended: int, runs: Path) -> list[str] | None:
-    """apply's arguments for an edit: ``tuned`` (chosen.toml), ``trial-N`` (trial N of the study) or a baseline
-    (the study's anchors and fixed settings with the baseline's flags)."""
-    if name == "tuned":
+    """apply's arguments for an edit: ``tuned`` (chosen.toml), ``tuned@A+B`` (chosen.toml at layers A, B one
+    after another), ``trial-N`` (trial N of the study) or a baseline (the study's anchors and fixed settings
+    with the baseline's flags)."""
+    if name == "tuned" or name.startswith("tuned@"):
         chosen = study / "chosen.toml"
-        return ["--config", str(chosen)] if chosen.is_file() else None
+        layers = ["--layer", name.removeprefix("tuned@").replace("+", ",")] if "@" in name else []
+        return ["--config", str(chosen), *layers] if chosen.is_file() else None
     if name.startswith("trial-"):
         number = int(name.removeprefix("trial-"))
         (trial,) = [t for t in pareto["trials"] if t["number"] == number]
@@ -304,7 +306,8 @@ def main() -> None:
     parser.add_argument(
         "--edits",
         default="tuned,paper,previous",
-        help="edits to evaluate on the test side: tuned, paper, previous, trial-N (trial N of the study), front "
+        help="edits to evaluate on the test side: tuned, tuned@A+B (the chosen settings at layers A, B), paper, "
+        "previous, trial-N (trial N of the study), front "
         "(every trial on the study's front); the first one's report holds the base model's replies",
     )
     parser.add_argument(
