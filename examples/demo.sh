@@ -18,8 +18,10 @@ out=${DEMO_OUT:-runs/demo}
 # The checkpoint is stored in bfloat16, which is also several times faster than float32 on CPUs with
 # AVX-512 BF16 or AMX; DEMO_DTYPE=auto runs float32 on a CPU.
 dtype=${DEMO_DTYPE:-bfloat16}
-data=${DEMO_DATA:-}
-if [[ -z "$data" ]]; then
+data=${DEMO_DATA:-}  # a folder with multijail/ and multiq/; "none" runs the bundled set
+if [[ "$data" == none ]]; then
+    data=
+elif [[ -z "$data" ]]; then
     for candidate in data ../shared/data; do
         if [[ -f "$candidate/multijail/MultiJail.csv" && -f "$candidate/multiq/multiq.jsonl" ]]; then
             data=$candidate
@@ -41,7 +43,7 @@ if [[ -n "$data" ]]; then
                   --harmless "$data/multiq/multiq.jsonl@gpt-1..20"
                   --languages "${langs[@]}" --harmless-limit 20 --max-new-tokens 32)
 else
-    echo "== prompts: the small bundled set (shared prompt sets not found in data/ or ../shared/data):"
+    echo "== prompts: the small bundled set (no shared prompt sets: DEMO_DATA=none, or none in data/ or ../shared/data):"
     echo "   3 held-out prompts per language and class show the mechanics, not the effect"
     prompts=examples/prompts/safety-eval.jsonl
     locate_prompts=(--harmful "$prompts@h1..5,s1..5" --harmless "$prompts@h1..5,s1..5")
@@ -56,7 +58,7 @@ $cli inspect "$model"
 echo "== 2/4 locate safety neurons"
 $cli locate --model "$model" --dtype "$dtype" --batch-size 16 "${locate_prompts[@]}" -o "$out/locate.safetensors"
 echo "== 3/4 apply the edit (default settings)"
-$cli apply --artifact "$out/locate.safetensors" --dtype "$dtype" --batch-size 16 "${apply_prompts[@]}" -o "$out/edited"
+$cli apply --artifact "$out/locate.safetensors" --dtype "$dtype" --batch-size 16 ${apply_prompts[@]+"${apply_prompts[@]}"} -o "$out/edited"
 $cli verify "$model" "$out/edited" --skip-forward
 echo "== 4/4 evaluate base vs edited on the held-out prompts"
 $cli eval --model "$out/edited" --base "$model" --dtype "$dtype" --batch-size 16 "${eval_prompts[@]}" \
