@@ -38,6 +38,15 @@ def run_child(setup: str, body: str) -> dict[str, float]:
     return json.loads(line[len("RESULT") :])
 
 
+def link_shared_data() -> None:
+    """The example configs read ``data/...``: link ``data/`` to ../shared/data (stop when that is missing)."""
+    if not SHARED.is_dir():
+        raise SystemExit(f"{SHARED} is missing: this benchmark needs the shared prompt sets")
+    data = ROOT / "data"
+    if not data.exists():
+        data.symlink_to(SHARED)
+
+
 def save(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -20,7 +20,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from common import ROOT, SHARED, save
+from common import ROOT, link_shared_data, save
 
 CONFIG = ROOT / "examples" / "configs" / "multijail-anchors-tune.toml"
 LOCATE_CONFIG = ROOT / "examples" / "configs" / "multijail-anchors-locate.toml"
@@ -32,10 +32,7 @@ def main() -> None:
     parser.add_argument("--settings", required=True, help="JSON list of apply settings, one trial each")
     parser.add_argument("--name", default="dev-trials", help="results file name in benchmarks/results/")
     args = parser.parse_args()
-    if not (ROOT / "data").exists() and not SHARED.is_dir():
-        raise SystemExit(f"{SHARED} is missing: this benchmark needs the shared prompt sets")
-    if not (ROOT / "data").exists():
-        (ROOT / "data").symlink_to(SHARED)
+    link_shared_data()
 
     from sparse_edit.config import TuneOptions
     from sparse_edit.console import Reporter

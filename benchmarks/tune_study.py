@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, SHARED, save
+from common import ROOT, link_shared_data, save
 
 from sparse_edit.measure.statistics import mcnemar, wilson
 
@@ -319,11 +319,7 @@ def main() -> None:
     parser.add_argument("--name", default="tune-study", help="results file name in benchmarks/results/")
     args = parser.parse_args()
     runs: Path = args.runs.resolve()
-    if not SHARED.is_dir():
-        raise SystemExit(f"{SHARED} is missing: this benchmark needs the shared prompt sets")
-    data = ROOT / "data"
-    if not data.exists():
-        data.symlink_to(SHARED)
+    link_shared_data()
     seconds: dict[str, float] = {}
     artifact = runs / "locate.safetensors"
     if not artifact.is_file():
