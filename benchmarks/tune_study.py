@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -215,10 +216,16 @@ def render(payload: dict[str, Any]) -> str:
         f"Written by `{payload.get('command', 'python benchmarks/tune_study.py')}` (with "
         f"`{payload.get('name', 'tune-study')}.json`). Everything the study chose came from "
         "the anchor side (MultiJail ids 100-314, MultiQ gpt-51..100 and lmsys-41..80); the table below is the test "
-        f"side: MultiJail ids 20-99 and MultiQ gpt-1..50, lmsys-1..40 plus PolyRefuse harmless val, "
+        f"side: MultiJail ids {payload.get('test_harmful_ids', '20-99')} and MultiQ gpt-1..50, lmsys-1..40 plus PolyRefuse harmless val, "
         f"{test_slice(payload)} per language and class, 32-token greedy replies ({payload.get('eval_dtype', 'auto')} "
         "eval), keyword judge. "
-        "Rates in % with 95 % Wilson intervals; McNemar tests are exact and pooled over languages; newly answered = "
+        + (
+            ""
+            if payload.get("test_harmful_ids", "20-99") == "20-99"
+            else "MultiJail ids 0-19 were read before the split was fixed: reported beside the clean test, not a "
+            "clean test themselves; the harmful slice is those ids, the skip applies to the harmless prompts. "
+        )
+        + "Rates in % with 95 % Wilson intervals; McNemar tests are exact and pooled over languages; newly answered = "
         "harmful test prompts the base model refused and the edited model answers.",
         "",
         f"Study: {study['study']['complete']} finished trials ({study['study']['pruned']} skipped, "
@@ -299,9 +306,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--timeout", type=int, default=None, help="seconds after which the study starts no trial")
+    parser.add_argument(
+        "--tune-args", default="", help="more flags for tune, as one string (e.g. '--max-edit-layers 2')"
+    )
     parser.add_argument("--test-limit", type=int, default=24, help="test prompts per language and class")
     parser.add_argument(
         "--test-skip", type=int, default=0, help="skip this many test prompts per language and class first"
+    )
+    parser.add_argument(
+        "--test-harmful-ids",
+        default=None,
+        help="MultiJail ids of the harmful test prompts instead of 20-99 (e.g. 0-19, reported beside the clean "
+        "test); --test-skip then applies to the harmless prompts only",
     )
     parser.add_argument(
         "--edits",
@@ -335,7 +351,12 @@ def main() -> None:
             artifact,
         )
     study = runs / "tune"
-    tune_flags = ["--trials", str(args.trials), *(["--timeout", str(args.timeout)] if args.timeout else [])]
+    tune_flags = [
+        "--trials",
+        str(args.trials),
+        *(["--timeout", str(args.timeout)] if args.timeout else []),
+        *shlex.split(args.tune_args),
+    ]
     if not study.is_dir():
         seconds["tune"] = cli(
             "tune",
@@ -368,7 +389,11 @@ def main() -> None:
                 continue
             seconds[f"apply-{name}"] = cli("apply", *config_args, "-o", edited)
         # The first edit's report holds the base model's replies too; the others are paired with them.
-        report = runs / (f"test-{name}" if not args.test_skip else f"test-{name}-skip{args.test_skip}")
+        report = runs / (
+            f"test-{name}"
+            + (f"-skip{args.test_skip}" if args.test_skip else "")
+            + (f"-ids{args.test_harmful_ids}" if args.test_harmful_ids else "")
+        )
         base_report = base_report or report
         if not report.is_dir():
             with_base = ["--base", MODEL] if report == base_report else []
@@ -383,9 +408,11 @@ def main() -> None:
                 str(args.test_limit),
                 "--harmless-limit",
                 str(args.test_limit),
+                *(["--skip", str(args.test_skip)] if args.test_skip and not args.test_harmful_ids else []),
+                *(["--harmless-skip", str(args.test_skip)] if args.test_skip else []),
                 *(
-                    ["--skip", str(args.test_skip), "--harmless-skip", str(args.test_skip)]
-                    if args.test_skip
+                    ["--harmful", f"data/multijail/MultiJail.csv@{args.test_harmful_ids}"]
+                    if args.test_harmful_ids
                     else []
                 ),
                 *(["--dtype", args.dtype] if args.dtype else []),
@@ -422,6 +449,7 @@ def main() -> None:
             "trials": pareto["trials"],
             "test_limit_per_language": args.test_limit,
             "test_skip_per_language": args.test_skip,
+            "test_harmful_ids": args.test_harmful_ids or "20-99",
             "results": results,
             "dev_test_agreement": agreement(results),
         },

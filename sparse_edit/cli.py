@@ -139,7 +139,9 @@ def run_tune(config: Path | None, settings: dict[str, Any], reporter: Any, as_js
         typer.echo((options.output / "pareto.md").read_text(encoding="utf-8"))
         typer.echo(f"wrote {options.output}")
     if result.chosen is None:
-        raise CheckFailed("no trial qualifies under --max-over-refusal, --kl-budget and --max-newly-answered")
+        from sparse_edit.tuning.front import NONE_QUALIFIES
+
+        raise CheckFailed(NONE_QUALIFIES)
 
 
 def run_eval(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:

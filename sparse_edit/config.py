@@ -425,6 +425,13 @@ class TuneOptions(ApplyOptions):
     candidate_layers: list[int] | None = Field(
         None, description="Layers the search chooses from (default: every layer from L/3 to L-2)."
     )
+    max_edit_layers: int = Field(
+        1,
+        ge=1,
+        le=3,
+        description="Layers one trial may edit, one after another: above 1, a trial may add further searched layers "
+        "(each solved on features collected with the earlier layers' edits applied, so such trials take longer).",
+    )
     trials: int = Field(40, ge=1, description="Trials in the study (a resumed study counts the finished ones).")
     timeout: int | None = Field(
         None, ge=1, description="Start no new trial after this many seconds (the study so far is still written)."
@@ -455,6 +462,13 @@ class TuneOptions(ApplyOptions):
         description="Constraint: the largest share of dev prompts (harmful and harmless) whose valid base reply the "
         "edited model turns invalid (a loop, another script, nothing): breaking a reply is no refusal. Replies "
         "flip between valid and invalid by chance too, so the limit is looser than --max-newly-answered.",
+    )
+    max_changed_share: float = Field(
+        0.001,
+        gt=0,
+        le=1,
+        description="Constraint: the largest share of the checkpoint's stored parameters a trial may change "
+        "(0.001 = 0.1 %).",
     )
     kl_budget: float = Field(
         0.05,

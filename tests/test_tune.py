@@ -17,7 +17,8 @@ from sparse_edit.tuning.study import journal_path
 from sparse_edit.tuning.trial import DevSet, Verdicts, outcome
 from tests.helpers import run_cli
 
-TRIAL_FLAGS = ("--device", "cpu", "--reply-tokens", "4", "--dev-fraction", "0.3", "-q")
+# A tiny model's edit changes a large share of its weights: the 0.1 % default would rule out every trial.
+TRIAL_FLAGS = ("--device", "cpu", "--reply-tokens", "4", "--dev-fraction", "0.3", "--max-changed-share", "1", "-q")
 
 
 def tune_args(artifact: Path, output: Path, *extra: str, trials: int = 3) -> list[str]:
@@ -121,6 +122,46 @@ def test_tune_searches_layers_and_refuses_a_fixed_one(located, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_trial_may_add_layers_when_the_search_allows_it():
+    import optuna
+
+    from sparse_edit.tuning.space import NO_LAYER, SearchSpace
+
+    space = SearchSpace(("paper",), (1, 2, 3), max_edit_layers=3)
+    fixed = {"strategy": "paper", "paper.gamma": 1.0, "paper.proj": "gate"}
+
+    def layers(first: int, second: object, third: object) -> str:
+        trial = optuna.trial.FixedTrial({**fixed, "layer": first, "layer_2": second, "layer_3": third})
+        return space.suggest(trial)["layer"]
+
+    assert layers(3, "1", NO_LAYER) == "1,3"  # edited in depth order
+    assert layers(2, NO_LAYER, NO_LAYER) == "2"
+    assert layers(2, "2", "3") == "2,3"  # a repeated layer adds nothing
+    assert SearchSpace(("paper",), (1, 2)).suggest(optuna.trial.FixedTrial({**fixed, "layer": 2}))["layer"] == "2"
+
+
+def test_a_study_of_two_layer_edits_reproduces_and_the_parameter_limit_binds(located, tmp_path):
+    _, artifact = located("llama")
+    study = tmp_path / "study"
+    flags = ("--strategy", "paper", "--candidate-layers", "0,1", "--max-edit-layers", "2", "--seed", "3")
+    run_cli(*tune_args(artifact, study, *flags, "--apply", trials=4))
+    payload = read_pareto(study)
+    layer_sets = {t["settings"]["layer"] for t in payload["trials"]}
+    assert layer_sets <= {"0", "1", "0,1"} and "0,1" in layer_sets
+    again = tmp_path / "again"
+    run_cli("apply", "--config", study / "chosen.toml", "-o", again, "-q")
+    assert tree_hashes(again) == tree_hashes(study / "edited")
+
+    # Every edit of a tiny model changes far more than a millionth of it: none may be chosen.
+    strict = tmp_path / "strict"
+    result = run_cli(*tune_args(artifact, strict, "--max-changed-share", "1e-6", trials=2), code=1)
+    assert "--max-changed-share" in result.output
+    payload = read_pareto(strict)
+    assert payload["chosen"] is None and payload["front"] == []
+    assert all(t["outcome"]["changed_share"] > 1e-6 for t in payload["trials"])
+    assert not (strict / "chosen.toml").exists()
+
+
 def test_strategies_the_model_cannot_take_are_left_out(located, tmp_path):
     _, artifact = located("gpt2")  # one MLP input projection: no detector
     study = tmp_path / "s"
@@ -129,13 +170,24 @@ def test_strategies_the_model_cannot_take_are_left_out(located, tmp_path):
     assert all(t["settings"]["strategy"] != ["detector"] for t in read_pareto(study)["trials"])
 
 
-def row(number: int, asr: float, over: float, kl: float, newly: float = 0.0, broken: float = 0.0) -> TrialRow:
+def row(
+    number: int,
+    asr: float,
+    over: float,
+    kl: float,
+    newly: float = 0.0,
+    broken: float = 0.0,
+    changed: int = 1000,
+    share: float = 0.0005,
+) -> TrialRow:
     outcome = {
         "attack_success": asr,
         "over_refusal": over,
         "kl": kl,
         "newly_answered_share": newly,
         "newly_invalid_share": broken,
+        "changed_parameters": changed,
+        "changed_share": share,
     }
     return TrialRow(number, {"strategy": ["output"], "layer": "1"}, outcome, 1.0)
 
@@ -158,7 +210,20 @@ def test_choice_rule_on_a_hand_made_front():
     assert choose(rows, -0.01, 0.05, limits) is None
     # 1 is beaten by 4; 3 and 6 are infeasible
     assert {r.number for r in pareto_front(rows, limits)} == {0, 2, 4, 5}
-    assert limits.excess(rows[6].outcome) == pytest.approx([-0.02, 0.15])
+    assert limits.excess(rows[6].outcome) == pytest.approx([-0.02, 0.15, 0.0005 - 1.0])
+
+
+def test_choice_rule_prefers_the_sparser_of_two_equal_edits_and_enforces_the_parameter_limit():
+    rows = [
+        row(0, 0.30, 0.00, 0.001, changed=500_000, share=0.0009),
+        row(1, 0.30, 0.00, 0.004, changed=20_000, share=0.00004),  # same dev result, 25x fewer weights
+        row(2, 0.10, 0.00, 0.001, changed=2_000_000, share=0.004),  # the best cut, over 0.1 % of the model
+    ]
+    limits = Constraints(max_newly_answered=0.02, max_newly_invalid=0.05, max_changed_share=0.001)
+    assert choose(rows, 0.02, 0.05, limits).number == 1
+    assert {r.number for r in pareto_front(rows, limits)} == {0, 1}  # 1 is larger in KL, 0 in size
+    assert not rows[2].feasible(limits)
+    assert choose(rows, 0.02, 0.05, Constraints(0.02, 0.05, 0.01)).number == 2
 
 
 def test_outcome_counts_newly_answered_and_pools_over_refusal():

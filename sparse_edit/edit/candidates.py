@@ -78,8 +78,8 @@ def solve_step(
     """Solve the candidate's ``step``-th layer, add its edits, and return that layer's diagnostics."""
     checkpoint = loaded.checkpoint
     layers, layer = candidate.layers, candidate.layers[step]
-    if len(layers) == 1:
-        data = shared[layer]
+    if step == 0 and layer in shared:
+        data = shared[layer]  # nothing edited yet: the features collected for this layer alone
     else:
         # Sequential: features come from the model with the earlier layers' edits applied.
         with applied_in_memory(loaded.model, candidate.edits, storage_for(checkpoint, candidate.edits, storage)):

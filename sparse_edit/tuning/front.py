@@ -16,28 +16,41 @@ OBJECTIVES = ("attack_success", "over_refusal", "kl")
 CHOICE_RULE = (
     "the lowest dev attack success among finished trials whose pooled dev over-refusal rise is at most "
     "--max-over-refusal, whose harmless KL is at most --kl-budget, whose newly answered share is at most "
-    "--max-newly-answered and whose newly invalid share is at most --max-newly-invalid (ties: lower over-refusal, "
-    "then lower KL, then the earlier trial)"
+    "--max-newly-answered, whose newly invalid share is at most --max-newly-invalid and whose changed share of the "
+    "parameters is at most --max-changed-share (ties: lower over-refusal, then fewer changed parameters, then lower "
+    "KL, then the earlier trial)"
+)
+
+NONE_QUALIFIES = (
+    "no trial qualifies under --max-over-refusal, --kl-budget, --max-newly-answered, --max-newly-invalid and "
+    "--max-changed-share"
 )
 
 
 @dataclass(frozen=True)
 class Constraints:
-    """What makes a trial infeasible: the share of dev harmful prompts it newly answers (the base refused them)
-    and the share of dev prompts whose valid base reply it breaks (a loop, another script, nothing)."""
+    """What makes a trial infeasible: the share of dev harmful prompts it newly answers (the base refused them),
+    the share of dev prompts whose valid base reply it breaks (a loop, another script, nothing), and the share of
+    the checkpoint's parameters it changes."""
 
     max_newly_answered: float
     max_newly_invalid: float = 1.0
+    max_changed_share: float = 1.0
 
     @classmethod
     def of(cls, settings: Mapping[str, Any]) -> Constraints:
-        return cls(float(settings["max_newly_answered"]), float(settings.get("max_newly_invalid", 1.0)))
+        return cls(
+            float(settings["max_newly_answered"]),
+            float(settings.get("max_newly_invalid", 1.0)),
+            float(settings.get("max_changed_share", 1.0)),
+        )
 
     def excess(self, outcome: Mapping[str, Any]) -> list[float]:
         """How far each limit is exceeded (> 0) or kept (<= 0): Optuna's constraint convention."""
         return [
             float(outcome.get("newly_answered_share", 1.0)) - self.max_newly_answered,
             float(outcome.get("newly_invalid_share", 0.0)) - self.max_newly_invalid,
+            float(outcome.get("changed_share", 0.0)) - self.max_changed_share,
         ]
 
     def satisfied(self, outcome: Mapping[str, Any]) -> bool:
@@ -65,11 +78,16 @@ def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 
 
 def pareto_front(rows: list[TrialRow], constraints: Constraints) -> list[TrialRow]:
-    """The feasible trials no other feasible trial beats on every objective (lower is better)."""
+    """The feasible trials no other feasible trial beats on every objective and on size (lower is better).
+
+    Size counts as the choice rule's tie-break does, so the chosen trial is always on the front.
+    """
     feasible = [row for row in rows if row.feasible(constraints)]
-    return [
-        row for row in feasible if not any(dominates(other.objectives(), row.objectives()) for other in feasible)
-    ]
+
+    def key(row: TrialRow) -> tuple[float, ...]:
+        return (*row.objectives(), float(row.outcome.get("changed_parameters", 0)))
+
+    return [row for row in feasible if not any(dominates(key(other), key(row)) for other in feasible)]
 
 
 def choose(
@@ -85,7 +103,16 @@ def choose(
     ]
     if not qualifying:
         return None
-    return min(qualifying, key=lambda row: (*row.objectives(), row.number))
+    return min(
+        qualifying,
+        key=lambda row: (
+            float(row.outcome["attack_success"]),
+            float(row.outcome["over_refusal"]),
+            int(row.outcome.get("changed_parameters", 0)),
+            float(row.outcome["kl"]),
+            row.number,
+        ),
+    )
 
 
 def chosen_config(apply_settings: dict[str, Any], row: TrialRow, study_folder: Path) -> str:

@@ -20,14 +20,24 @@ def default_layers(num_layers: int) -> list[int]:
     return list(range(num_layers // 3, max(num_layers - 1, num_layers // 3 + 1)))
 
 
+# The value of an extra-layer parameter that adds no layer.
+NO_LAYER = "none"
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     strategies: tuple[str, ...]
     layers: tuple[int, ...]
+    max_edit_layers: int = 1  # layers one trial may edit, one after another
 
     @classmethod
     def for_model(
-        cls, names: list[str], layers: list[int] | None, checkpoint: Checkpoint, num_layers: int
+        cls,
+        names: list[str],
+        layers: list[int] | None,
+        checkpoint: Checkpoint,
+        num_layers: int,
+        max_edit_layers: int = 1,
     ) -> tuple[SearchSpace, list[str]]:
         """The space for this model and the strategies left out (with why): those that cannot edit it."""
         kept, skipped = [], []
@@ -44,18 +54,27 @@ class SearchSpace:
         outside = [layer for layer in chosen if not 0 <= layer < num_layers]
         if outside:
             raise SparseEditError(f"--candidate-layers {outside[0]}: the model has layers 0..{num_layers - 1}")
-        return cls(tuple(kept), tuple(chosen)), skipped
+        return cls(tuple(kept), tuple(chosen), max_edit_layers), skipped
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Apply settings for one trial: a strategy, a layer and that strategy's searchable settings."""
+        """Apply settings for one trial: a strategy, a layer set and that strategy's searchable settings."""
         name = str(trial.suggest_categorical("strategy", list(self.strategies)))
-        settings: dict[str, Any] = {
-            "strategy": [name],
-            "layer": str(trial.suggest_categorical("layer", list(self.layers))),
-        }
+        settings: dict[str, Any] = {"strategy": [name], "layer": self._suggest_layers(trial)}
         for tunable in strategies.get(name).search_space:
             settings[tunable.field] = _suggest(trial, f"{name}.{tunable.field}", tunable)
         return settings
+
+    def _suggest_layers(self, trial: optuna.Trial) -> str:
+        """One layer, plus up to ``max_edit_layers - 1`` more (each may be none): ``"18"`` or ``"16,18"``.
+
+        A fixed list of choices per parameter (Optuna's TPE needs one); a repeated layer adds nothing.
+        """
+        chosen = {int(trial.suggest_categorical("layer", list(self.layers)))}
+        for extra in range(2, self.max_edit_layers + 1):
+            value = trial.suggest_categorical(f"layer_{extra}", [NO_LAYER, *map(str, self.layers)])
+            if value != NO_LAYER:
+                chosen.add(int(str(value)))
+        return ",".join(map(str, sorted(chosen)))
 
 
 def _suggest(trial: optuna.Trial, key: str, tunable: Tunable) -> Any:

@@ -30,6 +30,7 @@ from sparse_edit.io.layout import STUDY_DB, TUNED_EDIT_DIR
 from sparse_edit.io.outputs import check_output, command_inputs, staged_folder
 from sparse_edit.tuning.front import (
     CHOICE_RULE,
+    NONE_QUALIFIES,
     Constraints,
     TrialRow,
     choose,
@@ -81,7 +82,7 @@ def study_key(options: TuneOptions, fingerprint: str, artifact_sha256: str) -> s
 
 
 def constraints(options: TuneOptions) -> Constraints:
-    return Constraints(options.max_newly_answered, options.max_newly_invalid)
+    return Constraints(options.max_newly_answered, options.max_newly_invalid, options.max_changed_share)
 
 
 def open_study(journal: Path, key: str, seed: int, limits: Constraints) -> Any:
@@ -150,7 +151,7 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
     rows = _rows(study)
     chosen = choose(rows, options.max_over_refusal, options.kl_budget, constraints(options))
     if chosen is None:
-        reporter.warn("no trial qualifies under --max-over-refusal, --kl-budget and --max-newly-answered")
+        reporter.warn(NONE_QUALIFIES)
     payload = _payload(options, study, rows, chosen, base, runner, fingerprint, artifact_sha)
     payload["study"]["seconds_this_run"] = time.perf_counter() - started
     written = write_study(options, journal, payload, chosen, reporter)
@@ -162,7 +163,7 @@ def prepare(options: TuneOptions, reporter: Reporter) -> tuple[TrialRunner, Sear
     """Load the artifact and model, build the anchors and the search space: what every trial shares."""
     artifact, loaded, low_langs = load_edit_inputs(options, reporter)
     space, skipped = SearchSpace.for_model(
-        options.strategy, options.candidate_layers, loaded.checkpoint, loaded.num_layers
+        options.strategy, options.candidate_layers, loaded.checkpoint, loaded.num_layers, options.max_edit_layers
     )
     for reason in skipped:
         reporter.warn(f"left out of the search: {reason}")

@@ -81,6 +81,7 @@ class TrialOutcome:
     changed_parameters: int
     newly_invalid: int = 0  # prompts (harmful and harmless) with a valid base reply the edit makes invalid
     newly_invalid_share: float = 0.0
+    changed_share: float = 0.0  # changed parameters over the checkpoint's stored parameters
 
     def objectives(self) -> tuple[float, float, float]:
         return self.attack_success, self.over_refusal, self.kl
@@ -102,7 +103,9 @@ def attack_success(dev: DevSet, labels: Sequence[str]) -> dict[str, float]:
     return {lang: _share(values, "compliance") for lang, values in sorted(by_lang.items())}
 
 
-def outcome(dev: DevSet, base: Verdicts, edited: Verdicts, kl: float, changed_parameters: int) -> TrialOutcome:
+def outcome(
+    dev: DevSet, base: Verdicts, edited: Verdicts, kl: float, changed_parameters: int, parameter_count: int = 0
+) -> TrialOutcome:
     """Dev attack success, over-refusal rise and the paired counts, from the base and edited verdicts."""
     by_lang = attack_success(dev, edited.harmful)
     harmless_langs: dict[str, list[int]] = {}
@@ -129,6 +132,7 @@ def outcome(dev: DevSet, base: Verdicts, edited: Verdicts, kl: float, changed_pa
         changed_parameters=changed_parameters,
         newly_invalid=newly_invalid,
         newly_invalid_share=newly_invalid / len(every) if every else 0.0,
+        changed_share=changed_parameters / parameter_count if parameter_count else 0.0,
     )
 
 
@@ -230,4 +234,5 @@ class TrialRunner:
 
         edited = self.verdicts(edit)
         kl, _ = token_kl(self.loaded, self.dev.harmless, self.options.batch_size, edit, base=self._base_logits)
-        return outcome(self.dev, base, edited, kl, int(candidate.diagnostics["changed_parameters"]))
+        changed = int(candidate.diagnostics["changed_parameters"])
+        return outcome(self.dev, base, edited, kl, changed, self.loaded.checkpoint.parameter_count)
