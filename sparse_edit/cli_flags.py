@@ -20,7 +20,7 @@ import typer.core
 from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, Options, TuneOptions
 
 # List settings whose values may also be joined by commas (never paths, which may hold commas).
-COMMA_LISTS = {"languages", "low_langs", "strategy", "candidate_layers"}
+COMMA_LISTS = {"languages", "low_langs", "strategy", "candidate_layers", "candidate_positions"}
 SHORT_NAMES = {"output": "-o"}
 
 

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from sparse_edit.errors import SparseEditError, reading
 
@@ -424,6 +424,11 @@ class TuneOptions(ApplyOptions):
     )
     candidate_layers: list[int] | None = Field(
         None, description="Layers the search chooses from (default: every layer from L/3 to L-2)."
+    )
+    candidate_positions: list[PositiveInt] | None = Field(
+        None,
+        description="Anchor rows per prompt (--positions) the search chooses from, e.g. 1,4 (default: --positions, "
+        "fixed). Each value is a feature set of its own, collected once for every searched layer.",
     )
     max_edit_layers: int = Field(
         1,

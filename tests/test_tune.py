@@ -122,7 +122,7 @@ def test_tune_searches_layers_and_refuses_a_fixed_one(located, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_a_trial_may_add_layers_when_the_search_allows_it():
+def test_a_trial_may_add_layers_and_choose_positions_when_the_search_allows_it():
     import optuna
 
     from sparse_edit.tuning.space import NO_LAYER, SearchSpace
@@ -137,17 +137,21 @@ def test_a_trial_may_add_layers_when_the_search_allows_it():
     assert layers(3, "1", NO_LAYER) == "1,3"  # edited in depth order
     assert layers(2, NO_LAYER, NO_LAYER) == "2"
     assert layers(2, "2", "3") == "2,3"  # a repeated layer adds nothing
-    assert SearchSpace(("paper",), (1, 2)).suggest(optuna.trial.FixedTrial({**fixed, "layer": 2}))["layer"] == "2"
+    one_layer = SearchSpace(("paper",), (1, 2)).suggest(optuna.trial.FixedTrial({**fixed, "layer": 2}))
+    assert one_layer["layer"] == "2" and "positions" not in one_layer  # --positions stays fixed
+    with_positions = SearchSpace(("paper",), (1, 2), positions=(1, 4))
+    assert with_positions.suggest(optuna.trial.FixedTrial({**fixed, "layer": 2, "positions": 4}))["positions"] == 4
 
 
-def test_a_study_of_two_layer_edits_reproduces_and_the_parameter_limit_binds(located, tmp_path):
+def test_a_study_of_layer_sets_and_positions_reproduces_and_the_parameter_limit_binds(located, tmp_path):
     _, artifact = located("llama")
     study = tmp_path / "study"
-    flags = ("--strategy", "paper", "--candidate-layers", "0,1", "--max-edit-layers", "2", "--seed", "3")
-    run_cli(*tune_args(artifact, study, *flags, "--apply", trials=4))
+    flags = ("--strategy", "paper", "--candidate-layers", "0,1", "--max-edit-layers", "2", "--seed", "5")
+    run_cli(*tune_args(artifact, study, *flags, "--candidate-positions", "1,2", "--apply", trials=4))
     payload = read_pareto(study)
     layer_sets = {t["settings"]["layer"] for t in payload["trials"]}
     assert layer_sets <= {"0", "1", "0,1"} and "0,1" in layer_sets
+    assert {t["settings"]["positions"] for t in payload["trials"]} == {1, 2}
     again = tmp_path / "again"
     run_cli("apply", "--config", study / "chosen.toml", "-o", again, "-q")
     assert tree_hashes(again) == tree_hashes(study / "edited")

@@ -12,6 +12,7 @@ from sparse_edit.errors import SparseEditError
 if TYPE_CHECKING:
     import optuna
 
+    from sparse_edit.config import TuneOptions
     from sparse_edit.io.checkpoint import Checkpoint
 
 
@@ -29,19 +30,15 @@ class SearchSpace:
     strategies: tuple[str, ...]
     layers: tuple[int, ...]
     max_edit_layers: int = 1  # layers one trial may edit, one after another
+    positions: tuple[int, ...] = ()  # anchor rows per prompt to choose from (empty: --positions, fixed)
 
     @classmethod
     def for_model(
-        cls,
-        names: list[str],
-        layers: list[int] | None,
-        checkpoint: Checkpoint,
-        num_layers: int,
-        max_edit_layers: int = 1,
+        cls, options: TuneOptions, checkpoint: Checkpoint, num_layers: int
     ) -> tuple[SearchSpace, list[str]]:
         """The space for this model and the strategies left out (with why): those that cannot edit it."""
         kept, skipped = [], []
-        for name in names:
+        for name in options.strategy:
             try:
                 strategies.get(name).check(checkpoint)
             except SparseEditError as exc:
@@ -50,16 +47,20 @@ class SearchSpace:
             kept.append(name)
         if not kept:
             raise SparseEditError(f"--strategy: no strategy can edit this model ({'; '.join(skipped)})")
+        layers = options.candidate_layers
         chosen = sorted(set(layers)) if layers else default_layers(num_layers)
         outside = [layer for layer in chosen if not 0 <= layer < num_layers]
         if outside:
             raise SparseEditError(f"--candidate-layers {outside[0]}: the model has layers 0..{num_layers - 1}")
-        return cls(tuple(kept), tuple(chosen), max_edit_layers), skipped
+        positions = tuple(sorted(set(options.candidate_positions or ())))
+        return cls(tuple(kept), tuple(chosen), options.max_edit_layers, positions), skipped
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Apply settings for one trial: a strategy, a layer set and that strategy's searchable settings."""
         name = str(trial.suggest_categorical("strategy", list(self.strategies)))
         settings: dict[str, Any] = {"strategy": [name], "layer": self._suggest_layers(trial)}
+        if self.positions:
+            settings["positions"] = int(trial.suggest_categorical("positions", list(self.positions)))
         for tunable in strategies.get(name).search_space:
             settings[tunable.field] = _suggest(trial, f"{name}.{tunable.field}", tunable)
         return settings

@@ -162,9 +162,7 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
 def prepare(options: TuneOptions, reporter: Reporter) -> tuple[TrialRunner, SearchSpace]:
     """Load the artifact and model, build the anchors and the search space: what every trial shares."""
     artifact, loaded, low_langs = load_edit_inputs(options, reporter)
-    space, skipped = SearchSpace.for_model(
-        options.strategy, options.candidate_layers, loaded.checkpoint, loaded.num_layers, options.max_edit_layers
-    )
+    space, skipped = SearchSpace.for_model(options, loaded.checkpoint, loaded.num_layers)
     for reason in skipped:
         reporter.warn(f"left out of the search: {reason}")
     anchors = build_anchors(options, loaded, low_langs, reporter)
