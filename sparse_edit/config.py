@@ -174,7 +174,8 @@ class ApplyOptions(ModelOptions, PromptOptions):
         "down_proj columns of a neuron set, fitted to raise the layer's refusal-direction projection. detector: "
         "the layer's quietest neuron rewritten as a thresholded harmfulness detector that adds the refusal "
         "direction only when it fires. Several (paper,output,detector) are compared on the dev split, like "
-        "layers. The defaults of strategy, --layer, --gamma and --proj are the configuration sparse-edit tune "
+        "layers. A chain (paper+detector) solves each part in turn, the later on features with the earlier "
+        "edits applied; the parts share the flags they read. The defaults of strategy, --layer, --gamma and --proj are the configuration sparse-edit tune "
         "chose on the measured model (docs/results/tune-study.md); tune your own model for its best.",
     )
     layer: str = Field(
@@ -323,11 +324,15 @@ class ApplyOptions(ModelOptions, PromptOptions):
     @field_validator("strategy")
     @classmethod
     def _strategy(cls, value: list[str]) -> list[str]:
-        from sparse_edit.edit.strategies import NAMES  # the registry's names only: nothing heavy is imported
+        # The registry's names only: nothing heavy is imported.
+        from sparse_edit.edit.strategies import NAMES, chain_parts
 
-        unknown = [name for name in value if name not in NAMES]
+        unknown = [part for name in value for part in chain_parts(name) if part not in NAMES]
         if unknown:
             raise ValueError(f"unknown strategy {unknown[0]!r}; registered: {', '.join(NAMES)}")
+        repeated = [name for name in value if len(set(chain_parts(name))) < len(chain_parts(name))]
+        if repeated:
+            raise ValueError(f"{repeated[0]!r} names a strategy twice; a chain names each strategy once")
         if not value:
             raise ValueError("name at least one strategy")
         return value

@@ -1,4 +1,4 @@
-"""Candidate edits: each planned strategy solved at each layer set (sequential layers see the earlier edits)."""
+"""Candidate edits: each planned strategy (or chain) solved at each layer set; later steps see the earlier edits."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from sparse_edit.edit.anchors import Anchors
 from sparse_edit.edit.delta import SliceEdit, applied_in_memory
 from sparse_edit.edit.gather import LayerData, gather
 from sparse_edit.edit.plan import Plan
+from sparse_edit.edit.strategies import chain_parts
 from sparse_edit.edit.strategies.base import SolveJob
+from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.model.loading import LoadedModel
 
@@ -52,16 +54,31 @@ def build_candidates(
         shared.update(gather(loaded, anchors, singles, plan, options, reporter))
     candidates = []
     for name in plan.strategies:
+        parts = chain_parts(name)
         for layers in plan.layer_sets:
             candidate = Candidate(name, layers)
+            steps = [
+                Step(part, position, first=not position and not i)
+                for position in range(len(layers))
+                for i, part in enumerate(parts)
+            ]
             per_layer = [
                 solve_step(loaded, anchors, plan, options, storage, reporter, candidate, step, shared)
-                for step in range(len(layers))
+                for step in steps
             ]
             candidate.diagnostics = summarise_layers(per_layer)
             candidate.diagnostics["changed_parameters"] = sum(e.changed_parameters for e in candidate.edits)
             candidates.append(candidate)
     return candidates
+
+
+@dataclass(frozen=True)
+class Step:
+    """One solve of a candidate: a registered strategy (a chain's part) at one of its layers."""
+
+    part: str
+    position: int  # index into the candidate's layers
+    first: bool  # nothing edited before it
 
 
 def solve_step(
@@ -72,30 +89,36 @@ def solve_step(
     storage: dict[str, torch.dtype],
     reporter: Reporter,
     candidate: Candidate,
-    step: int,
+    step: Step,
     shared: dict[int, LayerData],
 ) -> dict[str, Any]:
-    """Solve the candidate's ``step``-th layer, add its edits, and return that layer's diagnostics."""
+    """Solve one step of the candidate, add its edits, and return that step's diagnostics."""
     checkpoint = loaded.checkpoint
-    layers, layer = candidate.layers, candidate.layers[step]
-    if step == 0 and layer in shared:
+    layers, layer = candidate.layers, candidate.layers[step.position]
+    if step.first and layer in shared:
         data = shared[layer]  # nothing edited yet: the features collected for this layer alone
     else:
-        # Sequential: features come from the model with the earlier layers' edits applied.
+        # Sequential: features come from the model with the earlier steps' edits applied.
         with applied_in_memory(loaded.model, candidate.edits, storage_for(checkpoint, candidate.edits, storage)):
             data = gather(loaded, anchors, [layer], plan, options, reporter)[layer]
-    strategy = plan.strategy(candidate.strategy)
+    strategy = plan.strategy(step.part)
     job = SolveJob(
         layer=layer,
         data=data,
-        neurons=plan.neurons.get((candidate.strategy, layer)),
+        neurons=plan.neurons.get((step.part, layer)),
         checkpoint=checkpoint,
         options=options,
-        share=1.0 / (len(layers) - step),  # the remaining gap, spread over the layers left
+        share=1.0 / (len(layers) - step.position),  # the remaining gap, spread over the layers left
     )
     edits, diagnostics = strategy.solve(job)
     if diagnostics["jitter"]:
-        reporter.warn(f"{candidate.strategy} layer {layer}: Cholesky needed jitter {diagnostics['jitter']:.3g}")
+        reporter.warn(f"{step.part} layer {layer}: Cholesky needed jitter {diagnostics['jitter']:.3g}")
+    chained = len(chain_parts(candidate.strategy)) > 1
+    if chained:
+        require_disjoint(candidate, edits, step.part)
+        if strategy.gram_site is None:
+            for edit in edits:
+                edit.leak_checked = False  # the layer's stored Gram belongs to the chain's low-rank part
     candidate.edits += edits
     if strategy.gram_site is not None:
         # The harmless Gram of this layer's keys, as the solve saw it: verify recomputes the leak.
@@ -103,10 +126,28 @@ def solve_step(
         candidate.gram_tokens = data.safe_tokens
     return {
         "layer": layer,
+        **({"strategy": step.part} if chained else {}),
         "neurons": int(edits[0].neurons.numel()),
-        **plan.notes.get((candidate.strategy, layer), {}),
+        **plan.notes.get((step.part, layer), {}),
         **diagnostics,
     }
+
+
+def require_disjoint(candidate: Candidate, edits: Sequence[SliceEdit], part: str) -> None:
+    """A chain's parts edit different rows: each edit is solved against the original rows it replaces."""
+    taken = {row for edit in candidate.edits for row in edit_rows(edit)}
+    for edit in edits:
+        if taken & edit_rows(edit):
+            raise SparseEditError(
+                f"--strategy {candidate.strategy}: {part} at layer {edit.layer} would edit rows of "
+                f"{edit.slice.tensor} that an earlier part of the chain edits; chain it in another order or at "
+                "another layer"
+            )
+
+
+def edit_rows(edit: SliceEdit) -> set[tuple[str, int, int]]:
+    """(tensor, axis, row) of every weight vector ``edit`` changes."""
+    return {(edit.slice.tensor, edit.slice.axis, edit.slice.offset + int(n)) for n in edit.neurons.tolist()}
 
 
 def storage_for(

@@ -43,6 +43,9 @@ class SliceEdit:
     b: torch.Tensor  # float32 [r, other_dim]
     key_axis: KeyAxis = "columns"
     original: torch.Tensor | None = None  # [m, other_dim] in the checkpoint dtype
+    # Whether verify counts this edit in its layer's harmless leak (the stored Gram is of its keys); False
+    # for a chain's detector rows beside a low-rank part at the same layer.
+    leak_checked: bool = True
 
     @property
     def rows_delta(self) -> torch.Tensor:
@@ -139,6 +142,8 @@ class EditDelta:
                     "axis": edit.slice.axis,
                     "offset": edit.slice.offset,
                     "key_axis": edit.key_axis,
+                    # Written only when False: deltas without chains stay byte-identical to earlier ones.
+                    **({} if edit.leak_checked else {"leak_checked": False}),
                 }
             )
         for layer, gram in self.grams.items():
@@ -174,6 +179,7 @@ class EditDelta:
                     b=tensors[f"edit.{i}.b"],
                     key_axis=item["key_axis"],
                     original=tensors[f"edit.{i}.original"],
+                    leak_checked=bool(item.get("leak_checked", True)),
                 )
                 for i, item in enumerate(meta["slices"])
             ]

@@ -40,6 +40,11 @@ class Plan:
     def strategy(self, name: str) -> Strategy:
         return strategies.get(name)
 
+    @property
+    def parts(self) -> list[str]:
+        """Every registered strategy the candidates use (a chain's parts), once each, in order."""
+        return list(dict.fromkeys(part for name in self.strategies for part in strategies.chain_parts(name)))
+
 
 def rank_by_attribution(
     loaded: LoadedModel, anchors: Anchors, plan: Plan, options: ApplyOptions, reporter: Reporter
@@ -84,8 +89,11 @@ def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, 
         for layer in layers:
             if not 0 <= layer < num_layers:
                 raise SparseEditError(f"--layer {layer}: the model has layers 0..{num_layers - 1}")
-    neurons: dict[tuple[str, int], torch.Tensor] = {}
     for name in options.strategy:
+        check_chain(name)
+    parts = list(dict.fromkeys(part for name in options.strategy for part in strategies.chain_parts(name)))
+    neurons: dict[tuple[str, int], torch.Tensor] = {}
+    for name in parts:
         strategy = strategies.get(name)
         for layers in layer_sets:
             for layer in layers:
@@ -97,6 +105,16 @@ def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, 
     ]
     if not usable:
         raise SparseEditError("no neurons to edit at the requested layer(s); pick another --layer or neuron set")
-    wanted = {site for name in options.strategy for site in strategies.get(name).needs(options).sites}
+    wanted = {site for name in parts for site in strategies.get(name).needs(options).sites}
     sites: list[Site] = [site for site in SITE_ORDER if site in wanted]
     return Plan(list(options.strategy), usable, neurons, sites)
+
+
+def check_chain(name: str) -> None:
+    """A chain may hold one low-rank strategy: verify recomputes one harmless leak per layer, from one Gram."""
+    checked = [part for part in strategies.chain_parts(name) if strategies.get(part).gram_site is not None]
+    if len(checked) > 1:
+        raise SparseEditError(
+            f"--strategy {name}: {checked[0]} and {checked[1]} are both low-rank edits whose leak verify checks "
+            "from one Gram per layer; chain one of them with detector"
+        )

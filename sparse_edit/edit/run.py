@@ -43,7 +43,7 @@ def run_apply(options: ApplyOptions, reporter: Reporter, config: Path | None = N
     artifact, loaded, low_langs = load_edit_inputs(options, reporter)
     checkpoint = loaded.checkpoint
     plan = make_plan(options, artifact, loaded.num_layers, low_langs)
-    for name in plan.strategies:
+    for name in plan.parts:
         plan.strategy(name).check(checkpoint)  # fail before any forward pass
     anchors = build_anchors(options, loaded, low_langs, reporter)
     announce_cost(loaded, anchors, plan, options, reporter)

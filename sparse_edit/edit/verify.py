@@ -145,7 +145,7 @@ def _check_rows(
             rows_ok &= error <= ROW_TOLERANCE.get(before.dtype, 1e-6) or torch.equal(stored, expected)
             original_ok &= edit.original is not None and torch.equal(edit.original, rows)
             gram = delta.grams.get(edit.layer)
-            if gram is not None:
+            if gram is not None and edit.leak_checked:
                 moved, base_energy = slice_energies(edit, rows.double(), stored.double() - rows.double(), gram)
                 previous = energies.get(edit.layer, (0.0, 0.0))
                 energies[edit.layer] = (previous[0] + moved, previous[1] + base_energy)

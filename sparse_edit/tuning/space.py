@@ -40,7 +40,8 @@ class SearchSpace:
         kept, skipped = [], []
         for name in options.strategy:
             try:
-                strategies.get(name).check(checkpoint)
+                for part in strategies.chain_parts(name):
+                    strategies.get(part).check(checkpoint)
             except SparseEditError as exc:
                 skipped.append(f"{name}: {exc}")
                 continue
@@ -61,7 +62,7 @@ class SearchSpace:
         settings: dict[str, Any] = {"strategy": [name], "layer": self._suggest_layers(trial)}
         if self.positions:
             settings["positions"] = int(trial.suggest_categorical("positions", list(self.positions)))
-        for tunable in strategies.get(name).search_space:
+        for tunable in searchable(name):
             settings[tunable.field] = _suggest(trial, f"{name}.{tunable.field}", tunable)
         return settings
 
@@ -76,6 +77,16 @@ class SearchSpace:
             if value != NO_LAYER:
                 chosen.add(int(str(value)))
         return ",".join(map(str, sorted(chosen)))
+
+
+def searchable(name: str) -> list[Tunable]:
+    """What the search varies for a strategy or chain: its parts' settings, a setting they share once (the
+    first part's range)."""
+    tunables: dict[str, Tunable] = {}
+    for part in strategies.chain_parts(name):
+        for tunable in strategies.get(part).search_space:
+            tunables.setdefault(tunable.field, tunable)
+    return list(tunables.values())
 
 
 def _suggest(trial: optuna.Trial, key: str, tunable: Tunable) -> Any:

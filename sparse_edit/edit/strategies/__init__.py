@@ -3,7 +3,8 @@
 ``NAMES`` is the registry: a strategy ``NAME`` lives in ``sparse_edit.edit.strategies.NAME`` and
 defines ``STRATEGY``, an instance of ``Strategy`` (see ``base``). The modules are imported on
 first use, so naming the strategies costs nothing. Adding a strategy: one module here, its name
-below, and its tests.
+below, and its tests. ``paper+detector`` names a chain: each part solved in turn at every layer
+of the edit, on features collected with the earlier parts' edits applied.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ if TYPE_CHECKING:
 
 # In the order --help lists them; the first is the default.
 NAMES: tuple[str, ...] = ("output", "detector", "paper")
+CHAIN = "+"
+
+
+def chain_parts(name: str) -> tuple[str, ...]:
+    """The registered strategies ``name`` stands for, in order: itself, or a chain's parts."""
+    return tuple(name.split(CHAIN))
 
 
 @cache
