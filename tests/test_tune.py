@@ -125,18 +125,19 @@ def test_tune_searches_layers_and_refuses_a_fixed_one(located, tmp_path):
 def test_a_trial_may_add_layers_and_choose_positions_when_the_search_allows_it():
     import optuna
 
-    from sparse_edit.tuning.space import NO_LAYER, SearchSpace
+    from sparse_edit.tuning.space import SearchSpace
 
     space = SearchSpace(("paper",), (1, 2, 3), max_edit_layers=3)
     fixed = {"strategy": "paper", "paper.gamma": 1.0, "paper.proj": "gate"}
 
-    def layers(first: int, second: object, third: object) -> str:
-        trial = optuna.trial.FixedTrial({**fixed, "layer": first, "layer_2": second, "layer_3": third})
+    def layers(count: int, *chosen: int) -> str:
+        names = ["layer", "layer_2", "layer_3"][: len(chosen)]
+        trial = optuna.trial.FixedTrial({**fixed, "edit_layers": count, **dict(zip(names, chosen, strict=True))})
         return space.suggest(trial)["layer"]
 
-    assert layers(3, "1", NO_LAYER) == "1,3"  # edited in depth order
-    assert layers(2, NO_LAYER, NO_LAYER) == "2"
-    assert layers(2, "2", "3") == "2,3"  # a repeated layer adds nothing
+    assert layers(2, 3, 1) == "1,3"  # edited in depth order
+    assert layers(1, 2) == "2"
+    assert layers(3, 2, 2, 3) == "2,3"  # a repeated layer adds nothing
     one_layer = SearchSpace(("paper",), (1, 2)).suggest(optuna.trial.FixedTrial({**fixed, "layer": 2}))
     assert one_layer["layer"] == "2" and "positions" not in one_layer  # --positions stays fixed
     with_positions = SearchSpace(("paper",), (1, 2), positions=(1, 4))
@@ -146,7 +147,7 @@ def test_a_trial_may_add_layers_and_choose_positions_when_the_search_allows_it()
 def test_a_study_of_layer_sets_and_positions_reproduces_and_the_parameter_limit_binds(located, tmp_path):
     _, artifact = located("llama")
     study = tmp_path / "study"
-    flags = ("--strategy", "paper", "--candidate-layers", "0,1", "--max-edit-layers", "2", "--seed", "5")
+    flags = ("--strategy", "paper", "--candidate-layers", "0,1", "--max-edit-layers", "2", "--seed", "3")
     run_cli(*tune_args(artifact, study, *flags, "--candidate-positions", "1,2", "--apply", trials=4))
     payload = read_pareto(study)
     layer_sets = {t["settings"]["layer"] for t in payload["trials"]}

@@ -21,10 +21,6 @@ def default_layers(num_layers: int) -> list[int]:
     return list(range(num_layers // 3, max(num_layers - 1, num_layers // 3 + 1)))
 
 
-# The value of an extra-layer parameter that adds no layer.
-NO_LAYER = "none"
-
-
 @dataclass(frozen=True)
 class SearchSpace:
     strategies: tuple[str, ...]
@@ -67,15 +63,15 @@ class SearchSpace:
         return settings
 
     def _suggest_layers(self, trial: optuna.Trial) -> str:
-        """One layer, plus up to ``max_edit_layers - 1`` more (each may be none): ``"18"`` or ``"16,18"``.
+        """How many layers (up to ``max_edit_layers``), then each of them: ``"18"`` or ``"16,18"``.
 
-        A fixed list of choices per parameter (Optuna's TPE needs one); a repeated layer adds nothing.
+        The count comes first so that one-layer edits keep an even share of the random start; a repeated
+        layer adds nothing.
         """
+        count = trial.suggest_int("edit_layers", 1, self.max_edit_layers) if self.max_edit_layers > 1 else 1
         chosen = {int(trial.suggest_categorical("layer", list(self.layers)))}
-        for extra in range(2, self.max_edit_layers + 1):
-            value = trial.suggest_categorical(f"layer_{extra}", [NO_LAYER, *map(str, self.layers)])
-            if value != NO_LAYER:
-                chosen.add(int(str(value)))
+        for extra in range(2, count + 1):
+            chosen.add(int(trial.suggest_categorical(f"layer_{extra}", list(self.layers))))
         return ",".join(map(str, sorted(chosen)))
 
 
