@@ -105,3 +105,23 @@ def test_the_search_varies_a_chains_settings_once_each():
     values |= {"paper+detector.detector_sharpness": 8.0, "paper+detector.detector_neurons": "one"}
     settings = space.suggest(optuna.trial.FixedTrial(values))
     assert settings["strategy"] == ["paper+detector"] and settings["gamma"] == 0.5 and settings["gain"] == 2.0
+
+
+@pytest.mark.parametrize("chain", ["paper+detector", "detector+paper"])
+def test_the_detector_repurposes_a_neuron_no_other_part_of_the_chain_edits(located, tmp_path, monkeypatch, chain):
+    from sparse_edit.edit import strategies
+
+    _, artifact = located("llama")
+    alone = tmp_path / "alone"
+    run_cli(*apply_args(artifact, alone, "--strategy", "detector", *DETECTOR))
+    (quietest,) = {int(e.neurons.item()) for e in EditDelta.load(alone / DELTA_FILE).edits}
+    # The paper part's safety neurons now include the neuron the detector would repurpose on its own.
+    monkeypatch.setattr(
+        type(strategies.get("paper")), "neurons", lambda *_: torch.tensor([quietest, (quietest + 1) % 16])
+    )
+    out = tmp_path / "chained"
+    run_cli(*apply_args(artifact, out, "--strategy", chain, *DETECTOR))
+    edits = EditDelta.load(out / DELTA_FILE).edits
+    (repurposed,) = {int(e.neurons.item()) for e in edits if not e.leak_checked}
+    assert repurposed != quietest
+    assert {int(n) for e in edits if e.leak_checked for n in e.neurons} == {quietest, (quietest + 1) % 16}

@@ -109,6 +109,7 @@ def solve_step(
         checkpoint=checkpoint,
         options=options,
         share=1.0 / (len(layers) - step.position),  # the remaining gap, spread over the layers left
+        avoid=chain_neurons(candidate, plan, layer, step.part),
     )
     edits, diagnostics = strategy.solve(job)
     if diagnostics["jitter"]:
@@ -131,6 +132,16 @@ def solve_step(
         **plan.notes.get((step.part, layer), {}),
         **diagnostics,
     }
+
+
+def chain_neurons(candidate: Candidate, plan: Plan, layer: int, part: str) -> torch.Tensor | None:
+    """Neurons the chain's other parts edit at ``layer``: the earlier parts' edits and the later parts' plans."""
+    others = [name for name in chain_parts(candidate.strategy) if name != part]
+    if not others:
+        return None
+    taken = [edit.neurons for edit in candidate.edits if edit.layer == layer]
+    taken += [plan.neurons[(name, layer)] for name in others if (name, layer) in plan.neurons]
+    return torch.unique(torch.cat(taken)) if taken else None
 
 
 def require_disjoint(candidate: Candidate, edits: Sequence[SliceEdit], part: str) -> None:

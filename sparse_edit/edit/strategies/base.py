@@ -61,6 +61,8 @@ class SolveJob:
     checkpoint: Checkpoint
     options: ApplyOptions
     share: float  # the part of the remaining gap this layer takes (sequential edits)
+    # Neurons the other parts of a chain edit at this layer: a strategy that picks its own leaves them out.
+    avoid: torch.Tensor | None = None
 
 
 class Strategy(ABC):

@@ -83,6 +83,7 @@ class DetectorStrategy(Strategy):
                 options.detector_neurons == "per-language",
             ),
             job.share,
+            job.avoid,
         )
 
 
@@ -121,6 +122,7 @@ def detector_candidate(
     data: LayerData,
     settings: DetectorSettings,
     share: float = 1.0,
+    avoid: torch.Tensor | None = None,
 ) -> tuple[list[SliceEdit], dict[str, Any]]:
     """Rewrite the layer's quietest neuron(s) as detectors that move the refusal projection when they fire.
 
@@ -128,6 +130,7 @@ def detector_candidate(
     release: fires on harmless prompts and lowers their projection to the reference harmless level.
     Per language: one probe per low-resource language (its harmful rows and the reference's against all
     harmless rows), output scales fitted jointly by non-negative least squares, so no neuron lowers refusal.
+    ``avoid``: neurons other parts of a chain edit at this layer, never repurposed.
     """
     family, d_ff, mode = checkpoint.family, checkpoint.dims.mlp_width, settings.mode
     activation = detector_activation(checkpoint)
@@ -146,6 +149,9 @@ def detector_candidate(
     energy = harmless_output_energy(
         data.safe_squares["neurons"], slices["down"].read(weights[slices["down"].tensor], torch.arange(d_ff))
     )
+    if avoid is not None and avoid.numel():
+        energy = energy.clone()
+        energy[avoid] = float("inf")  # another part of a chain edits them
     index = torch.argsort(energy, stable=True)[: len(probes)]  # the neurons harmless prompts miss least
 
     direction = refusal_direction(data)
