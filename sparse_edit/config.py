@@ -175,8 +175,9 @@ class ApplyOptions(ModelOptions, PromptOptions):
         "the layer's quietest neuron rewritten as a thresholded harmfulness detector that adds the refusal "
         "direction only when it fires. Several (paper,output,detector) are compared on the dev split, like "
         "layers. A chain (paper+detector) solves each part in turn, the later on features with the earlier "
-        "edits applied; the parts share the flags they read. The defaults of strategy, --layer, --gamma and --proj are the configuration sparse-edit tune "
-        "chose on the measured model (docs/results/tune-study.md); tune your own model for its best.",
+        "edits applied; the parts share the flags they read. The defaults of strategy, --layer, --gamma and "
+        "--proj are the configuration sparse-edit tune chose on the measured model (docs/results/tune-study.md); "
+        "tune your own model for its best.",
     )
     layer: str = Field(
         "0.75",
@@ -422,7 +423,8 @@ class TuneOptions(ApplyOptions):
     )
     strategy: list[str] = Field(
         default_factory=_registered_strategies,
-        description="Strategies the search chooses from (default: every registered one the model supports).",
+        description="Strategies the search chooses from (default: every registered one the model supports); "
+        "chains such as paper+detector may be named too.",
     )
     layer: str = Field(
         "auto", description="tune searches the layer: keep auto and name the layers with --candidate-layers."
