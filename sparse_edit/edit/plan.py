@@ -43,7 +43,7 @@ class Plan:
     @property
     def parts(self) -> list[str]:
         """Every registered strategy the candidates use (a chain's parts), once each, in order."""
-        return list(dict.fromkeys(part for name in self.strategies for part in strategies.chain_parts(name)))
+        return strategies.all_parts(self.strategies)
 
 
 def rank_by_attribution(
@@ -91,7 +91,7 @@ def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, 
                 raise SparseEditError(f"--layer {layer}: the model has layers 0..{num_layers - 1}")
     for name in options.strategy:
         check_chain(name)
-    parts = list(dict.fromkeys(part for name in options.strategy for part in strategies.chain_parts(name)))
+    parts = strategies.all_parts(options.strategy)
     neurons: dict[tuple[str, int], torch.Tensor] = {}
     for name in parts:
         strategy = strategies.get(name)

@@ -10,6 +10,7 @@ of the edit, on features collected with the earlier parts' edits applied.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,11 @@ CHAIN = "+"
 def chain_parts(name: str) -> tuple[str, ...]:
     """The registered strategies ``name`` stands for, in order: itself, or a chain's parts."""
     return tuple(name.split(CHAIN))
+
+
+def all_parts(names: Iterable[str]) -> list[str]:
+    """Every registered strategy the names (strategies and chains) use, once each, in order."""
+    return list(dict.fromkeys(part for name in names for part in chain_parts(name)))
 
 
 @cache
