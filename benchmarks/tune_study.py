@@ -143,6 +143,31 @@ def edit_args(name: str, pareto: dict[str, Any], study: Path, recommended: int, 
     return ["--config", str(study_config(pareto, {}, runs / "study-anchors.toml")), *flags]
 
 
+def test_harmless(each: int | None, skip: int) -> tuple[list[str], str]:
+    """eval's harmless flags and their description: the test config's sources cut by --harmless-limit, or
+    ``each`` prompts per language from each of MultiQ gpt, MultiQ lmsys and PolyRefuse harmless val (where a
+    language has them). The limit takes each language's first prompts in source order, so the config's
+    sources alone give MultiQ gpt ids only."""
+    if each is None:
+        return (
+            [],
+            "MultiQ gpt-1..50, lmsys-1..40 plus PolyRefuse harmless val cut to the first prompts per language",
+        )
+    first, last = 1 + skip, skip + each
+    specs = [
+        f"data/multiq/multiq.jsonl@gpt-{first}..{last},lmsys-{first}..{last}",
+        f"data/polyrefuse/harmless_val_translated_*.json@{first - 1}-{last - 1}",
+        f"data/polyrefuse/harmless_val_en_sample.json@{first - 1}-{last - 1}",
+    ]
+    return ["--harmless", *specs, "--harmless-limit", str(3 * each)], (
+        f"MultiQ gpt-{first}..{last} and lmsys-{first}..{last} plus PolyRefuse harmless val ids {first - 1}-{last - 1} "
+        "(where the language has them)"
+    )
+
+
+HARMLESS_CUT = "MultiQ gpt ids only (the test config's harmless sources cut to the first prompts per language)"
+
+
 def edit_names(edits: str, pareto: dict[str, Any]) -> list[str]:
     """``--edits`` with ``front`` expanded to trial-N for every trial on the study's front (the chosen one is
     ``tuned`` when that is listed too)."""
@@ -216,7 +241,7 @@ def render(payload: dict[str, Any]) -> str:
         f"Written by `{payload.get('command', 'python benchmarks/tune_study.py')}` (with "
         f"`{payload.get('name', 'tune-study')}.json`). Everything the study chose came from "
         "the anchor side (MultiJail ids 100-314, MultiQ gpt-51..100 and lmsys-41..80); the table below is the test "
-        f"side: MultiJail ids {payload.get('test_harmful_ids', '20-99')} and MultiQ gpt-1..50, lmsys-1..40 plus PolyRefuse harmless val, "
+        f"side: MultiJail ids {payload.get('test_harmful_ids', '20-99')} and {payload.get('test_harmless', HARMLESS_CUT)}, "
         f"{test_slice(payload)} per language and class, 32-token greedy replies ({payload.get('eval_dtype', 'auto')} "
         "eval), keyword judge. "
         + (
@@ -311,6 +336,13 @@ def main() -> None:
     )
     parser.add_argument("--test-limit", type=int, default=24, help="test prompts per language and class")
     parser.add_argument(
+        "--test-harmless-each",
+        type=int,
+        default=None,
+        help="harmless test prompts per language from each source (MultiQ gpt, MultiQ lmsys, PolyRefuse val) "
+        "instead of --test-limit of them in source order (which is MultiQ gpt only)",
+    )
+    parser.add_argument(
         "--test-skip", type=int, default=0, help="skip this many test prompts per language and class first"
     )
     parser.add_argument(
@@ -323,7 +355,7 @@ def main() -> None:
         "--edits",
         default="tuned,paper,previous",
         help="edits to evaluate on the test side: tuned, tuned@A+B (the chosen settings at layers A, B), paper, "
-        "previous, trial-N (trial N of the study), front "
+        "previous, trial-N (trial N of the study), NAME=PATH (an edited checkpoint already written), front "
         "(every trial on the study's front); the first one's report holds the base model's replies",
     )
     parser.add_argument(
@@ -380,8 +412,12 @@ def main() -> None:
     )["recommended_layer"]
     results: dict[str, Any] = {}
     base_report: Path | None = None
-    for name in edit_names(args.edits, pareto):
-        edited = runs / f"edit-{name}"
+    harmless_flags, harmless_description = test_harmless(args.test_harmless_each, args.test_skip)
+    for entry in edit_names(args.edits, pareto):
+        name, _, written = entry.partition("=")
+        edited = (ROOT / written).resolve() if written else runs / f"edit-{name}"
+        if written and not edited.is_dir():
+            raise SystemExit(f"--edits {entry}: {edited} is not an edited checkpoint folder")
         if not edited.is_dir():
             config_args = edit_args(name, pareto, study, recommended, runs)
             if config_args is None:
@@ -393,6 +429,7 @@ def main() -> None:
             f"test-{name}"
             + (f"-skip{args.test_skip}" if args.test_skip else "")
             + (f"-ids{args.test_harmful_ids}" if args.test_harmful_ids else "")
+            + (f"-each{args.test_harmless_each}" if args.test_harmless_each else "")
         )
         base_report = base_report or report
         if not report.is_dir():
@@ -406,10 +443,9 @@ def main() -> None:
                 *with_base,
                 "--limit",
                 str(args.test_limit),
-                "--harmless-limit",
-                str(args.test_limit),
+                *(harmless_flags or ["--harmless-limit", str(args.test_limit)]),
                 *(["--skip", str(args.test_skip)] if args.test_skip and not args.test_harmful_ids else []),
-                *(["--harmless-skip", str(args.test_skip)] if args.test_skip else []),
+                *(["--harmless-skip", str(args.test_skip)] if args.test_skip and not harmless_flags else []),
                 *(
                     ["--harmful", f"data/multijail/MultiJail.csv@{args.test_harmful_ids}"]
                     if args.test_harmful_ids
@@ -425,7 +461,17 @@ def main() -> None:
             "dev_kl_harmless": manifest["diagnostics"].get("kl_harmless"),
             "test": paired(report, base_report),
         }
-        number = pareto["chosen"] if name == "tuned" else int(name[6:]) if name.startswith("trial-") else None
+        if written:
+            results[name]["checkpoint"] = written  # another study's edit: its dev outcome is in that study
+        number = (
+            None
+            if written
+            else pareto["chosen"]
+            if name == "tuned"
+            else int(name[6:])
+            if name.startswith("trial-")
+            else None
+        )
         if number is not None:
             (trial,) = [t for t in pareto["trials"] if t["number"] == number]
             results[name]["dev"] = {"trial": number, **trial["outcome"]}
@@ -450,6 +496,7 @@ def main() -> None:
             "test_limit_per_language": args.test_limit,
             "test_skip_per_language": args.test_skip,
             "test_harmful_ids": args.test_harmful_ids or "20-99",
+            "test_harmless": harmless_description,
             "results": results,
             "dev_test_agreement": agreement(results),
         },

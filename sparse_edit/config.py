@@ -264,6 +264,13 @@ class ApplyOptions(ModelOptions, PromptOptions):
         ge=1,
         description="Anchor rows per prompt: the last N prompt tokens (the template tail after the request).",
     )
+    harmless_reply_tokens: int = Field(
+        0,
+        ge=0,
+        description="Also count the model's own greedy replies to the harmless training prompts (this many tokens "
+        "each) among the harmless tokens every strategy keeps unchanged (the Gram, the detector's negatives): "
+        "an edit then also stays quiet while the model answers, not only while it reads. 0 = prompts only.",
+    )
     ceiling: bool = Field(
         False,
         description="Also measure each candidate's patching ceiling: refusal gain when the edited neurons' "
@@ -310,6 +317,12 @@ class ApplyOptions(ModelOptions, PromptOptions):
     )
     dev_limit: int = Field(
         24, ge=1, description="At most this many dev prompts per language and class for probes."
+    )
+    dev_harmless_limit: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many harmless dev prompts per language (default: --dev-limit). tune counts "
+        "over-refusal on them: a rise of a few points needs more prompts to show than the attack-success cut.",
     )
     dev_generate: int = Field(
         0,

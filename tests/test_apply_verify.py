@@ -369,6 +369,20 @@ def test_harmless_limit_sizes_the_null_space_anchors_apart_from_limit(located, t
     assert manifest["settings"]["harmless_limit"] == 10
 
 
+def test_dev_harmless_limit_caps_the_harmless_dev_prompts_apart_from_dev_limit(located, tmp_path):
+    _, artifact = located("llama")
+
+    def anchors(out: str, *extra: str) -> dict[str, int]:
+        args = apply_args(artifact, tmp_path / out, "--limit", "4", "--harmless-limit", "10")
+        manifest = json.loads(run_cli(*args, "--dev-fraction", "0.5", "--dev-limit", "1", *extra, "--json").stdout)
+        return manifest["anchors"]
+
+    shared, apart = anchors("shared"), anchors("apart", "--dev-harmless-limit", "3")
+    assert shared["safe_dev"] <= 3 < apart["safe_dev"] <= 9  # 3 languages
+    assert apart["low_dev"] == shared["low_dev"] and apart["ref_dev"] == shared["ref_dev"]
+    assert apart["safe_train"] == shared["safe_train"]  # a dev cap leaves prompts out, it never trains on them
+
+
 def test_dev_generate_ranks_candidates_by_judged_replies(located, tmp_path):
     _, artifact = located("llama", layers=4)
     manifest = json.loads(

@@ -111,3 +111,28 @@ def test_the_example_split_configs_select_the_fixed_anchor_and_test_ids(tmp_path
     anchor_sets = prepare_prompts(anchors, quiet)
     assert min(int(p.id) for p in anchor_sets.harmful) == 100
     assert not {(p.lang, p.id) for p in anchor_sets.harmless} & {(p.lang, p.id) for p in test_sets.harmless}
+
+
+def test_a_slice_that_drops_a_whole_source_in_a_language_is_warned(tmp_path, capsys):
+    from sparse_edit.config import EvalOptions
+    from sparse_edit.console import Reporter
+    from sparse_edit.data.selection import prepare_prompts
+
+    def write(name: str, rows: list[tuple[str, str]]) -> str:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"id": i, "lang": lang, "text": f"q {i}"}) + "\n" for i, lang in rows))
+        return str(path)
+
+    first = write("first.jsonl", [(f"a{i}", lang) for lang in ("en", "ko") for i in range(3)])
+    second = write("second.jsonl", [(f"b{i}", lang) for lang in ("en", "ko") for i in range(3)])
+    harmful = write("harmful.jsonl", [(f"h{i}", lang) for lang in ("en", "ko") for i in range(3)])
+
+    def warnings(limit: int) -> str:
+        options = EvalOptions(model="m", output=tmp_path / "o", harmful=[harmful], harmless=[first, second])
+        prepare_prompts(options.model_copy(update={"harmless_limit": limit}), Reporter(quiet=True), False)
+        return capsys.readouterr().err
+
+    cut = warnings(3)
+    assert "second.jsonl contributes none in en, ko" in cut and "--harmless-skip/--harmless-limit" in cut
+    assert "first.jsonl" not in cut
+    assert warnings(4) == ""  # one prompt of the second source is kept in each language

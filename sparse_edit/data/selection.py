@@ -44,6 +44,28 @@ def _slice(prompts: list[Prompt], skip: int, limit: int | None) -> list[Prompt]:
     return kept
 
 
+def _warn_left_out_sources(
+    flag: str, sources: list[LoadedSource], kept: list[Prompt], languages: set[str], reporter: Reporter
+) -> None:
+    """Warn when a slice keeps nothing of a source in a language it has prompts in: the slices take each
+    language's first prompts in source order, so a later source can drop out unnoticed."""
+    if len(sources) < 2:
+        return
+    kept_keys = {(p.lang, p.id) for p in kept}
+    for source in sources:
+        langs = {p.lang for p in source.prompts if p.lang in languages}
+        left_out = sorted(
+            lang
+            for lang in langs
+            if not any((p.lang, p.id) in kept_keys for p in source.prompts if p.lang == lang)
+        )
+        if left_out:
+            reporter.warn(
+                f"{flag} slice each language's prompts in source order: {source.spec} contributes none in "
+                f"{', '.join(left_out)}; raise the limit or select ids per source (FILE@IDS)"
+            )
+
+
 def prepare_prompts(options: PromptOptions, reporter: Reporter, both_classes: bool = True) -> PromptSets:
     """Load, filter and check the harmful and harmless prompt sources.
 
@@ -73,6 +95,11 @@ def prepare_prompts(options: PromptOptions, reporter: Reporter, both_classes: bo
     harmless = _slice(
         [p for p in harmless if p.lang in keep], harmless_skip, options.harmless_limit or options.limit
     )
+    for flag, loaded, kept in (
+        ("--skip/--limit", harmful_sources, harmful),
+        ("--harmless-skip/--harmless-limit", harmless_sources, harmless),
+    ):
+        _warn_left_out_sources(flag, loaded, kept, keep, reporter)
     for label, prompts in (("harmful", harmful), ("harmless", harmless)):
         for lang, items in by_language(prompts).items():
             if len(items) < 2:

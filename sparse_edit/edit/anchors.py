@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
@@ -11,6 +11,7 @@ from sparse_edit.data.prompts import Prompt
 from sparse_edit.data.selection import prepare_prompts
 from sparse_edit.errors import SparseEditError
 from sparse_edit.model.batching import Encoded, encode_prompts
+from sparse_edit.model.generation import generate_replies
 from sparse_edit.model.loading import LoadedModel
 
 
@@ -30,10 +31,13 @@ class Anchors:
     low_dev: list[Encoded]
     ref_dev: list[Encoded]
     safe_dev: list[Encoded]
+    # The harmless training prompts followed by the model's own replies, counted from the reply on
+    # (--harmless-reply-tokens): more harmless tokens, never rows.
+    safe_replies: list[Encoded] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        """Prompts per role, for the manifest."""
-        return {role: len(items) for role, items in vars(self).items()}
+        """Prompts per role, for the manifest (replies only when there are any)."""
+        return {role: len(items) for role, items in vars(self).items() if items or role != "safe_replies"}
 
 
 def _cap_per_language(prompts: list[Prompt], limit: int) -> list[Prompt]:
@@ -53,14 +57,14 @@ def build_anchors(options: ApplyOptions, loaded: LoadedModel, low_langs: list[st
     def encode(prompts: list[Prompt]) -> list[Encoded]:
         return encode_prompts(loaded.tokenizer, prompts, options.system_prompt, options.max_length)
 
-    def split(prompts: list[Prompt]) -> tuple[list[Prompt], list[Prompt]]:
+    def split(prompts: list[Prompt], dev_limit: int) -> tuple[list[Prompt], list[Prompt]]:
         dev = [p for p in prompts if is_dev(p.id, options.dev_fraction, options.seed)]
         train = [p for p in prompts if not is_dev(p.id, options.dev_fraction, options.seed)]
-        return train, _cap_per_language(dev, options.dev_limit)
+        return train, _cap_per_language(dev, dev_limit)
 
-    low_train, low_dev = split([p for p in sets.harmful if p.lang in low_langs])
-    ref_train, ref_dev = split([p for p in sets.harmful if p.lang == ref])
-    safe_train, safe_dev = split(sets.harmless)
+    low_train, low_dev = split([p for p in sets.harmful if p.lang in low_langs], options.dev_limit)
+    ref_train, ref_dev = split([p for p in sets.harmful if p.lang == ref], options.dev_limit)
+    safe_train, safe_dev = split(sets.harmless, options.dev_harmless_limit or options.dev_limit)
     if not low_train:
         raise SparseEditError(f"--low-langs: no harmful training prompts in {', '.join(low_langs)}")
     if not ref_train:
@@ -68,12 +72,29 @@ def build_anchors(options: ApplyOptions, loaded: LoadedModel, low_langs: list[st
     if not safe_train:
         raise SparseEditError("--harmless: no harmless training prompts left after the dev split")
     ref_safe = [p for p in safe_train if p.lang == ref]
+    safe_encoded = encode(safe_train)
     return Anchors(
         encode(low_train),
         encode(ref_train),
-        encode(safe_train),
+        safe_encoded,
         encode(ref_safe),
         encode(low_dev),
         encode(ref_dev),
         encode(safe_dev),
+        with_replies(loaded, safe_encoded, options, reporter) if options.harmless_reply_tokens else [],
     )
+
+
+def with_replies(
+    loaded: LoadedModel, encoded: list[Encoded], options: ApplyOptions, reporter: Reporter
+) -> list[Encoded]:
+    """Each prompt followed by the model's greedy reply (re-tokenised), counted from the reply on."""
+    replies = generate_replies(
+        loaded, encoded, options.harmless_reply_tokens, options.batch_size, reporter, "anchors: harmless replies"
+    )
+    extended = []
+    for item, reply in zip(encoded, replies, strict=True):
+        ids = tuple(loaded.tokenizer(reply, add_special_tokens=False)["input_ids"])
+        if ids:  # an empty reply adds no token
+            extended.append(Encoded(item.prompt, item.ids + ids, item.truncated, counted_tail=len(ids)))
+    return extended

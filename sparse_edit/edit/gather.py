@@ -7,7 +7,7 @@ harmless, and the dev groups) reads every site any planned strategy needs, at ev
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -106,6 +106,9 @@ def gather(
     low = run(anchors.low_train, rows, "anchors: low-resource harmful")
     ref = run(anchors.ref_train, rows, "anchors: reference harmful")
     safe = run(anchors.safe_train, grams, "anchors: harmless tokens")
+    replies = run(anchors.safe_replies, replace(grams, tail_rows=False), "anchors: harmless replies")
+    if safe is not None and replies is not None:
+        safe = safe.with_tokens_of(replies)
     ref_safe = None
     if "residual" in plan.sites:
         if not anchors.ref_safe_train:

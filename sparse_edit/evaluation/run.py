@@ -267,13 +267,15 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
     edited_run = measure(edited_model, harmful, harmless, options, judge, reporter, "edited", journal)
     kl = None
     if base_model is not None:
-        kl = kl_between(
-            edited_model,
-            lambda inputs: base_model.model(**inputs, use_cache=False).logits,
-            lambda inputs: edited_model.model(**inputs, use_cache=False).logits,
-            harmless,
-            options.batch_size,
-        )
+        with reporter.progress("KL: harmless", len(harmless)) as task:
+            kl = kl_between(
+                edited_model,
+                lambda inputs: base_model.model(**inputs, use_cache=False).logits,
+                lambda inputs: edited_model.model(**inputs, use_cache=False).logits,
+                harmless,
+                options.batch_size,
+                on_edited=lambda batch, _: task.advance(len(batch.items)),
+            )
     table = language_table(sets, harmful, harmless, edited_run, base_run)
     metrics = summary_metrics(table, options.reference_lang, kl)
     gate_rows = []

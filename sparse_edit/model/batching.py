@@ -40,6 +40,9 @@ class Encoded:
     prompt: Prompt
     ids: tuple[int, ...]
     truncated: bool
+    # Token statistics (Grams, moments) count only the last this many tokens: a prompt followed by the
+    # model's reply, where the prompt's tokens are counted elsewhere. None: every token.
+    counted_tail: int | None = None
 
 
 def encode_prompts(

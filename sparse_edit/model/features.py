@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from sparse_edit.console import Reporter
-from sparse_edit.model.batching import Encoded, batch_memory_guard, batches
+from sparse_edit.model.batching import Batch, Encoded, batch_memory_guard, batches
 from sparse_edit.model.hooks import capture, run_base
 from sparse_edit.model.loading import LoadedModel
 
@@ -45,6 +45,37 @@ class Features:
     count: int
     sums: dict[tuple[Site, int], torch.Tensor] = field(default_factory=dict)  # float64 [D], over tokens
     squares: dict[tuple[Site, int], torch.Tensor] = field(default_factory=dict)  # float64 [D], over tokens
+
+    def with_tokens_of(self, other: Features) -> Features:
+        """These features with ``other``'s token statistics (Grams, sums, squares, token count) added; the
+        rows and prompt count stay these."""
+
+        def added(mine: dict[Any, torch.Tensor], theirs: dict[Any, torch.Tensor]) -> dict[Any, torch.Tensor]:
+            if set(mine) != set(theirs):
+                raise ValueError("token statistics of different sites or layers cannot be added")
+            return {key: mine[key] + theirs[key] for key in mine}
+
+        return Features(
+            self.rows,
+            added(self.grams, other.grams),
+            self.tokens + other.tokens,
+            self.count,
+            added(self.sums, other.sums),
+            added(self.squares, other.squares),
+        )
+
+
+def counted_mask(batch: Batch) -> torch.Tensor:
+    """The tokens whose statistics count: the attention mask, cut to ``counted_tail`` where items set it."""
+    mask = batch.attention_mask
+    if all(item.counted_tail is None for item in batch.items):
+        return mask
+    mask = mask.clone()
+    width = mask.shape[1]
+    for row, item in enumerate(batch.items):
+        if item.counted_tail is not None:
+            mask[row, : width - item.counted_tail] = 0
+    return mask
 
 
 def _tail(activation: torch.Tensor, positions: int) -> torch.Tensor:
@@ -110,7 +141,8 @@ def collect(
             context.__enter__()
         try:
             for batch in batches(encoded, batch_size, pad):
-                state["mask"] = batch.attention_mask
+                mask = counted_mask(batch)
+                state["mask"] = mask
                 state["positions"] = [position[id(item)] for item in batch.items]
                 with batch_memory_guard(batch_size), torch.inference_mode():
                     output = run_base(
@@ -121,7 +153,7 @@ def collect(
                 if "residual" in request.sites:
                     for layer in layers:
                         add("residual", layer, output.hidden_states[layer + 1])
-                tokens += int(batch.attention_mask.sum())
+                tokens += int(mask.sum())
                 progress.advance(len(batch.items))
         finally:
             for context in reversed(contexts):
