@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT, link_shared_data, save
-from tune_study import MODEL, cli, paired, study_config
+from tune_study import MODEL, cli, paired, study_config, verdicts
 
 from sparse_edit.edit.anchors import is_dev
 
@@ -41,12 +41,8 @@ def source_of(prompt_id: str) -> str:
 
 def by_source(edited_report: Path, base_report: Path) -> dict[str, Any]:
     """Harmless refusals per source, base and edited."""
-    rows = [json.loads(line) for line in (base_report / "replies.jsonl").read_text().splitlines()]
-    base = {(r["lang"], r["id"]): r["verdict"] for r in rows if r["model"] == "base" and r["class"] == "harmless"}
-    rows = [json.loads(line) for line in (edited_report / "replies.jsonl").read_text().splitlines()]
-    edited = {
-        (r["lang"], r["id"]): r["verdict"] for r in rows if r["model"] == "edited" and r["class"] == "harmless"
-    }
+    base = {(lang, i): v for (cls, lang, i), v in verdicts(base_report, "base").items() if cls == "harmless"}
+    edited = {(lang, i): v for (cls, lang, i), v in verdicts(edited_report, "edited").items() if cls == "harmless"}
     table: dict[str, Any] = {}
     for source in sorted({source_of(i) for _, i in base}):
         keys = [k for k in base if source_of(k[1]) == source]

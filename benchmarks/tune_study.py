@@ -143,16 +143,21 @@ def edit_args(name: str, pareto: dict[str, Any], study: Path, recommended: int, 
     return ["--config", str(study_config(pareto, {}, runs / "study-anchors.toml")), *flags]
 
 
+# The test config's harmless sources under --harmless-limit (results written before test_harmless existed
+# were measured so too).
+HARMLESS_BY_LIMIT = (
+    "MultiQ gpt-1..50, lmsys-1..40 plus PolyRefuse harmless val cut to the first prompts per language in source "
+    "order"
+)
+
+
 def test_harmless(each: int | None, skip: int) -> tuple[list[str], str]:
     """eval's harmless flags and their description: the test config's sources cut by --harmless-limit, or
     ``each`` prompts per language from each of MultiQ gpt, MultiQ lmsys and PolyRefuse harmless val (where a
     language has them). The limit takes each language's first prompts in source order, so the config's
     sources alone give MultiQ gpt ids only."""
     if each is None:
-        return (
-            [],
-            "MultiQ gpt-1..50, lmsys-1..40 plus PolyRefuse harmless val cut to the first prompts per language",
-        )
+        return [], HARMLESS_BY_LIMIT
     first, last = 1 + skip, skip + each
     specs = [
         f"data/multiq/multiq.jsonl@gpt-{first}..{last},lmsys-{first}..{last}",
@@ -163,9 +168,6 @@ def test_harmless(each: int | None, skip: int) -> tuple[list[str], str]:
         f"MultiQ gpt-{first}..{last} and lmsys-{first}..{last} plus PolyRefuse harmless val ids {first - 1}-{last - 1} "
         "(where the language has them)"
     )
-
-
-HARMLESS_CUT = "MultiQ gpt ids only (the test config's harmless sources cut to the first prompts per language)"
 
 
 def edit_names(edits: str, pareto: dict[str, Any]) -> list[str]:
@@ -241,7 +243,7 @@ def render(payload: dict[str, Any]) -> str:
         f"Written by `{payload.get('command', 'python benchmarks/tune_study.py')}` (with "
         f"`{payload.get('name', 'tune-study')}.json`). Everything the study chose came from "
         "the anchor side (MultiJail ids 100-314, MultiQ gpt-51..100 and lmsys-41..80); the table below is the test "
-        f"side: MultiJail ids {payload.get('test_harmful_ids', '20-99')} and {payload.get('test_harmless', HARMLESS_CUT)}, "
+        f"side: MultiJail ids {payload.get('test_harmful_ids', '20-99')} and {payload.get('test_harmless', HARMLESS_BY_LIMIT)}, "
         f"{test_slice(payload)} per language and class, 32-token greedy replies ({payload.get('eval_dtype', 'auto')} "
         "eval), keyword judge. "
         + (
@@ -463,15 +465,9 @@ def main() -> None:
         }
         if written:
             results[name]["checkpoint"] = written  # another study's edit: its dev outcome is in that study
-        number = (
-            None
-            if written
-            else pareto["chosen"]
-            if name == "tuned"
-            else int(name[6:])
-            if name.startswith("trial-")
-            else None
-        )
+        number = None  # the study trial behind the edit, whose dev outcome goes beside the test
+        if not written:
+            number = pareto["chosen"] if name == "tuned" else int(name[6:]) if name.startswith("trial-") else None
         if number is not None:
             (trial,) = [t for t in pareto["trials"] if t["number"] == number]
             results[name]["dev"] = {"trial": number, **trial["outcome"]}

@@ -53,12 +53,9 @@ def _warn_left_out_sources(
         return
     kept_keys = {(p.lang, p.id) for p in kept}
     for source in sources:
-        langs = {p.lang for p in source.prompts if p.lang in languages}
-        left_out = sorted(
-            lang
-            for lang in langs
-            if not any((p.lang, p.id) in kept_keys for p in source.prompts if p.lang == lang)
-        )
+        present = {p.lang for p in source.prompts if p.lang in languages}
+        contributing = {p.lang for p in source.prompts if (p.lang, p.id) in kept_keys}
+        left_out = sorted(present - contributing)
         if left_out:
             reporter.warn(
                 f"{flag} slice each language's prompts in source order: {source.spec} contributes none in "
