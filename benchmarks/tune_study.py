@@ -234,6 +234,12 @@ def test_slice(payload: dict[str, Any]) -> str:
     return f"the first {limit}" if not skip else f"{limit} after the first {skip}"
 
 
+def anchor_sources(settings: dict[str, Any]) -> str:
+    """``multijail/MultiJail.csv@100-314, multiq/multiq.jsonl@gpt-51..100,lmsys-41..80``: the study's prompt
+    sources, each by its folder and file name."""
+    return ", ".join("/".join(Path(spec).parts[-2:]) for spec in [*settings["harmful"], *settings["harmless"]])
+
+
 def render(payload: dict[str, Any]) -> str:
     """The test-side comparison as Markdown (benchmarks/results/tune-study.md)."""
     study = payload["study"]
@@ -242,7 +248,7 @@ def render(payload: dict[str, Any]) -> str:
         "",
         f"Written by `{payload.get('command', 'python benchmarks/tune_study.py')}` (with "
         f"`{payload.get('name', 'tune-study')}.json`). Everything the study chose came from "
-        "the anchor side (MultiJail ids 100-314, MultiQ gpt-51..100 and lmsys-41..80); the table below is the test "
+        f"the anchor side ({anchor_sources(study['settings'])}); the table below is the test "
         f"side: MultiJail ids {payload.get('test_harmful_ids', '20-99')} and {payload.get('test_harmless', HARMLESS_BY_LIMIT)}, "
         f"{test_slice(payload)} per language and class, 32-token greedy replies ({payload.get('eval_dtype', 'auto')} "
         "eval), keyword judge. "
