@@ -240,6 +240,19 @@ def anchor_sources(settings: dict[str, Any]) -> str:
     return ", ".join("/".join(Path(spec).parts[-2:]) for spec in [*settings["harmful"], *settings["harmless"]])
 
 
+def harmful_ids_note(ids: str) -> str:
+    """What a results page says of MultiJail ids other than the whole clean test (20-99)."""
+    if ids == "20-99":
+        return ""
+    note = "The harmful prompts are exactly those ids; --test-skip applies to the harmless prompts. "
+    if ids.split("-")[0] == "0":
+        note = (
+            "MultiJail ids 0-19 were read before the split was fixed: reported beside the clean test, not a clean "
+            "test themselves. " + note
+        )
+    return note
+
+
 def render(payload: dict[str, Any]) -> str:
     """The test-side comparison as Markdown (benchmarks/results/tune-study.md)."""
     study = payload["study"]
@@ -252,12 +265,7 @@ def render(payload: dict[str, Any]) -> str:
         f"side: MultiJail ids {payload.get('test_harmful_ids', '20-99')} and {payload.get('test_harmless', HARMLESS_BY_LIMIT)}, "
         f"{test_slice(payload)} per language and class, 32-token greedy replies ({payload.get('eval_dtype', 'auto')} "
         "eval), keyword judge. "
-        + (
-            ""
-            if payload.get("test_harmful_ids", "20-99") == "20-99"
-            else "MultiJail ids 0-19 were read before the split was fixed: reported beside the clean test, not a "
-            "clean test themselves; the harmful slice is those ids, the skip applies to the harmless prompts. "
-        )
+        + harmful_ids_note(payload.get("test_harmful_ids", "20-99"))
         + "Rates in % with 95 % Wilson intervals; McNemar tests are exact and pooled over languages; newly answered = "
         "harmful test prompts the base model refused and the edited model answers.",
         "",
