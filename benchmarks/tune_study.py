@@ -25,6 +25,7 @@ from typing import Any
 
 from common import ROOT, link_shared_data, save
 
+from sparse_edit.io.sources import IdSelection
 from sparse_edit.measure.statistics import mcnemar, wilson
 
 RUNS = ROOT / "runs" / "multijail-anchors"  # --runs
@@ -245,7 +246,8 @@ def harmful_ids_note(ids: str) -> str:
     if ids == "20-99":
         return ""
     note = "The harmful prompts are exactly those ids; --test-skip applies to the harmless prompts. "
-    if ids.split("-")[0] == "0":
+    selection = IdSelection(ids)
+    if any(str(number) in selection for number in range(20)):
         note = (
             "MultiJail ids 0-19 were read before the split was fixed: reported beside the clean test, not a clean "
             "test themselves. " + note
