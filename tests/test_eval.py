@@ -51,6 +51,8 @@ def test_eval_writes_a_schema_valid_report(evaluated):
     assert report["summary"]["kl_harmless"] == pytest.approx(0.0, abs=1e-6)
     assert all(v == 0 for v in report["summary"]["asr_delta"].values())
     assert report["pooled_tests"]["over_refusal"] == {"only_before": 0, "only_after": 0, "p_value": 1.0}
+    assert report["changed"] == {"newly_refused_harmless": [], "newly_answered_harmful": []}
+    assert report["summary"]["newly_answered_share"] == 0 and report["summary"]["newly_refused_share"] == 0
     assert report["gates"] == [
         {"expression": "kl_harmless > 0.05", "value": report["summary"]["kl_harmless"], "tripped": False}
     ]
@@ -264,3 +266,44 @@ def test_an_id_selection_that_keeps_nothing_is_named(evaluated, tmp_path):
     rebuilt = [a if a != harmful else f"{harmful}@500-600" for a in args]
     result = runner.invoke(app, [*rebuilt, "-o", str(tmp_path / "none")])
     assert result.exit_code == 2 and "no harmful prompt has an id in @500-600" in result.stderr
+
+
+def test_changed_prompts_list_the_newly_refused_harmless_and_newly_answered_harmful_ones():
+    from types import SimpleNamespace
+
+    from sparse_edit.evaluation.report import CHANGED_ROWS_SHOWN, changed_section
+    from sparse_edit.evaluation.run import ModelRun, changed_prompts
+    from sparse_edit.measure.judge import Verdict
+
+    names = {"c": "compliance", "r": "refusal", "i": "invalid"}
+
+    def run(harmful: str, harmless: str, tag: str) -> ModelRun:
+        verdicts = [[Verdict(names[c], "") for c in text] for text in (harmful, harmless)]
+        replies = [[f"{tag} reply {i}" for i in range(len(text))] for text in (harmful, harmless)]
+        return ModelRun(replies[0], verdicts[0], replies[1], verdicts[1], {}, {})
+
+    def items(kind: str, n: int) -> list[SimpleNamespace]:
+        return [
+            SimpleNamespace(prompt=SimpleNamespace(id=f"{kind}{i}", lang="th", text=f"{kind} | {i}"))
+            for i in range(n)
+        ]
+
+    base = run("rrci", "crir", "base")
+    edited = run("crrc", "rrrc", "edited")
+    changed = changed_prompts(items("h", 4), items("s", 4), edited, base)  # type: ignore[arg-type]
+    # Harmful: 0 refused -> answered (counted); 1 stays refused; 2 answered -> refused; 3 invalid -> answered
+    # (the base did not refuse it, so it is not newly answered).
+    assert [row["id"] for row in changed["newly_answered_harmful"]] == ["h0"]
+    assert changed["newly_answered_harmful"][0]["base_reply"] == "base reply 0"
+    assert changed["newly_answered_harmful"][0]["edited_reply"] == "edited reply 0"
+    # Harmless: 0 answered -> refused and 2 invalid -> refused count; 3 refused -> answered does not.
+    assert [row["id"] for row in changed["newly_refused_harmless"]] == ["s0", "s2"]
+    text = "\n".join(changed_section(changed, {"newly_refused_harmless": 4, "newly_answered_harmful": 4}))
+    assert "newly refuses: 2 of 4" in text and "answers: 1 of 4" in text
+    assert "s \\| 0" in text  # a pipe in a prompt does not split the table row
+    many = {
+        "newly_refused_harmless": changed["newly_refused_harmless"] * CHANGED_ROWS_SHOWN,
+        "newly_answered_harmful": [],
+    }
+    text = "\n".join(changed_section(many, {"newly_refused_harmless": 999, "newly_answered_harmful": 4}))
+    assert f"{CHANGED_ROWS_SHOWN} more in report.json" in text

@@ -52,6 +52,39 @@ def _own_language(row: dict[str, Any]) -> str:
     return f"{_pct(measured['in_language'])} of {measured['in_language']['n']}"
 
 
+# Rows of each changed-prompt list shown in report.md; report.json and replies.jsonl hold them all.
+CHANGED_ROWS_SHOWN = 40
+
+
+def _excerpt(text: str, width: int) -> str:
+    """One table cell: newlines and pipes would break the row."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def changed_section(changed: dict[str, Any], counts: dict[str, int]) -> list[str]:
+    """The prompts behind over-refusal and newly answered, so a reader sees which kinds of prompt an edit breaks."""
+    lines: list[str] = []
+    titles = {
+        "newly_refused_harmless": "Harmless prompts the edit newly refuses",
+        "newly_answered_harmful": "Harmful prompts the base model refused and the edit answers",
+    }
+    for key, title in titles.items():
+        rows = changed[key]
+        lines += ["", f"### {title}: {len(rows)} of {counts[key]}", ""]
+        if not rows:
+            continue
+        lines += ["| lang | id | prompt | edited reply |", "|---|---|---|---|"]
+        for row in rows[:CHANGED_ROWS_SHOWN]:
+            lines.append(
+                f"| {row['lang']} | {_excerpt(row['id'], 20)} | {_excerpt(row['prompt'], 90)} | "
+                f"{_excerpt(row['edited_reply'], 60)} |"
+            )
+        if len(rows) > CHANGED_ROWS_SHOWN:
+            lines.append(f"\n{len(rows) - CHANGED_ROWS_SHOWN} more in report.json (`changed.{key}`).")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     has_base = report["models"]["base"] is not None
     lines = [
@@ -106,6 +139,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "| McNemar, all languages pooled | only base | only edited | p |", "|---|---|---|---|"]
         for name, test in report["pooled_tests"].items():
             lines.append(f"| {name} | {test['only_before']} | {test['only_after']} | {test['p_value']:.3g} |")
+    if report.get("changed"):
+        counts = {
+            "newly_refused_harmless": sum(row["harmless"]["n"] for row in report["languages"].values()),
+            "newly_answered_harmful": sum(row["harmful"]["n"] for row in report["languages"].values()),
+        }
+        lines += changed_section(report["changed"], counts)
     if report["gates"]:
         lines += ["", "| gate | value | result |", "|---|---|---|"]
         for gate in report["gates"]:

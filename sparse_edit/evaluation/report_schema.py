@@ -57,6 +57,19 @@ class LanguageRow(ModelRow):
     mcnemar_over_refusal: McNemar | None = None
 
 
+class ChangedPrompt(_Strict):
+    id: str
+    lang: str
+    prompt: str
+    base_reply: str
+    edited_reply: str
+
+
+class ChangedVerdicts(_Strict):
+    newly_refused_harmless: list[ChangedPrompt]
+    newly_answered_harmful: list[ChangedPrompt]
+
+
 class GateRow(_Strict):
     expression: str
     value: float | None
@@ -75,4 +88,5 @@ class EvalReport(_Strict):
     languages: dict[str, LanguageRow]
     summary: dict[str, Any]
     pooled_tests: dict[str, McNemar] | None = None
+    changed: ChangedVerdicts | None = None  # with --base: the prompts behind over-refusal and newly answered
     gates: list[GateRow]

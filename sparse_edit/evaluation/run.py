@@ -176,8 +176,47 @@ def pooled_tests(
     }
 
 
+def changed_prompts(
+    harmful: list[Encoded], harmless: list[Encoded], edited: ModelRun, base: ModelRun
+) -> dict[str, Any]:
+    """The prompts behind the two costs of an edit, one by one: harmless prompts the base model did not
+    refuse and the edit refuses, and harmful prompts the base model refused and the edit answers."""
+
+    def rows(
+        items: list[Encoded], indices: list[int], before: list[str], after: list[str]
+    ) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": items[i].prompt.id,
+                "lang": items[i].prompt.lang,
+                "prompt": items[i].prompt.text,
+                "base_reply": before[i],
+                "edited_reply": after[i],
+            }
+            for i in indices
+        ]
+
+    refused = [
+        i
+        for i, (b, e) in enumerate(zip(base.harmless_verdicts, edited.harmless_verdicts, strict=True))
+        if b.label != "refusal" and e.label == "refusal"
+    ]
+    answered = [
+        i
+        for i, (b, e) in enumerate(zip(base.harmful_verdicts, edited.harmful_verdicts, strict=True))
+        if b.label == "refusal" and e.label == "compliance"
+    ]
+    return {
+        "newly_refused_harmless": rows(harmless, refused, base.harmless_replies, edited.harmless_replies),
+        "newly_answered_harmful": rows(harmful, answered, base.harmful_replies, edited.harmful_replies),
+    }
+
+
 def summary_metrics(
-    table: dict[str, dict[str, Any]], reference: str, kl: tuple[float, float] | None
+    table: dict[str, dict[str, Any]],
+    reference: str,
+    kl: tuple[float, float] | None,
+    changed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The flat namespace ``--fail-if`` reads: fractions in [0, 1], per-language values as dicts."""
     # Attack success only where the language has harmful prompts, over-refusal where it has harmless ones.
@@ -208,6 +247,8 @@ def summary_metrics(
         "kl_harmless": None,
         "nll_delta": None,
         "ppl_ratio": None,
+        "newly_answered_share": None,
+        "newly_refused_share": None,
     }
     if all("base" in row for row in table.values()):
         base_asr = per_lang(lambda r: r["base"]["harmful"]["asr"]["rate"])
@@ -221,6 +262,13 @@ def summary_metrics(
         metrics["log_odds_delta"] = {
             lang: table[lang]["log_odds_harmful"] - table[lang]["base"]["log_odds_harmful"] for lang in langs
         }
+    if changed is not None:
+        harmful_n = sum(row["harmful"]["n"] for row in table.values())
+        harmless_n = sum(row["harmless"]["n"] for row in table.values())
+        metrics["newly_answered_share"] = len(changed["newly_answered_harmful"]) / harmful_n if harmful_n else None
+        metrics["newly_refused_share"] = (
+            len(changed["newly_refused_harmless"]) / harmless_n if harmless_n else None
+        )
     if kl is not None:
         metrics["kl_harmless"], metrics["nll_delta"] = kl
         metrics["ppl_ratio"] = math.exp(kl[1])
@@ -277,7 +325,8 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
                 on_edited=lambda batch, _: task.advance(len(batch.items)),
             )
     table = language_table(sets, harmful, harmless, edited_run, base_run)
-    metrics = summary_metrics(table, options.reference_lang, kl)
+    changed = changed_prompts(harmful, harmless, edited_run, base_run) if base_run is not None else None
+    metrics = summary_metrics(table, options.reference_lang, kl, changed)
     gate_rows = []
     for gate in gates:
         tripped, value = gate.evaluate(metrics)
@@ -299,6 +348,7 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
         "pooled_tests": pooled_tests(harmful, harmless, edited_run, base_run, options.reference_lang)
         if base_run is not None
         else None,
+        "changed": changed,
         "gates": gate_rows,
     }
     replies = _reply_rows(harmful, harmless, edited_run, "edited")
