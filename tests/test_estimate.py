@@ -32,8 +32,31 @@ def test_sequential_steps_generation_and_ceiling_are_counted():
     assert work.anchor_passes == 2 * every + 3 * (40 + 20)
     assert work.probe_passes == 8 + 12 + (8 + 2 * 12 + 8 + 4)
     assert work.generated == 2 * (8 + 12)
-    assert Work(10, 20, 4, 1).seconds(per_pass=0.5, per_reply=2.0) == 23.0
-    assert "≈ 0.4 min" in describe(Work(10, 20, 4, 1), 0.5, 2.0)
+    assert Work(10, 20, 4, 1, dev_reply_tokens=8).seconds(per_pass=0.5, per_token=0.25) == 23.0
+    assert "≈ 0.4 min" in describe(Work(10, 20, 4, 1, dev_reply_tokens=8), 0.5, 0.25)
+
+
+def test_replies_to_the_harmless_anchors_are_generated_and_collected_again():
+    plain = count_work(ANCHORS, [(4,)], 1, attribution=False, ceiling=False, dev_generate=16)
+    work = count_work(
+        ANCHORS, [(4,)], 1, attribution=False, ceiling=False, dev_generate=16, harmless_reply_tokens=24
+    )
+    assert work.anchor_replies == 60
+    assert work.anchor_passes == plain.anchor_passes + 60  # each answered prompt is collected once more
+    assert work.generated_tokens == plain.generated_tokens + 60 * 24
+    assert work.seconds(0.0, 1.0) - plain.seconds(0.0, 1.0) == 60 * 24
+    assert "60 harmless anchor replies (2.40 s each)" in describe(work, 0.01, 0.1)
+    # Replies already in the anchors (a tune study builds them first) are not counted twice.
+    ready = count_work(
+        {**ANCHORS, "safe_replies": [None] * 60},
+        [(4,)],
+        1,
+        attribution=False,
+        ceiling=False,
+        dev_generate=16,
+        harmless_reply_tokens=24,
+    )
+    assert ready.anchor_passes == work.anchor_passes
 
 
 def test_apply_prints_the_estimate_before_the_work(located, tmp_path):
@@ -44,3 +67,13 @@ def test_apply_prints_the_estimate_before_the_work(located, tmp_path):
     first_estimate = next(i for i, line in enumerate(lines) if line.startswith("estimate:"))
     first_anchor = next(i for i, line in enumerate(lines) if "anchors:" in line)
     assert first_estimate < first_anchor
+
+
+def test_apply_prices_the_harmless_anchor_replies_before_generating_them(located, tmp_path):
+    _, artifact = located("llama")
+    args = [a for a in apply_args(artifact, tmp_path / "out") if a != "-q"]
+    result = run_cli(*args, "--harmless-reply-tokens", "4")
+    lines = result.stderr.splitlines()
+    estimate = next(i for i, line in enumerate(lines) if line.startswith("estimate:"))
+    assert "harmless anchor replies" in lines[estimate]
+    assert estimate < next(i for i, line in enumerate(lines) if "anchors: harmless replies" in line)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
@@ -50,7 +50,11 @@ def _cap_per_language(prompts: list[Prompt], limit: int) -> list[Prompt]:
     return kept
 
 
-def build_anchors(options: ApplyOptions, loaded: LoadedModel, low_langs: list[str], reporter: Reporter) -> Anchors:
+def build_anchors(
+    options: ApplyOptions, loaded: LoadedModel, low_langs: list[str], reporter: Reporter, *, replies: bool = True
+) -> Anchors:
+    """The anchors by role; with ``replies`` False the model's replies (--harmless-reply-tokens) are left for
+    ``add_replies``, so a caller can say what generating them will cost first."""
     sets = prepare_prompts(options, reporter)
     ref = options.reference_lang
 
@@ -72,17 +76,24 @@ def build_anchors(options: ApplyOptions, loaded: LoadedModel, low_langs: list[st
     if not safe_train:
         raise SparseEditError("--harmless: no harmless training prompts left after the dev split")
     ref_safe = [p for p in safe_train if p.lang == ref]
-    safe_encoded = encode(safe_train)
-    return Anchors(
+    anchors = Anchors(
         encode(low_train),
         encode(ref_train),
-        safe_encoded,
+        encode(safe_train),
         encode(ref_safe),
         encode(low_dev),
         encode(ref_dev),
         encode(safe_dev),
-        with_replies(loaded, safe_encoded, options, reporter) if options.harmless_reply_tokens else [],
     )
+    return add_replies(anchors, loaded, options, reporter) if replies else anchors
+
+
+def add_replies(anchors: Anchors, loaded: LoadedModel, options: ApplyOptions, reporter: Reporter) -> Anchors:
+    """The anchors with the model's replies to the harmless training prompts (none without
+    --harmless-reply-tokens)."""
+    if not options.harmless_reply_tokens or anchors.safe_replies:
+        return anchors
+    return replace(anchors, safe_replies=with_replies(loaded, anchors.safe_train, options, reporter))
 
 
 def with_replies(

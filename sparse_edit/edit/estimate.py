@@ -29,9 +29,16 @@ class Work:
     probe_passes: int  # dev measurements over every candidate and the base
     generated: int  # dev replies, base and every candidate
     candidates: int
+    anchor_replies: int = 0  # harmless anchors the model answers first (--harmless-reply-tokens)
+    dev_reply_tokens: int = 0
+    anchor_reply_tokens: int = 0
 
-    def seconds(self, per_pass: float, per_reply: float) -> float:
-        return (self.anchor_passes + self.probe_passes) * per_pass + self.generated * per_reply
+    @property
+    def generated_tokens(self) -> int:
+        return self.generated * self.dev_reply_tokens + self.anchor_replies * self.anchor_reply_tokens
+
+    def seconds(self, per_pass: float, per_token: float) -> float:
+        return (self.anchor_passes + self.probe_passes) * per_pass + self.generated_tokens * per_token
 
 
 def count_work(
@@ -42,10 +49,14 @@ def count_work(
     attribution: bool,
     ceiling: bool,
     dev_generate: int,
+    harmless_reply_tokens: int = 0,
 ) -> Work:
-    """What apply will run: ``anchors`` maps role names (as in ``Anchors``) to prompt lists."""
+    """What apply will run: ``anchors`` maps role names (as in ``Anchors``) to prompt lists; with
+    ``harmless_reply_tokens`` the harmless training prompts are answered first and then collected again,
+    prompt and reply."""
     size = {role: len(items) for role, items in anchors.items()}
-    every_anchor = sum(size.values())
+    anchor_replies = size["safe_train"] if harmless_reply_tokens else 0
+    every_anchor = sum(size.values()) - size.get("safe_replies", 0) + anchor_replies
     candidates = strategies * len(layer_sets)
     sequential_steps = strategies * sum(len(layers) for layers in layer_sets if len(layers) > 1)
     anchor_passes = every_anchor * (int(any(len(ls) == 1 for ls in layer_sets)) + sequential_steps)
@@ -55,13 +66,16 @@ def count_work(
     per_candidate = harmful_dev + 2 * harmless_dev + (harmful_dev + size["ref_dev"] if ceiling else 0)
     probe_passes = harmful_dev + harmless_dev + candidates * per_candidate if harmful_dev or harmless_dev else 0
     generated = (1 + candidates) * (harmful_dev + harmless_dev) if dev_generate else 0
-    return Work(anchor_passes, probe_passes, generated, candidates)
+    return Work(
+        anchor_passes, probe_passes, generated, candidates, anchor_replies, dev_generate, harmless_reply_tokens
+    )
 
 
 def time_first_batch(
     loaded: LoadedModel, items: Sequence[Encoded], batch_size: int, new_tokens: int
 ) -> tuple[float, float]:
-    """Seconds per prompt pass and per generated reply, timed on the first batch (best of two)."""
+    """Seconds per prompt pass and per generated token (``new_tokens`` of them per reply), timed on the
+    first batch (the pass: best of two)."""
     batch = next(iter(batches(items[:batch_size], batch_size, int(loaded.tokenizer.pad_token_id))))
     inputs = batch.model_inputs(loaded.input_device)
     times = []
@@ -71,19 +85,23 @@ def time_first_batch(
             loaded.model(**inputs, use_cache=False)
             times.append(time.perf_counter() - start)
     per_pass = min(times) / len(batch.items)
-    per_reply = 0.0
+    per_token = 0.0
     if new_tokens:
         start = time.perf_counter()
         generate_replies(loaded, batch.items, new_tokens, batch_size, Reporter(quiet=True), "timing")
-        per_reply = (time.perf_counter() - start) / len(batch.items)
-    return per_pass, per_reply
+        per_token = (time.perf_counter() - start) / len(batch.items) / new_tokens
+    return per_pass, per_token
 
 
-def describe(work: Work, per_pass: float, per_reply: float) -> str:
-    minutes = work.seconds(per_pass, per_reply) / 60
+def describe(work: Work, per_pass: float, per_token: float) -> str:
+    minutes = work.seconds(per_pass, per_token) / 60
     parts = [f"{work.anchor_passes} anchor passes", f"{work.probe_passes} dev probe passes"]
+    if work.anchor_replies:
+        parts.append(
+            f"{work.anchor_replies} harmless anchor replies ({per_token * work.anchor_reply_tokens:.2f} s each)"
+        )
     if work.generated:
-        parts.append(f"{work.generated} dev replies ({per_reply:.2f} s each)")
+        parts.append(f"{work.generated} dev replies ({per_token * work.dev_reply_tokens:.2f} s each)")
     return (
         f"estimate: {work.candidates} candidate(s); {', '.join(parts)} at {per_pass * 1000:.0f} ms per prompt pass "
         f"(timed on the first batch) ≈ {minutes:.1f} min"

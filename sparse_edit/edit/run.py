@@ -11,7 +11,7 @@ import torch
 
 from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
-from sparse_edit.edit.anchors import Anchors, build_anchors
+from sparse_edit.edit.anchors import Anchors, add_replies, build_anchors
 from sparse_edit.edit.candidates import Candidate, build_candidates, storage_for
 from sparse_edit.edit.delta import EditDelta, write_back
 from sparse_edit.edit.estimate import count_work, describe, time_first_batch
@@ -45,8 +45,9 @@ def run_apply(options: ApplyOptions, reporter: Reporter, config: Path | None = N
     plan = make_plan(options, artifact, loaded.num_layers, low_langs)
     for name in plan.parts:
         plan.strategy(name).check(checkpoint)  # fail before any forward pass
-    anchors = build_anchors(options, loaded, low_langs, reporter)
+    anchors = build_anchors(options, loaded, low_langs, reporter, replies=False)
     announce_cost(loaded, anchors, plan, options, reporter)
+    anchors = add_replies(anchors, loaded, options, reporter)
     if options.neuron_score == "attribution":
         rank_by_attribution(loaded, anchors, plan, options, reporter)
     storage: dict[str, torch.dtype] = {}
@@ -85,9 +86,11 @@ def announce_cost(
         attribution=options.neuron_score == "attribution",
         ceiling=options.ceiling,
         dev_generate=options.dev_generate,
+        harmless_reply_tokens=options.harmless_reply_tokens,
     )
-    per_pass, per_reply = time_first_batch(loaded, anchors.low_train, options.batch_size, options.dev_generate)
-    reporter.info(describe(work, per_pass, per_reply))
+    tokens = max(options.dev_generate, options.harmless_reply_tokens)
+    per_pass, per_token = time_first_batch(loaded, anchors.low_train, options.batch_size, tokens)
+    reporter.info(describe(work, per_pass, per_token))
 
 
 def write_edit(
