@@ -430,7 +430,8 @@ class TuneOptions(ApplyOptions):
     """
 
     output: Path = Field(
-        description="Folder for the study: pareto.json, pareto.md, pareto.png, chosen.toml, study.db (and "
+        description="Folder for the study: pareto.json, pareto.md, pareto.png, chosen.toml, front/trial-N.toml (the "
+        "apply config of every trial on the front), study.db (and "
         "edited/ with --apply), written atomically. While it runs, the study is journaled beside it "
         "(.NAME.tune.db) so a killed run resumes."
     )

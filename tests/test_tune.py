@@ -45,6 +45,11 @@ def test_study_writes_front_and_chosen_config_that_apply_reproduces(located, tmp
     for name in ("pareto.md", "pareto.png", "chosen.toml", "study.db", "edited/model.safetensors"):
         assert (study / name).is_file(), name
     assert not journal_path(study).exists()  # the journal goes once the study is in place
+    # Every point of the front is one apply away; the chosen one's config is chosen.toml.
+    assert sorted(path.name for path in (study / "front").iterdir()) == sorted(
+        f"trial-{number}.toml" for number in payload["front"]
+    )
+    assert (study / "front" / f"trial-{payload['chosen']}.toml").read_text() == (study / "chosen.toml").read_text()
 
     again = tmp_path / "again"
     run_cli("apply", "--config", study / "chosen.toml", "-o", again, "-q")

@@ -28,6 +28,7 @@ PARETO_JSON = "pareto.json"
 PARETO_MARKDOWN = "pareto.md"
 PARETO_PLOT = "pareto.png"
 CHOSEN_CONFIG = "chosen.toml"
+FRONT_CONFIGS = "front"  # tune: the apply config of every trial on the Pareto front, trial-N.toml
 STUDY_DB = "study.db"
 TUNED_EDIT_DIR = "edited"
 

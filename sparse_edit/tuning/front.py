@@ -10,7 +10,14 @@ from typing import Any
 
 import tomli_w
 
-from sparse_edit.io.layout import CHOSEN_CONFIG, PARETO_JSON, PARETO_MARKDOWN, PARETO_PLOT, TUNE_KIND
+from sparse_edit.io.layout import (
+    CHOSEN_CONFIG,
+    FRONT_CONFIGS,
+    PARETO_JSON,
+    PARETO_MARKDOWN,
+    PARETO_PLOT,
+    TUNE_KIND,
+)
 
 OBJECTIVES = ("attack_success", "over_refusal", "kl")
 CHOICE_RULE = (
@@ -115,15 +122,15 @@ def choose(
     )
 
 
-def chosen_config(apply_settings: dict[str, Any], row: TrialRow, study_folder: Path) -> str:
-    """An apply config (TOML) that writes the chosen trial's edit: every setting, explicit."""
+def trial_config(apply_settings: dict[str, Any], row: TrialRow, study_folder: Path) -> str:
+    """An apply config (TOML) that writes one trial's edit: every setting, explicit."""
     outcome = row.outcome
     header = [
         f"# The edit of trial {row.number} of the tune study in {study_folder}.",
         f"# Dev: attack success {outcome['attack_success']:.3f}, over-refusal {outcome['over_refusal']:+.3f}, "
         f"KL {outcome['kl']:.4f}, newly answered {outcome['newly_answered']}, "
         f"newly invalid {outcome.get('newly_invalid', 0)}.",
-        "#   sparse-edit apply --config chosen.toml -o EDITED",
+        "#   sparse-edit apply --config THIS_FILE -o EDITED",
         "",
     ]
     return "\n".join(header) + tomli_w.dumps(apply_settings)
@@ -149,6 +156,8 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += ["**No trial qualifies**: loosen a limit or run more trials.", ""]
     else:
         lines += [f"Chosen: trial {chosen} (see chosen.toml).", ""]
+    if payload["front"]:
+        lines += [f"Every trial on the front has its apply config in {FRONT_CONFIGS}/trial-N.toml.", ""]
     lines += [
         "| trial | edit | attack success | over-refusal | KL | newly answered | newly refused | newly invalid | params "
         "| |",
@@ -212,8 +221,11 @@ def plot(payload: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def write_files(folder: Path, payload: dict[str, Any], chosen_toml: str | None) -> list[str]:
-    """pareto.json, pareto.md, pareto.png (with matplotlib) and chosen.toml (when a trial qualifies)."""
+def write_files(
+    folder: Path, payload: dict[str, Any], chosen_toml: str | None, front_tomls: dict[int, str] | None = None
+) -> list[str]:
+    """pareto.json, pareto.md, pareto.png (with matplotlib), chosen.toml (when a trial qualifies) and
+    front/trial-N.toml for every trial on the front, so another point of it is one apply away."""
     (folder / PARETO_JSON).write_text(json.dumps({"kind": TUNE_KIND, **payload}, indent=2, sort_keys=True) + "\n")
     (folder / PARETO_MARKDOWN).write_text(markdown(payload), encoding="utf-8")
     written = [PARETO_JSON, PARETO_MARKDOWN]
@@ -222,4 +234,9 @@ def write_files(folder: Path, payload: dict[str, Any], chosen_toml: str | None) 
     if chosen_toml is not None:
         (folder / CHOSEN_CONFIG).write_text(chosen_toml, encoding="utf-8")
         written.append(CHOSEN_CONFIG)
+    if front_tomls:
+        (folder / FRONT_CONFIGS).mkdir()
+        for number, text in sorted(front_tomls.items()):
+            (folder / FRONT_CONFIGS / f"trial-{number}.toml").write_text(text, encoding="utf-8")
+        written.append(FRONT_CONFIGS)
     return written

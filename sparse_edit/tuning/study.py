@@ -34,8 +34,8 @@ from sparse_edit.tuning.front import (
     Constraints,
     TrialRow,
     choose,
-    chosen_config,
     pareto_front,
+    trial_config,
     write_files,
 )
 from sparse_edit.tuning.space import SearchSpace, describe
@@ -154,7 +154,7 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
         reporter.warn(NONE_QUALIFIES)
     payload = _payload(options, study, rows, chosen, base, runner, fingerprint, artifact_sha)
     payload["study"]["seconds_this_run"] = time.perf_counter() - started
-    written = write_study(options, journal, payload, chosen, reporter)
+    written = write_study(options, journal, payload, rows, chosen, reporter)
     journal.unlink(missing_ok=True)
     return TuneResult(payload, chosen, written)
 
@@ -218,15 +218,27 @@ def search(
 
 
 def write_study(
-    options: TuneOptions, journal: Path, payload: dict[str, Any], chosen: TrialRow | None, reporter: Reporter
+    options: TuneOptions,
+    journal: Path,
+    payload: dict[str, Any],
+    rows: list[TrialRow],
+    chosen: TrialRow | None,
+    reporter: Reporter,
 ) -> list[str]:
-    """The tune folder, staged: the study, the front and, when a trial qualifies, chosen.toml (and edited/)."""
+    """The tune folder, staged: the study, the front with each front trial's apply config and, when a trial
+    qualifies, chosen.toml (and edited/)."""
+    front = {row.number: row for row in rows if row.number in set(payload["front"])}
+
+    def config(row: TrialRow) -> str:
+        return trial_config(apply_settings(options, row.settings), row, options.output)
+
     with staged_folder(options.output, options.overwrite, "tune") as staging:
         shutil.copyfile(journal, staging / STUDY_DB)
+        front_tomls = {number: config(row) for number, row in front.items()}
         if chosen is None:
-            return write_files(staging, payload, None)
+            return write_files(staging, payload, None, front_tomls)
         values = apply_settings(options, chosen.settings)
-        written = write_files(staging, payload, chosen_config(values, chosen, options.output))
+        written = write_files(staging, payload, config(chosen), front_tomls)
         if options.apply:
             run_apply(ApplyOptions.model_validate({**values, "output": staging / TUNED_EDIT_DIR}), reporter)
             written.append(TUNED_EDIT_DIR)
