@@ -318,6 +318,13 @@ class ApplyOptions(ModelOptions, PromptOptions):
     dev_limit: int = Field(
         24, ge=1, description="At most this many dev prompts per language and class for probes."
     )
+    dev_harmless: list[str] | None = Field(
+        None,
+        description="Harmless dev prompts of their own (same formats as --harmless), instead of a --dev-fraction "
+        "share of --harmless: e.g. a sample of your users' benign traffic, or a kind of prompt the anchors leave "
+        "out, to see whether an edit's over-refusal carries over to it. Every --harmless prompt is then an anchor; "
+        "a prompt in both is refused.",
+    )
     dev_harmless_limit: int | None = Field(
         None,
         ge=1,

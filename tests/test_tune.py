@@ -282,3 +282,29 @@ def test_every_searchable_setting_is_a_setting_its_strategy_reads():
                         tunable.field: value,
                     }
                 )
+
+
+def test_dev_harmless_prompts_of_their_own_judge_over_refusal_and_must_be_held_out(located, prompts, tmp_path):
+    from tests.helpers import random_texts, write_jsonl
+
+    _, artifact = located("llama")
+    dev_rows = [
+        {"id": f"dev-{i}", "lang": lang, "text": text + " ?"}
+        for lang in ("en", "th", "yo", "de")  # de is not an edited language: left out
+        for i, text in enumerate(random_texts(lang if lang != "de" else "en", 5, seed=7))
+    ]
+    dev = write_jsonl(tmp_path / "dev.jsonl", dev_rows)
+    study = tmp_path / "study"
+    run_cli(*tune_args(artifact, study, "--dev-harmless", dev, "--dev-harmless-limit", "4", trials=1))
+    payload = read_pareto(study)
+    assert payload["dev"]["harmless"] == 3 * 4  # en, th, yo; four each
+    assert payload["settings"]["dev_harmless"] == [str(dev)]
+    chosen = (study / "chosen.toml").read_text()
+    assert "dev_harmless" in chosen  # apply builds the same anchors: every --harmless prompt
+
+    # A dev prompt that is also an anchor: refused, nothing written.
+    anchor = json.loads(prompts[1].read_text().splitlines()[0])
+    leaky = write_jsonl(tmp_path / "leaky.jsonl", [*dev_rows, {**anchor, "id": "copy"}])
+    result = run_cli(*tune_args(artifact, tmp_path / "leaky", "--dev-harmless", leaky, trials=1), code=2)
+    assert "--dev-harmless: 1 prompt(s) are also in --harmless" in result.output
+    assert not (tmp_path / "leaky").exists()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
-from sparse_edit.data.prompts import Prompt
+from sparse_edit.data.prompts import Prompt, load_sources
 from sparse_edit.data.selection import prepare_prompts
 from sparse_edit.errors import SparseEditError
 from sparse_edit.model.batching import Encoded, encode_prompts
@@ -68,7 +68,14 @@ def build_anchors(
 
     low_train, low_dev = split([p for p in sets.harmful if p.lang in low_langs], options.dev_limit)
     ref_train, ref_dev = split([p for p in sets.harmful if p.lang == ref], options.dev_limit)
-    safe_train, safe_dev = split(sets.harmless, options.dev_harmless_limit or options.dev_limit)
+    harmless_dev_limit = options.dev_harmless_limit or options.dev_limit
+    if options.dev_harmless:
+        safe_train = sets.harmless
+        safe_dev = _cap_per_language(
+            held_out_dev(options.dev_harmless, sets.harmless, sets.languages), harmless_dev_limit
+        )
+    else:
+        safe_train, safe_dev = split(sets.harmless, harmless_dev_limit)
     if not low_train:
         raise SparseEditError(f"--low-langs: no harmful training prompts in {', '.join(low_langs)}")
     if not ref_train:
@@ -86,6 +93,24 @@ def build_anchors(
         encode(safe_dev),
     )
     return add_replies(anchors, loaded, options, reporter) if replies else anchors
+
+
+def held_out_dev(specs: list[str], anchors: list[Prompt], languages: list[str]) -> list[Prompt]:
+    """The --dev-harmless prompts in the edited languages, checked to share no text with the anchors."""
+    prompts, _ = load_sources(specs, "harmless", "--dev-harmless")
+    kept = [p for p in prompts if p.lang in set(languages)]
+    if not kept:
+        raise SparseEditError(
+            f"--dev-harmless: no prompt in {', '.join(languages)}; give dev prompts in the edited languages"
+        )
+    anchor_texts = {(p.lang, p.text) for p in anchors}
+    shared = [p for p in kept if (p.lang, p.text) in anchor_texts]
+    if shared:
+        raise SparseEditError(
+            f"--dev-harmless: {len(shared)} prompt(s) are also in --harmless (e.g. {shared[0].lang} id {shared[0].id}); "
+            "dev prompts must be held out of the anchors"
+        )
+    return kept
 
 
 def add_replies(anchors: Anchors, loaded: LoadedModel, options: ApplyOptions, reporter: Reporter) -> Anchors:

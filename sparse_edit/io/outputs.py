@@ -160,6 +160,7 @@ INPUT_FIELDS = (
     ("--judge", "judge"),
     ("--harmful", "harmful"),
     ("--harmless", "harmless"),
+    ("--dev-harmless", "dev_harmless"),
 )
 
 
