@@ -237,8 +237,15 @@ def test_slice(payload: dict[str, Any]) -> str:
 
 def anchor_sources(settings: dict[str, Any]) -> str:
     """``multijail/MultiJail.csv@100-314, multiq/multiq.jsonl@gpt-51..100,lmsys-41..80``: the study's prompt
-    sources, each by its folder and file name."""
-    return ", ".join("/".join(Path(spec).parts[-2:]) for spec in [*settings["harmful"], *settings["harmless"]])
+    sources, each by its folder and file name (and its harmless dev sources, with --dev-harmless)."""
+
+    def names(specs: list[str]) -> str:
+        return ", ".join("/".join(Path(spec).parts[-2:]) for spec in specs)
+
+    text = names([*settings["harmful"], *settings["harmless"]])
+    if settings.get("dev_harmless"):
+        text += f"; harmless dev: {names(settings['dev_harmless'])}"
+    return text
 
 
 def harmful_ids_note(ids: str) -> str:

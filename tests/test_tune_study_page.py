@@ -20,6 +20,8 @@ def test_anchor_sources_name_every_source_of_the_study() -> None:
         "multijail/MultiJail.csv@100-314, polyrefuse/harmless_train_en_sample.json@0-39, "
         "multiq/multiq.jsonl@gpt-51..100"
     )
+    held_out = {**settings, "dev_harmless": ["data/multiq/multiq.jsonl@gpt-91..100"]}
+    assert tune_study.anchor_sources(held_out).endswith("; harmless dev: multiq/multiq.jsonl@gpt-91..100")
 
 
 @pytest.mark.parametrize(
