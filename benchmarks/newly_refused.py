@@ -48,13 +48,14 @@ def main() -> None:
     parser.add_argument("--base", type=Path, help="eval folder with the base model's replies (default: edited)")
     args = parser.parse_args()
     link_shared_data()
-    base = verdicts(args.base or args.edited, "base")
+    base_folder = args.base or args.edited
+    base = verdicts(base_folder, "base")
     edited = verdicts(args.edited, "edited")
     if not base:
-        raise SystemExit(f"{args.base or args.edited}: no base replies; pass --base with a folder run with --base")
+        raise SystemExit(f"{base_folder}: no base replies; pass --base with a folder run with --base")
     harmless = [key for key in edited if key[0] == "harmless"]
     if set(harmless) - set(base):
-        raise SystemExit(f"{args.edited} and {args.base} were not run on the same harmless prompts")
+        raise SystemExit(f"{args.edited} and {base_folder} were not run on the same harmless prompts")
     why = why_questions()
     held, newly = Counter(), Counter()
     for key in harmless:
