@@ -20,10 +20,11 @@ from collections import Counter
 from pathlib import Path
 
 from common import ROOT, link_shared_data
+from reply_tokens import MULTIQ_ANCHOR_IDS, source_of
 from tune_study import verdicts
 
 MULTIQ = ROOT / "data" / "multiq" / "multiq.jsonl"
-MULTIQ_ANCHOR_IDS = {f"gpt-{i}" for i in range(51, 101)} | {f"lmsys-{i}" for i in range(41, 81)}
+SOURCE_NAMES = {"gpt": "MultiQ gpt", "lmsys": "MultiQ lmsys", "polyrefuse": "PolyRefuse"}
 
 
 def why_questions() -> set[str]:
@@ -37,9 +38,7 @@ def why_questions() -> set[str]:
 
 
 def group(prompt_id: str, why: set[str]) -> str:
-    if prompt_id in why:
-        return "MultiQ why-question"
-    return f"MultiQ {prompt_id.split('-')[0]}" if "-" in prompt_id else "PolyRefuse"
+    return "MultiQ why-question" if prompt_id in why else SOURCE_NAMES[source_of(prompt_id)]
 
 
 def main() -> None:
@@ -62,7 +61,7 @@ def main() -> None:
         name = group(key[2], why)
         held[name] += 1
         newly[name] += base[key] != "refusal" and edited[key] == "refusal"
-    anchor_side_why = len(why & MULTIQ_ANCHOR_IDS)
+    anchor_side_why = len(why & set(MULTIQ_ANCHOR_IDS))
     print(f"{'group':<22} {'newly refused':>14} {'of':>5} {'share':>7}")
     for name in sorted(held):
         print(f"{name:<22} {newly[name]:>14} {held[name]:>5} {100 * newly[name] / held[name]:>6.1f}%")

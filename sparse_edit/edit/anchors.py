@@ -98,7 +98,8 @@ def build_anchors(
 def held_out_dev(specs: list[str], anchors: list[Prompt], languages: list[str]) -> list[Prompt]:
     """The --dev-harmless prompts in the edited languages, checked to share no text with the anchors."""
     prompts, _ = load_sources(specs, "harmless", "--dev-harmless")
-    kept = [p for p in prompts if p.lang in set(languages)]
+    edited = set(languages)
+    kept = [p for p in prompts if p.lang in edited]
     if not kept:
         raise SparseEditError(
             f"--dev-harmless: no prompt in {', '.join(languages)}; give dev prompts in the edited languages"

@@ -227,18 +227,18 @@ def write_study(
 ) -> list[str]:
     """The tune folder, staged: the study, the front with each front trial's apply config and, when a trial
     qualifies, chosen.toml (and edited/)."""
-    front = {row.number: row for row in rows if row.number in set(payload["front"])}
-
-    def config(row: TrialRow) -> str:
-        return trial_config(apply_settings(options, row.settings), row, options.output)
-
+    on_front = set(payload["front"])
+    front_tomls = {
+        row.number: trial_config(apply_settings(options, row.settings), row, options.output)
+        for row in rows
+        if row.number in on_front
+    }
     with staged_folder(options.output, options.overwrite, "tune") as staging:
         shutil.copyfile(journal, staging / STUDY_DB)
-        front_tomls = {number: config(row) for number, row in front.items()}
         if chosen is None:
             return write_files(staging, payload, None, front_tomls)
         values = apply_settings(options, chosen.settings)
-        written = write_files(staging, payload, config(chosen), front_tomls)
+        written = write_files(staging, payload, trial_config(values, chosen, options.output), front_tomls)
         if options.apply:
             run_apply(ApplyOptions.model_validate({**values, "output": staging / TUNED_EDIT_DIR}), reporter)
             written.append(TUNED_EDIT_DIR)
