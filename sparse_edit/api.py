@@ -89,15 +89,15 @@ def locate(
 
     ``options`` (built by ``locate_options``) replaces ``config`` and ``settings``.
     """
-    from sparse_edit.io.outputs import check_output, command_inputs
+    from sparse_edit.io.outputs import check_output, claimed_output, command_inputs
     from sparse_edit.neurons.locate import run_locate
 
     options = options or locate_options(config, **settings)
+    if options.output is None:
+        return run_locate(options, _reporter(reporter))
     inputs = command_inputs(options, config)
-    if options.output is not None:
-        check_output(options.output, "locate", inputs, options.overwrite)
-    artifact = run_locate(options, _reporter(reporter))
-    if options.output is not None:
+    with claimed_output(options.output, "locate", inputs, options.overwrite):
+        artifact = run_locate(options, _reporter(reporter))
         check_output(options.output, "locate", inputs, options.overwrite)  # nothing appeared meanwhile
         artifact.save(options.output)
     return artifact
@@ -146,23 +146,23 @@ def evaluate(
 
     Replies are journaled beside ``output`` while they come in, so a rerun with the same settings resumes.
     """
-    from sparse_edit.evaluation.gates import parse_gate
+    from sparse_edit.evaluation.gates import check_gates
     from sparse_edit.evaluation.report import write_report
     from sparse_edit.evaluation.run import run_eval
-    from sparse_edit.io.outputs import check_output, command_inputs
+    from sparse_edit.io.outputs import claimed_output, command_inputs
     from sparse_edit.neurons.artifact import LocateArtifact
 
     options = options or eval_options(config, **settings)
-    for text in options.fail_if:
-        parse_gate(text)  # a malformed gate fails before any generation
+    check_gates(options.fail_if, has_base=options.base is not None)  # a gate typo fails before any work
     if options.artifact is not None:
         LocateArtifact.load(options.artifact)  # a damaged artifact fails now, not after generation
-    check_output(options.output, "eval", command_inputs(options, config), options.overwrite)
-    report = _reporter(reporter)
-    result = run_eval(options, report, journal_folder=options.output)
-    write_report(result, options.output, options.overwrite, options.artifact, report)
-    if result.journal is not None:
-        result.journal.finish()  # the report holds every reply now
+    # One run per report folder (and so per journal) at a time.
+    with claimed_output(options.output, "eval", command_inputs(options, config), options.overwrite):
+        report = _reporter(reporter)
+        result = run_eval(options, report, journal_folder=options.output)
+        write_report(result, options.output, options.overwrite, options.artifact, report)
+        if result.journal is not None:
+            result.journal.finish()  # the report holds every reply now
     return result
 
 
@@ -180,7 +180,9 @@ def revert(edited: str | Path, output: str | Path, *, overwrite: bool = False) -
     """Write the base checkpoint back from an edited folder; returns the rewritten shards."""
     from sparse_edit.edit.gguf_output import is_gguf, revert_gguf
     from sparse_edit.edit.verify import revert as run_revert
+    from sparse_edit.io.outputs import claimed
 
-    if is_gguf(edited):
-        return revert_gguf(Path(edited), Path(output), overwrite)
-    return run_revert(Path(edited), Path(output), overwrite)
+    with claimed(Path(output)):
+        if is_gguf(edited):
+            return revert_gguf(Path(edited), Path(output), overwrite)
+        return run_revert(Path(edited), Path(output), overwrite)

@@ -166,6 +166,12 @@ class ApplyOptions(ModelOptions, PromptOptions):
     """``sparse-edit apply``: compute the closed-form edit and write the edited checkpoint."""
 
     artifact: Path = Field(description="Locate artifact (.safetensors) made for this model.")
+    allow_other_weights: bool = Field(
+        False,
+        description="Apply an artifact to a checkpoint of the same shapes whose weights differ from the ones it "
+        "was measured on (another seed, a fine-tune); refused otherwise, since neuron statistics belong to their "
+        "weights. The manifest records that it was used.",
+    )
     output: Path = Field(description="Folder for the edited checkpoint (written atomically).")
     overwrite: bool = Field(False, description="Replace an existing output folder.")
     strategy: list[str] = Field(

@@ -16,6 +16,7 @@ from sparse_edit.edit.manifest_schema import Manifest
 from sparse_edit.edit.selection import SELECTION_RULE
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.io.layout import MANIFEST_KIND
+from sparse_edit.neurons.artifact import read_artifact_metadata, weights_check
 
 
 def build_manifest(
@@ -44,10 +45,18 @@ def build_manifest(
         # Where the output went is not an input of the edit; leaving it out keeps reruns byte-identical.
         "settings": options.model_dump(mode="json", exclude={"output", "overwrite"}),
         "seed": options.seed,
-        "base": {"path": str(checkpoint.path), "fingerprint": checkpoint.fingerprint()},
+        "base": {
+            "path": str(checkpoint.path),
+            "fingerprint": checkpoint.fingerprint(),
+            "weights_sha256": checkpoint.weights_sha256(),
+        },
         "artifact": {
             "path": str(options.artifact),
             "sha256": hashlib.sha256(options.artifact.read_bytes()).hexdigest(),
+            # matched, overridden (--allow-other-weights) or not recorded (an artifact older than weight hashes)
+            "weights_check": weights_check(
+                read_artifact_metadata(options.artifact)["model"], checkpoint, options.allow_other_weights
+            ),
         },
         "delta_sha256": hashlib.sha256(delta_bytes).hexdigest(),
         "strategy": chosen.strategy,

@@ -25,11 +25,15 @@ class _Strict(BaseModel):
 class BaseRecord(_Strict):
     path: str
     fingerprint: str  # sha256 over the base checkpoint's shard headers
+    weights_sha256: str | None = None  # sha256 over its tensors' bytes (Checkpoint.weights_sha256)
 
 
 class ArtifactRecord(_Strict):
     path: str
     sha256: str
+    # Whether the base holds the weights the artifact was measured on: matched, overridden
+    # (--allow-other-weights) or not recorded (an artifact older than weight hashes).
+    weights_check: Literal["matched", "overridden", "not recorded"] | None = None
 
 
 class EditRecord(_Strict):

@@ -22,7 +22,7 @@ from sparse_edit.edit.selection import choose, format_table, measure_candidates
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, MODEL_CARD_FILE
-from sparse_edit.io.outputs import check_output, command_inputs
+from sparse_edit.io.outputs import claimed_output, command_inputs
 from sparse_edit.io.writer import write_checkpoint
 from sparse_edit.model.loading import LoadedModel, load_model
 from sparse_edit.neurons.artifact import LocateArtifact
@@ -39,7 +39,11 @@ def run_apply(options: ApplyOptions, reporter: Reporter, config: Path | None = N
 
     ``config`` is the TOML file the options came from, if any: an input the output may not touch.
     """
-    check_output(options.output, "apply", command_inputs(options, config), options.overwrite)
+    with claimed_output(options.output, "apply", command_inputs(options, config), options.overwrite):
+        return _run_apply(options, reporter)
+
+
+def _run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
     artifact, loaded, low_langs = load_edit_inputs(options, reporter)
     checkpoint = loaded.checkpoint
     plan = make_plan(options, artifact, loaded.num_layers, low_langs)
@@ -66,7 +70,8 @@ def load_edit_inputs(options: ApplyOptions, reporter: Reporter) -> tuple[LocateA
     """The locate artifact, the model (checked against it) and the low-resource languages to edit for."""
     artifact = LocateArtifact.load(options.artifact)
     loaded = load_model(options)
-    for warning in artifact.check_model(loaded.checkpoint, f"--artifact {options.artifact}"):
+    where = f"--artifact {options.artifact}"
+    for warning in artifact.check_model(loaded.checkpoint, where, options.allow_other_weights):
         reporter.warn(warning)
     ref = options.reference_lang
     low_langs = [lang for lang in (options.low_langs or artifact.languages) if lang != ref]

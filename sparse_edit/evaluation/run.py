@@ -15,7 +15,7 @@ from sparse_edit.config import EvalOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import by_language
 from sparse_edit.data.selection import PromptSets, prepare_prompts
-from sparse_edit.evaluation.gates import Gate, parse_gate
+from sparse_edit.evaluation.gates import Gate, check_gate_languages, check_gates
 from sparse_edit.evaluation.journal import ReplyJournal, settings_key
 from sparse_edit.io.layout import EVAL_KIND
 from sparse_edit.measure.judge import GuardJudge, Judge, KeywordJudge, Verdict, refusal_in_language
@@ -290,9 +290,12 @@ class EvalResult:
 def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | None = None) -> EvalResult:
     """Generate, judge and measure; with ``journal_folder``, replies are journaled beside it as they come
     in and a rerun with the same settings resumes from them."""
-    gates: list[Gate] = [parse_gate(text) for text in options.fail_if]
+    gates: list[Gate] = check_gates(options.fail_if, has_base=options.base is not None)
     torch.manual_seed(options.seed)
     sets = prepare_prompts(options, reporter, both_classes=False)
+    check_gate_languages(
+        gates, {"harmful": {p.lang for p in sets.harmful}, "harmless": {p.lang for p in sets.harmless}}
+    )
     judge = make_judge(options)
     edited_model = load_model(options)
     base_model = load_model(options, options.base) if options.base is not None else None
@@ -380,7 +383,8 @@ NOT_REPLY_SETTINGS = {
 
 def reply_settings_key(options: EvalOptions, edited: LoadedModel, base: LoadedModel | None) -> str:
     settings = options.model_dump(mode="json", exclude=NOT_REPLY_SETTINGS)
-    settings["fingerprints"] = [edited.checkpoint.fingerprint(), base.checkpoint.fingerprint() if base else None]
+    # The weights themselves, not only their layout: a journal of another model of the same shapes is not ours.
+    settings["weights"] = [edited.checkpoint.weights_sha256(), base.checkpoint.weights_sha256() if base else None]
     settings["device"] = edited.device
     return settings_key(settings)
 

@@ -82,6 +82,21 @@ def read_header_bytes(path: Path) -> bytes:
         return handle.read(size)
 
 
+def data_ranges(path: Path) -> dict[str, tuple[int, int]]:
+    """Each tensor's byte range in a safetensors file (absolute offsets), from its header."""
+    header = read_header_bytes(path)
+    try:
+        entries = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SparseEditError(f"{path}: safetensors header is not valid JSON ({exc})") from None
+    base = 8 + len(header)
+    return {
+        name: (base + entry["data_offsets"][0], base + entry["data_offsets"][1])
+        for name, entry in entries.items()
+        if name != "__metadata__"
+    }
+
+
 @dataclass
 class Checkpoint:
     """A validated Hugging Face model folder with safetensors weights."""
@@ -92,6 +107,7 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]
     index: dict[str, Any] | None
     shard_metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+    _weights_digest: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def open(cls, path: str | Path) -> Checkpoint:
@@ -176,6 +192,31 @@ class Checkpoint:
             digest.update(shard.encode())
             digest.update(read_header_bytes(self.path / shard))
         return digest.hexdigest()
+
+    def weights_sha256(self) -> str:
+        """sha256 over every tensor's name, dtype, shape and stored bytes, in name order.
+
+        What a measurement on these weights depends on: two checkpoints of one shape (another seed, a
+        fine-tune) differ here even where their shard headers agree. Streamed from the shards in chunks.
+        """
+        if self._weights_digest is None:
+            digest = hashlib.sha256()
+            ranges = {shard: data_ranges(self.path / shard) for shard in self.shards}
+            for name in sorted(self.tensors):
+                info = self.tensors[name]
+                digest.update(json.dumps([name, info.dtype, list(info.shape)]).encode())
+                start, end = ranges[info.shard][name]
+                with (self.path / info.shard).open("rb") as handle:
+                    handle.seek(start)
+                    left = end - start
+                    while left > 0:
+                        chunk = handle.read(min(left, 1 << 24))
+                        if not chunk:
+                            raise SparseEditError(f"{self.path / info.shard}: tensor {name} is cut short")
+                        digest.update(chunk)
+                        left -= len(chunk)
+            self._weights_digest = digest.hexdigest()
+        return self._weights_digest
 
     def structure(self) -> dict[str, Any]:
         """What an artifact must match to be applied to this model."""

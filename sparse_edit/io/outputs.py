@@ -13,6 +13,7 @@ The rules every command shares:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
 
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.layout import (
@@ -171,6 +172,82 @@ def command_inputs(options: object, config: Path | None = None) -> list[tuple[st
     return input_paths(pairs)
 
 
+# ---- one writer per destination --------------------------------------------------------------
+
+CLAIM_SUFFIX = ".sparse-edit.lock"
+
+
+def claim_path(dest: Path) -> Path:
+    return Path(dest).with_name(f".{Path(dest).name}{CLAIM_SUFFIX}")
+
+
+@contextlib.contextmanager
+def claimed(dest: Path, flag: str = "--output") -> Iterator[None]:
+    """Hold ``dest`` for this run: a second sparse-edit run to the same path is refused at once (exit 2)
+    instead of racing this one to the rename. The lock file beside ``dest`` goes when the run ends, and so
+    do folders made for it that stayed empty."""
+    dest = Path(os.path.abspath(dest))
+    missing = [folder for folder in [dest.parent, *dest.parent.parents] if not folder.exists()]
+    if any(folder.exists() and not folder.is_dir() for folder in dest.parent.parents) or (
+        dest.parent.exists() and not dest.parent.is_dir()
+    ):
+        yield  # no folder to claim in: check_output names the file in the way
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    path = claim_path(dest)
+    try:
+        handle = _lock(path, flag, dest)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            handle.close()
+    finally:
+        for folder in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _lock(path: Path, flag: str, dest: Path) -> TextIO:
+    """The claim file at ``path``, open and exclusively locked, with this process's pid in it."""
+    while True:
+        handle = open(path, "a+")  # noqa: SIM115 - the caller closes it when the run ends
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise SparseEditError(
+                f"{flag} {dest}: another sparse-edit run (pid {holder}) is writing it; wait for it to end or "
+                "pick another path"
+            ) from None
+        # The holder before us may have removed the file after we opened it: lock the file that is there.
+        try:
+            same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            return handle
+        handle.close()
+
+
+@contextlib.contextmanager
+def claimed_output(
+    dest: Path, command: Command, inputs: Iterable[tuple[str, Path]], overwrite: bool, flag: str = "--output"
+) -> Iterator[None]:
+    """``check_output``, then hold ``dest`` for the run (``claimed``) and check again under the claim."""
+    inputs = list(inputs)
+    check_output(dest, command, inputs, overwrite, flag)
+    with claimed(dest, flag):
+        check_output(dest, command, inputs, overwrite, flag)
+        yield
+
+
 # ---- staging -------------------------------------------------------------------------------
 
 
@@ -184,26 +261,56 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _leftover_pid(dest: Path, item: Path) -> int | None:
-    """The pid in the name of a staging/partial/retired path of ``dest``, or None if it is not one."""
-    pattern = rf"\.{re.escape(dest.name)}\.(\d+)(\.[^/]*)?({re.escape(STAGING_SUFFIX)}|{re.escape(PARTIAL_SUFFIX)}|\.old)"
-    match = re.fullmatch(pattern, item.name)
-    return int(match.group(1)) if match else None
+# What sparse-edit leaves beside a destination NAME while it writes, by kind: a staging folder (it holds
+# STAGING_MARKER), a partial file (tempfile's 8 random characters), a retired earlier output (it holds
+# OUTPUT_MARKER); each name carries the writing process's pid.
+_LEFTOVER = re.compile(
+    rf"\.(?P<name>.+)\.(?P<pid>\d+)(?:\.[^/]*{re.escape(STAGING_SUFFIX)}|\.[a-z0-9_]{{8}}{re.escape(PARTIAL_SUFFIX)}|\.old)"
+)
+
+
+def _leftover_pid(item: Path) -> int | None:
+    """The pid in the name of a staging/partial/retired path of sparse-edit's, or None if it is not one."""
+    match = _LEFTOVER.fullmatch(item.name)
+    return int(match.group("pid")) if match else None
+
+
+def _ours(item: Path) -> bool:
+    """Whether a leftover-shaped path was made by sparse-edit (a folder must carry its marker)."""
+    if item.is_symlink():
+        return False
+    if item.is_dir():
+        marker = OUTPUT_MARKER if item.name.endswith(".old") else STAGING_MARKER
+        return (item / marker).is_file()
+    return item.is_file() and item.name.endswith(PARTIAL_SUFFIX)
+
+
+def _remove_if_unheld(lock: Path) -> bool:
+    """Remove a claim file a killed run left (no process holds its lock); ``claimed`` copes with the race."""
+    try:
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.unlink(missing_ok=True)
+            return True
+    except (BlockingIOError, OSError):
+        return False
 
 
 def remove_stale_staging(dest: Path) -> list[Path]:
-    """Remove what killed runs to ``dest`` left beside it (only ours, only when their process is gone)."""
+    """Remove what killed sparse-edit runs left in ``dest``'s folder, for any output there: staging folders,
+    partial files and retired outputs whose process is gone. Anything not made by sparse-edit is kept."""
     removed: list[Path] = []
     parent = Path(dest).parent
     if not parent.is_dir():
         return removed
-    for item in parent.glob(f".{glob_escape(Path(dest).name)}.*"):
-        pid = _leftover_pid(Path(dest), item)
-        if pid is None or _pid_alive(pid):
+    for item in parent.glob(".*"):
+        if item.name.endswith(CLAIM_SUFFIX) and _remove_if_unheld(item):
+            removed.append(item)
             continue
-        if item.is_dir() and not item.is_symlink():
-            if not (item / STAGING_MARKER).is_file() and not item.name.endswith(".old"):
-                continue  # not made by sparse-edit
+        pid = _leftover_pid(item)
+        if pid is None or pid == os.getpid() or _pid_alive(pid) or not _ours(item):
+            continue
+        if item.is_dir():
             shutil.rmtree(item, ignore_errors=True)
         else:
             item.unlink(missing_ok=True)

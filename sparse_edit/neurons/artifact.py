@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
@@ -26,6 +26,20 @@ from sparse_edit.io.outputs import atomic_write_bytes
 from sparse_edit.neurons.scores import ClassStats, Scores, jaccard
 
 SCHEMA_VERSION = 1
+
+
+# What an artifact's recorded weights say about a checkpoint (written to the manifest as artifact.weights_check).
+WeightsCheck = Literal["matched", "other weights", "overridden", "not recorded"]
+
+
+def weights_check(model: dict[str, Any], checkpoint: Checkpoint, allow_other_weights: bool) -> WeightsCheck:
+    """Whether ``checkpoint`` holds the weights an artifact's ``model`` record was measured on."""
+    recorded = model.get("weights_sha256")
+    if not isinstance(recorded, str):
+        return "not recorded"
+    if recorded == checkpoint.weights_sha256():
+        return "matched"
+    return "overridden" if allow_other_weights else "other weights"
 
 
 def is_locate_artifact(path: Path) -> bool:
@@ -72,17 +86,29 @@ class LocateArtifact:
             raise SparseEditError(f"--layer {layer}: the model has layers 0..{self.num_layers - 1}")
         return self.neurons[lang][layer]
 
-    def check_model(self, checkpoint: Checkpoint, where: str) -> list[str]:
-        """Refuse a different architecture; return warnings for same shape but different weights files."""
+    def check_model(self, checkpoint: Checkpoint, where: str, allow_other_weights: bool = False) -> list[str]:
+        """Refuse a different architecture, and other weights of the same shapes unless ``allow_other_weights``;
+        return warnings for what cannot be checked or was let through."""
         if checkpoint.structure() != self.model["structure"]:
             raise SparseEditError(
                 f"{where}: artifact was made for {self.model['structure']}, but {checkpoint.path} is "
                 f"{checkpoint.structure()}; run locate on this model"
             )
-        if checkpoint.fingerprint() != self.model["fingerprint"]:
+        state = weights_check(self.model, checkpoint, allow_other_weights)
+        if state == "not recorded":
             return [
-                f"{where}: artifact was made from {self.model['path']}, whose shard headers differ from {checkpoint.path}"
+                f"{where}: the artifact predates weight hashes, so it cannot be checked against {checkpoint.path}'s "
+                "weights; run locate again to record them"
             ]
+        if state == "other weights":
+            raise SparseEditError(
+                f"{where}: measured on the weights of {self.model['path']} (sha256 "
+                f"{self.model['weights_sha256'][:12]}), but {checkpoint.path} holds other weights (sha256 "
+                f"{checkpoint.weights_sha256()[:12]}); its neurons belong to the weights they were measured on, so "
+                "run locate on this model (or pass --allow-other-weights if you mean it)"
+            )
+        if state == "overridden":
+            return [f"{where}: applied to other weights than it was measured on (--allow-other-weights)"]
         return []
 
     def summary(self) -> dict[str, Any]:

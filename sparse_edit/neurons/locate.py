@@ -94,6 +94,7 @@ def run_locate(options: LocateOptions, reporter: Reporter) -> LocateArtifact:
         model={
             "path": str(checkpoint.path),
             "fingerprint": checkpoint.fingerprint(),
+            "weights_sha256": checkpoint.weights_sha256(),
             "structure": checkpoint.structure(),
         },
         # Where the artifact goes is not an input of locate; leaving it out keeps reruns byte-identical.

@@ -7,14 +7,11 @@ output folder is staged and moved into place once the study ends; then the journ
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ from sparse_edit.edit.run import load_edit_inputs, run_apply
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.files import file_sha256
 from sparse_edit.io.layout import STUDY_DB, TUNED_EDIT_DIR
-from sparse_edit.io.outputs import check_output, command_inputs, staged_folder
+from sparse_edit.io.outputs import claimed_output, command_inputs, staged_folder
 from sparse_edit.tuning.front import (
     CHOICE_RULE,
     NONE_QUALIFIES,
@@ -57,27 +54,11 @@ class TuneResult:
     written: list[str]
 
 
-@contextmanager
-def locked(journal: Path) -> Iterator[None]:
-    """One study per journal at a time: a second tune to the same output is refused, not interleaved."""
-    journal.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = journal.with_name(journal.name + ".lock")
-    with open(lock_path, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SparseEditError(
-                f"--output: another sparse-edit tune is writing {journal}; wait for it"
-            ) from None
-        try:
-            yield
-        finally:
-            lock_path.unlink(missing_ok=True)
-
-
-def study_key(options: TuneOptions, fingerprint: str, artifact_sha256: str) -> str:
+def study_key(options: TuneOptions, weights_sha256: str, artifact_sha256: str) -> str:
     settings = options.model_dump(mode="json", exclude=NOT_IN_KEY)
-    text = json.dumps({"settings": settings, "model": fingerprint, "artifact": artifact_sha256}, sort_keys=True)
+    text = json.dumps(
+        {"settings": settings, "weights": weights_sha256, "artifact": artifact_sha256}, sort_keys=True
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -125,10 +106,9 @@ def run_tune(options: TuneOptions, reporter: Reporter, config: Path | None = Non
         raise SparseEditError(
             "--layer: tune searches the layer; name the layers to choose from with --candidate-layers"
         )
-    check_output(options.output, "tune", command_inputs(options, config), options.overwrite)
-    journal = journal_path(options.output)
-    with locked(journal):
-        return _run(options, reporter, journal)
+    # One study per output (and so per journal) at a time.
+    with claimed_output(options.output, "tune", command_inputs(options, config), options.overwrite):
+        return _run(options, reporter, journal_path(options.output))
 
 
 def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
@@ -137,7 +117,8 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
     runner, space = prepare(options, reporter)
     fingerprint = runner.loaded.checkpoint.fingerprint()
     artifact_sha = file_sha256(options.artifact)
-    study = open_study(journal, study_key(options, fingerprint, artifact_sha), options.seed, constraints(options))
+    key = study_key(options, runner.loaded.checkpoint.weights_sha256(), artifact_sha)
+    study = open_study(journal, key, options.seed, constraints(options))
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     reporter.info(
         f"tune: {options.trials} trials ({done} done), strategies {', '.join(space.strategies)}, layers "
