@@ -77,13 +77,12 @@ def load_qwen_anchors(options: Any) -> tuple[Any, Any, list[str], Any]:
     """(locate artifact, loaded model, low-resource languages, anchors) for ``options`` (quiet)."""
     from sparse_edit.console import Reporter
     from sparse_edit.edit.anchors import build_anchors
-    from sparse_edit.model.loading import load_model
-    from sparse_edit.neurons.artifact import LocateArtifact
+    from sparse_edit.edit.run import load_edit_inputs
 
-    artifact = LocateArtifact.load(options.artifact)
-    loaded = load_model(options)
-    low_langs = [lang for lang in artifact.languages if lang != options.reference_lang]
-    return artifact, loaded, low_langs, build_anchors(options, loaded, low_langs, Reporter(quiet=True))
+    reporter = Reporter(quiet=True)
+    inputs = load_edit_inputs(options, reporter)
+    anchors = build_anchors(options, inputs.loaded, inputs.prompts, reporter)
+    return inputs.artifact, inputs.loaded, inputs.low_langs, anchors
 
 
 def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -484,6 +484,7 @@ class TuneOptions(ApplyOptions):
     max_over_refusal: float = Field(
         0.02,
         ge=0,
+        le=1,
         description="Choice rule: the largest allowed rise of the pooled dev harmless refusal rate (0.02 = 2 "
         "points).",
     )

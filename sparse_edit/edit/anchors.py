@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
@@ -50,16 +50,24 @@ def _cap_per_language(prompts: list[Prompt], limit: int) -> list[Prompt]:
     return kept
 
 
-def build_anchors(
-    options: ApplyOptions, loaded: LoadedModel, low_langs: list[str], reporter: Reporter, *, replies: bool = True
-) -> Anchors:
-    """The anchors by role; with ``replies`` False the model's replies (--harmless-reply-tokens) are left for
-    ``add_replies``, so a caller can say what generating them will cost first."""
+@dataclass
+class AnchorPrompts:
+    """The prompts of each role, chosen from the prompt files alone: every check on them runs before the model
+    is loaded."""
+
+    low_train: list[Prompt]
+    ref_train: list[Prompt]
+    safe_train: list[Prompt]
+    ref_safe_train: list[Prompt]
+    low_dev: list[Prompt]
+    ref_dev: list[Prompt]
+    safe_dev: list[Prompt]
+
+
+def select_anchor_prompts(options: ApplyOptions, low_langs: list[str], reporter: Reporter) -> AnchorPrompts:
+    """Load the prompt sources and split them by id into train and dev for each role."""
     sets = prepare_prompts(options, reporter)
     ref = options.reference_lang
-
-    def encode(prompts: list[Prompt]) -> list[Encoded]:
-        return encode_prompts(loaded.tokenizer, prompts, options.system_prompt, options.max_length)
 
     def split(prompts: list[Prompt], dev_limit: int) -> tuple[list[Prompt], list[Prompt]]:
         dev = [p for p in prompts if is_dev(p.id, options.dev_fraction, options.seed)]
@@ -83,15 +91,21 @@ def build_anchors(
     if not safe_train:
         raise SparseEditError("--harmless: no harmless training prompts left after the dev split")
     ref_safe = [p for p in safe_train if p.lang == ref]
-    anchors = Anchors(
-        encode(low_train),
-        encode(ref_train),
-        encode(safe_train),
-        encode(ref_safe),
-        encode(low_dev),
-        encode(ref_dev),
-        encode(safe_dev),
-    )
+    return AnchorPrompts(low_train, ref_train, safe_train, ref_safe, low_dev, ref_dev, safe_dev)
+
+
+def build_anchors(
+    options: ApplyOptions, loaded: LoadedModel, prompts: AnchorPrompts, reporter: Reporter, *, replies: bool = True
+) -> Anchors:
+    """The anchors by role, encoded; with ``replies`` False the model's replies (--harmless-reply-tokens) are left
+    for ``add_replies``, so a caller can say what generating them will cost first."""
+    roles = {
+        role.name: encode_prompts(
+            loaded.tokenizer, getattr(prompts, role.name), options.system_prompt, options.max_length
+        )
+        for role in fields(AnchorPrompts)
+    }
+    anchors = Anchors(**roles)
     return add_replies(anchors, loaded, options, reporter) if replies else anchors
 
 

@@ -28,10 +28,14 @@ from sparse_edit.edit.verify import VerifyReport, manifest_mismatches
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io import gguf_file
 from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.files import file_sha256
+from sparse_edit.io.gguf import KEY_PREFIX
+from sparse_edit.io.gguf import read as read_gguf
 from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, META_KEY
 from sparse_edit.io.outputs import check_output, staged_folder
 
 SIDECAR_SUFFIX = ".sparse_edit"
+PATCHED_SHA_KEY = "patched_sha256"
 ORIGINALS_FILE = "gguf_originals.safetensors"
 # Largest deviation of a written value from the intended one, relative to the row's largest |value|.
 TOLERANCE = {
@@ -94,9 +98,9 @@ def write_gguf_edit(
         replaced = gguf_file.write_patched(source, output, values, metadata)
         originals = {item.name: item.original for item in replaced}
         types = {item.name: {"original": item.original_type, "written": item.written_type} for item in replaced}
-        (staging / ORIGINALS_FILE).write_bytes(
-            save_numpy(originals, metadata={META_KEY: json.dumps(types, sort_keys=True)})
-        )
+        # The patched file's own hash: revert refuses a file another tool changed since.
+        recorded = {META_KEY: json.dumps(types, sort_keys=True), PATCHED_SHA_KEY: file_sha256(output)}
+        (staging / ORIGINALS_FILE).write_bytes(save_numpy(originals, metadata=recorded))
 
 
 def _originals(patched: Path) -> tuple[dict[str, np.ndarray], dict[str, dict[str, str]]]:
@@ -104,8 +108,14 @@ def _originals(patched: Path) -> tuple[dict[str, np.ndarray], dict[str, dict[str
     if not path.is_file():
         raise SparseEditError(f"{path}: missing; is {patched} a file written by sparse-edit apply?")
     with safe_open(str(path), framework="numpy") as handle:
-        types = json.loads((handle.metadata() or {}).get(META_KEY, "{}"))
-    return load_numpy(str(path)), types
+        recorded = handle.metadata() or {}
+    expected = recorded.get(PATCHED_SHA_KEY)  # absent in sidecars written before it was recorded
+    if expected is not None and (actual := file_sha256(patched)) != expected:
+        raise SparseEditError(
+            f"{patched}: changed since sparse-edit apply wrote it (sha256 {actual[:12]}, apply wrote "
+            f"{expected[:12]}); reverting it would not give back the source file, so revert an unchanged copy"
+        )
+    return load_numpy(str(path)), json.loads(recorded.get(META_KEY, "{}"))
 
 
 def _check_sidecar(patched: Path, reader: Any) -> tuple[EditDelta, list[str]]:
@@ -114,7 +124,7 @@ def _check_sidecar(patched: Path, reader: Any) -> tuple[EditDelta, list[str]]:
     delta = EditDelta.load(side / DELTA_FILE)
     manifest, problem = read_manifest(side)
     problems = manifest_mismatches(manifest, delta, side) if manifest is not None else [str(problem)]
-    field = reader.fields.get(gguf_file.KEY_PREFIX + "delta_sha256")
+    field = reader.fields.get(KEY_PREFIX + "delta_sha256")
     recorded = field.contents() if field is not None else None
     if recorded != hashlib.sha256((side / DELTA_FILE).read_bytes()).hexdigest():
         problems.append("the patched file's sparse_edit.delta_sha256 is not the delta's")
@@ -124,7 +134,7 @@ def _check_sidecar(patched: Path, reader: Any) -> tuple[EditDelta, list[str]]:
 def verify_gguf(base_path: Path, patched: Path, run_forward: bool = True) -> VerifyReport:
     """The checks of ``verify`` for a patched GGUF file against its source GGUF."""
     report = VerifyReport()
-    base, edited = gguf_file.read(source_gguf(base_path)), gguf_file.read(patched)
+    base, edited = read_gguf(source_gguf(base_path)), read_gguf(patched)
     delta, problems = _check_sidecar(patched, edited)
     report.add("manifest", not problems, "; ".join(problems) or "the sidecar and the file's metadata agree")
     originals, types = _originals(patched)
@@ -218,7 +228,7 @@ def _forward(patched: Path) -> tuple[bool, str]:
 def revert_gguf(patched: Path, output: Path, overwrite: bool) -> list[str]:
     """The source GGUF's tensors back, byte for byte, and sparse-edit's metadata keys removed."""
     check_output(output, "revert", [("EDITED", patched), ("EDITED", sidecar(patched))], overwrite)
-    _, problems = _check_sidecar(patched, gguf_file.read(patched))
+    _, problems = _check_sidecar(patched, read_gguf(patched))
     if problems:
         raise SparseEditError(f"{patched}: {problems[0]}; the stored originals cannot be trusted to revert")
     originals, types = _originals(patched)

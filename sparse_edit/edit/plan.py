@@ -75,9 +75,10 @@ def rank_by_attribution(
         }
 
 
-def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, low_langs: list[str]) -> Plan:
+def layer_sets(options: ApplyOptions, artifact: LocateArtifact, num_layers: int) -> list[tuple[int, ...]]:
+    """The layer sets apply tries (one fixed set, or one candidate layer each), checked against the depth."""
     fixed = options.fixed_layers(num_layers)
-    layer_sets = (
+    sets: list[tuple[int, ...]] = (
         [fixed]
         if fixed
         else [
@@ -85,24 +86,34 @@ def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, 
             for layer in (options.candidate_layers or default_candidates(num_layers, artifact.recommended_layer))
         ]
     )
-    for layers in layer_sets:
+    flag = "--layer" if fixed or not options.candidate_layers else "--candidate-layers"
+    for layers in sets:
         for layer in layers:
             if not 0 <= layer < num_layers:
-                raise SparseEditError(f"--layer {layer}: the model has layers 0..{num_layers - 1}")
+                raise SparseEditError(f"{flag} {layer}: the model has layers 0..{num_layers - 1}")
+    return sets
+
+
+def check_settings(options: ApplyOptions, artifact: LocateArtifact) -> None:
+    """What can be checked against the artifact alone, before the model is loaded: layers and chains."""
+    layer_sets(options, artifact, artifact.num_layers)
     for name in options.strategy:
         check_chain(name)
+
+
+def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, low_langs: list[str]) -> Plan:
+    check_settings(options, artifact)
+    sets = layer_sets(options, artifact, num_layers)
     parts = strategies.all_parts(options.strategy)
     neurons: dict[tuple[str, int], torch.Tensor] = {}
     for name in parts:
         strategy = strategies.get(name)
-        for layers in layer_sets:
+        for layers in sets:
             for layer in layers:
                 chosen = strategy.neurons(artifact, layer, options, low_langs)
                 if chosen is not None:  # None: the strategy picks its neurons when solving
                     neurons[(name, layer)] = chosen
-    usable = [
-        ls for ls in layer_sets if all(index.numel() for (_, layer), index in neurons.items() if layer in ls)
-    ]
+    usable = [ls for ls in sets if all(index.numel() for (_, layer), index in neurons.items() if layer in ls)]
     if not usable:
         raise SparseEditError("no neurons to edit at the requested layer(s); pick another --layer or neuron set")
     wanted = {site for name in parts for site in strategies.get(name).needs(options).sites}

@@ -11,13 +11,13 @@ import torch
 
 from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
-from sparse_edit.edit.anchors import Anchors, add_replies, build_anchors
+from sparse_edit.edit.anchors import AnchorPrompts, Anchors, add_replies, build_anchors, select_anchor_prompts
 from sparse_edit.edit.candidates import Candidate, build_candidates, storage_for
 from sparse_edit.edit.delta import EditDelta, write_back
 from sparse_edit.edit.estimate import count_work, describe, time_first_batch
 from sparse_edit.edit.gguf_output import is_gguf, write_gguf_edit
 from sparse_edit.edit.manifest import build_manifest, checked, model_card
-from sparse_edit.edit.plan import Plan, make_plan, rank_by_attribution
+from sparse_edit.edit.plan import Plan, check_settings, make_plan, rank_by_attribution
 from sparse_edit.edit.selection import choose, format_table, measure_candidates
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
@@ -44,12 +44,13 @@ def run_apply(options: ApplyOptions, reporter: Reporter, config: Path | None = N
 
 
 def _run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
-    artifact, loaded, low_langs = load_edit_inputs(options, reporter)
+    inputs = load_edit_inputs(options, reporter)
+    artifact, loaded, low_langs = inputs.artifact, inputs.loaded, inputs.low_langs
     checkpoint = loaded.checkpoint
     plan = make_plan(options, artifact, loaded.num_layers, low_langs)
     for name in plan.parts:
         plan.strategy(name).check(checkpoint)  # fail before any forward pass
-    anchors = build_anchors(options, loaded, low_langs, reporter, replies=False)
+    anchors = build_anchors(options, loaded, inputs.prompts, reporter, replies=False)
     announce_cost(loaded, anchors, plan, options, reporter)
     anchors = add_replies(anchors, loaded, options, reporter)
     if options.neuron_score == "attribution":
@@ -66,18 +67,29 @@ def _run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
     return EditResult(manifest, chosen)
 
 
-def load_edit_inputs(options: ApplyOptions, reporter: Reporter) -> tuple[LocateArtifact, LoadedModel, list[str]]:
-    """The locate artifact, the model (checked against it) and the low-resource languages to edit for."""
+@dataclass
+class EditInputs:
+    artifact: LocateArtifact
+    loaded: LoadedModel
+    low_langs: list[str]
+    prompts: AnchorPrompts
+
+
+def load_edit_inputs(options: ApplyOptions, reporter: Reporter) -> EditInputs:
+    """The locate artifact, the anchor prompts and the model (checked against the artifact): every setting
+    that the artifact and the prompt files can check is checked before the model is loaded."""
     artifact = LocateArtifact.load(options.artifact)
-    loaded = load_model(options)
-    where = f"--artifact {options.artifact}"
-    for warning in artifact.check_model(loaded.checkpoint, where, options.allow_other_weights):
-        reporter.warn(warning)
+    check_settings(options, artifact)
     ref = options.reference_lang
     low_langs = [lang for lang in (options.low_langs or artifact.languages) if lang != ref]
     if not low_langs:
         raise SparseEditError("--low-langs: no low-resource language to edit for (all equal the reference)")
-    return artifact, loaded, low_langs
+    prompts = select_anchor_prompts(options, low_langs, reporter)
+    loaded = load_model(options)
+    where = f"--artifact {options.artifact}"
+    for warning in artifact.check_model(loaded.checkpoint, where, options.allow_other_weights):
+        reporter.warn(warning)
+    return EditInputs(artifact, loaded, low_langs, prompts)
 
 
 def announce_cost(

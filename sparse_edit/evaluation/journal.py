@@ -35,6 +35,42 @@ def settings_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _check_header(path: Path, key: str) -> None:
+    """Refuse a file that is not a reply journal, or one of other settings, without touching it."""
+    with path.open("rb") as stream:
+        first = stream.readline()
+    try:
+        header = json.loads(first) if first.endswith(b"\n") else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    ours = f'{{"kind": {json.dumps(KIND)}'.encode()
+    if not first.endswith(b"\n") and (ours.startswith(first) or first.startswith(ours)):
+        return  # killed while writing its header: no reply in it yet, so it starts over
+    if not isinstance(header, dict) or header.get("kind") != KIND:
+        raise SparseEditError(f"{path}: not a sparse-edit reply journal; move it away or pick another -o")
+    if header.get("key") != key:
+        raise SparseEditError(
+            f"{path}: replies of an interrupted eval with other settings or models; rerun with the same "
+            "settings to resume, or delete it to start over"
+        )
+
+
+def _drop_cut_line(path: Path) -> None:
+    """Cut the journal back to its last whole line: a run killed mid-write leaves a partial last row,
+    and appending after it would glue the next row onto it."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with path.open("rb+") as stream:
+        stream.seek(size - 1)
+        if stream.read(1) == b"\n":
+            return
+        stream.seek(max(0, size - (1 << 20)))
+        tail = stream.read()
+        cut = tail.rfind(b"\n")
+        stream.truncate(size - len(tail) + cut + 1 if cut >= 0 else 0)
+
+
 class ReplyJournal:
     """Append-only record of generated replies for one report folder and one settings key."""
 
@@ -47,29 +83,20 @@ class ReplyJournal:
     def open(cls, report_folder: Path, key: str) -> ReplyJournal:
         """Resume the journal beside ``report_folder`` (refused if made with other settings), or start one."""
         path = journal_path(Path(report_folder))
-        if not path.exists():
+        if path.exists():
+            _check_header(path, key)
+            _drop_cut_line(path)  # ours and of these settings: a killed run's partial last row may go
+        if not path.exists() or path.stat().st_size == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"kind": KIND, "key": key}) + "\n", encoding="utf-8")
             return cls(path, key, {})
         replies: dict[ReplyKey, str] = {}
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-            header = json.loads(lines[0]) if lines else {}
-            for line in lines[1:]:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the last line of a killed run may be cut short
+            for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+                row = json.loads(line)
                 replies[(row["model"], row["class"], row["lang"], row["id"], row["text"])] = row["reply"]
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise SparseEditError(f"{path}: damaged reply journal ({exc}); delete it to start over") from None
-        if not isinstance(header, dict) or header.get("kind") != KIND:
-            raise SparseEditError(f"{path}: not a sparse-edit reply journal; move it away or pick another -o")
-        if header.get("key") != key:
-            raise SparseEditError(
-                f"{path}: replies of an interrupted eval with other settings or models; rerun with the same "
-                "settings to resume, or delete it to start over"
-            )
         return cls(path, key, replies)
 
     def known(self, model: str, label: str, prompts: Iterable[Prompt]) -> dict[tuple[str, str], str]:

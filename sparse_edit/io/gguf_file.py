@@ -19,10 +19,8 @@ from typing import Any
 import numpy as np
 
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.gguf import KEY_PREFIX, gguf_package, read
 from sparse_edit.io.outputs import staged_file
-
-# Metadata keys sparse-edit adds to a patched file (and revert removes).
-KEY_PREFIX = "sparse_edit."
 
 
 @dataclass(frozen=True)
@@ -35,26 +33,9 @@ class Replacement:
     original: np.ndarray  # raw bytes (uint8) or values, as stored in the source file
 
 
-def _gguf() -> Any:
-    try:
-        import gguf
-    except ImportError:
-        raise SparseEditError("GGUF output needs the gguf package: pip install 'sparse-edit[gguf]'") from None
-    return gguf
-
-
-def read(path: Path) -> Any:
-    """A GGUFReader over ``path`` (memory-mapped), or one line naming what is wrong with the file."""
-    gguf = _gguf()
-    try:
-        return gguf.GGUFReader(str(path))
-    except (ValueError, OSError, KeyError) as exc:
-        raise SparseEditError(f"{path}: not a readable GGUF file ({exc})".splitlines()[0]) from None
-
-
 def dequantized(tensor: Any) -> np.ndarray:
     """A reader tensor's values as float32, in the Hugging Face orientation ``[rows, columns]``."""
-    gguf = _gguf()
+    gguf = gguf_package()
     return np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
 
 
@@ -67,7 +48,7 @@ def encode(values: np.ndarray, source: Any) -> tuple[np.ndarray, Any]:
     Blocks whose values equal the source's keep the source's bytes, so requantizing never moves
     a weight the edit did not touch.
     """
-    gguf = _gguf()
+    gguf = gguf_package()
     kind = source.tensor_type
     if kind.name not in WRITABLE:
         return values.astype(np.float32), gguf.GGMLQuantizationType.F32
@@ -86,7 +67,7 @@ def encode(values: np.ndarray, source: Any) -> tuple[np.ndarray, Any]:
 
 
 def _copy_metadata(reader: Any, writer: Any, extra: Mapping[str, str]) -> None:
-    gguf = _gguf()
+    gguf = gguf_package()
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture" or key.startswith(KEY_PREFIX):
             continue  # the writer adds the header and the architecture itself
@@ -120,7 +101,7 @@ def write_patched(
 
 def restore(source: Path, dest: Path, originals: Mapping[str, tuple[np.ndarray, str]]) -> None:
     """Write ``source`` to ``dest`` with the ``originals`` (raw data, type name) back and sparse-edit's keys gone."""
-    gguf = _gguf()
+    gguf = gguf_package()
 
     def swap(tensor: Any) -> tuple[np.ndarray, Any] | None:
         if tensor.name not in originals:
@@ -133,7 +114,7 @@ def restore(source: Path, dest: Path, originals: Mapping[str, tuple[np.ndarray, 
 
 def _rewrite(reader: Any, dest: Path, swap: Any, metadata: Mapping[str, str]) -> None:
     """Every tensor of ``reader`` to ``dest`` in order, ``swap(tensor)`` replacing some; staged and atomic."""
-    gguf = _gguf()
+    gguf = gguf_package()
     architecture = reader.fields["general.architecture"].contents()
     with staged_file(dest) as temporary:
         writer = gguf.GGUFWriter(str(temporary), architecture)

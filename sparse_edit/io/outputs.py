@@ -71,7 +71,7 @@ def written_by(command: Command, path: Path) -> bool:
         except SparseEditError:
             return False
     if command == "apply" and path.suffix == ".gguf" and path.is_file():
-        from sparse_edit.io.gguf_file import KEY_PREFIX, read
+        from sparse_edit.io.gguf import KEY_PREFIX, read
 
         try:
             return KEY_PREFIX + "delta_sha256" in read(path).fields

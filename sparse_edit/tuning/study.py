@@ -7,9 +7,11 @@ output folder is staged and moved into place once the study ends; then the journ
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
+import sqlite3
 import time
 import warnings
 from dataclasses import dataclass
@@ -66,6 +68,27 @@ def constraints(options: TuneOptions) -> Constraints:
     return Constraints(options.max_newly_answered, options.max_newly_invalid, options.max_changed_share)
 
 
+def check_journal(journal: Path) -> None:
+    """Refuse, before any work, a journal that is not a sparse-edit study (Optuna would write into it)."""
+    if not journal.exists():
+        return
+    fix = "move it away or delete it to start the study over"
+    if not journal.is_file():
+        raise SparseEditError(f"--output: the study journal {journal} is not a file; {fix}")
+    with journal.open("rb") as handle:
+        if handle.read(16) != b"SQLite format 3\x00":
+            raise SparseEditError(f"--output: the study journal {journal} is not an SQLite file; {fix}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
+            names = {row[0] for row in db.execute("SELECT study_name FROM studies")}
+    except sqlite3.DatabaseError as error:
+        raise SparseEditError(
+            f"--output: the study journal {journal} holds no Optuna study ({error}); {fix}"
+        ) from None
+    if not names <= {STUDY_NAME}:
+        raise SparseEditError(f"--output: the study journal {journal} is not a sparse-edit tune study; {fix}")
+
+
 def open_study(journal: Path, key: str, seed: int, limits: Constraints) -> Any:
     """The journal's study (resumed when its key matches; interrupted trials are queued again) or a new one."""
     import optuna
@@ -114,6 +137,7 @@ def run_tune(options: TuneOptions, reporter: Reporter, config: Path | None = Non
 def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
     from optuna.trial import TrialState
 
+    check_journal(journal)
     runner, space = prepare(options, reporter)
     fingerprint = runner.loaded.checkpoint.fingerprint()
     artifact_sha = file_sha256(options.artifact)
@@ -142,11 +166,12 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
 
 def prepare(options: TuneOptions, reporter: Reporter) -> tuple[TrialRunner, SearchSpace]:
     """Load the artifact and model, build the anchors and the search space: what every trial shares."""
-    artifact, loaded, low_langs = load_edit_inputs(options, reporter)
+    inputs = load_edit_inputs(options, reporter)
+    artifact, loaded, low_langs = inputs.artifact, inputs.loaded, inputs.low_langs
     space, skipped = SearchSpace.for_model(options, loaded.checkpoint, loaded.num_layers)
     for reason in skipped:
         reporter.warn(f"left out of the search: {reason}")
-    anchors = build_anchors(options, loaded, low_langs, reporter)
+    anchors = build_anchors(options, loaded, inputs.prompts, reporter)
     if not anchors.low_dev or not anchors.safe_dev:
         raise SparseEditError(
             "--dev-fraction: tune judges trials on dev prompts, and this split leaves no harmful or no harmless dev "
