@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -142,3 +147,63 @@ def changed_rows(base: Path, edited: Path) -> dict[str, torch.Tensor]:
         for n in a.tensors
         if not torch.equal(a.load_tensor(n), b.load_tensor(n))
     }
+
+
+# ---- the bad-input promise, checked on the real command line ----------------------------------
+
+CLI = [sys.executable, "-c", "from sparse_edit.cli import main; main()"]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under root with its content hash (folders and links by kind)."""
+    entries = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            entries[key] = "link:" + os.readlink(path)
+        elif path.is_dir():
+            entries[key] = "dir"
+        else:
+            entries[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return entries
+
+
+def refused(
+    root: Path, *args: object, code: int = 2, mentions: tuple[str, ...] = (), file_limit: int | None = None
+):
+    """Run the CLI in ``root``; assert the promise above and return the error line."""
+    before = snapshot(root)
+
+    def limit_file_size() -> None:
+        if file_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    env = {**os.environ, "SPARSE_EDIT_CACHE": str(root / ".cache")}
+    result = subprocess.run(
+        [*CLI, *map(str, args)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    prefix = "error:" if code == 2 else "failed:"
+    lines = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, result.stderr
+    for text in mentions:
+        assert text in lines[0], lines[0]
+    # The conversion cache of a .gguf input may fill; it is not an input.
+    before, after = (
+        {k: v for k, v in state.items() if not k.startswith(".cache")} for state in (before, snapshot(root))
+    )
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))
+    return lines[0]
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid

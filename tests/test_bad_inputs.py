@@ -7,13 +7,9 @@ and no output or staging left behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import resource
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from sparse_edit.io.layout import MANIFEST_FILE
 from sparse_edit.io.outputs import OUTPUT_MARKER, STAGING_MARKER
-from tests.helpers import apply_args, parallel_prompt_files, run_cli, write_jsonl
-
-CLI = [sys.executable, "-c", "from sparse_edit.cli import main; main()"]
+from tests.helpers import apply_args, dead_pid, parallel_prompt_files, refused, run_cli, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -45,53 +39,6 @@ def ws(pristine, tmp_path) -> Path:
     root = tmp_path / "ws"
     shutil.copytree(pristine, root)
     return root
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under root with its content hash (folders and links by kind)."""
-    entries = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        if path.is_symlink():
-            entries[key] = "link:" + os.readlink(path)
-        elif path.is_dir():
-            entries[key] = "dir"
-        else:
-            entries[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return entries
-
-
-def refused(
-    root: Path, *args: object, code: int = 2, mentions: tuple[str, ...] = (), file_limit: int | None = None
-):
-    """Run the CLI in ``root``; assert the promise above and return the error line."""
-    before = snapshot(root)
-
-    def limit_file_size() -> None:
-        if file_limit is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
-
-    env = {**os.environ, "SPARSE_EDIT_CACHE": str(root / ".cache")}
-    result = subprocess.run(
-        [*CLI, *map(str, args)],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        preexec_fn=limit_file_size,
-    )
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    prefix = "error:" if code == 2 else "failed:"
-    lines = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
-    assert len(lines) == 1, result.stderr
-    for text in mentions:
-        assert text in lines[0], lines[0]
-    after = snapshot(root)
-    after = {key: value for key, value in after.items() if not key.startswith(".cache")}
-    assert after == before, sorted(set(after.items()) ^ set(before.items()))
-    return lines[0]
 
 
 PROMPTS = ("--harmful", "harmful.jsonl", "--harmless", "harmless.jsonl")
@@ -380,14 +327,8 @@ def test_revert_refuses_a_delta_whose_hash_does_not_match(ws):
 # ---- 7. leftovers of killed runs, and permissions ---------------------------------------------
 
 
-def _dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
 def test_stale_staging_of_a_dead_run_is_removed_and_outputs_get_umask_modes(ws):
-    pid = _dead_pid()
+    pid = dead_pid()
     stale = ws / f".restored.{pid}.abc123.staging"
     stale.mkdir()
     (stale / STAGING_MARKER).write_text(json.dumps({"pid": pid}))

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from sparse_edit.cli import app
 from sparse_edit.errors import SparseEditError
-from sparse_edit.evaluation.gates import parse_gate
+from sparse_edit.evaluation.gates import METRICS, parse_gate
 from sparse_edit.evaluation.report_schema import EvalReport
 from tests.helpers import parallel_prompt_files
 
@@ -47,6 +47,7 @@ def test_eval_writes_a_schema_valid_report(evaluated):
     report = json.loads((out / "report.json").read_text())
     EvalReport.model_validate(report)
     assert set(report["languages"]) == {"en", "th"}
+    assert set(report["summary"]) == set(METRICS)  # every summary metric can be gated, and only those
     # Same model as base and edited: nothing may differ.
     assert report["summary"]["kl_harmless"] == pytest.approx(0.0, abs=1e-6)
     assert all(v == 0 for v in report["summary"]["asr_delta"].values())

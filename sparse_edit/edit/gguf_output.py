@@ -109,13 +109,18 @@ def _originals(patched: Path) -> tuple[dict[str, np.ndarray], dict[str, dict[str
         raise SparseEditError(f"{path}: missing; is {patched} a file written by sparse-edit apply?")
     with safe_open(str(path), framework="numpy") as handle:
         recorded = handle.metadata() or {}
-    expected = recorded.get(PATCHED_SHA_KEY)  # absent in sidecars written before it was recorded
+    return load_numpy(str(path)), json.loads(recorded.get(META_KEY, "{}"))
+
+
+def _check_unchanged(patched: Path) -> None:
+    """Refuse a patched file another tool changed since apply wrote it: reverting it would not give the source."""
+    with safe_open(str(sidecar(patched) / ORIGINALS_FILE), framework="numpy") as handle:
+        expected = (handle.metadata() or {}).get(PATCHED_SHA_KEY)  # absent in sidecars older than it
     if expected is not None and (actual := file_sha256(patched)) != expected:
         raise SparseEditError(
             f"{patched}: changed since sparse-edit apply wrote it (sha256 {actual[:12]}, apply wrote "
             f"{expected[:12]}); reverting it would not give back the source file, so revert an unchanged copy"
         )
-    return load_numpy(str(path)), json.loads(recorded.get(META_KEY, "{}"))
 
 
 def _check_sidecar(patched: Path, reader: Any) -> tuple[EditDelta, list[str]]:
@@ -232,6 +237,7 @@ def revert_gguf(patched: Path, output: Path, overwrite: bool) -> list[str]:
     if problems:
         raise SparseEditError(f"{patched}: {problems[0]}; the stored originals cannot be trusted to revert")
     originals, types = _originals(patched)
+    _check_unchanged(patched)
     gguf_file.restore(
         patched, output, {name: (originals[name], kinds["original"]) for name, kinds in types.items()}
     )

@@ -280,8 +280,10 @@ def _ours(item: Path) -> bool:
     if item.is_symlink():
         return False
     if item.is_dir():
-        marker = OUTPUT_MARKER if item.name.endswith(".old") else STAGING_MARKER
-        return (item / marker).is_file()
+        if item.name.endswith(".old"):
+            return (item / OUTPUT_MARKER).is_file()
+        # A staging folder swaps its staging marker for the output marker just before the rename.
+        return (item / STAGING_MARKER).is_file() or (item / OUTPUT_MARKER).is_file()
     return item.is_file() and item.name.endswith(PARTIAL_SUFFIX)
 
 
