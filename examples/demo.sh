@@ -53,13 +53,28 @@ fi
 rm -rf "$out"
 mkdir -p "$out"
 
-echo "== 1/4 fetch and inspect $model"
+# Seconds each stage took in the run the README quotes (2 CPU cores; fetch includes the first
+# download and conversion, a few seconds once cached), for the "left" estimate of each stage line.
+if [[ -n "$data" ]]; then typical=(65 100 171 331); else typical=(65 60 30 60); fi
+start=$SECONDS
+stage_start=$SECONDS
+stage() {  # stage N NAME: say where the demo is, how long it has run and about how long is left
+    local n=$1 left=0 i
+    [[ $n -gt 1 ]] && echo "   (stage $((n - 1)) took $(clock $((SECONDS - stage_start))))" | tee -a "$out/timings.txt"
+    for ((i = n - 1; i < 4; i++)); do left=$((left + typical[i])); done
+    echo "== $n/4 $2  [elapsed $(clock $((SECONDS - start))), about $(clock $left) left on 2 CPU cores]"
+    stage_start=$SECONDS
+}
+clock() { printf '%d:%02d' $(($1 / 60)) $(($1 % 60)); }
+
+stage 1 "fetch and inspect $model"
 $cli inspect "$model"
-echo "== 2/4 locate safety neurons"
+stage 2 "locate safety neurons"
 $cli locate --model "$model" --dtype "$dtype" --batch-size 16 "${locate_prompts[@]}" -o "$out/locate.safetensors"
-echo "== 3/4 apply the edit (default settings)"
+stage 3 "apply the edit (default settings)"
 $cli apply --artifact "$out/locate.safetensors" --dtype "$dtype" --batch-size 16 ${apply_prompts[@]+"${apply_prompts[@]}"} -o "$out/edited"
 $cli verify "$model" "$out/edited" --skip-forward
-echo "== 4/4 evaluate base vs edited on the held-out prompts"
+stage 4 "evaluate base vs edited on the held-out prompts"
 $cli eval --model "$out/edited" --base "$model" --dtype "$dtype" --batch-size 16 "${eval_prompts[@]}" \
     --no-representation -o "$out/report"
+echo "   (stage 4 took $(clock $((SECONDS - stage_start)))); the demo took $(clock $((SECONDS - start)))" | tee -a "$out/timings.txt"

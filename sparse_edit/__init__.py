@@ -16,8 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sparse_edit.api import apply_edit, evaluate, locate, revert, tune, verify
-
-__version__ = "0.1.0"
+from sparse_edit.version import __version__
 
 if TYPE_CHECKING:
     from sparse_edit.edit.run import EditResult

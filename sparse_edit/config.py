@@ -352,7 +352,7 @@ class ApplyOptions(ModelOptions, PromptOptions):
     @classmethod
     def _strategy(cls, value: list[str]) -> list[str]:
         # The registry's names only: nothing heavy is imported.
-        from sparse_edit.edit.strategies import NAMES, chain_parts
+        from sparse_edit.edit.strategy_names import NAMES, chain_parts
 
         unknown = [part for name in value for part in chain_parts(name) if part not in NAMES]
         if unknown:
@@ -431,7 +431,7 @@ class EvalOptions(ModelOptions, PromptOptions):
 
 
 def _registered_strategies() -> list[str]:
-    from sparse_edit.edit.strategies import NAMES
+    from sparse_edit.edit.strategy_names import NAMES
 
     return list(NAMES)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sparse_edit.config import ApplyOptions, load_options
-from sparse_edit.edit import strategies
+from sparse_edit.edit import strategies, strategy_names
 from sparse_edit.edit.delta import SliceEdit
 from sparse_edit.edit.strategies.base import FeatureNeeds, SolveJob, Strategy
 from sparse_edit.errors import SparseEditError
@@ -62,7 +62,7 @@ def test_a_new_strategy_is_one_module_and_its_name(located, tmp_path, monkeypatc
     module = types.ModuleType("sparse_edit.edit.strategies.one_column")
     module.STRATEGY = OneColumn()  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setattr(strategies, "NAMES", (*strategies.NAMES, "one_column"))
+    monkeypatch.setattr(strategy_names, "NAMES", (*strategy_names.NAMES, "one_column"))
     strategies.get.cache_clear()
     model, artifact = located("llama")
     out = tmp_path / "edited"

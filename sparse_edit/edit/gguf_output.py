@@ -20,7 +20,6 @@ from safetensors import safe_open
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save as save_numpy
 
-from sparse_edit import __version__
 from sparse_edit.architectures import Family, family_for_model_type
 from sparse_edit.edit.delta import EditDelta, apply_rows
 from sparse_edit.edit.manifest_schema import read_manifest
@@ -33,6 +32,7 @@ from sparse_edit.io.gguf import KEY_PREFIX
 from sparse_edit.io.gguf import read as read_gguf
 from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, META_KEY
 from sparse_edit.io.outputs import check_output, staged_folder
+from sparse_edit.version import __version__
 
 SIDECAR_SUFFIX = ".sparse_edit"
 PATCHED_SHA_KEY = "patched_sha256"

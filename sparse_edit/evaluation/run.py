@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from sparse_edit import __version__
 from sparse_edit.config import EvalOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import by_language
@@ -25,6 +24,7 @@ from sparse_edit.measure.statistics import mcnemar, wilson
 from sparse_edit.model.batching import Encoded, encode_prompts
 from sparse_edit.model.generation import generate_replies
 from sparse_edit.model.loading import LoadedModel, load_model
+from sparse_edit.version import __version__
 
 SCHEMA_VERSION = 1
 

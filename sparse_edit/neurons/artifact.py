@@ -17,13 +17,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from sparse_edit import __version__
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.io.layout import LOCATE_KIND as KIND
 from sparse_edit.io.layout import META_KEY, read_metadata
 from sparse_edit.io.outputs import atomic_write_bytes
 from sparse_edit.neurons.scores import ClassStats, Scores, jaccard
+from sparse_edit.version import __version__
 
 SCHEMA_VERSION = 1
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparse_edit import __version__
 from sparse_edit.config import ApplyOptions, TuneOptions
 from sparse_edit.console import Reporter
 from sparse_edit.edit.anchors import build_anchors
@@ -39,6 +38,7 @@ from sparse_edit.tuning.front import (
 )
 from sparse_edit.tuning.space import SearchSpace, describe
 from sparse_edit.tuning.trial import TrialRunner, Verdicts, apply_settings
+from sparse_edit.version import __version__
 
 STUDY_NAME = "sparse-edit-tune"
 # Settings that only decide how long the study runs or which trial is chosen: a resumed study may change them.
