@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 from common import ROOT, save
 
-from sparse_edit.config import ApplyOptions, LocateOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import load_source
 from sparse_edit.edit.run import run_apply
@@ -36,6 +35,7 @@ from sparse_edit.model.batching import encode_prompts
 from sparse_edit.model.features import FeatureRequest, collect
 from sparse_edit.model.loading import load_model
 from sparse_edit.neurons.locate import run_locate
+from sparse_edit.options import ApplyOptions, LocateOptions
 
 MODEL = "zoo:qwen2.5-coder-0.5b-instruct"
 PROMPTS = str(ROOT / "examples" / "prompts" / "safety-eval.jsonl")

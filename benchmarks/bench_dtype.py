@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 from common import ROOT, save
 
-from sparse_edit.config import LocateOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import load_source
 from sparse_edit.measure.judge import KeywordJudge
 from sparse_edit.model.batching import batches, encode_prompts
 from sparse_edit.model.generation import generate_replies
 from sparse_edit.model.loading import load_model
+from sparse_edit.options import LocateOptions
 
 PROMPTS = str(ROOT / "examples" / "prompts" / "safety-eval.jsonl")
 MODEL = "zoo:qwen2.5-coder-0.5b-instruct"

@@ -18,7 +18,6 @@ import time
 import torch
 from common import ROOT, save
 
-from sparse_edit.config import LocateOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import load_source
 from sparse_edit.data.selection import PromptSets
@@ -26,6 +25,7 @@ from sparse_edit.model.batching import batches, encode_prompts
 from sparse_edit.model.generation import generate_replies
 from sparse_edit.model.loading import load_model
 from sparse_edit.neurons.locate import collect_moments
+from sparse_edit.options import LocateOptions
 
 PROMPTS = str(ROOT / "examples" / "prompts" / "safety-eval.jsonl")
 REPEATS = 3

@@ -34,8 +34,8 @@ def main() -> None:
     args = parser.parse_args()
     link_shared_data()
 
-    from sparse_edit.config import TuneOptions
     from sparse_edit.console import Reporter
+    from sparse_edit.options import TuneOptions
     from sparse_edit.tuning.study import prepare
     from sparse_edit.tuning.trial import attack_success
 

@@ -120,7 +120,7 @@ def study_config(pareto: dict[str, Any], settings: dict[str, Any], path: Path) -
     """An apply config with the study's anchors and fixed settings, and ``settings`` on top (tune's own rule)."""
     import tomli_w
 
-    from sparse_edit.config import TuneOptions
+    from sparse_edit.options import TuneOptions
     from sparse_edit.tuning.trial import apply_settings
 
     options = TuneOptions.model_validate({**pareto["settings"], "output": path.with_suffix("")})

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, TuneOptions, load_options, read_config
+from sparse_edit.options import ApplyOptions, EvalOptions, LocateOptions, TuneOptions, load_options, read_config
 
 if TYPE_CHECKING:
     from sparse_edit.console import Reporter

@@ -1,6 +1,6 @@
 """The ``sparse-edit`` command: a thin layer over the library API (``sparse_edit.api``).
 
-The flags of locate, apply and eval are generated from their options models (``sparse_edit.config``):
+The flags of locate, apply and eval are generated from their options models (``sparse_edit.options``):
 one declaration per setting, whose description is its --help.
 """
 
@@ -16,7 +16,6 @@ import typer
 
 from sparse_edit import api
 from sparse_edit.cli_flags import MultiValueGroup, options_command
-from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, TuneOptions
 from sparse_edit.errors import (
     ENVIRONMENT_ERRORS,
     EXIT_CHECK_FAILED,
@@ -26,6 +25,7 @@ from sparse_edit.errors import (
     environment_message,
     is_out_of_memory,
 )
+from sparse_edit.options import ApplyOptions, EvalOptions, LocateOptions, TuneOptions
 
 app = typer.Typer(
     name="sparse-edit",

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Union
 import typer
 import typer.core
 
-from sparse_edit.config import ApplyOptions, EvalOptions, LocateOptions, Options, TuneOptions
+from sparse_edit.options import ApplyOptions, EvalOptions, LocateOptions, Options, TuneOptions
 
 # List settings whose values may also be joined by commas (never paths, which may hold commas).
 COMMA_LISTS = {"languages", "low_langs", "strategy", "candidate_layers", "candidate_positions"}

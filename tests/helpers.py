@@ -139,6 +139,14 @@ def apply_args(artifact: Path, output: Path, *extra: str) -> list[str]:
     ]
 
 
+def locate_and_apply(root: Path) -> None:
+    """Beside the model at ``root/base``: prompt files, ``art.safetensors`` and an ``edited`` folder."""
+    harmful, harmless = parallel_prompt_files(root, count=10)
+    common = ["--harmful", harmful, "--harmless", harmless, "--device", "cpu", "-q"]
+    run_cli("locate", "--model", root / "base", *common, "--tau-stat", "0.3", "-o", root / "art.safetensors")
+    run_cli(*apply_args(root / "art.safetensors", root / "edited"))
+
+
 def changed_rows(base: Path, edited: Path) -> dict[str, torch.Tensor]:
     """Per changed tensor, a boolean mask of changed entries."""
     a, b = Checkpoint.open(base), Checkpoint.open(edited)

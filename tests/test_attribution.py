@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-from sparse_edit.config import LocateOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.edit.delta import EditDelta
@@ -14,6 +13,7 @@ from sparse_edit.measure.attribution import attribution_scores, reference_activa
 from sparse_edit.measure.probes import refusal_scores
 from sparse_edit.model.batching import encode_prompts
 from sparse_edit.model.loading import load_model
+from sparse_edit.options import LocateOptions
 from tests.helpers import apply_args, changed_rows, random_texts, run_cli
 
 LAYER = 1

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from sparse_edit.io.layout import MANIFEST_FILE
 from sparse_edit.io.outputs import OUTPUT_MARKER, STAGING_MARKER
-from tests.helpers import apply_args, dead_pid, parallel_prompt_files, refused, run_cli, write_jsonl
+from tests.helpers import apply_args, dead_pid, locate_and_apply, refused, run_cli, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +26,7 @@ def pristine(tiny_models, tmp_path_factory) -> Path:
     """A base model, prompts, a locate artifact and an edited folder, made once."""
     root = tmp_path_factory.mktemp("pristine")
     shutil.copytree(tiny_models("llama"), root / "base")
-    harmful, harmless = parallel_prompt_files(root, count=10)
-    common = ["--harmful", harmful, "--harmless", harmless, "--device", "cpu", "-q"]
-    run_cli("locate", "--model", root / "base", *common, "--tau-stat", "0.3", "-o", root / "art.safetensors")
-    run_cli(*apply_args(root / "art.safetensors", root / "edited"))
+    locate_and_apply(root)
     return root
 
 

@@ -20,7 +20,7 @@ from sparse_edit.io.layout import JOURNAL_KIND
 from sparse_edit.io.outputs import CLAIM_SUFFIX, OUTPUT_MARKER, claimed
 from sparse_edit.testing import build_tiny_model
 from sparse_edit.tuning.study import journal_path as tune_journal_path
-from tests.helpers import CLI, apply_args, dead_pid, parallel_prompt_files, refused, run_cli
+from tests.helpers import CLI, apply_args, dead_pid, locate_and_apply, refused
 
 PROMPTS = ("--harmful", "harmful.jsonl", "--harmless", "harmless.jsonl")
 EVAL = ("eval", "--model", "edited", "--base", "base", *PROMPTS, "--max-new-tokens", "4", "--device", "cpu", "-q")
@@ -46,10 +46,7 @@ def pristine(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pristine-newer")
     build_tiny_model(root / "base", "llama")
     build_tiny_model(root / "other-seed", "llama", seed=1)
-    harmful, harmless = parallel_prompt_files(root, count=10)
-    common = ["--harmful", harmful, "--harmless", harmless, "--device", "cpu", "-q"]
-    run_cli("locate", "--model", root / "base", *common, "--tau-stat", "0.3", "-o", root / "art.safetensors")
-    run_cli(*apply_args(root / "art.safetensors", root / "edited"))
+    locate_and_apply(root)
     return root
 
 

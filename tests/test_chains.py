@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from sparse_edit.architectures import NeuronSlice
-from sparse_edit.config import ApplyOptions
 from sparse_edit.edit.candidates import Candidate, require_disjoint
 from sparse_edit.edit.delta import EditDelta, SliceEdit
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.layout import DELTA_FILE
+from sparse_edit.options import ApplyOptions
 from tests.helpers import apply_args, changed_rows, run_cli
 
 DETECTOR = ("--detector-margin", "1.0", "--detector-sharpness", "6", "--gain", "1.0")

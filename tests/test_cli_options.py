@@ -81,7 +81,7 @@ def test_layer_as_a_depth_fraction(monkeypatch, tmp_path):
 def test_a_depth_outside_the_model_or_a_mixed_list_is_refused(tmp_path):
     from pydantic import ValidationError
 
-    from sparse_edit.config import ApplyOptions
+    from sparse_edit.options import ApplyOptions
 
     required = {"artifact": "a.safetensors", "output": tmp_path, "model": "m", "harmful": ["h"], "harmless": ["s"]}
     for bad in ("1.5", "0.0", "0.5,7", "-0.5", "x"):

@@ -158,7 +158,7 @@ def test_skip_takes_a_fresh_slice_per_language_and_class(evaluated):
 
 def test_refusal_language_counts_only_refusals_and_reports_the_undetermined():
     from sparse_edit.data.prompts import Prompt
-    from sparse_edit.evaluation.run import ModelRun, refusal_language
+    from sparse_edit.evaluation.tables import ModelRun, refusal_language
     from sparse_edit.measure.judge import Verdict
     from sparse_edit.model.batching import Encoded
 
@@ -273,7 +273,7 @@ def test_changed_prompts_list_the_newly_refused_harmless_and_newly_answered_harm
     from types import SimpleNamespace
 
     from sparse_edit.evaluation.report import CHANGED_ROWS_SHOWN, changed_section
-    from sparse_edit.evaluation.run import ModelRun, changed_prompts
+    from sparse_edit.evaluation.tables import ModelRun, changed_prompts
     from sparse_edit.measure.judge import Verdict
 
     names = {"c": "compliance", "r": "refusal", "i": "invalid"}

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from sparse_edit.config import LocateOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.measure.probes import KeptLogits, base_logits, token_kl
 from sparse_edit.model.batching import encode_prompts
 from sparse_edit.model.generation import generate_replies
 from sparse_edit.model.loading import load_model
+from sparse_edit.options import LocateOptions
 
 
 def _loaded_and_prompts(tiny_models):

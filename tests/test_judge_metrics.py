@@ -119,7 +119,7 @@ def test_wilson_interval_always_contains_the_rate():
 def test_pooled_tests_pair_prompts_across_languages_and_skip_the_reference():
     from types import SimpleNamespace
 
-    from sparse_edit.evaluation.run import ModelRun, pooled_tests
+    from sparse_edit.evaluation.tables import ModelRun, pooled_tests
     from sparse_edit.measure.judge import Verdict
 
     def run(harmful: str, harmless: str) -> ModelRun:

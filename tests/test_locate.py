@@ -7,7 +7,6 @@ import torch
 from typer.testing import CliRunner
 
 from sparse_edit.cli import app
-from sparse_edit.config import LocateOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.model.batching import encode_prompts, make_batch
@@ -15,6 +14,7 @@ from sparse_edit.model.hooks import capture, pool, run_base
 from sparse_edit.model.loading import load_model
 from sparse_edit.neurons.artifact import LocateArtifact
 from sparse_edit.neurons.locate import run_locate
+from sparse_edit.options import LocateOptions
 from sparse_edit.testing import TINY_FAMILIES
 from tests.helpers import PLANTED, parallel_prompt_files, planted_llama, planted_prompts
 

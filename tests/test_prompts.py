@@ -91,9 +91,9 @@ def test_id_selections_parse_ranges_prefixed_ranges_and_lists():
 def test_the_example_split_configs_select_the_fixed_anchor_and_test_ids(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from sparse_edit.config import EvalOptions, LocateOptions, load_options
     from sparse_edit.console import Reporter
     from sparse_edit.data.selection import prepare_prompts
+    from sparse_edit.options import EvalOptions, LocateOptions, load_options
 
     configs = Path(__file__).resolve().parents[1] / "examples" / "configs"
     (tmp_path / "data").symlink_to(SHARED_DATA)
@@ -114,9 +114,9 @@ def test_the_example_split_configs_select_the_fixed_anchor_and_test_ids(tmp_path
 
 
 def test_a_slice_that_drops_a_whole_source_in_a_language_is_warned(tmp_path, capsys):
-    from sparse_edit.config import EvalOptions
     from sparse_edit.console import Reporter
     from sparse_edit.data.selection import prepare_prompts
+    from sparse_edit.options import EvalOptions
 
     def write(name: str, rows: list[tuple[str, str]]) -> str:
         path = tmp_path / name

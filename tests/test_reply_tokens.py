@@ -6,12 +6,12 @@ import json
 
 import torch
 
-from sparse_edit.config import LocateOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.model.batching import Encoded, encode_prompts
 from sparse_edit.model.features import FeatureRequest, collect
 from sparse_edit.model.loading import load_model
+from sparse_edit.options import LocateOptions
 from tests.helpers import apply_args, run_cli
 
 

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import torch
 
-from sparse_edit.config import ApplyOptions, load_options
-from sparse_edit.edit import strategies, strategy_names
+from sparse_edit import strategy_names
+from sparse_edit.edit import strategies
 from sparse_edit.edit.delta import SliceEdit
 from sparse_edit.edit.strategies.base import FeatureNeeds, SolveJob, Strategy
 from sparse_edit.errors import SparseEditError
+from sparse_edit.options import ApplyOptions, load_options
 from tests.helpers import apply_args, changed_rows, run_cli
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "method.md"

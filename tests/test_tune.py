@@ -262,8 +262,8 @@ def test_outcome_counts_newly_answered_and_pools_over_refusal():
 
 
 def test_every_searchable_setting_is_a_setting_its_strategy_reads():
-    from sparse_edit.config import ApplyOptions
     from sparse_edit.edit import strategies
+    from sparse_edit.options import ApplyOptions
 
     for name in strategies.NAMES:
         strategy = strategies.get(name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sparse_edit.config import PromptOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import (
     Label,
@@ -17,6 +16,7 @@ from sparse_edit.data.prompts import (
     missing_parallel_ids,
 )
 from sparse_edit.errors import SparseEditError
+from sparse_edit.options import PromptOptions
 
 
 @dataclass

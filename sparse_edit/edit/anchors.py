@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, fields, replace
 
-from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt, load_sources
 from sparse_edit.data.selection import prepare_prompts
@@ -13,6 +12,7 @@ from sparse_edit.errors import SparseEditError
 from sparse_edit.model.batching import Encoded, encode_prompts
 from sparse_edit.model.generation import generate_replies
 from sparse_edit.model.loading import LoadedModel
+from sparse_edit.options import ApplyOptions
 
 
 def is_dev(prompt_id: str, fraction: float, seed: int) -> bool:

@@ -8,17 +8,18 @@ from typing import Any
 
 import torch
 
-from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
 from sparse_edit.edit.anchors import Anchors
 from sparse_edit.edit.delta import SliceEdit, applied_in_memory
-from sparse_edit.edit.gather import LayerData, gather
+from sparse_edit.edit.gather import gather
+from sparse_edit.edit.layer_data import LayerData
 from sparse_edit.edit.plan import Plan
 from sparse_edit.edit.strategies import chain_parts
 from sparse_edit.edit.strategies.base import SolveJob
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.model.loading import LoadedModel
+from sparse_edit.options import ApplyOptions
 
 
 @dataclass

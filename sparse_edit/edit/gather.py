@@ -7,36 +7,20 @@ harmless, and the dev groups) reads every site any planned strategy needs, at ev
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 
-from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
 from sparse_edit.edit.anchors import Anchors
+from sparse_edit.edit.layer_data import LayerData
 from sparse_edit.edit.plan import Plan
 from sparse_edit.edit.strategies.base import SITE_ORDER
 from sparse_edit.errors import SparseEditError
 from sparse_edit.model.batching import Encoded
 from sparse_edit.model.features import FeatureRequest, Features, Site, collect
 from sparse_edit.model.loading import LoadedModel
-
-
-@dataclass
-class LayerData:
-    """Everything a strategy needs at one layer (rows are prompt-major, float32)."""
-
-    low_rows: dict[str, torch.Tensor]  # site -> [N_low * k, D]
-    ref_rows: dict[str, torch.Tensor]  # site -> [N_ref * k, D]
-    pairs: tuple[list[int], list[int]]
-    safe_gram: dict[str, torch.Tensor]  # site -> [D, D] float64
-    safe_tokens: int
-    ref_harmless_residual: torch.Tensor | None  # [M * k, d] for the refusal direction
-    dev: LayerData | None = None
-    safe_rows: dict[str, torch.Tensor] = field(default_factory=dict)  # site -> [N_safe * k, D]
-    safe_sums: dict[str, torch.Tensor] = field(default_factory=dict)  # site -> [D_full] float64, over tokens
-    safe_squares: dict[str, torch.Tensor] = field(default_factory=dict)  # site -> [D_full] float64, over tokens
-    low_row_langs: tuple[str, ...] = ()  # the language of every low_rows row
+from sparse_edit.options import ApplyOptions
 
 
 def pair_rows(

@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 
-from sparse_edit.config import ApplyOptions
 from sparse_edit.edit.candidates import Candidate
 from sparse_edit.edit.manifest_schema import Manifest
 from sparse_edit.edit.selection import SELECTION_RULE
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.io.layout import MANIFEST_KIND
 from sparse_edit.neurons.artifact import read_artifact_metadata, weights_check
+from sparse_edit.options import ApplyOptions
 from sparse_edit.version import __version__
 
 

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
 from sparse_edit.edit import strategies
 from sparse_edit.edit.anchors import Anchors
@@ -17,6 +16,7 @@ from sparse_edit.model.features import Site
 from sparse_edit.model.loading import LoadedModel
 from sparse_edit.neurons.artifact import LocateArtifact
 from sparse_edit.neurons.scores import jaccard
+from sparse_edit.options import ApplyOptions
 
 
 def default_candidates(num_layers: int, recommended: int | None) -> list[int]:

@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
 from sparse_edit.edit.anchors import AnchorPrompts, Anchors, add_replies, build_anchors, select_anchor_prompts
 from sparse_edit.edit.candidates import Candidate, build_candidates, storage_for
@@ -26,6 +25,7 @@ from sparse_edit.io.outputs import claimed_output, command_inputs
 from sparse_edit.io.writer import write_checkpoint
 from sparse_edit.model.loading import LoadedModel, load_model
 from sparse_edit.neurons.artifact import LocateArtifact
+from sparse_edit.options import ApplyOptions
 
 
 @dataclass

@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 
-from sparse_edit.config import ApplyOptions
 from sparse_edit.console import Reporter
 from sparse_edit.edit.anchors import Anchors
 from sparse_edit.edit.candidates import Candidate
@@ -15,6 +14,7 @@ from sparse_edit.measure.patching import patched_refusal_scores
 from sparse_edit.measure.probes import RefusalScores, mean, rate_gains, refusal_rates, refusal_scores, token_kl
 from sparse_edit.model.batching import Encoded
 from sparse_edit.model.loading import LoadedModel
+from sparse_edit.options import ApplyOptions
 
 SELECTION_RULE = (
     "largest selective gain (mean refusal log-odds gain on dev low-resource harmful prompts minus the gain on dev "

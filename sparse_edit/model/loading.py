@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from sparse_edit.architectures import Family
-from sparse_edit.config import ModelOptions
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.io.integrity import check_finite
+from sparse_edit.options import ModelOptions
 
 
 def resolve_device(spec: str) -> str:

@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 
-from sparse_edit.config import LocateOptions
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import LABELS, Label, Prompt
 from sparse_edit.data.selection import prepare_prompts
@@ -16,6 +15,7 @@ from sparse_edit.model.loading import LoadedModel, load_model
 from sparse_edit.neurons.artifact import LocateArtifact
 from sparse_edit.neurons.moments import Moments
 from sparse_edit.neurons.scores import RECOMMENDED_LAYER_RULE, ClassStats, recommend_layer, score, select
+from sparse_edit.options import LocateOptions
 
 
 def collect_moments(

@@ -12,8 +12,8 @@ from sparse_edit.errors import SparseEditError
 if TYPE_CHECKING:
     import optuna
 
-    from sparse_edit.config import TuneOptions
     from sparse_edit.io.checkpoint import Checkpoint
+    from sparse_edit.options import TuneOptions
 
 
 def default_layers(num_layers: int) -> list[int]:

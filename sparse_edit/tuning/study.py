@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparse_edit.config import ApplyOptions, TuneOptions
 from sparse_edit.console import Reporter
 from sparse_edit.edit.anchors import build_anchors
 from sparse_edit.edit.run import load_edit_inputs, run_apply
@@ -26,6 +25,7 @@ from sparse_edit.errors import SparseEditError
 from sparse_edit.io.files import file_sha256
 from sparse_edit.io.layout import STUDY_DB, TUNED_EDIT_DIR
 from sparse_edit.io.outputs import claimed_output, command_inputs, staged_folder
+from sparse_edit.options import ApplyOptions, TuneOptions
 from sparse_edit.tuning.front import (
     CHOICE_RULE,
     NONE_QUALIFIES,

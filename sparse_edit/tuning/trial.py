@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from sparse_edit.config import ApplyOptions, TuneOptions
 from sparse_edit.console import Reporter
 from sparse_edit.edit.anchors import Anchors
 from sparse_edit.edit.candidates import build_candidates, storage_for
 from sparse_edit.edit.delta import applied_in_memory
-from sparse_edit.edit.gather import LayerData, gather, requests
+from sparse_edit.edit.gather import gather, requests
+from sparse_edit.edit.layer_data import LayerData
 from sparse_edit.edit.plan import make_plan
 from sparse_edit.measure.judge import KeywordJudge
 from sparse_edit.measure.probes import KeptLogits, base_logits, token_kl
@@ -28,6 +28,7 @@ from sparse_edit.model.features import FeatureRequest
 from sparse_edit.model.generation import generate_replies
 from sparse_edit.model.loading import LoadedModel
 from sparse_edit.neurons.artifact import LocateArtifact
+from sparse_edit.options import ApplyOptions, TuneOptions
 
 # Settings of tune itself: not part of the apply config a trial stands for.
 TUNE_ONLY = frozenset(TuneOptions.model_fields) - frozenset(ApplyOptions.model_fields) | {"output", "overwrite"}

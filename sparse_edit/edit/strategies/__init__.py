@@ -13,8 +13,8 @@ import importlib
 from functools import cache
 from typing import TYPE_CHECKING
 
-from sparse_edit.edit import strategy_names
-from sparse_edit.edit.strategy_names import CHAIN, NAMES, all_parts, chain_parts
+from sparse_edit import strategy_names
+from sparse_edit.strategy_names import CHAIN, NAMES, all_parts, chain_parts
 
 __all__ = ["CHAIN", "NAMES", "all_parts", "chain_parts", "get"]
 

@@ -17,10 +17,10 @@ from sparse_edit.edit.solver import EditProblem, fit_ratio, leak_ratio
 from sparse_edit.model.features import Site
 
 if TYPE_CHECKING:
-    from sparse_edit.config import ApplyOptions
-    from sparse_edit.edit.gather import LayerData
+    from sparse_edit.edit.layer_data import LayerData
     from sparse_edit.io.checkpoint import Checkpoint
     from sparse_edit.neurons.artifact import LocateArtifact
+    from sparse_edit.options import ApplyOptions
 
 F64 = torch.float64
 SITE_ORDER: tuple[Site, ...] = ("mlp_input", "neurons", "residual")

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparse_edit.architectures import NeuronSlice
-from sparse_edit.config import ApplyOptions, DetectorMode
 from sparse_edit.edit.delta import SliceEdit
 from sparse_edit.edit.strategies.base import (
     F64,
@@ -34,9 +33,10 @@ from sparse_edit.edit.strategies.detector_math import (
 )
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.options import ApplyOptions, DetectorMode
 
 if TYPE_CHECKING:
-    from sparse_edit.edit.gather import LayerData
+    from sparse_edit.edit.layer_data import LayerData
 
 
 class DetectorStrategy(Strategy):

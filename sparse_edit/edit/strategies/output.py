@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sparse_edit.config import ApplyOptions, NeuronChoice
 from sparse_edit.edit.delta import SliceEdit
 from sparse_edit.edit.solver import EditProblem, SolveSettings, fit_ratio, leak_ratio, solve
 from sparse_edit.edit.strategies.base import (
@@ -29,9 +28,10 @@ from sparse_edit.edit.strategies.base import (
 )
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.neurons.artifact import LocateArtifact
+from sparse_edit.options import ApplyOptions, NeuronChoice
 
 if TYPE_CHECKING:
-    from sparse_edit.edit.gather import LayerData
+    from sparse_edit.edit.layer_data import LayerData
 
 
 class OutputStrategy(Strategy):

@@ -1,165 +1,17 @@
-"""Validated options for every command: one typed field per setting, whose description is its --help.
-
-A run can be described by a TOML file; command-line flags override it. Paths are relative
-to the current directory.
-"""
+"""``sparse-edit apply``'s settings: the strategies, the layers, the null space and the dev split."""
 
 from __future__ import annotations
 
-import re
-import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from sparse_edit.errors import SparseEditError, reading
+from sparse_edit.options.model import ModelOptions
+from sparse_edit.options.prompts import PromptOptions
 
 NeuronChoice = Literal["low-union", "low-only", "reference", "all"]
 DetectorMode = Literal["refuse", "release"]
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @classmethod
-    def help(cls, field: str) -> str:
-        description = cls.model_fields[field].description
-        assert description, f"{cls.__name__}.{field} needs a description"
-        return description
-
-
-class ModelOptions(Options):
-    """How a model is loaded and run."""
-
-    model: Path = Field(
-        description="Model folder (Hugging Face layout with safetensors weights), a .gguf file, or zoo:NAME for a "
-        "pinned offline model (zoo:smollm2-135m-instruct, zoo:qwen2.5-coder-0.5b-instruct, zoo:gemma-3-270m)."
-    )
-    device: str = Field(
-        "auto",
-        description="auto, cpu, cuda, cuda:N or mps. auto uses CUDA when present (spread over all GPUs with "
-        "accelerate's device_map), else MPS, else the CPU.",
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Compute dtype. auto: float32 on the CPU, the checkpoint's dtype on a GPU."
-    )
-    batch_size: int = Field(8, ge=1, description="Prompts per forward pass; lower it if memory runs out.")
-    max_length: int | None = Field(
-        None,
-        ge=8,
-        description="Keep at most this many tokens per formatted prompt (the end is kept); counts are reported.",
-    )
-    system_prompt: str | None = Field(
-        None, description="System message for the chat template (default: whatever the template does on its own)."
-    )
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if not _DEVICE.match(value):
-            raise ValueError("use auto, cpu, cuda, cuda:N or mps")
-        return value
-
-
-class PromptOptions(Options):
-    harmful: list[str] = Field(
-        min_length=1,
-        description="Harmful prompt sources: files or glob patterns (.jsonl, .json per language, wide .csv); "
-        "append :LANG to name a .json file's language or :en,th to pick .csv columns. Several may follow "
-        "one flag (--harmful a.jsonl b.json:th) or the flag may be repeated.",
-    )
-    harmless: list[str] = Field(
-        min_length=1,
-        description="Harmless prompt sources, same formats as --harmful; several may follow one flag.",
-    )
-    reference_lang: str = Field("en", description="The high-resource language whose safety pattern is the target.")
-    languages: list[str] | None = Field(
-        None, description="Languages to use (default: every language found in the sources)."
-    )
-    limit: int | None = Field(None, ge=2, description="Use at most this many prompts per language and class.")
-    harmless_limit: int | None = Field(
-        None,
-        ge=2,
-        description="Use at most this many harmless prompts per language (default: --limit). apply: the "
-        "null-space anchors (Gram, harmless-tail rows); eval: the over-refusal set, which needs more prompts than "
-        "attack success to resolve (at 36 prompts one reply is 2.8 points).",
-    )
-    skip: int = Field(
-        0,
-        ge=0,
-        description="Leave out the first N prompts per language and class before --limit applies: a fresh slice "
-        "of the same sources for a second held-out check.",
-    )
-    harmless_skip: int | None = Field(
-        None, ge=0, description="Leave out the first N harmless prompts per language (default: --skip)."
-    )
-
-
-class LocateOptions(ModelOptions, PromptOptions):
-    """``sparse-edit locate``: safety-neuron statistics and sets per language and layer."""
-
-    output: Path | None = Field(None, description="Where to write the artifact (.safetensors).")
-    overwrite: bool = Field(False, description="Replace an existing output.")
-    pooling: Literal["last", "mean", "max"] = Field(
-        "last", description="How a prompt's token activations become one vector: last prompt token, mean or max."
-    )
-    tau_mag: float = Field(2.0, gt=0, description="z-score threshold on the harmful-harmless mean gap (S_mag).")
-    tau_stat: float = Field(1.0, gt=0, description="Cohen's d threshold (S_stat).")
-    max_neurons: int | None = Field(
-        None, ge=1, description="Keep at most this many neurons per language and layer (largest Cohen's d first)."
-    )
-    seed: int = Field(0, description="Random seed (recorded; locate itself is deterministic).")
-
-    @field_validator("output")
-    @classmethod
-    def _output_suffix(cls, value: Path | None) -> Path | None:
-        if value is not None and value.suffix != ".safetensors":
-            raise ValueError("the artifact is a .safetensors file; end the path in .safetensors")
-        return value
-
-
-T = TypeVar("T", bound=Options)
-
-
-def read_config(config_file: Path | None) -> dict[str, Any]:
-    if config_file is None:
-        return {}
-    if config_file.is_dir():
-        raise SparseEditError(f"--config {config_file}: is a folder; point it at a TOML file")
-    with reading(f"--config {config_file}"):
-        text = config_file.read_text(encoding="utf-8")
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SparseEditError(f"--config {config_file}: not valid TOML ({exc})") from exc
-
-
-def load_options(
-    model: type[T], config_file: Path | None, overrides: dict[str, Any], defaults: dict[str, Any] | None = None
-) -> T:
-    """Merge defaults, a TOML file and command-line overrides (in that order) into one validated object."""
-    values = dict(defaults or {})
-    values.update(read_config(config_file))
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    where = str(config_file) if config_file is not None else "command line"
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        raise SparseEditError(_describe(exc, model, where)) from None
-
-
-def _describe(exc: ValidationError, model: type[Options], where: str) -> str:
-    error = exc.errors()[0]
-    key = ".".join(str(part) for part in error["loc"])
-    flag = "--" + key.split(".")[0].replace("_", "-")
-    if error["type"] == "extra_forbidden":
-        known = ", ".join(sorted(model.model_fields))
-        return f"{where}: unknown setting {key!r}; known settings: {known}"
-    if error["type"] == "missing":
-        return f"{where}: {key} is required; set it in the config file or pass {flag}"
-    return f"{where}: {key} ({flag}): {error['msg']}"
 
 
 class ApplyOptions(ModelOptions, PromptOptions):
@@ -352,7 +204,7 @@ class ApplyOptions(ModelOptions, PromptOptions):
     @classmethod
     def _strategy(cls, value: list[str]) -> list[str]:
         # The registry's names only: nothing heavy is imported.
-        from sparse_edit.edit.strategy_names import NAMES, chain_parts
+        from sparse_edit.strategy_names import NAMES, chain_parts
 
         unknown = [part for name in value for part in chain_parts(name) if part not in NAMES]
         if unknown:
@@ -403,116 +255,3 @@ def depth_fraction(value: str) -> float | None:
     except ValueError:
         return None
     return fraction if 0 < fraction < 1 else None
-
-
-class EvalOptions(ModelOptions, PromptOptions):
-    """``sparse-edit eval``: per-language attack success, over-refusal, utility and representation report."""
-
-    base: Path | None = Field(
-        None, description="The unedited model, for before/after differences, McNemar tests and KL."
-    )
-    output: Path = Field(description="Folder for report.json, report.md and charts (written atomically).")
-    overwrite: bool = Field(False, description="Replace an existing report folder.")
-    max_new_tokens: int = Field(
-        128, ge=1, description="Tokens generated per reply (short replies hide late refusals)."
-    )
-    judge: str = Field(
-        "keyword", description="keyword (marker lists per language) or the path of a local guard model folder."
-    )
-    artifact: Path | None = Field(None, description="Locate artifact: adds the Jaccard heatmap and neuron counts.")
-    fail_if: list[str] = Field(
-        default_factory=list,
-        description="Gate expressions for CI, e.g. 'asr[bn] > 0.30', 'kl_harmless > 0.05'; any true gate exits 1.",
-    )
-    representation: bool = Field(
-        True, description="Also measure harmful/harmless separation of hidden states per language and layer."
-    )
-    seed: int = Field(0, description="Torch seed (generation is greedy; recorded for reproducibility).")
-
-
-def _registered_strategies() -> list[str]:
-    from sparse_edit.edit.strategy_names import NAMES
-
-    return list(NAMES)
-
-
-class TuneOptions(ApplyOptions):
-    """``sparse-edit tune``: search the edit's settings on the dev split; write the front and the chosen edit.
-
-    Every apply setting is a fixed setting of the search unless a strategy's search space varies it.
-    """
-
-    output: Path = Field(
-        description="Folder for the study: pareto.json, pareto.md, pareto.png, chosen.toml, front/trial-N.toml (the "
-        "apply config of every trial on the front), study.db (and "
-        "edited/ with --apply), written atomically. While it runs, the study is journaled beside it "
-        "(.NAME.tune.db) so a killed run resumes."
-    )
-    strategy: list[str] = Field(
-        default_factory=_registered_strategies,
-        description="Strategies the search chooses from (default: every registered one the model supports); "
-        "chains such as paper+detector may be named too.",
-    )
-    layer: str = Field(
-        "auto", description="tune searches the layer: keep auto and name the layers with --candidate-layers."
-    )
-    candidate_layers: list[int] | None = Field(
-        None, description="Layers the search chooses from (default: every layer from L/3 to L-2)."
-    )
-    candidate_positions: list[PositiveInt] | None = Field(
-        None,
-        description="Anchor rows per prompt (--positions) the search chooses from, e.g. 1,4 (default: --positions, "
-        "fixed). Each value is a feature set of its own, collected once for every searched layer.",
-    )
-    max_edit_layers: int = Field(
-        1,
-        ge=1,
-        le=3,
-        description="Layers one trial may edit, one after another: above 1, a trial may add further searched layers "
-        "(each solved on features collected with the earlier layers' edits applied, so such trials take longer).",
-    )
-    trials: int = Field(40, ge=1, description="Trials in the study (a resumed study counts the finished ones).")
-    timeout: int | None = Field(
-        None, ge=1, description="Start no new trial after this many seconds (the study so far is still written)."
-    )
-    reply_tokens: int = Field(
-        24,
-        ge=1,
-        description="Tokens generated per dev reply (greedy), base once and every trial; the keyword judge "
-        "reads them.",
-    )
-    max_over_refusal: float = Field(
-        0.02,
-        ge=0,
-        le=1,
-        description="Choice rule: the largest allowed rise of the pooled dev harmless refusal rate (0.02 = 2 "
-        "points).",
-    )
-    max_newly_answered: float = Field(
-        0.02,
-        ge=0,
-        le=1,
-        description="Constraint: the largest share of dev harmful prompts the base model refused and the edited "
-        "model answers (trials above it are infeasible for the search and the choice).",
-    )
-    max_newly_invalid: float = Field(
-        0.05,
-        ge=0,
-        le=1,
-        description="Constraint: the largest share of dev prompts (harmful and harmless) whose valid base reply the "
-        "edited model turns invalid (a loop, another script, nothing): breaking a reply is no refusal. Replies "
-        "flip between valid and invalid by chance too, so the limit is looser than --max-newly-answered.",
-    )
-    max_changed_share: float = Field(
-        0.001,
-        gt=0,
-        le=1,
-        description="Constraint: the largest share of the checkpoint's stored parameters a trial may change "
-        "(0.001 = 0.1 %).",
-    )
-    kl_budget: float = Field(
-        0.05,
-        gt=0,
-        description="Choice rule: the largest mean harmless per-token KL (nats) a chosen trial may have.",
-    )
-    apply: bool = Field(False, description="Also write the chosen edit to OUTPUT/edited (as apply would).")

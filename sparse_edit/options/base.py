@@ -1,0 +1,63 @@
+"""The options base class and how a run's settings are merged: defaults, a TOML file, then flags."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sparse_edit.errors import SparseEditError, reading
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def help(cls, field: str) -> str:
+        description = cls.model_fields[field].description
+        assert description, f"{cls.__name__}.{field} needs a description"
+        return description
+
+
+T = TypeVar("T", bound=Options)
+
+
+def read_config(config_file: Path | None) -> dict[str, Any]:
+    if config_file is None:
+        return {}
+    if config_file.is_dir():
+        raise SparseEditError(f"--config {config_file}: is a folder; point it at a TOML file")
+    with reading(f"--config {config_file}"):
+        text = config_file.read_text(encoding="utf-8")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SparseEditError(f"--config {config_file}: not valid TOML ({exc})") from exc
+
+
+def load_options(
+    model: type[T], config_file: Path | None, overrides: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> T:
+    """Merge defaults, a TOML file and command-line overrides (in that order) into one validated object."""
+    values = dict(defaults or {})
+    values.update(read_config(config_file))
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    where = str(config_file) if config_file is not None else "command line"
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise SparseEditError(_describe(exc, model, where)) from None
+
+
+def _describe(exc: ValidationError, model: type[Options], where: str) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"])
+    flag = "--" + key.split(".")[0].replace("_", "-")
+    if error["type"] == "extra_forbidden":
+        known = ", ".join(sorted(model.model_fields))
+        return f"{where}: unknown setting {key!r}; known settings: {known}"
+    if error["type"] == "missing":
+        return f"{where}: {key} is required; set it in the config file or pass {flag}"
+    return f"{where}: {key} ({flag}): {error['msg']}"

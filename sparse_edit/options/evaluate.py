@@ -1,0 +1,35 @@
+"""``sparse-edit eval``'s settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from sparse_edit.options.model import ModelOptions
+from sparse_edit.options.prompts import PromptOptions
+
+
+class EvalOptions(ModelOptions, PromptOptions):
+    """``sparse-edit eval``: per-language attack success, over-refusal, utility and representation report."""
+
+    base: Path | None = Field(
+        None, description="The unedited model, for before/after differences, McNemar tests and KL."
+    )
+    output: Path = Field(description="Folder for report.json, report.md and charts (written atomically).")
+    overwrite: bool = Field(False, description="Replace an existing report folder.")
+    max_new_tokens: int = Field(
+        128, ge=1, description="Tokens generated per reply (short replies hide late refusals)."
+    )
+    judge: str = Field(
+        "keyword", description="keyword (marker lists per language) or the path of a local guard model folder."
+    )
+    artifact: Path | None = Field(None, description="Locate artifact: adds the Jaccard heatmap and neuron counts.")
+    fail_if: list[str] = Field(
+        default_factory=list,
+        description="Gate expressions for CI, e.g. 'asr[bn] > 0.30', 'kl_harmless > 0.05'; any true gate exits 1.",
+    )
+    representation: bool = Field(
+        True, description="Also measure harmful/harmless separation of hidden states per language and layer."
+    )
+    seed: int = Field(0, description="Torch seed (generation is greedy; recorded for reproducibility).")
