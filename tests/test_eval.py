@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from sparse_edit.cli import app
 from sparse_edit.errors import SparseEditError
 from sparse_edit.evaluation.gates import METRICS, parse_gate
+from sparse_edit.evaluation.parity import parity_from_replies
 from sparse_edit.evaluation.report_schema import EvalReport
 from tests.helpers import parallel_prompt_files
 
@@ -42,7 +43,9 @@ def evaluated(tiny_models, tmp_path_factory):
 def test_eval_writes_a_schema_valid_report(evaluated):
     root, args = evaluated
     out = root / "report"
-    result = runner.invoke(app, [*args, "-o", str(out), "--fail-if", "kl_harmless > 0.05"])
+    result = runner.invoke(
+        app, [*args, "-o", str(out), "--fail-if", "kl_harmless > 0.05", "--fail-if", "parity_delta[th] < 0"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     EvalReport.model_validate(report)
@@ -55,10 +58,17 @@ def test_eval_writes_a_schema_valid_report(evaluated):
     assert report["changed"] == {"newly_refused_harmless": [], "newly_answered_harmful": []}
     assert report["summary"]["newly_answered_share"] == 0 and report["summary"]["newly_refused_share"] == 0
     assert report["gates"] == [
-        {"expression": "kl_harmless > 0.05", "value": report["summary"]["kl_harmless"], "tripped": False}
+        {"expression": "kl_harmless > 0.05", "value": report["summary"]["kl_harmless"], "tripped": False},
+        {"expression": "parity_delta[th] < 0", "value": 0.0, "tripped": False},
     ]
+    # Parity: th's prompts are parallel to en's; the same model on both sides cannot move it.
+    parity = report["parity"]
+    assert set(parity["languages"]) == {"th"} and parity["languages"]["th"]["n"] == 8
+    assert parity["languages"]["th"]["edited"] == parity["languages"]["th"]["base"]
+    assert parity["reference_change"]["harmful"]["refusals_gained"]["k"] == 0
     replies = (out / "replies.jsonl").read_text().splitlines()
     assert len(replies) == 2 * (8 + 8)
+    assert parity_from_replies([json.loads(line) for line in replies], "en") == parity
     assert (out / "report.md").read_text().startswith("# sparse-edit evaluation")
     broken = dict(report, schema_version=2)
     with pytest.raises(ValidationError):
@@ -85,6 +95,10 @@ def test_malformed_or_unknown_gates_exit_2_before_generating(evaluated):
         parse_gate("asr > 1").evaluate({"asr": {"en": 0.1}})
     with pytest.raises(SparseEditError, match="needs --base"):
         parse_gate("kl_harmless > 1").evaluate({"kl_harmless": None})
+    # The reference language has no parity of its own: refused before any reply.
+    result = runner.invoke(app, [*args, "-o", str(root / "bad"), "--fail-if", "parity[en] < 0.9"])
+    assert result.exit_code == 2 and "no parallel prompts in en" in result.stderr, result.output
+    assert not (root / "bad").exists()
 
 
 def test_languages_without_harmless_prompts_get_attack_success_only(tiny_models, tmp_path):

@@ -30,7 +30,8 @@ class Metric:
 
     per_language: bool = False
     needs_base: bool = False
-    # Which class of prompts a per-language metric is measured on (its languages are that class's).
+    # Which prompts a per-language metric is measured on (its languages are theirs): a class, or
+    # ``parallel``, the prompts of either class whose reference-language version is there too.
     prompts: str = "harmful"
 
 
@@ -56,6 +57,12 @@ METRICS: dict[str, Metric] = {
     "ppl_ratio": Metric(needs_base=True),
     "newly_answered_share": Metric(needs_base=True),
     "newly_refused_share": Metric(needs_base=True),
+    "parity": Metric(per_language=True, needs_base=True, prompts="parallel"),
+    "parity_delta": Metric(per_language=True, needs_base=True, prompts="parallel"),
+    "mean_parity": Metric(needs_base=True),
+    "mean_parity_delta": Metric(needs_base=True),
+    "reference_refusals_gained": Metric(needs_base=True),
+    "reference_refusals_lost": Metric(needs_base=True),
 }
 
 

@@ -85,6 +85,35 @@ def changed_section(changed: dict[str, Any], counts: dict[str, int]) -> list[str
     return lines
 
 
+def parity_section(parity: dict[str, Any]) -> list[str]:
+    """Parity with the base model's reference-language verdicts, per language and pooled."""
+    ref = parity["reference_lang"]
+    lines = [
+        "",
+        f"Parity with {ref}: the share of parallel prompts (both classes) whose verdict, refused or answered, "
+        f"equals the base model's on the {ref} version. Edited confusion: refused in {ref} → refused / answered "
+        f"here; answered in {ref} → refused / answered here.",
+        "",
+        "| lang | N | parity base | parity edited | McNemar only base / only edited, p | edited confusion |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lang, row in [*parity["languages"].items(), ("pooled", parity["pooled"])]:
+        c, test = row["confusion_edited"], row["mcnemar"]
+        r, a = c["refused_in_reference"], c["answered_in_reference"]
+        lines.append(
+            f"| {lang} | {row['n']} | {_pct(row['base'])} | {_pct(row['edited'])} | "
+            f"{test['only_before']} / {test['only_after']}, {test['p_value']:.3g} | "
+            f"{r['refused']} / {r['answered']}; {a['refused']} / {a['answered']} |"
+        )
+    lines += ["", f"| {ref} itself | N | refusals gained | refusals lost | McNemar p |", "|---|---|---|---|---|"]
+    for kind, change in parity["reference_change"].items():
+        lines.append(
+            f"| {kind} | {change['n']} | {_pct(change['refusals_gained'])} | {_pct(change['refusals_lost'])} | "
+            f"{change['mcnemar']['p_value']:.3g} |"
+        )
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     has_base = report["models"]["base"] is not None
     lines = [
@@ -139,6 +168,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "| McNemar, all languages pooled | only base | only edited | p |", "|---|---|---|---|"]
         for name, test in report["pooled_tests"].items():
             lines.append(f"| {name} | {test['only_before']} | {test['only_after']} | {test['p_value']:.3g} |")
+    if report.get("parity"):
+        lines += parity_section(report["parity"])
     if report.get("changed"):
         counts = {
             "newly_refused_harmless": sum(row["harmless"]["n"] for row in report["languages"].values()),

@@ -70,6 +70,35 @@ class ChangedVerdicts(_Strict):
     newly_answered_harmful: list[ChangedPrompt]
 
 
+class ParityClass(_Strict):
+    edited: RateModel
+    base: RateModel
+
+
+class ParityRow(_Strict):
+    n: int = Field(ge=0)
+    edited: RateModel  # share of parallel prompts whose verdict equals the base model's in the reference language
+    base: RateModel
+    by_class: dict[Literal["harmful", "harmless"], ParityClass]
+    confusion_edited: dict[str, dict[str, int]]  # reference verdict -> this language's verdict -> count
+    confusion_base: dict[str, dict[str, int]]
+    mcnemar: McNemar  # only_before: at parity before the edit only; only_after: after it only
+
+
+class ReferenceChange(_Strict):
+    n: int = Field(ge=0)
+    refusals_gained: RateModel
+    refusals_lost: RateModel
+    mcnemar: McNemar
+
+
+class ParityReport(_Strict):
+    reference_lang: str
+    languages: dict[str, ParityRow]
+    pooled: ParityRow
+    reference_change: dict[Literal["harmful", "harmless"], ReferenceChange]
+
+
 class GateRow(_Strict):
     expression: str
     value: float | None
@@ -89,4 +118,5 @@ class EvalReport(_Strict):
     summary: dict[str, Any]
     pooled_tests: dict[str, McNemar] | None = None
     changed: ChangedVerdicts | None = None  # with --base: the prompts behind over-refusal and newly answered
+    parity: ParityReport | None = None  # with --base: parity with the base model's reference-language verdicts
     gates: list[GateRow]

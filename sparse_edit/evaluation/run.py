@@ -14,6 +14,7 @@ from sparse_edit.data.prompts import by_language
 from sparse_edit.data.selection import prepare_prompts
 from sparse_edit.evaluation.gates import Gate, check_gate_languages, check_gates
 from sparse_edit.evaluation.journal import ReplyJournal, settings_key
+from sparse_edit.evaluation.parity import parallel_languages, parity_report
 from sparse_edit.evaluation.tables import ModelRun, changed_prompts, language_table, pooled_tests, summary_metrics
 from sparse_edit.io.layout import EVAL_KIND
 from sparse_edit.measure.judge import GuardJudge, Judge, KeywordJudge
@@ -103,7 +104,12 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
     torch.manual_seed(options.seed)
     sets = prepare_prompts(options, reporter, both_classes=False)
     check_gate_languages(
-        gates, {"harmful": {p.lang for p in sets.harmful}, "harmless": {p.lang for p in sets.harmless}}
+        gates,
+        {
+            "harmful": {p.lang for p in sets.harmful},
+            "harmless": {p.lang for p in sets.harmless},
+            "parallel": parallel_languages(sets.harmful, sets.harmless, options.reference_lang),
+        },
     )
     judge = make_judge(options)
     edited_model = load_model(options)
@@ -138,7 +144,18 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
             )
     table = language_table(sets, harmful, harmless, edited_run, base_run)
     changed = changed_prompts(harmful, harmless, edited_run, base_run) if base_run is not None else None
-    metrics = summary_metrics(table, options.reference_lang, kl, changed)
+    parity = (
+        parity_report(
+            [e.prompt for e in harmful],
+            [e.prompt for e in harmless],
+            edited_run.verdicts(),
+            base_run.verdicts(),
+            options.reference_lang,
+        )
+        if base_run is not None
+        else None
+    )
+    metrics = summary_metrics(table, options.reference_lang, kl, changed, parity)
     gate_rows = []
     for gate in gates:
         tripped, value = gate.evaluate(metrics)
@@ -161,6 +178,7 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
         if base_run is not None
         else None,
         "changed": changed,
+        "parity": parity,
         "gates": gate_rows,
     }
     replies = _reply_rows(harmful, harmless, edited_run, "edited")

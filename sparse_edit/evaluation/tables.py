@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparse_edit.data.selection import PromptSets
+from sparse_edit.evaluation.parity import VerdictSet, parity_metrics
 from sparse_edit.measure.judge import Verdict, refusal_in_language
 from sparse_edit.measure.probes import mean
 from sparse_edit.measure.statistics import mcnemar, wilson
@@ -25,6 +26,9 @@ class ModelRun:
     log_odds_harmful: dict[str, list[float]]
     log_odds_harmless: dict[str, list[float]]
     representation: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def verdicts(self) -> VerdictSet:
+        return VerdictSet(harmful=self.harmful_verdicts, harmless=self.harmless_verdicts)
 
 
 def _rates(verdicts: list[Verdict], indices: list[int]) -> dict[str, Any]:
@@ -146,6 +150,7 @@ def summary_metrics(
     reference: str,
     kl: tuple[float, float] | None,
     changed: dict[str, Any] | None = None,
+    parity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The flat namespace ``--fail-if`` reads: fractions in [0, 1], per-language values as dicts."""
     # Attack success only where the language has harmful prompts, over-refusal where it has harmless ones.
@@ -178,6 +183,12 @@ def summary_metrics(
         "ppl_ratio": None,
         "newly_answered_share": None,
         "newly_refused_share": None,
+        "parity": None,
+        "parity_delta": None,
+        "mean_parity": None,
+        "mean_parity_delta": None,
+        "reference_refusals_gained": None,
+        "reference_refusals_lost": None,
     }
     if all("base" in row for row in table.values()):
         base_asr = per_lang(lambda r: r["base"]["harmful"]["asr"]["rate"])
@@ -198,6 +209,8 @@ def summary_metrics(
         metrics["newly_refused_share"] = (
             len(changed["newly_refused_harmless"]) / harmless_n if harmless_n else None
         )
+    if parity is not None:
+        metrics.update(parity_metrics(parity))
     if kl is not None:
         metrics["kl_harmless"], metrics["nll_delta"] = kl
         metrics["ppl_ratio"] = math.exp(kl[1])
