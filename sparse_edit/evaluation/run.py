@@ -22,6 +22,7 @@ from sparse_edit.measure.probes import kl_between, refusal_scores
 from sparse_edit.measure.representation import last_token_states, probe_accuracy, separation
 from sparse_edit.model.batching import Encoded, encode_prompts
 from sparse_edit.model.generation import generate_replies
+from sparse_edit.model.incremental import replies_from_drafts
 from sparse_edit.model.loading import LoadedModel, load_model
 from sparse_edit.options import EvalOptions
 from sparse_edit.version import __version__
@@ -51,15 +52,43 @@ def measure(
     reporter: Reporter,
     tag: str,
     journal: ReplyJournal | None = None,
+    drafts: dict[str, list[list[int]]] | None = None,
+    tokens_out: dict[str, list[list[int]]] | None = None,
 ) -> ModelRun:
+    """Replies, verdicts and probes of one model. ``drafts`` (per class, e.g. the base model's reply
+    tokens) find the replies incrementally; ``tokens_out`` receives this model's reply tokens."""
     bs = options.batch_size
 
     def replies(items: list[Encoded], label: str) -> list[str]:
         known = journal.known(tag, label, [item.prompt for item in items]) if journal is not None else None
         record = (lambda rows: journal.record(tag, label, rows)) if journal is not None else None
-        return generate_replies(
-            loaded, items, options.max_new_tokens, bs, reporter, f"{tag}: {label}", known, record
+        if drafts is not None:
+            return replies_from_drafts(
+                loaded,
+                items,
+                drafts[label],
+                options.max_new_tokens,
+                bs,
+                reporter,
+                f"{tag}: {label}",
+                known,
+                record,
+            )
+        tokens: list[list[int]] = []
+        found = generate_replies(
+            loaded,
+            items,
+            options.max_new_tokens,
+            bs,
+            reporter,
+            f"{tag}: {label}",
+            known,
+            record,
+            tokens_out=tokens,
         )
+        if tokens_out is not None:
+            tokens_out[label] = tokens
+        return found
 
     harmful_replies = replies(harmful, "harmful")
     harmless_replies = replies(harmless, "harmless")
@@ -127,10 +156,15 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
             reporter.warn(
                 f"resuming: {len(journal.replies)} replies of an interrupted run reused from {journal.path}"
             )
+    base_tokens: dict[str, list[list[int]]] = {}
     base_run = (
-        measure(base_model, harmful, harmless, options, judge, reporter, "base", journal) if base_model else None
+        measure(base_model, harmful, harmless, options, judge, reporter, "base", journal, tokens_out=base_tokens)
+        if base_model
+        else None
     )
-    edited_run = measure(edited_model, harmful, harmless, options, judge, reporter, "edited", journal)
+    # The base model's replies as drafts: the edited model's greedy replies, generated only where they differ.
+    drafts = base_tokens if base_model is not None and options.reuse_base_replies else None
+    edited_run = measure(edited_model, harmful, harmless, options, judge, reporter, "edited", journal, drafts)
     kl = None
     if base_model is not None:
         with reporter.progress("KL: harmless", len(harmless)) as task:
@@ -191,6 +225,7 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
 # Prompt selection is not part of it: each journaled reply is matched to its prompt's text.
 NOT_REPLY_SETTINGS = {
     "output",
+    "reuse_base_replies",
     "overwrite",
     "fail_if",
     "representation",

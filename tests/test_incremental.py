@@ -1,0 +1,121 @@
+"""Replies from cached drafts equal plain greedy generation, token for token, on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparse_edit.console import Reporter
+from sparse_edit.data.prompts import Prompt
+from sparse_edit.model.batching import encode_prompts
+from sparse_edit.model.generation import generate_tokens
+from sparse_edit.model.incremental import incremental_replies
+from sparse_edit.model.loading import load_model
+from sparse_edit.options import LocateOptions
+
+QUIET = Reporter(quiet=True)
+TEXTS = ("hello there", "a b c d e", "why", "how do I", "tell me a story about the sea", "x", "one two", "no")
+
+
+def loaded_model(tiny_models, family: str, dtype: str):
+    options = LocateOptions.model_construct(model=tiny_models(family), device="cpu", dtype=dtype)
+    loaded = load_model(options)
+    prompts = [Prompt(str(i), "en", text, "harmless") for i, text in enumerate(TEXTS)]
+    return loaded, encode_prompts(loaded.tokenizer, prompts)
+
+
+def perturb(loaded, rows: int, scale: float, seed: int = 0) -> None:
+    """An in-place edit of the first layer's MLP input rows, like apply's (a few rows, a real change)."""
+    layer = loaded.model.model.layers[0].mlp.gate_proj.weight
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer[:rows] += scale * torch.randn(layer[:rows].shape, generator=generator).to(layer.dtype)
+
+
+@pytest.mark.parametrize(("family", "dtype"), [("llama", "float32"), ("qwen2", "float32"), ("llama", "bfloat16")])
+def test_replies_from_base_drafts_equal_plain_generation_of_the_edited_model(tiny_models, family, dtype):
+    loaded, encoded = loaded_model(tiny_models, family, dtype)
+    base = generate_tokens(loaded, encoded, 10, 3, QUIET)
+    perturb(loaded, rows=8, scale=0.1)
+    plain = generate_tokens(loaded, encoded, 10, 3, QUIET)
+    assert plain != base, "the edit changes some reply, so the drafts are tested where they diverge"
+    fast = incremental_replies(loaded, encoded, base, 10, 3, QUIET)
+    assert fast.tokens == plain
+    if dtype == "float32":  # both paths ran: tokens taken from the drafts, and rows generated after a divergence
+        assert fast.accepted_tokens > 0 and fast.generated_rows > 0
+    assert fast.replies == [loaded.tokenizer.decode(row, skip_special_tokens=True).strip() for row in plain]
+
+
+def test_an_unchanged_model_accepts_its_own_replies_in_one_pass(tiny_models):
+    loaded, encoded = loaded_model(tiny_models, "llama", "float32")
+    base = generate_tokens(loaded, encoded, 10, 4, QUIET)
+    fast = incremental_replies(loaded, encoded, base, 10, 4, QUIET)
+    assert fast.tokens == base
+    # Near-ties are regenerated on purpose; the rest of the cached tokens are taken as they are.
+    assert fast.accepted_tokens > sum(map(len, base)) // 2 and fast.generated_rows < len(encoded)
+
+
+def test_early_stops_match_an_end_token_and_a_settled_verdict(tiny_models):
+    loaded, encoded = loaded_model(tiny_models, "qwen2", "float32")
+    base = generate_tokens(loaded, encoded, 12, 3, QUIET)
+    perturb(loaded, rows=4, scale=1.0)
+    # An end token the edited model emits mid-reply, so some replies stop early after the edit.
+    edited_plain = generate_tokens(loaded, encoded, 12, 3, QUIET)
+    loaded.model.generation_config.eos_token_id = edited_plain[0][3]
+    stopped = generate_tokens(loaded, encoded, 12, 3, QUIET)
+    assert any(len(row) < 12 for row in stopped)
+    assert incremental_replies(loaded, encoded, base, 12, 3, QUIET).tokens == stopped
+
+    def settled(prompt: Prompt, reply: str) -> bool:
+        return len(reply) >= 6 * (1 + int(prompt.id) % 3)
+
+    settled_plain = generate_tokens(loaded, encoded, 12, 3, QUIET, settled=settled)
+    assert incremental_replies(loaded, encoded, base, 12, 3, QUIET, settled=settled).tokens == settled_plain
+
+
+def test_short_or_empty_drafts_are_continued_to_the_limit(tiny_models):
+    loaded, encoded = loaded_model(tiny_models, "llama", "float32")
+    plain = generate_tokens(loaded, encoded, 9, 4, QUIET)
+    short = [row[:4] for row in plain]  # cached with a smaller token limit
+    fast = incremental_replies(loaded, encoded, short, 9, 4, QUIET)
+    assert fast.tokens == plain
+    assert incremental_replies(loaded, encoded, [[] for _ in encoded], 9, 4, QUIET).tokens == plain
+    with pytest.raises(ValueError, match="one draft per prompt"):
+        incremental_replies(loaded, encoded, plain[:2], 9, 4, QUIET)
+
+
+def test_eval_with_base_drafts_writes_the_report_plain_generation_writes(tmp_path):
+    import json
+
+    from sparse_edit.testing import build_tiny_model
+    from tests.helpers import locate_and_apply, run_cli
+
+    build_tiny_model(tmp_path / "base", "llama")
+    locate_and_apply(tmp_path)
+    common = [
+        "eval",
+        "--model",
+        tmp_path / "edited",
+        "--base",
+        tmp_path / "base",
+        "--harmful",
+        tmp_path / "harmful.jsonl",
+        "--harmless",
+        tmp_path / "harmless.jsonl",
+        "--max-new-tokens",
+        "8",
+        "--device",
+        "cpu",
+        "-q",
+        "--no-representation",
+    ]
+    run_cli(*common, "-o", tmp_path / "drafted")
+    run_cli(*common, "--no-reuse-base-replies", "-o", tmp_path / "plain")
+    drafted, plain = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("drafted", "plain"))
+    assert drafted["settings"].pop("reuse_base_replies") is True
+    assert plain["settings"].pop("reuse_base_replies") is False
+    assert drafted == plain
+    assert (tmp_path / "drafted" / "replies.jsonl").read_bytes() == (
+        tmp_path / "plain" / "replies.jsonl"
+    ).read_bytes()
+    assert plain["changed"]["newly_refused_harmless"] or plain["summary"]["kl_harmless"] > 0, "the edit acts"
