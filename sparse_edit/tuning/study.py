@@ -252,12 +252,16 @@ def write_study(
 
 
 def _base_verdicts(study: Any, runner: TrialRunner) -> Verdicts:
-    """The base model's dev verdicts: generated once per study and kept in its journal."""
+    """The base model's dev verdicts and reply tokens (the trials' drafts): generated once per study and
+    kept in its journal."""
     stored = study.user_attrs.get("base_verdicts")
-    if stored is not None:
+    tokens = study.user_attrs.get("base_reply_tokens")
+    if stored is not None and tokens is not None:
+        runner.base_tokens = {group: [list(row) for row in rows] for group, rows in tokens.items()}
         return Verdicts(tuple(stored["harmful"]), tuple(stored["harmless"]))
     verdicts = runner.verdicts()
     study.set_user_attr("base_verdicts", {"harmful": list(verdicts.harmful), "harmless": list(verdicts.harmless)})
+    study.set_user_attr("base_reply_tokens", runner.base_tokens)
     return verdicts
 
 

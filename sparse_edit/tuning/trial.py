@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from sparse_edit.console import Reporter
+from sparse_edit.data.prompts import Prompt
 from sparse_edit.edit.anchors import Anchors
 from sparse_edit.edit.candidates import build_candidates, storage_for
 from sparse_edit.edit.delta import applied_in_memory
@@ -25,7 +26,8 @@ from sparse_edit.measure.judge import KeywordJudge
 from sparse_edit.measure.probes import KeptLogits, base_logits, token_kl
 from sparse_edit.model.batching import Encoded
 from sparse_edit.model.features import FeatureRequest
-from sparse_edit.model.generation import generate_replies
+from sparse_edit.model.generation import decode_reply, generate_tokens
+from sparse_edit.model.incremental import incremental_replies
 from sparse_edit.model.loading import LoadedModel
 from sparse_edit.neurons.artifact import LocateArtifact
 from sparse_edit.options import ApplyOptions, TuneOptions
@@ -180,6 +182,8 @@ class TrialRunner:
         self._features: dict[str, dict[int, LayerData]] = {}
         self._storage: dict[str, torch.dtype] = {}
         self._base_logits = KeptLogits(base_logits(loaded), BASE_LOGITS_BUDGET)
+        # The base model's dev reply tokens, per class: the drafts every trial's replies are checked against.
+        self.base_tokens: dict[str, list[list[int]]] = {}
 
     def trial_options(self, settings: dict[str, Any]) -> ApplyOptions:
         values = apply_settings(self.options, settings)
@@ -187,23 +191,32 @@ class TrialRunner:
 
     def verdicts(self, edit: Callable[[], AbstractContextManager[object]] | None = None) -> Verdicts:
         """Greedy dev replies of the base model (or with ``edit`` applied), judged; a reply stops once its
-        verdict is settled (the label is the same as the full reply's)."""
+        verdict is settled (the label is the same as the full reply's). The base model's reply tokens are
+        kept, and an edited model's replies are found from them (``incremental_replies``)."""
         bs, tokens = self.options.batch_size, self.options.reply_tokens
         labels: dict[str, tuple[str, ...]] = {}
         for group, items in (("harmful", self.dev.harmful), ("harmless", self.dev.harmless)):
-            with edit() if edit is not None else nullcontext():
-                replies = generate_replies(
-                    self.loaded,
-                    items,
-                    tokens,
-                    bs,
-                    self.reporter,
-                    f"dev replies: {group}",
-                    settled=lambda prompt, reply: self.judge.settled(prompt.lang, reply),
+            label = f"dev replies: {group}"
+
+            def settled(prompt: Prompt, reply: str) -> bool:
+                return self.judge.settled(prompt.lang, reply)
+
+            if edit is None:
+                self.base_tokens[group] = generate_tokens(
+                    self.loaded, items, tokens, bs, self.reporter, label, settled
                 )
+                rows = self.base_tokens[group]
+            else:
+                drafts = self.base_tokens.get(group) or [[] for _ in items]
+                with edit():
+                    rows = incremental_replies(
+                        self.loaded, items, drafts, tokens, bs, self.reporter, label, settled
+                    ).tokens
             labels[group] = tuple(
-                self.judge.judge(item.prompt.text, item.prompt.lang, reply).label
-                for item, reply in zip(items, replies, strict=True)
+                self.judge.judge(
+                    item.prompt.text, item.prompt.lang, decode_reply(self.loaded.tokenizer, row)
+                ).label
+                for item, row in zip(items, rows, strict=True)
             )
         return Verdicts(labels["harmful"], labels["harmless"])
 
