@@ -14,6 +14,7 @@ for script in (
     "bench_apply_passes.py",
     "bench_dtype.py",
     "bench_gguf.py",
+    "bench_incremental.py",
     "real_model.py",
     "dev_sweep.py",
     "tune_study.py",

@@ -109,8 +109,8 @@ def test_eval_with_base_drafts_writes_the_report_plain_generation_writes(tmp_pat
         "-q",
         "--no-representation",
     ]
-    run_cli(*common, "-o", tmp_path / "drafted")
-    run_cli(*common, "--no-reuse-base-replies", "-o", tmp_path / "plain")
+    run_cli(*common, "--reuse-base-replies", "-o", tmp_path / "drafted")
+    run_cli(*common, "-o", tmp_path / "plain")
     drafted, plain = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("drafted", "plain"))
     assert drafted["settings"].pop("reuse_base_replies") is True
     assert plain["settings"].pop("reuse_base_replies") is False

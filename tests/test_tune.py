@@ -67,6 +67,15 @@ def test_rerun_with_the_same_seed_samples_and_measures_the_same_trials(located, 
     assert [t["settings"] for t in read_pareto(tmp_path / "c")["trials"]] != [s for s, _ in runs[0]]
 
 
+def test_trials_judged_on_replies_found_from_the_base_replies_measure_the_same(located, tmp_path):
+    _, artifact = located("llama")
+    runs = []
+    for name, extra in (("plain", ()), ("reused", ("--reuse-base-replies",))):
+        run_cli(*tune_args(artifact, tmp_path / name, *extra))
+        runs.append([(t["settings"], t["outcome"]) for t in read_pareto(tmp_path / name)["trials"]])
+    assert runs[0] == runs[1]
+
+
 # Runs the command line in a child process that is killed (SIGKILL) when its second trial starts.
 KILLED_IN_SECOND_TRIAL = """
 import os, signal, sys

@@ -33,9 +33,10 @@ class EvalOptions(ModelOptions, PromptOptions):
         True, description="Also measure harmful/harmless separation of hidden states per language and layer."
     )
     reuse_base_replies: bool = Field(
-        True,
+        False,
         description="With --base: find the edited model's greedy replies from the base model's, checking each "
-        "in one teacher-forced pass and generating only from where the edited model would diverge (the same "
-        "replies, most of the generation saved when the edit leaves replies alone). Off: generate every reply.",
+        "in one teacher-forced pass and generating only from where the edited model diverges. It saves time "
+        "only when the edit leaves most replies unchanged, and in bfloat16 a reply can differ as it does between "
+        "two batch sizes (docs/method.md, incremental replies).",
     )
     seed: int = Field(0, description="Torch seed (generation is greedy; recorded for reproducibility).")

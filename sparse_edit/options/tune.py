@@ -94,4 +94,9 @@ class TuneOptions(ApplyOptions):
         gt=0,
         description="Choice rule: the largest mean harmless per-token KL (nats) a chosen trial may have.",
     )
+    reuse_base_replies: bool = Field(
+        False,
+        description="Find each trial's dev replies from the base model's (one teacher-forced pass, generation "
+        "only from where the edited model diverges): faster when trials leave most replies unchanged.",
+    )
     apply: bool = Field(False, description="Also write the chosen edit to OUTPUT/edited (as apply would).")

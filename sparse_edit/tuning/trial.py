@@ -192,7 +192,7 @@ class TrialRunner:
     def verdicts(self, edit: Callable[[], AbstractContextManager[object]] | None = None) -> Verdicts:
         """Greedy dev replies of the base model (or with ``edit`` applied), judged; a reply stops once its
         verdict is settled (the label is the same as the full reply's). The base model's reply tokens are
-        kept, and an edited model's replies are found from them (``incremental_replies``)."""
+        kept; with --reuse-base-replies an edited model's replies are found from them (``incremental_replies``)."""
         bs, tokens = self.options.batch_size, self.options.reply_tokens
         labels: dict[str, tuple[str, ...]] = {}
         for group, items in (("harmful", self.dev.harmful), ("harmless", self.dev.harmless)):
@@ -202,16 +202,17 @@ class TrialRunner:
                 return self.judge.settled(prompt.lang, reply)
 
             if edit is None:
-                self.base_tokens[group] = generate_tokens(
-                    self.loaded, items, tokens, bs, self.reporter, label, settled
-                )
-                rows = self.base_tokens[group]
-            else:
+                rows = generate_tokens(self.loaded, items, tokens, bs, self.reporter, label, settled)
+                self.base_tokens[group] = rows
+            elif self.options.reuse_base_replies:
                 drafts = self.base_tokens.get(group) or [[] for _ in items]
                 with edit():
                     rows = incremental_replies(
                         self.loaded, items, drafts, tokens, bs, self.reporter, label, settled
                     ).tokens
+            else:
+                with edit():
+                    rows = generate_tokens(self.loaded, items, tokens, bs, self.reporter, label, settled)
             labels[group] = tuple(
                 self.judge.judge(
                     item.prompt.text, item.prompt.lang, decode_reply(self.loaded.tokenizer, row)
