@@ -156,14 +156,16 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
             reporter.warn(
                 f"resuming: {len(journal.replies)} replies of an interrupted run reused from {journal.path}"
             )
-    base_tokens: dict[str, list[list[int]]] = {}
+    # With --reuse-base-replies the base model's reply tokens are the drafts the edited model's replies
+    # are found from (generated only where they differ).
+    drafts: dict[str, list[list[int]]] | None = (
+        {} if base_model is not None and options.reuse_base_replies else None
+    )
     base_run = (
-        measure(base_model, harmful, harmless, options, judge, reporter, "base", journal, tokens_out=base_tokens)
+        measure(base_model, harmful, harmless, options, judge, reporter, "base", journal, tokens_out=drafts)
         if base_model
         else None
     )
-    # The base model's replies as drafts: the edited model's greedy replies, generated only where they differ.
-    drafts = base_tokens if base_model is not None and options.reuse_base_replies else None
     edited_run = measure(edited_model, harmful, harmless, options, judge, reporter, "edited", journal, drafts)
     kl = None
     if base_model is not None:

@@ -129,6 +129,16 @@ def generate_tokens(
     return out
 
 
+def split_known(
+    encoded: Sequence[Encoded], known: Mapping[tuple[str, str], str] | None
+) -> tuple[list[str], list[int]]:
+    """(the replies so far: ``known`` ones by (lang, id), "" for the rest; the indices still to run)."""
+    known = known or {}
+    replies = [known.get((item.prompt.lang, item.prompt.id), "") for item in encoded]
+    todo = [i for i, item in enumerate(encoded) if (item.prompt.lang, item.prompt.id) not in known]
+    return replies, todo
+
+
 def generate_replies(
     loaded: LoadedModel,
     encoded: Sequence[Encoded],
@@ -148,9 +158,7 @@ def generate_replies(
     ``settled``: as in ``generate_tokens``. ``tokens_out``, when given, is filled with each reply's
     tokens (empty for a ``known`` reply).
     """
-    known = known or {}
-    replies = [known.get((item.prompt.lang, item.prompt.id), "") for item in encoded]
-    todo = [i for i, item in enumerate(encoded) if (item.prompt.lang, item.prompt.id) not in known]
+    replies, todo = split_known(encoded, known)
     if tokens_out is not None:
         tokens_out[:] = [[] for _ in encoded]
 

@@ -22,7 +22,7 @@ import torch
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.model.batching import Encoded, batch_memory_guard, batches
-from sparse_edit.model.generation import decode_reply, eos_ids, generate_tokens
+from sparse_edit.model.generation import decode_reply, eos_ids, generate_tokens, split_known
 from sparse_edit.model.loading import LoadedModel
 
 # The lead over the runner-up a token needs to be accepted, as a share of max(1, |top logit|): many
@@ -177,9 +177,7 @@ def replies_from_drafts(
 ) -> list[str]:
     """``generate_replies`` with drafts: ``known`` replies are kept, the rest found by
     ``incremental_replies`` a few batches at a time, each chunk passed to ``record`` as it is done."""
-    known = known or {}
-    replies = [known.get((item.prompt.lang, item.prompt.id), "") for item in encoded]
-    todo = [i for i, item in enumerate(encoded) if (item.prompt.lang, item.prompt.id) not in known]
+    replies, todo = split_known(encoded, known)
     chunk = 4 * batch_size  # what a killed run loses at most
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
