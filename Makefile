@@ -30,7 +30,7 @@ lint: install
 
 bench: install
 	$(PY) -m pytest -q -m slow tests
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/runner.py
 
 demo: install
 	bash examples/demo.sh

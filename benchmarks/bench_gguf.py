@@ -17,30 +17,36 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from common import ROOT, save
+from runner import ROOT, save
 
-from sparse_edit import api
-from sparse_edit.edit.gguf_output import sidecar
-from sparse_edit.io.zoo import gguf_file
+import sparse_edit as se
 
 MODEL = "zoo:qwen2.5-coder-0.5b-instruct"
 PROMPTS = str(ROOT / "examples" / "prompts" / "safety-eval.jsonl")
 RUNS = ROOT / "runs" / "gguf"
-EDIT = ["--strategy", "output", "--layer", "16,18", "--max-edit-neurons", "256", "--device", "cpu", "-q"]
+EDIT = {"strategy": ["output"], "layer": "16,18", "max_edit_neurons": 256, "device": "cpu"}
 
 
-def timed_child(*args: str) -> dict[str, float]:
-    """A sparse-edit command in a child process: wall seconds and peak RSS (MB) of that process."""
+def sidecar(patched: Path) -> Path:
+    """The folder beside a patched GGUF file that holds its manifest and delta (docs/formats.md)."""
+    return patched.with_name(patched.name + ".sparse_edit")
+
+
+def timed_child(**settings: Any) -> dict[str, float]:
+    """``se.apply_edit(**settings)`` in a child process: wall seconds and peak RSS (MB) of that process."""
     code = (
-        "import resource, sys, time\n"
-        "from sparse_edit.cli import app\n"
+        "import json, resource, sys, time\n"
+        "import sparse_edit as se\n"
         "start = time.perf_counter()\n"
-        "try:\n    app(sys.argv[1:])\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "se.apply_edit(**json.loads(sys.argv[1]))\n"
         "print('RESULT', time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(settings)], capture_output=True, text=True, cwd=ROOT
+    )
     if result.returncode:
         raise RuntimeError(result.stderr[-2000:])
     _, seconds, peak = next(line for line in result.stdout.splitlines() if line.startswith("RESULT")).split()
@@ -48,7 +54,7 @@ def timed_child(*args: str) -> dict[str, float]:
 
 
 def refusal_rates(model: str, name: str) -> dict[str, float]:
-    report = api.evaluate(
+    report = se.evaluate(
         model=model,
         harmful=[PROMPTS],
         harmless=[PROMPTS],
@@ -67,17 +73,17 @@ def refusal_rates(model: str, name: str) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(RUNS, ignore_errors=True)
     RUNS.mkdir(parents=True)
-    source = gguf_file(MODEL.removeprefix("zoo:"))
+    source = se.gguf_file(MODEL)
     artifact = RUNS / "locate.safetensors"
-    api.locate(model=MODEL, harmful=[PROMPTS], harmless=[PROMPTS], device="cpu", output=artifact)
+    se.locate(model=MODEL, harmful=[PROMPTS], harmless=[PROMPTS], device="cpu", output=artifact)
     patched, folder = RUNS / "patched.gguf", RUNS / "patched-safetensors"
-    gguf_run = timed_child("apply", "--artifact", str(artifact), "--model", str(source), "-o", str(patched), *EDIT)
-    folder_run = timed_child("apply", "--artifact", str(artifact), "-o", str(folder), *EDIT)
+    gguf_run = timed_child(artifact=str(artifact), model=str(source), output=str(patched), **EDIT)
+    folder_run = timed_child(artifact=str(artifact), output=str(folder), **EDIT)
     start = time.perf_counter()
-    report = api.verify(source, patched)
+    report = se.verify(source, patched)
     verify_seconds = time.perf_counter() - start
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -98,7 +104,7 @@ def main() -> None:
     types = json.loads((sidecar(patched) / "sparse_edit" / "manifest.json").read_text())["edits"]
     result = {
         "model": MODEL,
-        "edit": " ".join(EDIT),
+        "edit": EDIT,
         "source_gguf_mb": source.stat().st_size / 2**20,
         "patched_gguf_mb": patched.stat().st_size / 2**20,
         "sidecar_mb": sum(p.stat().st_size for p in sidecar(patched).rglob("*") if p.is_file()) / 2**20,

@@ -1,13 +1,11 @@
-"""Incremental replies against plain greedy generation: same model, same prompts, same run.
+"""Incremental replies against plain greedy generation in `eval --base`: same model, same prompts, same run.
 
 For a linear edit (apply's default, ``paper`` at 0.75 of the depth) and a gated one (``detector``, one
-neuron at each of layers 16 and 20), on Qwen2.5-Coder-0.5B-Instruct in bfloat16:
-
-1. dev-reply pass: the edited model's greedy replies (24 tokens, stopped once the keyword judge's
-   verdict is settled, as ``tune`` does) by plain generation and from the base model's replies
-   (``incremental_replies``); seconds of each, their ratio, and how many replies are identical;
-2. ``eval --base``: the whole command with and without ``--reuse-base-replies``; seconds, ratio,
-   and whether the two report.json files are equal (settings aside).
+neuron at each of layers 16 and 20), on Qwen2.5-Coder-0.5B-Instruct in bfloat16: the whole
+``se.evaluate(base=...)`` with and without ``reuse_base_replies`` (the edited model's replies found
+from the base model's by one teacher-forced pass, generated only from the first divergence);
+seconds, ratio, whether the two report.json files are equal (settings aside), and how many
+replies the edit changed.
 
 Prompts: the anchor side of the fixed split only (MultiJail ids 100-314, MultiQ anchor ids), so no
 test prompt is read. Writes benchmarks/results/incremental.json.
@@ -16,25 +14,17 @@ test prompt is read. Writes benchmarks/results/incremental.json.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, SHARED, save
+from runner import RUNS as ALL_RUNS
+from runner import SHARED, need_shared_data, read_replies, save, timed
 
 import sparse_edit as se
-from sparse_edit.api import eval_options, locate_options
-from sparse_edit.console import Reporter
-from sparse_edit.data.selection import prepare_prompts
-from sparse_edit.measure.judge import KeywordJudge
-from sparse_edit.model.batching import encode_prompts
-from sparse_edit.model.generation import generate_tokens
-from sparse_edit.model.incremental import incremental_replies
-from sparse_edit.model.loading import load_model
 
 MODEL = "zoo:qwen2.5-coder-0.5b-instruct"
 LANGS = ["en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"]
-RUNS = ROOT / "runs" / "bench-incremental"
+RUNS = ALL_RUNS / "bench-incremental"
 DTYPE = "bfloat16"
 REPLY_TOKENS = 24
 BATCH = 16
@@ -81,42 +71,10 @@ def edited_folder(name: str, settings: dict) -> Path:
     return out
 
 
-def timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
-
-
-def dev_pass(base_model, edited_path: Path) -> dict:
-    quiet, judge = Reporter(quiet=True), KeywordJudge()
-    options = eval_options(model=edited_path, output=RUNS / "unused", dtype=DTYPE, device="cpu", **TIMED)
-    sets = prepare_prompts(options, quiet, both_classes=False)
-    edited = load_model(options)
-    items = encode_prompts(edited.tokenizer, [*sets.harmful, *sets.harmless])
-
-    def settled(prompt, reply):
-        return judge.settled(prompt.lang, reply)
-
-    drafts = generate_tokens(base_model, items, REPLY_TOKENS, BATCH, quiet, settled=settled)
-    plain, plain_s = timed(lambda: generate_tokens(edited, items, REPLY_TOKENS, BATCH, quiet, settled=settled))
-    fast, fast_s = timed(
-        lambda: incremental_replies(edited, items, drafts, REPLY_TOKENS, BATCH, quiet, settled=settled)
-    )
-    return {
-        "prompts": len(items),
-        "plain_seconds": round(plain_s, 1),
-        "incremental_seconds": round(fast_s, 1),
-        "speedup": round(plain_s / fast_s, 2),
-        "identical_replies": sum(a == b for a, b in zip(plain, fast.tokens, strict=True)),
-        "replies_changed_by_the_edit": sum(a != b for a, b in zip(plain, drafts, strict=True)),
-        **fast.stats(),
-    }
-
-
 def eval_pass(edited_path: Path) -> dict:
     def run(reuse: bool) -> tuple[dict, float]:
         out = RUNS / f"eval-{'reuse' if reuse else 'plain'}-{edited_path.name}"
-        _, seconds = timed(
+        seconds, _ = timed(
             lambda: se.evaluate(
                 model=edited_path,
                 base=MODEL,
@@ -136,7 +94,12 @@ def eval_pass(edited_path: Path) -> dict:
 
     plain, plain_s = run(False)
     fast, fast_s = run(True)
+    replies: dict[tuple[str, str, str], dict[str, str]] = {}
+    for row in read_replies(RUNS / f"eval-plain-{edited_path.name}"):
+        replies.setdefault((row["class"], row["lang"], row["id"]), {})[row["model"]] = row["reply"]
     return {
+        "replies": len(replies),
+        "replies_changed_by_the_edit": sum(len(set(pair.values())) > 1 for pair in replies.values()),
         "plain_seconds": round(plain_s, 1),
         "incremental_seconds": round(fast_s, 1),
         "speedup": round(plain_s / fast_s, 2),
@@ -144,17 +107,15 @@ def eval_pass(edited_path: Path) -> dict:
     }
 
 
-def main() -> None:
-    if not SHARED.is_dir():
-        raise SystemExit(f"{SHARED} is missing: this benchmark needs the shared prompt sets")
+def main(argv: list[str] | None = None) -> None:
+    need_shared_data()
     RUNS.mkdir(parents=True, exist_ok=True)
     if not (RUNS / "locate.safetensors").is_file():
         se.locate(model=MODEL, output=RUNS / "locate.safetensors", dtype=DTYPE, batch_size=BATCH, **LOCATE)
-    base = load_model(locate_options(model=MODEL, dtype=DTYPE, device="cpu", **LOCATE))
     rows = []
     for name, settings in EDITS.items():
         path = edited_folder(name, settings)
-        row = {"edit": name, "dev_reply_pass": dev_pass(base, path), "eval_base": eval_pass(path)}
+        row = {"edit": name, "eval_base": eval_pass(path)}
         print(json.dumps(row, indent=2), flush=True)
         rows.append(row)
     path = save(

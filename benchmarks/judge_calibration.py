@@ -18,16 +18,15 @@ import sys
 import zipfile
 from pathlib import Path
 
-from common import save
+from runner import RUNS, save
 
-from sparse_edit.io.files import cache_root
-from sparse_edit.measure.judge import KeywordJudge
+import sparse_edit as se
 
 WHEELS = {"uncensorbench==0.3.7": "uncensorbench-0.3.7", "pyrit==1.1.0": "pyrit-1.1.0"}
 
 
 def wheel(spec: str) -> Path:
-    folder = cache_root() / "calibration"
+    folder = RUNS / "judge-calibration"
     found = sorted(folder.glob(f"{WHEELS[spec]}-*.whl"))
     if not found:
         folder.mkdir(parents=True, exist_ok=True)
@@ -62,7 +61,7 @@ def examples() -> dict[str, list[tuple[str, str, bool]]]:
 
 
 def scores(items: list[tuple[str, str, bool]]) -> dict[str, float | int]:
-    judge = KeywordJudge()
+    judge = se.KeywordJudge()
     tp = fp = fn = tn = 0
     for prompt, reply, truth in items:
         said = judge.judge(prompt, "en", reply).label == "refusal"
@@ -82,7 +81,7 @@ def scores(items: list[tuple[str, str, bool]]) -> dict[str, float | int]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     data = examples()
     result = {source: scores(items) for source, items in data.items()}
     result["all"] = scores([item for items in data.values() for item in items])

@@ -3,8 +3,9 @@
 Anchor side only for everything the study decides (examples/configs/multijail-anchors-*.toml:
 MultiJail ids 100-314, MultiQ gpt-51..100 and lmsys-41..80); the test side (MultiJail ids 20-99,
 MultiQ gpt-1..50 and lmsys-1..40, PolyRefuse harmless val; examples/configs/multijail-test-eval.toml)
-only in the last step. Every step is the command line, run one after another; the wall time of each
-is recorded. Writes benchmarks/results/tune-study.json.
+only in the last step. Every step is a library call (``se.locate``, ``se.tune``, ``se.apply_edit``,
+``se.evaluate``) on the same config files the command line reads, one after another; the wall time
+of each is recorded. Writes benchmarks/results/tune-study.json.
 
     python benchmarks/tune_study.py [--trials 40] [--test-limit 24] [--test-skip 0] [--edits tuned,paper,previous]
 
@@ -15,51 +16,54 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
-import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, link_shared_data, save
+from runner import RESULTS, ROOT, need_shared_data, read_replies, save, timed
 
-from sparse_edit.io.sources import IdSelection
-from sparse_edit.measure.statistics import mcnemar, wilson
+import sparse_edit as se
 
 RUNS = ROOT / "runs" / "multijail-anchors"  # --runs
 CONFIGS = ROOT / "examples" / "configs"
 MODEL = "zoo:qwen2.5-coder-0.5b-instruct"
 # The baselines are solved on the study's anchors (its fixed settings), with these flags on top.
-BASELINES = {
+BASELINES: dict[str, dict[str, Any]] = {
     # The published edit, literally: gate_proj rows of the reference language's safety neurons at the
     # artifact's recommended layer.
-    "paper": ["--strategy", "paper", "--layer", "RECOMMENDED", "--gamma", "1"],
+    "paper": {"strategy": ["paper"], "layer": "RECOMMENDED", "gamma": 1.0},
     # The previous default recommendation: output edit at layers 16 and 18 (docs/results).
-    "previous": ["--strategy", "output", "--layer", "16,18", "--gain", "16"],
+    "previous": {"strategy": ["output"], "layer": "16,18", "gain": 16.0},
 }
 
 
-def cli(*args: str) -> float:
-    """Run ``sparse-edit ARGS`` from the repository root; returns the wall time in seconds."""
-    start = time.perf_counter()
-    command = [str(Path(sys.executable).with_name("sparse-edit")), *map(str, args)]
-    print("$", " ".join(command[1:]), flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
-    return time.perf_counter() - start
+def step(what: str, call: Callable[..., Any], *args: Any, **settings: Any) -> float:
+    """Run one library call, announced; returns its wall time in seconds."""
+    print(f"$ {what}", flush=True)
+    seconds, _ = timed(lambda: call(*args, **settings))
+    return seconds
 
 
 def verdicts(report_folder: Path, model: str) -> dict[tuple[str, str, str], str]:
     """(class, lang, id) -> verdict of one model's replies in an eval report."""
-    rows = [
-        json.loads(line) for line in (report_folder / "replies.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
-    return {(r["class"], r["lang"], r["id"]): r["verdict"] for r in rows if r["model"] == model}
+    return {
+        (r["class"], r["lang"], r["id"]): r["verdict"] for r in read_replies(report_folder) if r["model"] == model
+    }
 
 
 def rate(k: int, n: int) -> dict[str, Any]:
-    return wilson(k, n).as_dict()
+    return se.wilson(k, n).as_dict()
+
+
+def id_numbers(spec: str) -> set[int]:
+    """``0-19,40`` -> {0, ..., 19, 40}: the MultiJail ids a selection names."""
+    numbers: set[int] = set()
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        numbers.update(range(int(low), int(high or low) + 1))
+    return numbers
 
 
 def paired(edited_report: Path, base_report: Path) -> dict[str, Any]:
@@ -100,10 +104,10 @@ def paired(edited_report: Path, base_report: Path) -> dict[str, Any]:
         "mean_asr_relative_change": (mean_edited - mean_base) / mean_base if mean_base else None,
         "over_refusal_pooled_base": rate(sum(base[k] == "refusal" for k in harmless_all), len(harmless_all)),
         "over_refusal_pooled_edited": rate(sum(edited[k] == "refusal" for k in harmless_all), len(harmless_all)),
-        "mcnemar_asr_non_english": mcnemar(
+        "mcnemar_asr_non_english": se.mcnemar(
             [base[k] == "compliance" for k in others], [edited[k] == "compliance" for k in others]
         ),
-        "mcnemar_over_refusal": mcnemar(
+        "mcnemar_over_refusal": se.mcnemar(
             [base[k] == "refusal" for k in harmless_all], [edited[k] == "refusal" for k in harmless_all]
         ),
         "newly_answered": newly,
@@ -116,32 +120,20 @@ def paired(edited_report: Path, base_report: Path) -> dict[str, Any]:
     }
 
 
-def study_config(pareto: dict[str, Any], settings: dict[str, Any], path: Path) -> Path:
-    """An apply config with the study's anchors and fixed settings, and ``settings`` on top (tune's own rule)."""
-    import tomli_w
-
-    from sparse_edit.options import TuneOptions
-    from sparse_edit.tuning.trial import apply_settings
-
-    options = TuneOptions.model_validate({**pareto["settings"], "output": path.with_suffix("")})
-    path.write_text(tomli_w.dumps(apply_settings(options, settings)), encoding="utf-8")
-    return path
-
-
-def edit_args(name: str, pareto: dict[str, Any], study: Path, recommended: int, runs: Path) -> list[str] | None:
-    """apply's arguments for an edit: ``tuned`` (chosen.toml), ``tuned@A+B`` (chosen.toml at layers A, B one
+def edit_settings(name: str, study: Path, recommended: int) -> dict[str, Any] | None:
+    """apply's settings for an edit: ``tuned`` (chosen.toml), ``tuned@A+B`` (chosen.toml at layers A, B one
     after another), ``trial-N`` (trial N of the study) or a baseline (the study's anchors and fixed settings
-    with the baseline's flags)."""
+    with the baseline's on top)."""
     if name == "tuned" or name.startswith("tuned@"):
         chosen = study / "chosen.toml"
-        layers = ["--layer", name.removeprefix("tuned@").replace("+", ",")] if "@" in name else []
-        return ["--config", str(chosen), *layers] if chosen.is_file() else None
+        layers = {"layer": name.removeprefix("tuned@").replace("+", ",")} if "@" in name else {}
+        return {"config": chosen, **layers} if chosen.is_file() else None
     if name.startswith("trial-"):
-        number = int(name.removeprefix("trial-"))
-        (trial,) = [t for t in pareto["trials"] if t["number"] == number]
-        return ["--config", str(study_config(pareto, trial["settings"], runs / f"{name}.toml"))]
-    flags = [str(recommended) if flag == "RECOMMENDED" else flag for flag in BASELINES[name]]
-    return ["--config", str(study_config(pareto, {}, runs / "study-anchors.toml")), *flags]
+        return se.study_apply_settings(study, int(name.removeprefix("trial-")))
+    baseline = {
+        key: str(recommended) if value == "RECOMMENDED" else value for key, value in BASELINES[name].items()
+    }
+    return {**se.study_apply_settings(study), **baseline}
 
 
 # The test config's harmless sources under --harmless-limit (results written before test_harmless existed
@@ -152,20 +144,20 @@ HARMLESS_BY_LIMIT = (
 )
 
 
-def test_harmless(each: int | None, skip: int) -> tuple[list[str], str]:
-    """eval's harmless flags and their description: the test config's sources cut by --harmless-limit, or
+def test_harmless(each: int | None, skip: int) -> tuple[dict[str, Any], str]:
+    """eval's harmless settings and their description: the test config's sources cut by --harmless-limit, or
     ``each`` prompts per language from each of MultiQ gpt, MultiQ lmsys and PolyRefuse harmless val (where a
     language has them). The limit takes each language's first prompts in source order, so the config's
     sources alone give MultiQ gpt ids only."""
     if each is None:
-        return [], HARMLESS_BY_LIMIT
+        return {}, HARMLESS_BY_LIMIT
     first, last = 1 + skip, skip + each
     specs = [
         f"data/multiq/multiq.jsonl@gpt-{first}..{last},lmsys-{first}..{last}",
         f"data/polyrefuse/harmless_val_translated_*.json@{first - 1}-{last - 1}",
         f"data/polyrefuse/harmless_val_en_sample.json@{first - 1}-{last - 1}",
     ]
-    return ["--harmless", *specs, "--harmless-limit", str(3 * each)], (
+    return {"harmless": specs, "harmless_limit": 3 * each}, (
         f"MultiQ gpt-{first}..{last} and lmsys-{first}..{last} plus PolyRefuse harmless val ids {first - 1}-{last - 1} "
         "(where the language has them)"
     )
@@ -253,8 +245,7 @@ def harmful_ids_note(ids: str) -> str:
     if ids == "20-99":
         return ""
     note = "The harmful prompts are exactly those ids; --test-skip applies to the harmless prompts. "
-    selection = IdSelection(ids)
-    if any(str(number) in selection for number in range(20)):
+    if any(number < 20 for number in id_numbers(ids)):
         note = (
             "MultiJail ids 0-19 were read before the split was fixed: reported beside the clean test, not a clean "
             "test themselves. " + note
@@ -352,12 +343,14 @@ def render(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--timeout", type=int, default=None, help="seconds after which the study starts no trial")
     parser.add_argument(
-        "--tune-args", default="", help="more flags for tune, as one string (e.g. '--max-edit-layers 2')"
+        "--tune-settings",
+        default="{}",
+        help="more settings for tune, as a JSON object of option fields (e.g. '{\"max_edit_layers\": 2}')",
     )
     parser.add_argument("--test-limit", type=int, default=24, help="test prompts per language and class")
     parser.add_argument(
@@ -390,65 +383,51 @@ def main() -> None:
         "--dtype", default=None, help="eval's --dtype (tune and apply take theirs from the tune config)"
     )
     parser.add_argument("--name", default="tune-study", help="results file name in benchmarks/results/")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     runs: Path = args.runs.resolve()
-    link_shared_data()
+    need_shared_data()
     seconds: dict[str, float] = {}
     artifact = runs / "locate.safetensors"
     if not artifact.is_file():
-        seconds["locate"] = cli(
-            "locate",
-            "--config",
-            CONFIGS / "multijail-anchors-locate.toml",
-            "--limit",
-            "64",
-            "--harmless-limit",
-            "64",
-            "-o",
-            artifact,
+        config = CONFIGS / "multijail-anchors-locate.toml"
+        seconds["locate"] = step(
+            f"locate {config.name}",
+            se.locate,
+            config,
+            limit=64,
+            harmless_limit=64,
+            output=artifact,
         )
     study = runs / "tune"
-    tune_flags = [
-        "--trials",
-        str(args.trials),
-        *(["--timeout", str(args.timeout)] if args.timeout else []),
-        *shlex.split(args.tune_args),
-    ]
+    tune_settings = {"trials": args.trials, "timeout": args.timeout, **json.loads(args.tune_settings)}
     if not study.is_dir():
-        seconds["tune"] = cli(
-            "tune",
-            "--config",
-            CONFIGS / "multijail-anchors-tune.toml",
-            "--artifact",
-            artifact,
-            *tune_flags,
-            "-o",
-            study,
+        config = CONFIGS / "multijail-anchors-tune.toml"
+        seconds["tune"] = step(
+            f"tune {config.name} {tune_settings}",
+            se.tune,
+            config,
+            artifact=artifact,
+            output=study,
+            **tune_settings,
         )
     pareto = json.loads((study / "pareto.json").read_text())
-    recommended = json.loads(
-        subprocess.run(
-            [str(Path(sys.executable).with_name("sparse-edit")), "inspect", str(artifact), "--json"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )["recommended_layer"]
+    recommended = se.LocateArtifact.load(artifact).recommended_layer
+    if recommended is None:
+        raise SystemExit(f"{artifact} recommends no layer: the paper baseline has none to edit")
     results: dict[str, Any] = {}
     base_report: Path | None = None
-    harmless_flags, harmless_description = test_harmless(args.test_harmless_each, args.test_skip)
+    harmless_settings, harmless_description = test_harmless(args.test_harmless_each, args.test_skip)
     for entry in edit_names(args.edits, pareto):
         name, _, written = entry.partition("=")
         edited = (ROOT / written).resolve() if written else runs / f"edit-{name}"
         if written and not edited.is_dir():
             raise SystemExit(f"--edits {entry}: {edited} is not an edited checkpoint folder")
         if not edited.is_dir():
-            config_args = edit_args(name, pareto, study, recommended, runs)
-            if config_args is None:
+            settings = edit_settings(name, study, recommended)
+            if settings is None:
                 print(f"{name}: no such edit in this study (no trial qualified?)", flush=True)
                 continue
-            seconds[f"apply-{name}"] = cli("apply", *config_args, "-o", edited)
+            seconds[f"apply-{name}"] = step(f"apply {name}", se.apply_edit, output=edited, **settings)
         # The first edit's report holds the base model's replies too; the others are paired with them.
         report = runs / (
             f"test-{name}"
@@ -458,28 +437,24 @@ def main() -> None:
         )
         base_report = base_report or report
         if not report.is_dir():
-            with_base = ["--base", MODEL] if report == base_report else []
-            seconds[f"eval-{name}"] = cli(
-                "eval",
-                "--config",
-                CONFIGS / "multijail-test-eval.toml",
-                "--model",
-                edited,
-                *with_base,
-                "--limit",
-                str(args.test_limit),
-                *(harmless_flags or ["--harmless-limit", str(args.test_limit)]),
-                *(["--skip", str(args.test_skip)] if args.test_skip and not args.test_harmful_ids else []),
-                *(["--harmless-skip", str(args.test_skip)] if args.test_skip and not harmless_flags else []),
-                *(
-                    ["--harmful", f"data/multijail/MultiJail.csv@{args.test_harmful_ids}"]
-                    if args.test_harmful_ids
-                    else []
-                ),
-                *(["--dtype", args.dtype] if args.dtype else []),
-                "-o",
-                report,
-            )
+            test: dict[str, Any] = {
+                "model": edited,
+                "base": MODEL if report == base_report else None,
+                "limit": args.test_limit,
+                "harmless_limit": args.test_limit,
+                **harmless_settings,
+                "output": report,
+            }
+            if args.test_skip:
+                test["skip" if not args.test_harmful_ids else "harmless_skip"] = args.test_skip
+                if not harmless_settings:
+                    test["harmless_skip"] = args.test_skip
+            if args.test_harmful_ids:
+                test["harmful"] = [f"data/multijail/MultiJail.csv@{args.test_harmful_ids}"]
+            if args.dtype:
+                test["dtype"] = args.dtype
+            config = CONFIGS / "multijail-test-eval.toml"
+            seconds[f"eval-{name}"] = step(f"eval {name}", se.evaluate, config, **test)
         manifest = json.loads((edited / "sparse_edit" / "manifest.json").read_text())
         results[name] = {
             "edit": {k: manifest[k] for k in ("strategy", "layers", "changed_parameters", "changed_fraction")},
@@ -498,14 +473,14 @@ def main() -> None:
             results[name]["test_kl_harmless"] = json.loads((report / "report.json").read_text())["summary"][
                 "kl_harmless"
             ]
-    shutil.copyfile(study / "pareto.md", ROOT / "benchmarks" / "results" / f"{args.name}-pareto.md")
+    shutil.copyfile(study / "pareto.md", RESULTS / f"{args.name}-pareto.md")
     path = save(
         args.name,
         {
             "model": MODEL,
             "eval_dtype": args.dtype or "auto",
             "name": args.name,
-            "command": " ".join(["python benchmarks/tune_study.py", *sys.argv[1:]]),
+            "command": " ".join(["python benchmarks/tune_study.py", *(sys.argv[1:] if argv is None else argv)]),
             "runs": str(runs.relative_to(ROOT)) if runs.is_relative_to(ROOT) else str(runs),
             "seconds": seconds,
             "study": {
@@ -520,7 +495,7 @@ def main() -> None:
             "dev_test_agreement": agreement(results),
         },
     )
-    (ROOT / "benchmarks" / "results" / f"{args.name}.md").write_text(render(json.loads(path.read_text())))
+    (RESULTS / f"{args.name}.md").write_text(render(json.loads(path.read_text())))
     print(f"wrote {path} and {args.name}.md")
 
 

@@ -15,38 +15,60 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sparse_edit.api import apply_edit, evaluate, locate, revert, tune, verify
+from sparse_edit.api import (
+    apply_edit,
+    evaluate,
+    gguf_file,
+    locate,
+    model_folder,
+    revert,
+    study_apply_settings,
+    tune,
+    verify,
+)
 from sparse_edit.version import __version__
 
 if TYPE_CHECKING:
     from sparse_edit.edit.run import EditResult
     from sparse_edit.edit.verify import VerifyReport
     from sparse_edit.evaluation.run import EvalResult
+    from sparse_edit.measure.judge import KeywordJudge
+    from sparse_edit.measure.statistics import mcnemar, wilson
     from sparse_edit.neurons.artifact import LocateArtifact
     from sparse_edit.tuning.study import TuneResult
 
-# Result types, imported on first use so that ``import sparse_edit`` does not load torch.
+# Result types and the measuring tools a report is built with (the keyword judge, the interval and the
+# paired test), imported on first use so that ``import sparse_edit`` does not load torch.
 _LAZY = {
     "EditResult": "sparse_edit.edit.run",
     "EvalResult": "sparse_edit.evaluation.run",
+    "KeywordJudge": "sparse_edit.measure.judge",
     "LocateArtifact": "sparse_edit.neurons.artifact",
     "TuneResult": "sparse_edit.tuning.study",
     "VerifyReport": "sparse_edit.edit.verify",
+    "mcnemar": "sparse_edit.measure.statistics",
+    "wilson": "sparse_edit.measure.statistics",
 }
 
 __all__ = [
     "EditResult",
     "EvalResult",
+    "KeywordJudge",
     "LocateArtifact",
     "TuneResult",
     "VerifyReport",
     "__version__",
     "apply_edit",
     "evaluate",
+    "gguf_file",
     "locate",
+    "mcnemar",
+    "model_folder",
     "revert",
+    "study_apply_settings",
     "tune",
     "verify",
+    "wilson",
 ]
 
 

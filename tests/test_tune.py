@@ -278,7 +278,10 @@ def test_every_searchable_setting_is_a_setting_its_strategy_reads():
         strategy = strategies.get(name)
         assert strategy.search_space, f"{name} declares nothing to search"
         for tunable in strategy.search_space:
-            assert tunable.field in strategy.settings and tunable.field in ApplyOptions.model_fields
+            assert (
+                tunable.field in strategy.settings_model.model_fields
+                and tunable.field in ApplyOptions.model_fields
+            )
             values = tunable.choices or (tunable.low, tunable.high)
             for value in values:  # every end of the range is a valid value of the field
                 ApplyOptions.model_validate(

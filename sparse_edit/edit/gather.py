@@ -101,7 +101,7 @@ def gather(
                 "for the refusal direction"
             )
         # A pass of their own: reading these rows off the harmless pass instead (all layers' hidden states
-        # for every harmless prompt) was measured no faster (benchmarks/bench_apply_passes.py).
+        # for every harmless prompt) was measured no faster (benchmarks/results/apply-passes.json).
         ref_safe = run(
             anchors.ref_safe_train,
             FeatureRequest(layers, ["residual"], {}, options.positions),

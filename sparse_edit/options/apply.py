@@ -9,13 +9,15 @@ from pydantic import Field, field_validator, model_validator
 
 from sparse_edit.options.model import ModelOptions
 from sparse_edit.options.prompts import PromptOptions
-
-NeuronChoice = Literal["low-union", "low-only", "reference", "all"]
-DetectorMode = Literal["refuse", "release"]
+from sparse_edit.options.strategies import DetectorOptions, OutputOptions, PaperOptions
 
 
-class ApplyOptions(ModelOptions, PromptOptions):
-    """``sparse-edit apply``: compute the closed-form edit and write the edited checkpoint."""
+class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, PromptOptions):
+    """``sparse-edit apply``: compute the closed-form edit and write the edited checkpoint.
+
+    Each strategy's own settings come from its model in ``options.strategies`` (the strategy reads them
+    through it); the fields here are the ones every strategy shares: layers, anchors, dev split.
+    """
 
     artifact: Path = Field(description="Locate artifact (.safetensors) made for this model.")
     allow_other_weights: bool = Field(
@@ -34,7 +36,7 @@ class ApplyOptions(ModelOptions, PromptOptions):
         "direction only when it fires. Several (paper,output,detector) are compared on the dev split, like "
         "layers. A chain (paper+detector) solves each part in turn, the later on features with the earlier "
         "edits applied; the parts share the flags they read. The defaults of strategy, --layer, --gamma and "
-        "--proj are the configuration sparse-edit tune chose on the measured model (docs/results/tune-study.md); "
+        "--proj are a configuration sparse-edit tune chose on a small instruct model; "
         "tune your own model for its best.",
     )
     layer: str = Field(
@@ -49,73 +51,12 @@ class ApplyOptions(ModelOptions, PromptOptions):
         description="Layers tried by --layer auto, which naming them implies unless --layer is given (default: the "
         "recommended layer and 4 layers from L/3 to L-2).",
     )
-    output_neurons: NeuronChoice = Field(
-        "low-union",
-        description="output strategy: edit the columns of the union of the low-resource languages' safety neurons "
-        "(low-union), that union without the reference language's set (low-only), the reference language's set, "
-        "or all neurons.",
-    )
     neuron_score: Literal["contrast", "attribution"] = Field(
         "contrast",
         description="How edited neurons are chosen. contrast: the locate artifact's safety-neuron sets (harmful vs "
         "harmless z / Cohen's d). attribution: the same number of neurons per layer, ranked by attribution "
         "patching (gap to the reference-language activation x gradient of the refusal log-odds) on the training "
         "anchors; costs one backward pass per anchor batch.",
-    )
-    max_edit_neurons: int | None = Field(
-        512, ge=1, description="output strategy: at most this many columns per layer (strongest mean Cohen's d)."
-    )
-    gain: float = Field(
-        16.0,
-        gt=0,
-        description="output and detector strategies: multiple of the refusal-projection gap to aim for. The fit "
-        "reaches only part of it, so the default is large; lower it to trade attack-success reduction for less "
-        "over-refusal.",
-    )
-    detector_margin: float = Field(
-        1.0,
-        gt=0,
-        description="detector strategy: harmless rows are fitted to a score of -margin (harmful ones to +1); "
-        "larger values make the detector fire on fewer prompts of either kind.",
-    )
-    detector_mode: DetectorMode = Field(
-        "refuse",
-        description="detector strategy: refuse (harmful prompts' last tokens fire it; it adds the refusal "
-        "direction, raising them to the reference harmful level) or release (harmless prompts' last tokens fire "
-        "it; it subtracts the refusal direction, lowering them to the reference harmless level: applied after "
-        "another edit, it takes back that edit's push on benign prompts).",
-    )
-    detector_sharpness: float = Field(
-        8.0,
-        gt=0,
-        description="detector strategy: the gate row is this multiple of the detector, so the neuron's response "
-        "act(k s) s is near 0 for negative scores s (a larger k is a harder threshold).",
-    )
-    detector_neurons: Literal["one", "per-language"] = Field(
-        "one",
-        description="detector strategy: one neuron with one probe fitted on every low-resource language, or one "
-        "neuron per low-resource language, each probe fitted on that language's harmful anchors against all harmless "
-        "ones, their output scales fitted jointly and kept non-negative (refuse mode only).",
-    )
-    output_gamma: float = Field(
-        100.0,
-        gt=0,
-        description="output strategy: its own harmless weight (its keys are neuron activations, which harmless "
-        "prompts share more; smaller values leak onto harmless prompts).",
-    )
-    harmless_tail_weight: float = Field(
-        1.0,
-        ge=0,
-        description="output strategy: also fit the harmless prompts' last --positions tokens to no shift, with "
-        "this total weight relative to the harmful rows (0 = off). The template tail is alike for every prompt, "
-        "so without it the edit pushes harmless prompts toward refusal too.",
-    )
-    reference_weight: float = Field(
-        0.0,
-        ge=0,
-        description="output strategy: also fit the reference language's harmful prompts to no shift, with this "
-        "total weight relative to the low-resource harmful rows (0 = off). That language already refuses; the "
-        "rows teach the edit to leave its prompts, harmful or harmless, where they are.",
     )
     positions: int = Field(
         1,
@@ -134,17 +75,6 @@ class ApplyOptions(ModelOptions, PromptOptions):
         description="Also measure each candidate's patching ceiling: refusal gain when the edited neurons' "
         "activations of low-resource prompts are replaced by those of the parallel reference prompts.",
     )
-    proj: Literal["gate", "gate,up"] = Field(
-        "gate", description="Edit gate_proj rows only, or gate_proj and up_proj rows (same solve, two targets)."
-    )
-    nullspace: Literal["soft", "hard"] = Field(
-        "soft",
-        description="soft: penalise change on harmless inputs (gamma); hard: solve only inside the directions "
-        "harmless inputs barely use (relative eigenvalue threshold).",
-    )
-    nullspace_threshold: float = Field(
-        1e-3, gt=0, lt=1, description="hard null space: keep eigen-directions below this fraction of the largest."
-    )
     target: Literal["parallel", "class-mean"] = Field(
         "parallel",
         description="parallel: move each low-resource prompt to its reference-language translation (same id); "
@@ -154,19 +84,6 @@ class ApplyOptions(ModelOptions, PromptOptions):
         None,
         description="Languages whose harmful prompts form X_low (default: every language except the reference).",
     )
-    neuron_lang: str | None = Field(
-        None, description="Whose safety-neuron set to edit (default: the reference language's)."
-    )
-    gamma: float = Field(
-        0.15,
-        gt=0,
-        description="paper strategy: weight of the harmless (null-space) term, normalised per token; larger "
-        "keeps harmless inputs closer to unchanged.",
-    )
-    lam: float = Field(
-        1e-2, gt=0, description="Ridge weight, relative to the mean squared key norm per dimension."
-    )
-    rank: int = Field(32, ge=1, description="Maximum rank of the update.")
     dev_fraction: float = Field(
         0.2,
         ge=0,

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sparse_edit.errors import SparseEditError, reading
 
+T = TypeVar("T", bound="Options")
+
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -20,8 +22,10 @@ class Options(BaseModel):
         assert description, f"{cls.__name__}.{field} needs a description"
         return description
 
-
-T = TypeVar("T", bound=Options)
+    @classmethod
+    def of(cls: type[T], options: Options) -> T:
+        """This model's fields read off a command's options, which hold the fields of every part they are made of."""
+        return cls.model_validate({name: getattr(options, name) for name in cls.model_fields})
 
 
 def read_config(config_file: Path | None) -> dict[str, Any]:

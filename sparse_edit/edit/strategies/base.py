@@ -15,6 +15,7 @@ import torch
 from sparse_edit.edit.delta import SliceEdit
 from sparse_edit.edit.solver import EditProblem, fit_ratio, leak_ratio
 from sparse_edit.model.features import Site
+from sparse_edit.options import Options
 
 if TYPE_CHECKING:
     from sparse_edit.edit.layer_data import LayerData
@@ -73,9 +74,9 @@ class Strategy(ABC):
     summary: ClassVar[str]
     # The key site whose harmless Gram is stored in the delta for verify's leak check (None: no check).
     gram_site: ClassVar[Site | None]
-    # The ApplyOptions fields this strategy reads beyond the shared ones.
-    settings: ClassVar[tuple[str, ...]] = ()
-    # What ``sparse-edit tune`` searches for this strategy (every field is one of ``settings``).
+    # The strategy's own settings (a part of ApplyOptions): its solve reads them through this model.
+    settings_model: ClassVar[type[Options]] = Options  # no settings of its own
+    # What ``sparse-edit tune`` searches for this strategy (every field is one of ``settings_model``'s).
     search_space: ClassVar[tuple[Tunable, ...]] = ()
 
     @abstractmethod

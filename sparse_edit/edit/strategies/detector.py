@@ -33,7 +33,7 @@ from sparse_edit.edit.strategies.detector_math import (
 )
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
-from sparse_edit.options import ApplyOptions, DetectorMode
+from sparse_edit.options import ApplyOptions, DetectorMode, DetectorOptions
 
 if TYPE_CHECKING:
     from sparse_edit.edit.layer_data import LayerData
@@ -46,7 +46,7 @@ class DetectorStrategy(Strategy):
         "the refusal direction only when it fires (gate, up and down of the neuron; gated MLPs only)"
     )
     gram_site = None  # rewritten neurons: no leak of a low-rank update to recompute
-    settings = ("gain", "detector_margin", "detector_mode", "detector_sharpness", "detector_neurons")
+    settings_model = DetectorOptions
     search_space = (
         Tunable("gain", 0.25, 16.0, log=True),
         Tunable("detector_margin", 0.25, 4.0, log=True),
@@ -60,27 +60,27 @@ class DetectorStrategy(Strategy):
             harmless_tail_rows=True,
             harmless_moments=("mlp_input", "neurons"),
             # release fits harmless prompts' refusal projections
-            harmless_residual_rows=options.detector_mode == "release",
+            harmless_residual_rows=DetectorOptions.of(options).detector_mode == "release",
         )
 
     def check(self, checkpoint: Checkpoint) -> None:
         detector_activation(checkpoint)
 
     def solve(self, job: SolveJob) -> tuple[list[SliceEdit], dict[str, Any]]:
-        options = job.options
-        if options.detector_neurons == "per-language" and options.detector_mode != "refuse":
+        own = DetectorOptions.of(job.options)
+        if own.detector_neurons == "per-language" and own.detector_mode != "refuse":
             raise SparseEditError("--detector-neurons per-language works in --detector-mode refuse only")
         return detector_candidate(
             job.layer,
             job.checkpoint,
             job.data,
             DetectorSettings(
-                options.gain,
-                options.detector_margin,
-                options.detector_sharpness,
-                options.lam,
-                options.detector_mode,
-                options.detector_neurons == "per-language",
+                own.gain,
+                own.detector_margin,
+                own.detector_sharpness,
+                own.lam,
+                own.detector_mode,
+                own.detector_neurons == "per-language",
             ),
             job.share,
             job.avoid,

@@ -28,7 +28,7 @@ from sparse_edit.edit.strategies.base import (
 )
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.neurons.artifact import LocateArtifact
-from sparse_edit.options import ApplyOptions, NeuronChoice
+from sparse_edit.options import ApplyOptions, NeuronChoice, OutputOptions
 
 if TYPE_CHECKING:
     from sparse_edit.edit.layer_data import LayerData
@@ -41,14 +41,7 @@ class OutputStrategy(Strategy):
         "low-resource harmful prompts to the reference level (× gain), harmless tail rows held still"
     )
     gram_site = "neurons"
-    settings = (
-        "output_neurons",
-        "max_edit_neurons",
-        "gain",
-        "output_gamma",
-        "harmless_tail_weight",
-        "reference_weight",
-    )
+    settings_model = OutputOptions
     search_space = (
         Tunable("gain", 1.0, 32.0, log=True),
         Tunable("max_edit_neurons", choices=(128, 512)),
@@ -63,26 +56,25 @@ class OutputStrategy(Strategy):
     def neurons(
         self, artifact: LocateArtifact, layer: int, options: ApplyOptions, low_langs: list[str]
     ) -> torch.Tensor:
+        own = OutputOptions.of(options)
         return edit_neurons(
-            artifact, layer, options.output_neurons, options.reference_lang, low_langs, options.max_edit_neurons
+            artifact, layer, own.output_neurons, options.reference_lang, low_langs, own.max_edit_neurons
         )
 
     def solve(self, job: SolveJob) -> tuple[list[SliceEdit], dict[str, Any]]:
         assert job.neurons is not None
-        options = job.options
-        settings = SolveSettings(
-            options.output_gamma, options.lam, options.rank, options.nullspace, options.nullspace_threshold
-        )
+        own = OutputOptions.of(job.options)
+        settings = SolveSettings(own.output_gamma, own.lam, own.rank, own.nullspace, own.nullspace_threshold)
         return output_candidate(
             job.layer,
             job.neurons,
             job.checkpoint,
             job.data,
             settings,
-            options.gain,
+            own.gain,
             job.share,
-            options.harmless_tail_weight,
-            options.reference_weight,
+            own.harmless_tail_weight,
+            own.reference_weight,
         )
 
 

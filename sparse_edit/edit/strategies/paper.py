@@ -25,7 +25,7 @@ from sparse_edit.edit.strategies.base import (
 )
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.neurons.artifact import LocateArtifact
-from sparse_edit.options import ApplyOptions
+from sparse_edit.options import ApplyOptions, PaperOptions
 
 if TYPE_CHECKING:
     from sparse_edit.edit.layer_data import LayerData
@@ -38,7 +38,7 @@ class PaperStrategy(Strategy):
         "inputs to the reference-language pre-activation"
     )
     gram_site = "mlp_input"
-    settings = ("neuron_lang", "proj", "target", "gamma")
+    settings_model = PaperOptions
     search_space = (Tunable("gamma", 0.1, 10.0, log=True), Tunable("proj", choices=("gate", "gate,up")))
 
     def needs(self, options: ApplyOptions) -> FeatureNeeds:
@@ -47,15 +47,13 @@ class PaperStrategy(Strategy):
     def neurons(
         self, artifact: LocateArtifact, layer: int, options: ApplyOptions, low_langs: list[str]
     ) -> torch.Tensor:
-        return artifact.neuron_set(options.neuron_lang or options.reference_lang, layer)
+        return artifact.neuron_set(PaperOptions.of(options).neuron_lang or options.reference_lang, layer)
 
     def solve(self, job: SolveJob) -> tuple[list[SliceEdit], dict[str, Any]]:
         assert job.neurons is not None
-        options = job.options
-        projections: list[Projection] = ["gate", "up"] if options.proj == "gate,up" else ["gate"]
-        settings = SolveSettings(
-            options.gamma, options.lam, options.rank, options.nullspace, options.nullspace_threshold
-        )
+        own = PaperOptions.of(job.options)
+        projections: list[Projection] = ["gate", "up"] if own.proj == "gate,up" else ["gate"]
+        settings = SolveSettings(own.gamma, own.lam, own.rank, own.nullspace, own.nullspace_threshold)
         return paper_candidate(job.layer, job.neurons, job.checkpoint, projections, job.data, settings, job.share)
 
 

@@ -1,0 +1,133 @@
+"""Each strategy's own settings: one options model per strategy, the fields its solve reads.
+
+A strategy names its model (``Strategy.settings_model``) and reads its settings through it
+(``PaperOptions.of(options)``), so its solve takes what it reads and nothing else. The models live
+here, not beside the strategies, because ``ApplyOptions`` is their union (every field stays one flag
+and one TOML key) and options must not import the strategies' torch code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from sparse_edit.options.base import Options
+
+NeuronChoice = Literal["low-union", "low-only", "reference", "all"]
+DetectorMode = Literal["refuse", "release"]
+
+
+class RidgeOptions(Options):
+    """The ridge weight every closed-form fit shares."""
+
+    lam: float = Field(
+        1e-2, gt=0, description="Ridge weight, relative to the mean squared key norm per dimension."
+    )
+
+
+class SolverOptions(RidgeOptions):
+    """The low-rank solve of the paper and output strategies."""
+
+    rank: int = Field(32, ge=1, description="Maximum rank of the update.")
+    nullspace: Literal["soft", "hard"] = Field(
+        "soft",
+        description="soft: penalise change on harmless inputs (gamma); hard: solve only inside the directions "
+        "harmless inputs barely use (relative eigenvalue threshold).",
+    )
+    nullspace_threshold: float = Field(
+        1e-3, gt=0, lt=1, description="hard null space: keep eigen-directions below this fraction of the largest."
+    )
+
+
+class GainOptions(Options):
+    """How far past the reference level the output and detector strategies aim."""
+
+    gain: float = Field(
+        16.0,
+        gt=0,
+        description="output and detector strategies: multiple of the refusal-projection gap to aim for. The fit "
+        "reaches only part of it, so the default is large; lower it to trade attack-success reduction for less "
+        "over-refusal.",
+    )
+
+
+class PaperOptions(SolverOptions):
+    """``paper``: the published edit of the safety neurons' input rows."""
+
+    neuron_lang: str | None = Field(
+        None, description="Whose safety-neuron set to edit (default: the reference language's)."
+    )
+    proj: Literal["gate", "gate,up"] = Field(
+        "gate", description="Edit gate_proj rows only, or gate_proj and up_proj rows (same solve, two targets)."
+    )
+    gamma: float = Field(
+        0.15,
+        gt=0,
+        description="paper strategy: weight of the harmless (null-space) term, normalised per token; larger "
+        "keeps harmless inputs closer to unchanged.",
+    )
+
+
+class OutputOptions(SolverOptions, GainOptions):
+    """``output``: down_proj columns of a neuron set."""
+
+    output_neurons: NeuronChoice = Field(
+        "low-union",
+        description="output strategy: edit the columns of the union of the low-resource languages' safety neurons "
+        "(low-union), that union without the reference language's set (low-only), the reference language's set, "
+        "or all neurons.",
+    )
+    max_edit_neurons: int | None = Field(
+        512, ge=1, description="output strategy: at most this many columns per layer (strongest mean Cohen's d)."
+    )
+    output_gamma: float = Field(
+        100.0,
+        gt=0,
+        description="output strategy: its own harmless weight (its keys are neuron activations, which harmless "
+        "prompts share more; smaller values leak onto harmless prompts).",
+    )
+    harmless_tail_weight: float = Field(
+        1.0,
+        ge=0,
+        description="output strategy: also fit the harmless prompts' last --positions tokens to no shift, with "
+        "this total weight relative to the harmful rows (0 = off). The template tail is alike for every prompt, "
+        "so without it the edit pushes harmless prompts toward refusal too.",
+    )
+    reference_weight: float = Field(
+        0.0,
+        ge=0,
+        description="output strategy: also fit the reference language's harmful prompts to no shift, with this "
+        "total weight relative to the low-resource harmful rows (0 = off). That language already refuses; the "
+        "rows teach the edit to leave its prompts, harmful or harmless, where they are.",
+    )
+
+
+class DetectorOptions(RidgeOptions, GainOptions):
+    """``detector``: one neuron rewritten as a thresholded harmfulness detector."""
+
+    detector_margin: float = Field(
+        1.0,
+        gt=0,
+        description="detector strategy: harmless rows are fitted to a score of -margin (harmful ones to +1); "
+        "larger values make the detector fire on fewer prompts of either kind.",
+    )
+    detector_mode: DetectorMode = Field(
+        "refuse",
+        description="detector strategy: refuse (harmful prompts' last tokens fire it; it adds the refusal "
+        "direction, raising them to the reference harmful level) or release (harmless prompts' last tokens fire "
+        "it; it subtracts the refusal direction, lowering them to the reference harmless level: applied after "
+        "another edit, it takes back that edit's push on benign prompts).",
+    )
+    detector_sharpness: float = Field(
+        8.0,
+        gt=0,
+        description="detector strategy: the gate row is this multiple of the detector, so the neuron's response "
+        "act(k s) s is near 0 for negative scores s (a larger k is a harder threshold).",
+    )
+    detector_neurons: Literal["one", "per-language"] = Field(
+        "one",
+        description="detector strategy: one neuron with one probe fitted on every low-resource language, or one "
+        "neuron per low-resource language, each probe fitted on that language's harmful anchors against all harmless "
+        "ones, their output scales fitted jointly and kept non-negative (refuse mode only).",
+    )
