@@ -67,7 +67,13 @@ def main(root: Path) -> dict[str, object]:
         if family in TUNED:
             study = root / f"{family}-tune"
             se.tune(
-                artifact=artifact, trials=3, reply_tokens=4, dev_fraction=0.3, max_newly_answered=1.0, output=study
+                artifact=artifact,
+                trials=3,
+                reply_tokens=4,
+                dev_fraction=0.3,
+                max_newly_answered=1.0,
+                max_changed_share=1.0,
+                output=study,
             )
             # The study's timings differ run to run: the apply configs it writes are what must not change.
             hashes[f"{family}/tune"] = {
