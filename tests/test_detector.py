@@ -188,3 +188,32 @@ def test_per_language_detector_refuses_release_mode(located, tmp_path):
     args = detector_args(artifact, out, "--detector-neurons", "per-language", "--detector-mode", "release")
     result = run_cli(*args, code=2)
     assert "--detector-mode refuse only" in result.output and not out.exists()
+
+
+def test_a_quiet_reference_probe_fires_on_low_resource_harmful_rows_only():
+    harmful, harmless, tokens = clusters()
+    language = torch.zeros(harmful.shape[1])
+    language[3] = 2.0
+    reference = harmful + language  # the same requests, in the reference language's own region
+    gram, total = tokens.T.double() @ tokens.double(), tokens.sum(0)
+    fire = fit_detector(torch.cat([harmful, reference]), harmless, gram, total, len(tokens), 1.0, 1e-3)
+    quiet = fit_detector(harmful, torch.cat([harmless, reference]), gram, total, len(tokens), 1.0, 1e-3)
+    assert (reference.double() @ fire > 0).double().mean() > 0.95  # fire: English harmful prompts fire it too
+    assert (reference.double() @ quiet < 0).double().mean() > 0.95  # quiet: English of either class keeps it still
+    assert (harmful.double() @ quiet > 0).double().mean() > 0.9
+    assert (harmless.double() @ quiet < 0).double().mean() > 0.95
+
+
+def test_detector_reference_quiet_keeps_the_probe_below_the_reference_rows(located, tmp_path):
+    model, artifact = located("llama")
+    fired, quiet = tmp_path / "fire", tmp_path / "quiet"
+    loud = json.loads(run_cli(*detector_args(artifact, fired), "--json").stdout)["diagnostics"]["per_layer"][0]
+    still = json.loads(run_cli(*detector_args(artifact, quiet, "--detector-reference", "quiet"), "--json").stdout)
+    row = still["diagnostics"]["per_layer"][0]
+    assert row["fires_reference_harmful_train"] <= loud["fires_reference_harmful_train"]
+    assert row["anchors_train"] < loud["anchors_train"]  # the reference rows left the positives
+    assert all(line.startswith("ok") for line in run_cli("verify", model, quiet).stdout.splitlines())
+    release = detector_args(
+        artifact, tmp_path / "r", "--detector-reference", "quiet", "--detector-mode", "release"
+    )
+    assert "--detector-mode refuse only" in run_cli(*release, code=2).output

@@ -12,9 +12,9 @@ import pytest
 
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.model.batching import Encoded
-from sparse_edit.tuning.front import Constraints, TrialRow, choose, pareto_front
+from sparse_edit.tuning.front import Choice, Constraints, TrialRow, choose, pareto_front
+from sparse_edit.tuning.outcome import DevSet, Verdicts, outcome
 from sparse_edit.tuning.study import journal_path
-from sparse_edit.tuning.trial import DevSet, Verdicts, outcome
 from tests.helpers import run_cli
 
 # A tiny model's edit changes a large share of its weights: the 0.1 % default would rule out every trial.
@@ -198,6 +198,7 @@ def row(
     broken: float = 0.0,
     changed: int = 1000,
     share: float = 0.0005,
+    **more: object,
 ) -> TrialRow:
     outcome = {
         "attack_success": asr,
@@ -207,6 +208,7 @@ def row(
         "newly_invalid_share": broken,
         "changed_parameters": changed,
         "changed_share": share,
+        **more,
     }
     return TrialRow(number, {"strategy": ["output"], "layer": "1"}, outcome, 1.0)
 
@@ -222,14 +224,14 @@ def test_choice_rule_on_a_hand_made_front():
         row(6, 0.10, 0.00, 0.01, broken=0.20),  # the lowest attack success, by breaking replies
     ]
     limits = Constraints(max_newly_answered=0.02, max_newly_invalid=0.05)
-    assert choose(rows, 0.02, 0.05, limits).number == 4
-    assert choose(rows, 0.10, 0.05, limits).number == 0
-    assert choose(rows, 0.02, 0.05, Constraints(0.2, 0.05)).number == 3
-    assert choose(rows, 0.02, 0.05, Constraints(0.02, 0.5)).number == 6
-    assert choose(rows, -0.01, 0.05, limits) is None
+    assert choose(rows, Choice(0.02, 0.05), limits).number == 4
+    assert choose(rows, Choice(0.10, 0.05), limits).number == 0
+    assert choose(rows, Choice(0.02, 0.05), Constraints(0.2, 0.05)).number == 3
+    assert choose(rows, Choice(0.02, 0.05), Constraints(0.02, 0.5)).number == 6
+    assert choose(rows, Choice(-0.01, 0.05), limits) is None
     # 1 is beaten by 4; 3 and 6 are infeasible
     assert {r.number for r in pareto_front(rows, limits)} == {0, 2, 4, 5}
-    assert limits.excess(rows[6].outcome) == pytest.approx([-0.02, 0.15, 0.0005 - 1.0])
+    assert limits.excess(rows[6].outcome) == pytest.approx([-0.02, 0.15, 0.0005 - 1.0, -1.0])
 
 
 def test_choice_rule_prefers_the_sparser_of_two_equal_edits_and_enforces_the_parameter_limit():
@@ -239,10 +241,85 @@ def test_choice_rule_prefers_the_sparser_of_two_equal_edits_and_enforces_the_par
         row(2, 0.10, 0.00, 0.001, changed=2_000_000, share=0.004),  # the best cut, over 0.1 % of the model
     ]
     limits = Constraints(max_newly_answered=0.02, max_newly_invalid=0.05, max_changed_share=0.001)
-    assert choose(rows, 0.02, 0.05, limits).number == 1
+    assert choose(rows, Choice(0.02, 0.05), limits).number == 1
     assert {r.number for r in pareto_front(rows, limits)} == {0, 1}  # 1 is larger in KL, 0 in size
     assert not rows[2].feasible(limits)
-    assert choose(rows, 0.02, 0.05, Constraints(0.02, 0.05, 0.01)).number == 2
+    assert choose(rows, Choice(0.02, 0.05), Constraints(0.02, 0.05, 0.01)).number == 2
+
+
+def test_choice_rule_does_not_prefer_a_dev_difference_smaller_than_its_standard_error():
+    rows = [
+        row(0, 0.20, 0.010, 0.01, attack_success_se=0.05),  # the lowest attack success, one harmless prompt lost
+        row(1, 0.24, 0.000, 0.01, attack_success_se=0.05),  # within one standard error of it, no harmless cost
+        row(2, 0.26, -0.01, 0.01, attack_success_se=0.05),  # cheaper still, but a real step worse
+    ]
+    limits = Constraints(max_newly_answered=0.02)
+    assert choose(rows, Choice(0.02, 0.05), limits).number == 1
+    # With no noise recorded the rule is the plain minimum.
+    exact = [row(r.number, r.outcome["attack_success"], r.outcome["over_refusal"], 0.01) for r in rows]
+    assert choose(exact, Choice(0.02, 0.05), limits).number == 0
+    # Tied on over-refusal too: better parity with the reference language, then fewer weights.
+    parity = [
+        row(0, 0.20, 0.0, 0.01, attack_success_se=0.05, parity=0.80, changed=10),
+        row(1, 0.22, 0.0, 0.01, attack_success_se=0.05, parity=0.90, changed=900),
+    ]
+    assert choose(parity, Choice(0.02, 0.05), limits).number == 1
+
+
+def test_choice_rule_holds_every_harmless_source_and_kind_to_the_limit():
+    groups_ok = {"multiq.jsonl": 0.0, "xstest-harmless-anchor.jsonl/homonyms": 0.0}
+    one_kind_pays = {"multiq.jsonl": -0.02, "xstest-harmless-anchor.jsonl/homonyms": 0.10}
+    rows = [
+        row(0, 0.20, 0.01, 0.01, over_refusal_by_group=one_kind_pays),  # pooled +1 point hides +10 on homonyms
+        row(1, 0.30, 0.01, 0.01, over_refusal_by_group=groups_ok),
+    ]
+    limits = Constraints(max_newly_answered=0.02)
+    assert choose(rows, Choice(0.02, 0.05), limits).number == 1
+    assert choose(rows, Choice(0.02, 0.05, max_over_refusal_per_group=0.10), limits).number == 0
+
+
+def test_a_trial_that_moves_reference_language_verdicts_is_infeasible():
+    rows = [row(0, 0.10, 0.0, 0.01, reference_changed_share=0.05), row(1, 0.30, 0.0, 0.01)]
+    strict = Constraints(max_newly_answered=0.02, max_reference_change=0.02)
+    assert not rows[0].feasible(strict) and rows[1].feasible(strict)
+    assert choose(rows, Choice(0.02, 0.05), strict).number == 1
+    assert {r.number for r in pareto_front(rows, strict)} == {1}
+    assert choose(rows, Choice(0.02, 0.05), Constraints(0.02, max_reference_change=0.1)).number == 0
+
+
+def test_outcome_measures_parity_reference_change_and_each_source_and_kind():
+    def item(lang: str, i: int, label: str = "harmful", source: str = "", kind: str = "") -> Encoded:
+        return Encoded(Prompt(str(i), lang, "text", label, source, kind), (1, 2, 3), False)  # type: ignore[arg-type]
+
+    harmful = [item("en", 0), item("en", 1), item("th", 0), item("th", 1)]
+    harmless = [
+        item("en", 5, "harmless", "q.jsonl"),
+        item("th", 5, "harmless", "q.jsonl"),
+        item("th", 6, "harmless", "x.jsonl", "homonyms"),
+        item("th", 7, "harmless", "x.jsonl", "homonyms"),
+    ]
+    dev = DevSet(harmful, harmless, ("th",), "en")
+    # English refuses harmful 0 and answers harmful 1 (a look-alike) and the harmless prompt.
+    base = Verdicts(("refusal", "compliance", "compliance", "compliance"), ("compliance",) * 4)
+    edited = Verdicts(
+        ("refusal", "compliance", "refusal", "refusal"), ("compliance", "compliance", "refusal", "compliance")
+    )
+    result = outcome(dev, base, edited, kl=0.0, changed_parameters=1)
+    # Pairs: th harmful 0 (English refuses), th harmful 1 (English answers), th harmless 5 (English answers).
+    assert result.parity_pairs == 3
+    assert result.parity_base == pytest.approx(2 / 3)  # th 0 answered where English refuses
+    assert result.parity == pytest.approx(2 / 3)  # th 0 now refused, but th 1 refused where English answers
+    assert result.parity_miss == pytest.approx(1 / 3)
+    assert result.over_refusal_by_group == {"q.jsonl": 0.0, "x.jsonl/homonyms": 0.5}
+    assert result.group_sizes == {"q.jsonl": 2, "x.jsonl/homonyms": 2}
+    assert (result.reference_refusals_gained, result.reference_refusals_lost) == (0, 0)
+    moved = Verdicts(
+        ("compliance", "refusal", "refusal", "refusal"), ("refusal", "compliance", "compliance", "compliance")
+    )
+    shifted = outcome(dev, base, moved, kl=0.0, changed_parameters=1)
+    assert (shifted.reference_refusals_gained, shifted.reference_refusals_lost) == (2, 1)
+    assert shifted.reference_changed_share == pytest.approx(3 / 3)
+    assert result.attack_success_se > 0
 
 
 def test_outcome_counts_newly_answered_and_pools_over_refusal():

@@ -17,6 +17,7 @@ A source string may be a glob pattern, and may end in ``:LANG`` to set the langu
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import hashlib
 import json
@@ -44,6 +45,15 @@ class Prompt:
     lang: str
     text: str
     label: Label
+    # Which source spec it came from (its file name and selection, e.g. ``multiq.jsonl@gpt-51..100``) and the
+    # row's ``kind`` where a .jsonl row names one: the groups tune constrains over-refusal in one by one.
+    source: str = ""
+    kind: str = ""
+
+    @property
+    def group(self) -> str:
+        """``source`` or ``source/kind``: the prompts whose over-refusal is counted together."""
+        return f"{self.source}/{self.kind}" if self.kind else self.source
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,8 @@ def _read_jsonl(path: Path, label: Label) -> list[Prompt]:
             row_label = _label_of(row.get("label"), where, label)
             if row_label != label:
                 continue
-            prompts.append(Prompt(str(row["id"]), lang, text, label))
+            kind = row.get("kind")
+            prompts.append(Prompt(str(row["id"]), lang, text, label, kind=str(kind) if kind else ""))
     return prompts
 
 
@@ -184,7 +195,14 @@ def load_source(spec: str, label: Label, flag: str) -> LoadedSource:
             if not loaded:
                 raise SparseEditError(f"{flag}: {path}: no {label} prompt has an id in @{ids.text}")
         prompts.extend(loaded)
-    return LoadedSource(spec, tuple(files), digest.hexdigest(), tuple(prompts))
+    name = source_name(spec)
+    tagged = tuple(dataclasses.replace(prompt, source=name) for prompt in prompts)
+    return LoadedSource(spec, tuple(files), digest.hexdigest(), tagged)
+
+
+def source_name(spec: str) -> str:
+    """A source spec without its folders: ``data/multiq/multiq.jsonl@gpt-1..50`` -> ``multiq.jsonl@gpt-1..50``."""
+    return spec.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def _read_file(path: Path, spec: str, langs: list[str] | None, label: Label, flag: str) -> list[Prompt]:

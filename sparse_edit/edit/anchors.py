@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields, replace
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt, load_sources
 from sparse_edit.data.selection import prepare_prompts
+from sparse_edit.edit.anchor_prompts import AnchorPrompts
+from sparse_edit.edit.reference_labels import reference_verdicts, relabel
 from sparse_edit.errors import SparseEditError
 from sparse_edit.model.batching import Encoded, encode_prompts
 from sparse_edit.model.generation import generate_replies
@@ -50,20 +52,6 @@ def _cap_per_language(prompts: list[Prompt], limit: int) -> list[Prompt]:
     return kept
 
 
-@dataclass
-class AnchorPrompts:
-    """The prompts of each role, chosen from the prompt files alone: every check on them runs before the model
-    is loaded."""
-
-    low_train: list[Prompt]
-    ref_train: list[Prompt]
-    safe_train: list[Prompt]
-    ref_safe_train: list[Prompt]
-    low_dev: list[Prompt]
-    ref_dev: list[Prompt]
-    safe_dev: list[Prompt]
-
-
 def select_anchor_prompts(options: ApplyOptions, low_langs: list[str], reporter: Reporter) -> AnchorPrompts:
     """Load the prompt sources and split them by id into train and dev for each role."""
     sets = prepare_prompts(options, reporter)
@@ -99,6 +87,16 @@ def build_anchors(
 ) -> Anchors:
     """The anchors by role, encoded; with ``replies`` False the model's replies (--harmless-reply-tokens) are left
     for ``add_replies``, so a caller can say what generating them will cost first."""
+    if options.anchor_labels == "reference-verdict":
+        verdicts = reference_verdicts(loaded, prompts, options, reporter)
+        prompts, moved = relabel(prompts, verdicts, options.reference_lang)
+        reporter.info(
+            f"anchors labelled by the model's {options.reference_lang} verdicts: "
+            f"{moved['harmful_ids_answered_in_reference']} harmful ids answered in {options.reference_lang} "
+            f"({moved['prompts_moved_to_harmless']} prompts) are harmless anchors, "
+            f"{moved['harmless_ids_refused_in_reference']} harmless ids refused there "
+            f"({moved['harmless_prompts_left_out']} prompts) are left out"
+        )
     roles = {
         role.name: encode_prompts(
             loaded.tokenizer, getattr(prompts, role.name), options.system_prompt, options.max_length

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from sparse_edit.console import Reporter
-from sparse_edit.edit.anchors import AnchorPrompts, Anchors, add_replies, build_anchors, select_anchor_prompts
+from sparse_edit.edit.anchor_prompts import AnchorPrompts
+from sparse_edit.edit.anchors import Anchors, add_replies, build_anchors, select_anchor_prompts
 from sparse_edit.edit.candidates import Candidate, build_candidates, storage_for
 from sparse_edit.edit.delta import EditDelta, write_back
 from sparse_edit.edit.estimate import count_work, describe, time_first_batch

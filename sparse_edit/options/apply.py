@@ -70,6 +70,17 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
         "each) among the harmless tokens every strategy keeps unchanged (the Gram, the detector's negatives): "
         "an edit then also stays quiet while the model answers, not only while it reads. 0 = prompts only.",
     )
+    anchor_labels: Literal["dataset", "reference-verdict"] = Field(
+        "dataset",
+        description="How anchor and dev prompts get their class. dataset: the prompt files' labels. "
+        "reference-verdict: the model's own verdict on the reference-language version (same class and id): a "
+        "harmful prompt it answers there becomes a harmless anchor in every language (the edit keeps it "
+        "answered), a harmless one it refuses there is left out. Costs one greedy reply per reference prompt "
+        "(--reference-verdict-tokens).",
+    )
+    reference_verdict_tokens: int = Field(
+        24, ge=1, description="--anchor-labels reference-verdict: tokens of each judged reference-language reply."
+    )
     ceiling: bool = Field(
         False,
         description="Also measure each candidate's patching ceiling: refusal gain when the edited neurons' "

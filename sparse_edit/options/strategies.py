@@ -125,6 +125,13 @@ class DetectorOptions(RidgeOptions, GainOptions):
         description="detector strategy: the gate row is this multiple of the detector, so the neuron's response "
         "act(k s) s is near 0 for negative scores s (a larger k is a harder threshold).",
     )
+    detector_reference: Literal["fire", "quiet"] = Field(
+        "fire",
+        description="detector strategy, refuse mode: fire (the reference language's harmful prompts are among the "
+        "rows the probe fires on) or quiet (they join the harmless rows it stays below, so the neuron keeps still "
+        "on the reference language of either class and the reference behaviour, the one the edit copies, does "
+        "not move).",
+    )
     detector_neurons: Literal["one", "per-language"] = Field(
         "one",
         description="detector strategy: one neuron with one probe fitted on every low-resource language, or one "

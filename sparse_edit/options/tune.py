@@ -67,6 +67,21 @@ class TuneOptions(ApplyOptions):
         description="Choice rule: the largest allowed rise of the pooled dev harmless refusal rate (0.02 = 2 "
         "points).",
     )
+    max_over_refusal_per_group: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Choice rule: the largest allowed rise of the dev harmless refusal rate within any one harmless "
+        "source (a --harmless or --dev-harmless spec) and kind (a .jsonl row's kind), so that one kind of benign "
+        "prompt cannot hide its cost in the pooled figure (default: --max-over-refusal).",
+    )
+    max_reference_change: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Constraint: the largest share of reference-language dev prompts (both classes) whose verdict "
+        "the edit moves (refusals gained or lost). The reference language is the behaviour the edit copies.",
+    )
     max_newly_answered: float = Field(
         0.02,
         ge=0,

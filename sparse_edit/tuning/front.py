@@ -19,30 +19,33 @@ from sparse_edit.io.layout import (
     TUNE_KIND,
 )
 
-OBJECTIVES = ("attack_success", "over_refusal", "kl")
+OBJECTIVES = ("attack_success", "over_refusal", "kl", "parity_miss")
 CHOICE_RULE = (
-    "the lowest dev attack success among finished trials whose pooled dev over-refusal rise is at most "
-    "--max-over-refusal, whose harmless KL is at most --kl-budget, whose newly answered share is at most "
-    "--max-newly-answered, whose newly invalid share is at most --max-newly-invalid and whose changed share of the "
-    "parameters is at most --max-changed-share (ties: lower over-refusal, then fewer changed parameters, then lower "
-    "KL, then the earlier trial)"
+    "among finished trials whose pooled dev over-refusal rise is at most --max-over-refusal, whose rise in every "
+    "harmless source and kind is at most --max-over-refusal-per-group, whose harmless KL is at most --kl-budget, "
+    "and that keep the constraints (--max-newly-answered, --max-newly-invalid, --max-changed-share, "
+    "--max-reference-change): the trials whose dev attack success is within one standard error of the lowest "
+    "(a smaller dev difference is noise), and of those the one with the lowest over-refusal, then the best parity "
+    "with the reference language, then the fewest changed parameters, then the lowest KL, then the earliest"
 )
 
 NONE_QUALIFIES = (
-    "no trial qualifies under --max-over-refusal, --kl-budget, --max-newly-answered, --max-newly-invalid and "
-    "--max-changed-share"
+    "no trial qualifies under --max-over-refusal, --max-over-refusal-per-group, --kl-budget, --max-newly-answered, "
+    "--max-newly-invalid, --max-changed-share and --max-reference-change"
 )
 
 
 @dataclass(frozen=True)
 class Constraints:
     """What makes a trial infeasible: the share of dev harmful prompts it newly answers (the base refused them),
-    the share of dev prompts whose valid base reply it breaks (a loop, another script, nothing), and the share of
-    the checkpoint's parameters it changes."""
+    the share of dev prompts whose valid base reply it breaks (a loop, another script, nothing), the share of
+    the checkpoint's parameters it changes, and the share of reference-language dev prompts whose verdict it
+    moves (the reference language is the behaviour the edit copies; it should not change itself)."""
 
     max_newly_answered: float
     max_newly_invalid: float = 1.0
     max_changed_share: float = 1.0
+    max_reference_change: float = 1.0
 
     @classmethod
     def of(cls, settings: Mapping[str, Any]) -> Constraints:
@@ -50,6 +53,7 @@ class Constraints:
             float(settings["max_newly_answered"]),
             float(settings.get("max_newly_invalid", 1.0)),
             float(settings.get("max_changed_share", 1.0)),
+            float(settings.get("max_reference_change", 1.0)),
         )
 
     def excess(self, outcome: Mapping[str, Any]) -> list[float]:
@@ -58,6 +62,7 @@ class Constraints:
             float(outcome.get("newly_answered_share", 1.0)) - self.max_newly_answered,
             float(outcome.get("newly_invalid_share", 0.0)) - self.max_newly_invalid,
             float(outcome.get("changed_share", 0.0)) - self.max_changed_share,
+            float(outcome.get("reference_changed_share", 0.0)) - self.max_reference_change,
         ]
 
     def satisfied(self, outcome: Mapping[str, Any]) -> bool:
@@ -74,7 +79,7 @@ class TrialRow:
     seconds: float
 
     def objectives(self) -> tuple[float, ...]:
-        return tuple(float(self.outcome[name]) for name in OBJECTIVES)
+        return tuple(float(self.outcome.get(name, 0.0)) for name in OBJECTIVES)
 
     def feasible(self, constraints: Constraints) -> bool:
         return constraints.satisfied(self.outcome)
@@ -97,24 +102,45 @@ def pareto_front(rows: list[TrialRow], constraints: Constraints) -> list[TrialRo
     return [row for row in feasible if not any(dominates(key(other), key(row)) for other in feasible)]
 
 
-def choose(
-    rows: list[TrialRow], max_over_refusal: float, kl_budget: float, constraints: Constraints
-) -> TrialRow | None:
-    """The choice rule (``CHOICE_RULE``); None when no trial qualifies."""
-    qualifying = [
-        row
-        for row in rows
-        if row.feasible(constraints)
-        and float(row.outcome["over_refusal"]) <= max_over_refusal
-        and float(row.outcome["kl"]) <= kl_budget
-    ]
+@dataclass(frozen=True)
+class Choice:
+    """The choice rule's limits: pooled over-refusal rise, the rise in any one harmless source/kind group (None:
+    the pooled limit), and harmless KL."""
+
+    max_over_refusal: float
+    kl_budget: float
+    max_over_refusal_per_group: float | None = None
+
+    def qualifies(self, outcome: Mapping[str, Any]) -> bool:
+        group_limit = (
+            self.max_over_refusal if self.max_over_refusal_per_group is None else self.max_over_refusal_per_group
+        )
+        groups = outcome.get("over_refusal_by_group", {}).values()
+        return (
+            float(outcome["over_refusal"]) <= self.max_over_refusal
+            and all(float(rise) <= group_limit for rise in groups)
+            and float(outcome["kl"]) <= self.kl_budget
+        )
+
+
+def choose(rows: list[TrialRow], choice: Choice, constraints: Constraints) -> TrialRow | None:
+    """The choice rule (``CHOICE_RULE``); None when no trial qualifies.
+
+    A one-standard-error rule: trials whose dev attack success is within one standard error of the best are
+    tied (dev sets are small; a smaller difference says nothing about the test side), and among them the rule
+    takes the one that costs least on harmless prompts.
+    """
+    qualifying = [row for row in rows if row.feasible(constraints) and choice.qualifies(row.outcome)]
     if not qualifying:
         return None
+    best = min(qualifying, key=lambda row: (float(row.outcome["attack_success"]), row.number))
+    within = float(best.outcome["attack_success"]) + float(best.outcome.get("attack_success_se", 0.0))
+    tied = [row for row in qualifying if float(row.outcome["attack_success"]) <= within + 1e-12]
     return min(
-        qualifying,
+        tied,
         key=lambda row: (
-            float(row.outcome["attack_success"]),
             float(row.outcome["over_refusal"]),
+            -float(row.outcome.get("parity", 0.0)),
             int(row.outcome.get("changed_parameters", 0)),
             float(row.outcome["kl"]),
             row.number,
@@ -144,7 +170,10 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         f"Dev split only: {payload['dev']['harmful']} harmful prompts ({', '.join(payload['dev']['low_langs'])} "
         f"and the reference), {payload['dev']['harmless']} harmless prompts; replies of {payload['settings']['reply_tokens']} "
-        "tokens, keyword judge. Over-refusal is the pooled harmless refusal rate minus the base model's.",
+        "tokens, keyword judge. Over-refusal is the pooled harmless refusal rate minus the base model's; the worst "
+        "group is the harmless source (and kind) where it rose most. Parity: the share of low-resource dev prompts "
+        "refused exactly when the base model refuses their reference-language version (base: "
+        f"{base.get('parity', 0):.3f}). Reference moved: reference-language dev verdicts the edit changed.",
         "",
         f"Base model: dev attack success {base['attack_success']:.3f}, harmless refusal {base['harmless_refusal']:.3f}.",
         "",
@@ -159,17 +188,22 @@ def markdown(payload: dict[str, Any]) -> str:
     if payload["front"]:
         lines += [f"Every trial on the front has its apply config in {FRONT_CONFIGS}/trial-N.toml.", ""]
     lines += [
-        "| trial | edit | attack success | over-refusal | KL | newly answered | newly refused | newly invalid | params "
-        "| |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| trial | edit | attack success | over-refusal | worst group | parity | reference moved | KL | newly answered "
+        "| newly refused | newly invalid | params | |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     front = set(payload["front"])
     for trial in sorted(payload["trials"], key=lambda t: (t["outcome"]["attack_success"], t["number"])):
         o = trial["outcome"]
         marks = ("chosen " if trial["number"] == chosen else "") + ("front" if trial["number"] in front else "")
+        groups = o.get("over_refusal_by_group") or {}
+        worst = max(groups.items(), key=lambda item: (item[1], item[0])) if groups else None
+        moved = o.get("reference_refusals_gained", 0) + o.get("reference_refusals_lost", 0)
         lines.append(
-            f"| {trial['number']} | {trial['label']} | {o['attack_success']:.3f} | {o['over_refusal']:+.3f} | "
-            f"{o['kl']:.4f} | {o['newly_answered']} | {o['newly_refused']} | {o.get('newly_invalid', '-')} | {o['changed_parameters']} | {marks.strip()} |"
+            f"| {trial['number']} | {trial['label']} | {o['attack_success']:.3f} ± {o.get('attack_success_se', 0):.3f} "
+            f"| {o['over_refusal']:+.3f} | {f'{worst[1]:+.3f} ({worst[0]})' if worst else '-'} | "
+            f"{o.get('parity', 0):.3f} | {moved} | {o['kl']:.4f} | {o['newly_answered']} | {o['newly_refused']} | "
+            f"{o.get('newly_invalid', '-')} | {o['changed_parameters']} | {marks.strip()} |"
         )
     return "\n".join(lines) + "\n"
 

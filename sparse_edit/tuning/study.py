@@ -29,6 +29,8 @@ from sparse_edit.options import ApplyOptions, TuneOptions
 from sparse_edit.tuning.front import (
     CHOICE_RULE,
     NONE_QUALIFIES,
+    OBJECTIVES,
+    Choice,
     Constraints,
     TrialRow,
     choose,
@@ -36,13 +38,23 @@ from sparse_edit.tuning.front import (
     trial_config,
     write_files,
 )
+from sparse_edit.tuning.outcome import Verdicts
 from sparse_edit.tuning.space import SearchSpace, describe
-from sparse_edit.tuning.trial import TrialRunner, Verdicts, apply_settings
+from sparse_edit.tuning.trial import TrialRunner, apply_settings
 from sparse_edit.version import __version__
 
 STUDY_NAME = "sparse-edit-tune"
 # Settings that only decide how long the study runs or which trial is chosen: a resumed study may change them.
-NOT_IN_KEY = {"output", "overwrite", "trials", "timeout", "apply", "max_over_refusal", "kl_budget"}
+NOT_IN_KEY = {
+    "output",
+    "overwrite",
+    "trials",
+    "timeout",
+    "apply",
+    "max_over_refusal",
+    "max_over_refusal_per_group",
+    "kl_budget",
+}
 
 
 def journal_path(folder: Path) -> Path:
@@ -65,7 +77,16 @@ def study_key(options: TuneOptions, weights_sha256: str, artifact_sha256: str) -
 
 
 def constraints(options: TuneOptions) -> Constraints:
-    return Constraints(options.max_newly_answered, options.max_newly_invalid, options.max_changed_share)
+    return Constraints(
+        options.max_newly_answered,
+        options.max_newly_invalid,
+        options.max_changed_share,
+        options.max_reference_change,
+    )
+
+
+def choice(options: TuneOptions) -> Choice:
+    return Choice(options.max_over_refusal, options.kl_budget, options.max_over_refusal_per_group)
 
 
 def check_journal(journal: Path) -> None:
@@ -105,7 +126,7 @@ def open_study(journal: Path, key: str, seed: int, limits: Constraints) -> Any:
     study = optuna.create_study(
         storage=storage,
         study_name=STUDY_NAME,
-        directions=["minimize"] * 3,
+        directions=["minimize"] * len(OBJECTIVES),
         sampler=sampler,
         load_if_exists=True,
     )
@@ -154,7 +175,7 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
     if options.trials > done:
         search(study, runner, space, base, options, reporter, options.trials - done)
     rows = _rows(study)
-    chosen = choose(rows, options.max_over_refusal, options.kl_budget, constraints(options))
+    chosen = choose(rows, choice(options), constraints(options))
     if chosen is None:
         reporter.warn(NONE_QUALIFIES)
     payload = _payload(options, study, rows, chosen, base, runner, fingerprint, artifact_sha)
@@ -193,7 +214,7 @@ def search(
     import optuna
     from optuna.trial import TrialState
 
-    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
         settings = space.suggest(trial)
         trial.set_user_attr("settings", settings)
         start = time.perf_counter()
@@ -210,7 +231,7 @@ def search(
         if trial.state != TrialState.COMPLETE:
             return
         o = trial.user_attrs["outcome"]
-        best = choose(_rows(study), options.max_over_refusal, options.kl_budget, constraints(options))
+        best = choose(_rows(study), choice(options), constraints(options))
         best_text = f"trial {best.number} ({best.outcome['attack_success']:.3f})" if best else "none qualifies yet"
         finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         reporter.info(
@@ -287,7 +308,7 @@ def _payload(
     import optuna
     from optuna.trial import TrialState
 
-    from sparse_edit.tuning.trial import attack_success
+    from sparse_edit.tuning.outcome import attack_success, parity
 
     base_by_lang = attack_success(runner.dev, base.harmful)
     states = [t.state for t in study.get_trials(deepcopy=False)]
@@ -308,6 +329,7 @@ def _payload(
             "attack_success": sum(base_by_lang.values()) / len(base_by_lang) if base_by_lang else 0.0,
             "attack_success_by_lang": base_by_lang,
             "harmless_refusal": sum(1 for v in base.harmless if v == "refusal") / max(len(base.harmless), 1),
+            "parity": parity(runner.dev, base, base)[1],
         },
         "choice_rule": CHOICE_RULE,
         "trials": [

@@ -52,6 +52,7 @@ class DetectorStrategy(Strategy):
         Tunable("detector_margin", 0.25, 4.0, log=True),
         Tunable("detector_sharpness", 2.0, 32.0, log=True),
         Tunable("detector_neurons", choices=("one", "per-language")),
+        Tunable("detector_reference", choices=("fire", "quiet")),
     )
 
     def needs(self, options: ApplyOptions) -> FeatureNeeds:
@@ -70,6 +71,8 @@ class DetectorStrategy(Strategy):
         own = DetectorOptions.of(job.options)
         if own.detector_neurons == "per-language" and own.detector_mode != "refuse":
             raise SparseEditError("--detector-neurons per-language works in --detector-mode refuse only")
+        if own.detector_reference == "quiet" and own.detector_mode != "refuse":
+            raise SparseEditError("--detector-reference quiet works in --detector-mode refuse only")
         return detector_candidate(
             job.layer,
             job.checkpoint,
@@ -81,6 +84,7 @@ class DetectorStrategy(Strategy):
                 own.lam,
                 own.detector_mode,
                 own.detector_neurons == "per-language",
+                own.detector_reference == "quiet",
             ),
             job.share,
             job.avoid,
@@ -95,6 +99,7 @@ class DetectorSettings:
     lam: float
     mode: DetectorMode = "refuse"
     per_language: bool = False
+    reference_quiet: bool = False  # the reference language's harmful rows are negatives, not positives
 
 
 def detector_activation(checkpoint: Checkpoint) -> Activation:
@@ -137,9 +142,14 @@ def detector_candidate(
     harmless = data.safe_rows.get("mlp_input", data.low_rows["mlp_input"][:0])
     sums, gram = data.safe_sums["mlp_input"], data.safe_gram["mlp_input"]
     probes = []
+    reference = data.ref_rows["mlp_input"]
+    quiet = settings.reference_quiet and mode == "refuse"
     for mask in probe_groups(data, settings.per_language):
-        harmful = torch.cat([data.low_rows["mlp_input"][mask], data.ref_rows["mlp_input"]])
+        low = data.low_rows["mlp_input"][mask]
+        harmful = low if quiet else torch.cat([low, reference])
         positive, negative = (harmful, harmless) if mode == "refuse" else (harmless, harmful)
+        if quiet:
+            negative = torch.cat([negative, reference])
         probes.append(
             fit_detector(positive, negative, gram, sums, data.safe_tokens, settings.margin, settings.lam)
         )
@@ -174,7 +184,11 @@ def detector_candidate(
         _rewrite(layer, projection, neuron_slice, weights[neuron_slice.tensor], index, new_rows[projection])
         for projection, neuron_slice in slices.items()
     ]
-    diagnostics = _detector_diagnostics(data, detectors, probes_positive_count(data, harmless, mode), harmless)
+    positives = probes_positive_count(data, harmless, mode) - (int(reference.shape[0]) if quiet else 0)
+    diagnostics = _detector_diagnostics(data, detectors, positives, harmless)
+    diagnostics["fires_reference_harmful_train"] = float(
+        (reference.to(F64) @ detectors.T > 0).any(dim=1).double().mean()
+    )
     fitted = responses @ scales
     diagnostics.update(
         {
