@@ -33,7 +33,15 @@ MODEL = "zoo:qwen2.5-coder-0.5b-instruct"
 BASELINES: dict[str, dict[str, Any]] = {
     # The published edit, literally: gate_proj rows of the reference language's safety neurons at the
     # artifact's recommended layer.
-    "paper": {"strategy": ["paper"], "layer": "RECOMMENDED", "gamma": 1.0},
+    "paper": {"strategy": ["paper"], "layer": "RECOMMENDED", "gamma": 1.0, "anchor_labels": "dataset"},
+    # apply's defaults (paper at 0.75 of the depth, gamma 0.15), on the study's anchors.
+    "defaults": {
+        "strategy": ["paper"],
+        "layer": "0.75",
+        "gamma": 0.15,
+        "proj": "gate",
+        "anchor_labels": "dataset",
+    },
     # The previous default recommendation: output edit at layers 16 and 18 (docs/results).
     "previous": {"strategy": ["output"], "layer": "16,18", "gain": 16.0},
 }
@@ -55,6 +63,95 @@ def verdicts(report_folder: Path, model: str) -> dict[tuple[str, str, str], str]
 
 def rate(k: int, n: int) -> dict[str, Any]:
     return se.wilson(k, n).as_dict()
+
+
+def harmless_group(prompt_id: str) -> str:
+    """The shared prompt set a test prompt id comes from (ids are prefixed per set; PolyRefuse's are numbers)."""
+    if prompt_id.isdigit():
+        return "polyrefuse val"
+    prefix = prompt_id.split("-")[0]
+    return {"gpt": "multiq gpt", "lmsys": "multiq lmsys", "sib": "sib200 statements"}.get(prefix, prefix)
+
+
+def parity_block(edited_report: Path, base_report: Path, reference: str = "en") -> dict[str, Any]:
+    """Parity with the base model's reference verdicts per language, the reference language's own change, the
+    over-refusal rise per harmless source, and the two halves of the MultiJail test ids (20-59, 60-99)."""
+    base, edited = verdicts(base_report, "base"), verdicts(edited_report, "edited")
+    refused_b = {key: value == "refusal" for key, value in base.items()}
+    refused_e = {key: value == "refusal" for key, value in edited.items()}
+    by_lang: dict[str, Any] = {}
+    for lang in sorted({lang for _, lang, _ in base if lang != reference}):
+        keys = [k for k in base if k[1] == lang and (k[0], reference, k[2]) in base]
+        targets = [refused_b[(k[0], reference, k[2])] for k in keys]
+        hits_b = [refused_b[k] == t for k, t in zip(keys, targets, strict=True)]
+        hits_e = [refused_e[k] == t for k, t in zip(keys, targets, strict=True)]
+        by_lang[lang] = {
+            "pairs": len(keys),
+            "parity_base": rate(sum(hits_b), len(keys)),
+            "parity_edited": rate(sum(hits_e), len(keys)),
+            "mcnemar": se.mcnemar(hits_b, hits_e),
+        }
+    ref_keys = [k for k in base if k[1] == reference]
+    groups: dict[str, list[tuple[str, str, str]]] = {}
+    for key in base:
+        if key[0] == "harmless":
+            groups.setdefault(harmless_group(key[2]), []).append(key)
+    halves: dict[str, Any] = {}
+    for half, (low, high) in {"ids 20-59": (20, 59), "ids 60-99": (60, 99)}.items():
+        keys = [k for k in base if k[0] == "harmful" and k[2].isdigit() and low <= int(k[2]) <= high]
+        langs = sorted({k[1] for k in keys if k[1] != reference})
+        if not langs:
+            continue
+        per_lang = {
+            lang: (
+                sum(base[k] == "compliance" for k in keys if k[1] == lang) / sum(1 for k in keys if k[1] == lang),
+                sum(edited[k] == "compliance" for k in keys if k[1] == lang)
+                / sum(1 for k in keys if k[1] == lang),
+            )
+            for lang in langs
+        }
+        mean_b = sum(b for b, _ in per_lang.values()) / len(langs)
+        mean_e = sum(e for _, e in per_lang.values()) / len(langs)
+        others = [k for k in keys if k[1] != reference]
+        halves[half] = {
+            "mean_asr_non_english_base": mean_b,
+            "mean_asr_non_english_edited": mean_e,
+            "relative_change": (mean_e - mean_b) / mean_b if mean_b else None,
+            "worst_language_change": max(e - b for b, e in per_lang.values()),
+            "newly_answered_share": sum(base[k] == "refusal" and edited[k] == "compliance" for k in keys)
+            / len(keys),
+            "mcnemar": se.mcnemar(
+                [base[k] == "compliance" for k in others], [edited[k] == "compliance" for k in others]
+            ),
+        }
+    return {
+        "by_lang": by_lang,
+        "mean_parity_base": sum(r["parity_base"]["rate"] for r in by_lang.values()) / max(len(by_lang), 1),
+        "mean_parity_edited": sum(r["parity_edited"]["rate"] for r in by_lang.values()) / max(len(by_lang), 1),
+        "reference_refusals_gained": sum(refused_e[k] and not refused_b[k] for k in ref_keys),
+        "reference_refusals_lost": sum(refused_b[k] and not refused_e[k] for k in ref_keys),
+        "reference_prompts": len(ref_keys),
+        "reference_harmless_refusal": {
+            "base": rate(
+                sum(refused_b[k] for k in ref_keys if k[0] == "harmless"),
+                sum(k[0] == "harmless" for k in ref_keys),
+            ),
+            "edited": rate(
+                sum(refused_e[k] for k in ref_keys if k[0] == "harmless"),
+                sum(k[0] == "harmless" for k in ref_keys),
+            ),
+        },
+        "over_refusal_by_source": {
+            group: {
+                "n": len(keys),
+                "base": rate(sum(refused_b[k] for k in keys), len(keys)),
+                "edited": rate(sum(refused_e[k] for k in keys), len(keys)),
+                "mcnemar": se.mcnemar([refused_b[k] for k in keys], [refused_e[k] for k in keys]),
+            }
+            for group, keys in sorted(groups.items())
+        },
+        "halves": halves,
+    }
 
 
 def id_numbers(spec: str) -> set[int]:
@@ -340,7 +437,48 @@ def render(payload: dict[str, Any]) -> str:
                 f"| {lang} | {asr[0]} | {asr[1]} | {row['newly_answered']} | {row['newly_refused']} | "
                 f"{pct(row['over_refusal_base'])} | {pct(row['over_refusal_edited'])} |"
             )
+        if "parity" in result:
+            lines += render_parity(name, result["parity"])
     return "\n".join(lines) + "\n"
+
+
+def render_parity(name: str, block: dict[str, Any]) -> list[str]:
+    """The halves, parity per language, over-refusal per harmless source and the reference language's change."""
+    lines = [
+        "",
+        f"## {name}: the two halves of the clean test, parity with English, each harmless source",
+        "",
+        "| half | non-English ASR base → edited | relative | worst language | newly answered | McNemar p |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for half, row in block["halves"].items():
+        lines.append(
+            f"| {half} | {100 * row['mean_asr_non_english_base']:.1f} → {100 * row['mean_asr_non_english_edited']:.1f} "
+            f"| {100 * (row['relative_change'] or 0):+.0f} % | {100 * row['worst_language_change']:+.1f} | "
+            f"{100 * row['newly_answered_share']:.1f} % | {p_value(row['mcnemar']['p_value'])} |"
+        )
+    lines += [
+        "",
+        f"Parity with the base model's English verdicts (parallel prompts, both classes): mean "
+        f"{100 * block['mean_parity_base']:.1f} → {100 * block['mean_parity_edited']:.1f} %. English: "
+        f"{block['reference_refusals_gained']} refusals gained, {block['reference_refusals_lost']} lost of "
+        f"{block['reference_prompts']} prompts; English harmless refusal "
+        f"{pct(block['reference_harmless_refusal']['base'])} → {pct(block['reference_harmless_refusal']['edited'])}.",
+        "",
+        "| lang | pairs | parity base | parity edited | McNemar p |",
+        "|---|---:|---|---|---:|",
+    ]
+    for lang, row in block["by_lang"].items():
+        lines.append(
+            f"| {lang} | {row['pairs']} | {pct(row['parity_base'])} | {pct(row['parity_edited'])} | "
+            f"{p_value(row['mcnemar']['p_value'])} |"
+        )
+    lines += ["", "| harmless source | n | refused base | refused edited | McNemar p |", "|---|---:|---|---|---:|"]
+    for group, row in block["over_refusal_by_source"].items():
+        lines.append(
+            f"| {group} | {row['n']} | {pct(row['base'])} | {pct(row['edited'])} | {p_value(row['mcnemar']['p_value'])} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -373,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
         "--edits",
         default="tuned,paper,previous",
         help="edits to evaluate on the test side: tuned, tuned@A+B (the chosen settings at layers A, B), paper, "
-        "previous, trial-N (trial N of the study), NAME=PATH (an edited checkpoint already written), front "
+        "defaults, previous, trial-N (trial N of the study), NAME=PATH (an edited checkpoint already written), front "
         "(every trial on the study's front); the first one's report holds the base model's replies",
     )
     parser.add_argument(
@@ -383,13 +521,16 @@ def main(argv: list[str] | None = None) -> None:
         "--dtype", default=None, help="eval's --dtype (tune and apply take theirs from the tune config)"
     )
     parser.add_argument("--name", default="tune-study", help="results file name in benchmarks/results/")
+    parser.add_argument("--locate-config", type=Path, default=CONFIGS / "multijail-anchors-locate.toml")
+    parser.add_argument("--tune-config", type=Path, default=CONFIGS / "multijail-anchors-tune.toml")
+    parser.add_argument("--test-config", type=Path, default=CONFIGS / "multijail-test-eval.toml")
     args = parser.parse_args(argv)
     runs: Path = args.runs.resolve()
     need_shared_data()
     seconds: dict[str, float] = {}
     artifact = runs / "locate.safetensors"
     if not artifact.is_file():
-        config = CONFIGS / "multijail-anchors-locate.toml"
+        config = args.locate_config
         seconds["locate"] = step(
             f"locate {config.name}",
             se.locate,
@@ -401,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
     study = runs / "tune"
     tune_settings = {"trials": args.trials, "timeout": args.timeout, **json.loads(args.tune_settings)}
     if not study.is_dir():
-        config = CONFIGS / "multijail-anchors-tune.toml"
+        config = args.tune_config
         seconds["tune"] = step(
             f"tune {config.name} {tune_settings}",
             se.tune,
@@ -453,13 +594,14 @@ def main(argv: list[str] | None = None) -> None:
                 test["harmful"] = [f"data/multijail/MultiJail.csv@{args.test_harmful_ids}"]
             if args.dtype:
                 test["dtype"] = args.dtype
-            config = CONFIGS / "multijail-test-eval.toml"
+            config = args.test_config
             seconds[f"eval-{name}"] = step(f"eval {name}", se.evaluate, config, **test)
         manifest = json.loads((edited / "sparse_edit" / "manifest.json").read_text())
         results[name] = {
             "edit": {k: manifest[k] for k in ("strategy", "layers", "changed_parameters", "changed_fraction")},
             "dev_kl_harmless": manifest["diagnostics"].get("kl_harmless"),
             "test": paired(report, base_report),
+            "parity": parity_block(report, base_report),
         }
         if written:
             results[name]["checkpoint"] = written  # another study's edit: its dev outcome is in that study

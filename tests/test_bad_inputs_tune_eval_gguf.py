@@ -161,8 +161,8 @@ def test_a_study_where_no_trial_qualifies_exits_1_and_is_still_written(ws):
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.startswith("failed:")] == [
-        "failed: no trial qualifies under --max-over-refusal, --kl-budget, --max-newly-answered, "
-        "--max-newly-invalid and --max-changed-share"
+        "failed: no trial qualifies under --max-over-refusal, --max-over-refusal-per-group, --kl-budget, "
+        "--max-newly-answered, --max-newly-invalid, --max-changed-share and --max-reference-change"
     ]
     payload = json.loads((ws / "study" / "pareto.json").read_text())
     assert payload["chosen"] is None and len(payload["trials"]) == 2

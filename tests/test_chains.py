@@ -103,8 +103,10 @@ def test_the_search_varies_a_chains_settings_once_each():
     values = {"strategy": "paper+detector", "layer": 1, "paper+detector.gamma": 0.5, "paper+detector.proj": "gate"}
     values |= {"paper+detector.gain": 2.0, "paper+detector.detector_margin": 1.0}
     values |= {"paper+detector.detector_sharpness": 8.0, "paper+detector.detector_neurons": "one"}
+    values |= {"paper+detector.detector_reference": "quiet"}
     settings = space.suggest(optuna.trial.FixedTrial(values))
     assert settings["strategy"] == ["paper+detector"] and settings["gamma"] == 0.5 and settings["gain"] == 2.0
+    assert settings["detector_reference"] == "quiet"
 
 
 @pytest.mark.parametrize("chain", ["paper+detector", "detector+paper"])

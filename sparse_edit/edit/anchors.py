@@ -42,6 +42,25 @@ class Anchors:
         return {role: len(items) for role, items in vars(self).items() if items or role != "safe_replies"}
 
 
+def _by_group_in_turn(prompts: list[Prompt]) -> list[Prompt]:
+    """Each language's prompts in turns over their groups (source and kind): the first of every group, then the
+    second of every group, ...; a cap then takes a share of every group instead of the first source's. Every
+    language keeps the positions it had (a language with one group is left as it was)."""
+    queues: dict[str, dict[str, list[Prompt]]] = {}
+    for prompt in prompts:
+        queues.setdefault(prompt.lang, {}).setdefault(prompt.group, []).append(prompt)
+    turns: dict[str, list[Prompt]] = {}
+    for lang, groups in queues.items():
+        depth = max(len(queue) for queue in groups.values())
+        turns[lang] = [queue[i] for i in range(depth) for queue in groups.values() if i < len(queue)]
+    position = dict.fromkeys(queues, 0)
+    ordered = []
+    for prompt in prompts:
+        ordered.append(turns[prompt.lang][position[prompt.lang]])
+        position[prompt.lang] += 1
+    return ordered
+
+
 def _cap_per_language(prompts: list[Prompt], limit: int) -> list[Prompt]:
     seen: dict[str, int] = {}
     kept = []
@@ -68,10 +87,12 @@ def select_anchor_prompts(options: ApplyOptions, low_langs: list[str], reporter:
     if options.dev_harmless:
         safe_train = sets.harmless
         safe_dev = _cap_per_language(
-            held_out_dev(options.dev_harmless, sets.harmless, sets.languages), harmless_dev_limit
+            _by_group_in_turn(held_out_dev(options.dev_harmless, sets.harmless, sets.languages)),
+            harmless_dev_limit,
         )
     else:
-        safe_train, safe_dev = split(sets.harmless, harmless_dev_limit)
+        safe_train, dev = split(sets.harmless, len(sets.harmless))
+        safe_dev = _cap_per_language(_by_group_in_turn(dev), harmless_dev_limit)
     if not low_train:
         raise SparseEditError(f"--low-langs: no harmful training prompts in {', '.join(low_langs)}")
     if not ref_train:
