@@ -133,6 +133,8 @@ def run_tune(config: Path | None, settings: dict[str, Any], reporter: Any, as_js
     """
     options = api.tune_options(config, **settings)
     result = api.tune(config, options=options, reporter=reporter)
+    if options.worker:  # the process without --worker writes and reports the study
+        return
     if as_json:
         _print_json(result.payload)
     else:

@@ -19,7 +19,7 @@ from sparse_edit.evaluation.journal import journal_path as eval_journal_path
 from sparse_edit.io.layout import JOURNAL_KIND
 from sparse_edit.io.outputs import CLAIM_SUFFIX, OUTPUT_MARKER, claimed
 from sparse_edit.testing import build_tiny_model
-from sparse_edit.tuning.study import journal_path as tune_journal_path
+from sparse_edit.tuning.storage import journal_path as tune_journal_path
 from tests.helpers import CLI, apply_args, dead_pid, locate_and_apply, refused
 
 PROMPTS = ("--harmful", "harmful.jsonl", "--harmless", "harmless.jsonl")

@@ -14,7 +14,7 @@ from sparse_edit.data.prompts import Prompt
 from sparse_edit.model.batching import Encoded
 from sparse_edit.tuning.front import Choice, Constraints, TrialRow, choose, pareto_front
 from sparse_edit.tuning.outcome import DevSet, Verdicts, outcome
-from sparse_edit.tuning.study import journal_path
+from sparse_edit.tuning.storage import journal_path
 from tests.helpers import run_cli
 
 # A tiny model's edit changes a large share of its weights: the 0.1 % default would rule out every trial.

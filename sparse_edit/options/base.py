@@ -58,6 +58,8 @@ def load_options(
 def _describe(exc: ValidationError, model: type[Options], where: str) -> str:
     error = exc.errors()[0]
     key = ".".join(str(part) for part in error["loc"])
+    if not key:  # a rule over several settings
+        return f"{where}: {error['msg'].removeprefix('Value error, ')}"
     flag = "--" + key.split(".")[0].replace("_", "-")
     if error["type"] == "extra_forbidden":
         known = ", ".join(sorted(model.model_fields))

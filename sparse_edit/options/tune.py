@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
 from sparse_edit.options.apply import ApplyOptions
 
@@ -115,3 +115,21 @@ class TuneOptions(ApplyOptions):
         "only from where the edited model diverges): faster when trials leave most replies unchanged.",
     )
     apply: bool = Field(False, description="Also write the chosen edit to OUTPUT/edited (as apply would).")
+    storage: str | None = Field(
+        None,
+        description="Keep the study in storage several tune processes share, one per GPU or machine: an RDB URL "
+        "(sqlite:///study.db, postgresql://user@host/db) or a journal file path (appended under a file lock, "
+        "for processes on one machine or a shared file system). Every process runs trials until the study holds "
+        "--trials; start the others with --worker. Default: a journal beside --output, for one process.",
+    )
+    worker: bool = Field(
+        False,
+        description="Join the study in --storage and run trials only; write nothing to --output (the one "
+        "process started without --worker writes the study folder once every trial is done).",
+    )
+
+    @model_validator(mode="after")
+    def _worker_needs_storage(self) -> TuneOptions:
+        if self.worker and not self.storage:
+            raise ValueError("a worker joins a shared study: give --storage (the same as the other processes')")
+        return self

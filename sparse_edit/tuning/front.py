@@ -77,6 +77,7 @@ class TrialRow:
     settings: dict[str, Any]
     outcome: dict[str, Any]
     seconds: float
+    worker: str = ""  # host:pid of the process that ran it
 
     def objectives(self) -> tuple[float, ...]:
         return tuple(float(self.outcome.get(name, 0.0)) for name in OBJECTIVES)

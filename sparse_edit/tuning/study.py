@@ -7,13 +7,12 @@ output folder is staged and moved into place once the study ends; then the journ
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import os
 import shutil
-import sqlite3
+import socket
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +39,10 @@ from sparse_edit.tuning.front import (
 )
 from sparse_edit.tuning.outcome import Verdicts
 from sparse_edit.tuning.space import SearchSpace, describe
+from sparse_edit.tuning.storage import StudyStore, check_journal, finished, open_study, wait_for_others
 from sparse_edit.tuning.trial import TrialRunner, apply_settings
 from sparse_edit.version import __version__
 
-STUDY_NAME = "sparse-edit-tune"
 # Settings that only decide how long the study runs or which trial is chosen: a resumed study may change them.
 NOT_IN_KEY = {
     "output",
@@ -54,11 +53,9 @@ NOT_IN_KEY = {
     "max_over_refusal",
     "max_over_refusal_per_group",
     "kl_budget",
+    "storage",
+    "worker",
 }
-
-
-def journal_path(folder: Path) -> Path:
-    return folder.with_name(f".{folder.name}.tune.db")
 
 
 @dataclass
@@ -66,6 +63,11 @@ class TuneResult:
     payload: dict[str, Any]  # what pareto.json holds
     chosen: TrialRow | None
     written: list[str]
+
+
+def worker_id() -> str:
+    """host:pid of this process: which process ran a trial (several may share a study through --storage)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def study_key(options: TuneOptions, weights_sha256: str, artifact_sha256: str) -> str:
@@ -89,82 +91,29 @@ def choice(options: TuneOptions) -> Choice:
     return Choice(options.max_over_refusal, options.kl_budget, options.max_over_refusal_per_group)
 
 
-def check_journal(journal: Path) -> None:
-    """Refuse, before any work, a journal that is not a sparse-edit study (Optuna would write into it)."""
-    if not journal.exists():
-        return
-    fix = "move it away or delete it to start the study over"
-    if not journal.is_file():
-        raise SparseEditError(f"--output: the study journal {journal} is not a file; {fix}")
-    with journal.open("rb") as handle:
-        if handle.read(16) != b"SQLite format 3\x00":
-            raise SparseEditError(f"--output: the study journal {journal} is not an SQLite file; {fix}")
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
-            names = {row[0] for row in db.execute("SELECT study_name FROM studies")}
-    except sqlite3.DatabaseError as error:
-        raise SparseEditError(
-            f"--output: the study journal {journal} holds no Optuna study ({error}); {fix}"
-        ) from None
-    if not names <= {STUDY_NAME}:
-        raise SparseEditError(f"--output: the study journal {journal} is not a sparse-edit tune study; {fix}")
-
-
-def open_study(journal: Path, key: str, seed: int, limits: Constraints) -> Any:
-    """The journal's study (resumed when its key matches; interrupted trials are queued again) or a new one."""
-    import optuna
-    from optuna.trial import TrialState
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{journal}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(
-            seed=seed,
-            constraints_func=lambda trial: limits.excess(trial.user_attrs.get("outcome", {})),
-        )
-    study = optuna.create_study(
-        storage=storage,
-        study_name=STUDY_NAME,
-        directions=["minimize"] * len(OBJECTIVES),
-        sampler=sampler,
-        load_if_exists=True,
-    )
-    recorded = study.user_attrs.get("key")
-    if recorded is None:
-        study.set_user_attr("key", key)
-    elif recorded != key:
-        raise SparseEditError(
-            f"--output: the study journal {journal} was made with other settings; rerun with those settings to "
-            "resume it, or delete the journal to start over"
-        )
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(trial.number, state=TrialState.FAIL)  # its process is gone (the lock says so)
-        study.enqueue_trial(trial.params)
-    return study
-
-
 def run_tune(options: TuneOptions, reporter: Reporter, config: Path | None = None) -> TuneResult:
     """Search the edit's settings on the dev split; write the front, the plot and the chosen apply config."""
     if options.layer != "auto":
         raise SparseEditError(
             "--layer: tune searches the layer; name the layers to choose from with --candidate-layers"
         )
+    store = StudyStore.of(options.storage, options.output)
+    if options.worker:  # runs trials of the shared study; the process without --worker writes the folder
+        return _run(options, reporter, store)
     # One study per output (and so per journal) at a time.
     with claimed_output(options.output, "tune", command_inputs(options, config), options.overwrite):
-        return _run(options, reporter, journal_path(options.output))
+        return _run(options, reporter, store)
 
 
-def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
-    from optuna.trial import TrialState
-
-    check_journal(journal)
+def _run(options: TuneOptions, reporter: Reporter, store: StudyStore) -> TuneResult:
+    if not store.shared:
+        check_journal(Path(store.spec))
     runner, space = prepare(options, reporter)
     fingerprint = runner.loaded.checkpoint.fingerprint()
     artifact_sha = file_sha256(options.artifact)
     key = study_key(options, runner.loaded.checkpoint.weights_sha256(), artifact_sha)
-    study = open_study(journal, key, options.seed, constraints(options))
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    study = open_study(store, key, options.seed, constraints(options), OBJECTIVES, options.worker)
+    done = finished(study)
     reporter.info(
         f"tune: {options.trials} trials ({done} done), strategies {', '.join(space.strategies)}, layers "
         f"{space.layers[0]}..{space.layers[-1]}; dev: {len(runner.dev.harmful)} harmful, "
@@ -174,14 +123,25 @@ def _run(options: TuneOptions, reporter: Reporter, journal: Path) -> TuneResult:
     started = time.perf_counter()
     if options.trials > done:
         search(study, runner, space, base, options, reporter, options.trials - done)
+    if options.worker:
+        reporter.info(f"tune: worker done; the study in {store.spec} holds {finished(study)} finished trials")
+        return TuneResult({}, None, [])
+    if store.shared:
+        slowest = max((row.seconds for row in _rows(study)), default=0.0)
+        still = wait_for_others(study, max(2 * slowest, 60.0), reporter)
+        if still:
+            reporter.warn(
+                f"{still} trial(s) of other workers still running were not waited for (their process gone?)"
+            )
     rows = _rows(study)
     chosen = choose(rows, choice(options), constraints(options))
     if chosen is None:
         reporter.warn(NONE_QUALIFIES)
     payload = _payload(options, study, rows, chosen, base, runner, fingerprint, artifact_sha)
     payload["study"]["seconds_this_run"] = time.perf_counter() - started
-    written = write_study(options, journal, payload, rows, chosen, reporter)
-    journal.unlink(missing_ok=True)
+    written = write_study(options, store, payload, rows, chosen, reporter)
+    if not store.shared:
+        Path(store.spec).unlink(missing_ok=True)
     return TuneResult(payload, chosen, written)
 
 
@@ -210,13 +170,15 @@ def search(
     reporter: Reporter,
     trials: int,
 ) -> None:
-    """Run ``trials`` more trials (or until --timeout), with a progress line per finished trial."""
+    """Run up to ``trials`` more trials (or until --timeout), with a progress line per finished trial; with other
+    workers on the same study, until the study as a whole holds --trials finished trials."""
     import optuna
     from optuna.trial import TrialState
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
         settings = space.suggest(trial)
         trial.set_user_attr("settings", settings)
+        trial.set_user_attr("worker", worker_id())
         start = time.perf_counter()
         try:
             result = runner.run(settings, base)
@@ -233,20 +195,21 @@ def search(
         o = trial.user_attrs["outcome"]
         best = choose(_rows(study), choice(options), constraints(options))
         best_text = f"trial {best.number} ({best.outcome['attack_success']:.3f})" if best else "none qualifies yet"
-        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        done = finished(study)
         reporter.info(
-            f"trial {trial.number} ({finished}/{options.trials}) {describe(trial.user_attrs['settings'])} | "
+            f"trial {trial.number} ({done}/{options.trials}) {describe(trial.user_attrs['settings'])} | "
             f"attack success {o['attack_success']:.3f} over-refusal {o['over_refusal']:+.3f} KL {o['kl']:.4f} "
             f"newly answered {o['newly_answered']} newly invalid {o.get('newly_invalid', 0)} | "
             f"{trial.user_attrs['seconds']:.0f}s | best: {best_text}"
         )
 
-    study.optimize(objective, n_trials=trials, timeout=options.timeout, callbacks=[progress], catch=())
+    enough = optuna.study.MaxTrialsCallback(options.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    study.optimize(objective, n_trials=trials, timeout=options.timeout, callbacks=[progress, enough], catch=())
 
 
 def write_study(
     options: TuneOptions,
-    journal: Path,
+    store: StudyStore,
     payload: dict[str, Any],
     rows: list[TrialRow],
     chosen: TrialRow | None,
@@ -261,7 +224,8 @@ def write_study(
         if row.number in on_front
     }
     with staged_folder(options.output, options.overwrite, "tune") as staging:
-        shutil.copyfile(journal, staging / STUDY_DB)
+        if not store.shared:  # shared storage stays where it is; pareto.json holds every trial
+            shutil.copyfile(store.spec, staging / STUDY_DB)
         if chosen is None:
             return write_files(staging, payload, None, front_tomls)
         values = apply_settings(options, chosen.settings)
@@ -290,7 +254,13 @@ def _rows(study: Any) -> list[TrialRow]:
     from optuna.trial import TrialState
 
     return [
-        TrialRow(t.number, t.user_attrs["settings"], t.user_attrs["outcome"], t.user_attrs["seconds"])
+        TrialRow(
+            t.number,
+            t.user_attrs["settings"],
+            t.user_attrs["outcome"],
+            t.user_attrs["seconds"],
+            t.user_attrs.get("worker", ""),
+        )
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     ]
 
@@ -339,6 +309,7 @@ def _payload(
                 "settings": r.settings,
                 "outcome": r.outcome,
                 "seconds": r.seconds,
+                "worker": r.worker,
             }
             for r in rows
         ],
