@@ -48,9 +48,9 @@ BASELINES: dict[str, dict[str, Any]] = {
 
 
 def step(what: str, call: Callable[..., Any], *args: Any, **settings: Any) -> float:
-    """Run one library call, announced; returns its wall time in seconds."""
+    """Run one library call, announced and with its progress on stderr; returns its wall time in seconds."""
     print(f"$ {what}", flush=True)
-    seconds, _ = timed(lambda: call(*args, **settings))
+    seconds, _ = timed(lambda: call(*args, reporter=se.Reporter(), **settings))
     return seconds
 
 

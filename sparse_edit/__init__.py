@@ -29,6 +29,7 @@ from sparse_edit.api import (
 from sparse_edit.version import __version__
 
 if TYPE_CHECKING:
+    from sparse_edit.console import Reporter
     from sparse_edit.edit.run import EditResult
     from sparse_edit.edit.verify import VerifyReport
     from sparse_edit.evaluation.run import EvalResult
@@ -44,6 +45,7 @@ _LAZY = {
     "EvalResult": "sparse_edit.evaluation.run",
     "KeywordJudge": "sparse_edit.measure.judge",
     "LocateArtifact": "sparse_edit.neurons.artifact",
+    "Reporter": "sparse_edit.console",
     "TuneResult": "sparse_edit.tuning.study",
     "VerifyReport": "sparse_edit.edit.verify",
     "mcnemar": "sparse_edit.measure.statistics",
@@ -55,6 +57,7 @@ __all__ = [
     "EvalResult",
     "KeywordJudge",
     "LocateArtifact",
+    "Reporter",
     "TuneResult",
     "VerifyReport",
     "__version__",
