@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sparse_edit.data.prompts import Prompt
+from sparse_edit.errors import SparseEditError
 from sparse_edit.model.batching import Encoded
 from sparse_edit.tuning.front import Choice, Constraints, TrialRow, choose, pareto_front
 from sparse_edit.tuning.outcome import DevSet, Verdicts, outcome
@@ -54,6 +55,18 @@ def test_study_writes_front_and_chosen_config_that_apply_reproduces(located, tmp
     again = tmp_path / "again"
     run_cli("apply", "--config", study / "chosen.toml", "-o", again, "-q")
     assert tree_hashes(again) == tree_hashes(study / "edited")
+
+    # From Python: any trial's apply settings, the chosen one's equal to chosen.toml.
+    import tomllib
+
+    import sparse_edit as se
+
+    chosen = tomllib.loads((study / "chosen.toml").read_text())
+    assert se.study_apply_settings(study, payload["chosen"]) == chosen
+    fixed = se.study_apply_settings(study)  # what every trial shares, without a trial's own settings
+    assert fixed["artifact"] == chosen["artifact"] and set(fixed) <= set(chosen)
+    with pytest.raises(SparseEditError, match="no completed trial 99"):
+        se.study_apply_settings(study, 99)
 
 
 def test_rerun_with_the_same_seed_samples_and_measures_the_same_trials(located, tmp_path):
@@ -170,6 +183,18 @@ def test_a_study_of_layer_sets_and_positions_reproduces_and_the_parameter_limit_
     again = tmp_path / "again"
     run_cli("apply", "--config", study / "chosen.toml", "-o", again, "-q")
     assert tree_hashes(again) == tree_hashes(study / "edited")
+
+    # From Python: any trial's apply settings, the chosen one's equal to chosen.toml.
+    import tomllib
+
+    import sparse_edit as se
+
+    chosen = tomllib.loads((study / "chosen.toml").read_text())
+    assert se.study_apply_settings(study, payload["chosen"]) == chosen
+    fixed = se.study_apply_settings(study)  # what every trial shares, without a trial's own settings
+    assert fixed["artifact"] == chosen["artifact"] and set(fixed) <= set(chosen)
+    with pytest.raises(SparseEditError, match="no completed trial 99"):
+        se.study_apply_settings(study, 99)
 
     # Every edit of a tiny model changes far more than a millionth of it: none may be chosen.
     strict = tmp_path / "strict"
