@@ -1,8 +1,9 @@
-"""The Optuna study behind ``sparse-edit tune``: journaled beside the output so a killed run resumes.
+"""The Optuna study behind ``sparse-edit tune``: run the trials, then write the study folder once.
 
-The journal ``.NAME.tune.db`` (SQLite) holds the trials and the base model's dev verdicts; its
-key over every setting that decides a trial's outcome must match for a rerun to resume it. The
-output folder is staged and moved into place once the study ends; then the journal goes.
+The study's storage (``storage``: the local journal ``.NAME.tune.db`` beside the output, or shared
+``--storage``) holds the trials and the base model's dev verdicts; its key over every setting that
+decides a trial's outcome must match for a rerun to resume it or a worker to join it. The output
+folder is staged and moved into place once the study ends; then a local journal goes.
 """
 
 from __future__ import annotations
