@@ -359,10 +359,15 @@ def render(payload: dict[str, Any]) -> str:
         f"Written by `{payload.get('command', 'python benchmarks/tune_study.py')}` (with "
         f"`{payload.get('name', 'tune-study')}.json`). Everything the study chose came from "
         f"the anchor side ({anchor_sources(study['settings'])}); the table below is the test "
-        f"side: MultiJail ids {payload.get('test_harmful_ids', '20-99')} and {payload.get('test_harmless', HARMLESS_BY_LIMIT)}, "
-        f"{test_slice(payload)} per language and class, 32-token greedy replies ({payload.get('eval_dtype', 'auto')} "
+        + (
+            f"side: the sources of {payload['test_config']}, "
+            if payload.get("test_config")
+            else f"side: MultiJail ids {payload.get('test_harmful_ids', '20-99')} and "
+            f"{payload.get('test_harmless', HARMLESS_BY_LIMIT)}, "
+        )
+        + f"{test_slice(payload)} per language and class, 32-token greedy replies ({payload.get('eval_dtype', 'auto')} "
         "eval), keyword judge. "
-        + harmful_ids_note(payload.get("test_harmful_ids", "20-99"))
+        + ("" if payload.get("test_config") else harmful_ids_note(payload.get("test_harmful_ids", "20-99")))
         + "Rates in % with 95 % Wilson intervals; McNemar tests are exact and pooled over languages; newly answered = "
         "harmful test prompts the base model refused and the edited model answers.",
         "",
@@ -633,6 +638,10 @@ def main(argv: list[str] | None = None) -> None:
             "test_skip_per_language": args.test_skip,
             "test_harmful_ids": args.test_harmful_ids or "20-99",
             "test_harmless": harmless_description,
+            # Another test config names its own prompts (the default one is described by the fields above).
+            "test_config": None
+            if args.test_config == CONFIGS / "multijail-test-eval.toml"
+            else args.test_config.name,
             "results": results,
             "dev_test_agreement": agreement(results),
         },
