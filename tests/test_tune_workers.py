@@ -21,7 +21,7 @@ CLI = """
 import sys, time
 from sparse_edit.tuning import trial
 run = trial.TrialRunner.run
-trial.TrialRunner.run = lambda self, *args: (time.sleep(1.0), run(self, *args))[1]
+trial.TrialRunner.run = lambda self, *args: (time.sleep(2.0), run(self, *args))[1]
 from sparse_edit.cli import main
 sys.argv = ["sparse-edit", *sys.argv[1:]]
 main()
