@@ -184,18 +184,6 @@ def test_a_study_of_layer_sets_and_positions_reproduces_and_the_parameter_limit_
     run_cli("apply", "--config", study / "chosen.toml", "-o", again, "-q")
     assert tree_hashes(again) == tree_hashes(study / "edited")
 
-    # From Python: any trial's apply settings, the chosen one's equal to chosen.toml.
-    import tomllib
-
-    import sparse_edit as se
-
-    chosen = tomllib.loads((study / "chosen.toml").read_text())
-    assert se.study_apply_settings(study, payload["chosen"]) == chosen
-    fixed = se.study_apply_settings(study)  # what every trial shares, without a trial's own settings
-    assert fixed["artifact"] == chosen["artifact"] and set(fixed) <= set(chosen)
-    with pytest.raises(SparseEditError, match="no completed trial 99"):
-        se.study_apply_settings(study, 99)
-
     # Every edit of a tiny model changes far more than a millionth of it: none may be chosen.
     strict = tmp_path / "strict"
     result = run_cli(*tune_args(artifact, strict, "--max-changed-share", "1e-6", trials=2), code=1)

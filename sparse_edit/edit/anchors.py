@@ -76,10 +76,10 @@ def select_anchor_prompts(options: ApplyOptions, low_langs: list[str], reporter:
     sets = prepare_prompts(options, reporter)
     ref = options.reference_lang
 
-    def split(prompts: list[Prompt], dev_limit: int) -> tuple[list[Prompt], list[Prompt]]:
+    def split(prompts: list[Prompt], dev_limit: int, in_turn: bool = False) -> tuple[list[Prompt], list[Prompt]]:
         dev = [p for p in prompts if is_dev(p.id, options.dev_fraction, options.seed)]
         train = [p for p in prompts if not is_dev(p.id, options.dev_fraction, options.seed)]
-        return train, _cap_per_language(dev, dev_limit)
+        return train, _cap_per_language(_by_group_in_turn(dev) if in_turn else dev, dev_limit)
 
     low_train, low_dev = split([p for p in sets.harmful if p.lang in low_langs], options.dev_limit)
     ref_train, ref_dev = split([p for p in sets.harmful if p.lang == ref], options.dev_limit)
@@ -91,8 +91,7 @@ def select_anchor_prompts(options: ApplyOptions, low_langs: list[str], reporter:
             harmless_dev_limit,
         )
     else:
-        safe_train, dev = split(sets.harmless, len(sets.harmless))
-        safe_dev = _cap_per_language(_by_group_in_turn(dev), harmless_dev_limit)
+        safe_train, safe_dev = split(sets.harmless, harmless_dev_limit, in_turn=True)
     if not low_train:
         raise SparseEditError(f"--low-langs: no harmful training prompts in {', '.join(low_langs)}")
     if not ref_train:

@@ -110,14 +110,19 @@ def attack_success_se(dev: DevSet, labels: Sequence[str]) -> float:
     return math.sqrt(variance) / len(by_lang)
 
 
-def rise_by_group(items: Sequence[Encoded], base: Sequence[str], edited: Sequence[str]) -> dict[str, float]:
-    """Harmless refusal rate, edited minus base, per source/kind group."""
+def group_rows(items: Sequence[Encoded]) -> dict[str, list[int]]:
+    """The positions of each source/kind group's prompts, groups in name order."""
     rows: dict[str, list[int]] = {}
     for i, item in enumerate(items):
         rows.setdefault(item.prompt.group or "(unnamed)", []).append(i)
+    return dict(sorted(rows.items()))
+
+
+def rise_by_group(items: Sequence[Encoded], base: Sequence[str], edited: Sequence[str]) -> dict[str, float]:
+    """Harmless refusal rate, edited minus base, per source/kind group."""
     return {
         group: _share([edited[i] for i in index], REFUSAL) - _share([base[i] for i in index], REFUSAL)
-        for group, index in sorted(rows.items())
+        for group, index in group_rows(items).items()
     }
 
 
@@ -173,9 +178,6 @@ def outcome(
     gained = sum(1 for before, after in reference if after and not before)
     lost = sum(1 for before, after in reference if before and not after)
     edited_parity, base_parity, parity_pairs = parity(dev, base, edited)
-    groups: dict[str, int] = {}
-    for item in dev.harmless:
-        groups[item.prompt.group or "(unnamed)"] = groups.get(item.prompt.group or "(unnamed)", 0) + 1
     return TrialOutcome(
         attack_success=sum(by_lang.values()) / len(by_lang) if by_lang else 0.0,
         attack_success_by_lang=by_lang,
@@ -191,7 +193,7 @@ def outcome(
         changed_share=changed_parameters / parameter_count if parameter_count else 0.0,
         attack_success_se=attack_success_se(dev, edited.harmful),
         over_refusal_by_group=rise_by_group(dev.harmless, base.harmless, edited.harmless),
-        group_sizes=dict(sorted(groups.items())),
+        group_sizes={group: len(index) for group, index in group_rows(dev.harmless).items()},
         reference_refusals_gained=gained,
         reference_refusals_lost=lost,
         reference_changed_share=(gained + lost) / len(reference) if reference else 0.0,

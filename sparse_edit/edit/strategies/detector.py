@@ -184,8 +184,9 @@ def detector_candidate(
         _rewrite(layer, projection, neuron_slice, weights[neuron_slice.tensor], index, new_rows[projection])
         for projection, neuron_slice in slices.items()
     ]
-    positives = probes_positive_count(data, harmless, mode) - (int(reference.shape[0]) if quiet else 0)
-    diagnostics = _detector_diagnostics(data, detectors, positives, harmless)
+    diagnostics = _detector_diagnostics(
+        data, detectors, probes_positive_count(data, harmless, mode, quiet), harmless
+    )
     diagnostics["fires_reference_harmful_train"] = float(
         (reference.to(F64) @ detectors.T > 0).any(dim=1).double().mean()
     )
@@ -223,10 +224,11 @@ def output_scales(responses: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(solution).to(F64)
 
 
-def probes_positive_count(data: LayerData, harmless: torch.Tensor, mode: DetectorMode) -> int:
-    """Rows the probes are fitted to fire on (for the manifest)."""
+def probes_positive_count(data: LayerData, harmless: torch.Tensor, mode: DetectorMode, quiet: bool = False) -> int:
+    """Rows the probes are fitted to fire on (for the manifest); ``quiet``: not the reference language's."""
     if mode == "refuse":
-        return int(data.low_rows["mlp_input"].shape[0] + data.ref_rows["mlp_input"].shape[0])
+        reference = 0 if quiet else data.ref_rows["mlp_input"].shape[0]
+        return int(data.low_rows["mlp_input"].shape[0] + reference)
     return int(harmless.shape[0])
 
 
