@@ -1,18 +1,22 @@
 """Incremental replies against plain greedy generation in `eval --base`: same model, same prompts, same run.
 
 For a linear edit (apply's default, ``paper`` at 0.75 of the depth) and a gated one (``detector``, one
-neuron at each of layers 16 and 20), on Qwen2.5-Coder-0.5B-Instruct in bfloat16: the whole
+neuron at each of layers 16 and 20), on Qwen2.5-Coder-0.5B-Instruct (``--dtype``, default bfloat16; CPUs
+without fast bfloat16 kernels run float32 faster), plus any folder an earlier ``apply`` wrote
+(``--edited LABEL=PATH``, an edit of the same base model): the whole
 ``se.evaluate(base=...)`` with and without ``reuse_base_replies`` (the edited model's replies found
 from the base model's by one teacher-forced pass, generated only from the first divergence);
 seconds, ratio, whether the two report.json files are equal (settings aside), and how many
 replies the edit changed.
 
 Prompts: the anchor side of the fixed split only (MultiJail ids 100-314, MultiQ anchor ids), so no
-test prompt is read. Writes benchmarks/results/incremental.json.
+test prompt is read. Writes benchmarks/results/incremental.json (incremental-float32.json for
+``--dtype float32``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,6 @@ import sparse_edit as se
 MODEL = "zoo:qwen2.5-coder-0.5b-instruct"
 LANGS = ["en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"]
 RUNS = ALL_RUNS / "bench-incremental"
-DTYPE = "bfloat16"
 REPLY_TOKENS = 24
 BATCH = 16
 # Anchor side only: the locate anchors of make demo; the timed prompts come from later anchor ids.
@@ -55,13 +58,13 @@ EDITS: dict[str, dict[str, Any]] = {
 }
 
 
-def edited_folder(name: str, settings: dict) -> Path:
-    out = RUNS / name.split(" ")[0]
+def edited_folder(runs: Path, name: str, settings: dict, dtype: str) -> Path:
+    out = runs / name.split(" ")[0]
     if not (out / "sparse_edit" / "manifest.json").is_file():
         se.apply_edit(
-            artifact=RUNS / "locate.safetensors",
+            artifact=runs / "locate.safetensors",
             output=out,
-            dtype=DTYPE,
+            dtype=dtype,
             batch_size=BATCH,
             limit=48,
             harmless_limit=40,
@@ -71,16 +74,18 @@ def edited_folder(name: str, settings: dict) -> Path:
     return out
 
 
-def eval_pass(edited_path: Path) -> dict:
+def eval_pass(runs: Path, label: str, edited_path: Path, dtype: str) -> dict:
+    tag = label.split(" ")[0]
+
     def run(reuse: bool) -> tuple[dict, float]:
-        out = RUNS / f"eval-{'reuse' if reuse else 'plain'}-{edited_path.name}"
+        out = runs / f"eval-{'reuse' if reuse else 'plain'}-{tag}"
         seconds, _ = timed(
             lambda: se.evaluate(
                 model=edited_path,
                 base=MODEL,
                 output=out,
                 overwrite=True,
-                dtype=DTYPE,
+                dtype=dtype,
                 batch_size=BATCH,
                 max_new_tokens=32,
                 representation=False,
@@ -95,11 +100,13 @@ def eval_pass(edited_path: Path) -> dict:
     plain, plain_s = run(False)
     fast, fast_s = run(True)
     replies: dict[tuple[str, str, str], dict[str, str]] = {}
-    for row in read_replies(RUNS / f"eval-plain-{edited_path.name}"):
+    for row in read_replies(runs / f"eval-plain-{tag}"):
         replies.setdefault((row["class"], row["lang"], row["id"]), {})[row["model"]] = row["reply"]
+    changed = [key for key, pair in replies.items() if len(set(pair.values())) > 1]
     return {
         "replies": len(replies),
-        "replies_changed_by_the_edit": sum(len(set(pair.values())) > 1 for pair in replies.values()),
+        "replies_changed_by_the_edit": len(changed),
+        "changed_by_class": {label: sum(key[0] == label for key in changed) for label in ("harmful", "harmless")},
         "plain_seconds": round(plain_s, 1),
         "incremental_seconds": round(fast_s, 1),
         "speedup": round(plain_s / fast_s, 2),
@@ -108,21 +115,30 @@ def eval_pass(edited_path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument(
+        "--edited", action="append", default=[], metavar="LABEL=PATH", help="also time this edited folder"
+    )
+    args = parser.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.edited)
     need_shared_data()
-    RUNS.mkdir(parents=True, exist_ok=True)
-    if not (RUNS / "locate.safetensors").is_file():
-        se.locate(model=MODEL, output=RUNS / "locate.safetensors", dtype=DTYPE, batch_size=BATCH, **LOCATE)
+    runs = RUNS if args.dtype == "bfloat16" else RUNS.with_name(f"{RUNS.name}-{args.dtype}")
+    runs.mkdir(parents=True, exist_ok=True)
+    if not (runs / "locate.safetensors").is_file():
+        se.locate(model=MODEL, output=runs / "locate.safetensors", dtype=args.dtype, batch_size=BATCH, **LOCATE)
     rows = []
-    for name, settings in EDITS.items():
-        path = edited_folder(name, settings)
-        row = {"edit": name, "eval_base": eval_pass(path)}
+    folders = {name: edited_folder(runs, name, settings, args.dtype) for name, settings in EDITS.items()}
+    folders.update({label: Path(path) for label, path in extra.items()})
+    for name, path in folders.items():
+        row = {"edit": name, "folder": str(path), "eval_base": eval_pass(runs, name, path, args.dtype)}
         print(json.dumps(row, indent=2), flush=True)
         rows.append(row)
     path = save(
-        "incremental",
+        "incremental" if args.dtype == "bfloat16" else f"incremental-{args.dtype}",
         {
             "model": MODEL,
-            "dtype": DTYPE,
+            "dtype": args.dtype,
             "reply_tokens": REPLY_TOKENS,
             "batch_size": BATCH,
             "timed_prompts": TIMED,

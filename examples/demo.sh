@@ -15,9 +15,9 @@ cd "$(dirname "$0")/.."
 cli=${SPARSE_EDIT:-.venv/bin/sparse-edit}
 model=${DEMO_MODEL:-zoo:qwen2.5-coder-0.5b-instruct}
 out=${DEMO_OUT:-runs/demo}
-# The checkpoint is stored in bfloat16, which is also several times faster than float32 on CPUs with
-# AVX-512 BF16 or AMX; DEMO_DTYPE=auto runs float32 on a CPU.
-dtype=${DEMO_DTYPE:-bfloat16}
+# auto: float32 on a CPU (on 2 cores without AVX-512 BF16 or AMX, bfloat16 generation measured 2.5x
+# slower), the checkpoint's dtype on a GPU. DEMO_DTYPE=bfloat16 where the CPU has fast bfloat16 kernels.
+dtype=${DEMO_DTYPE:-auto}
 data=${DEMO_DATA:-}  # a folder with multijail/ and multiq/; "none" runs the bundled set
 if [[ "$data" == none ]]; then
     data=
@@ -55,7 +55,7 @@ mkdir -p "$out"
 
 # Seconds each stage took in the run the README quotes (2 CPU cores; fetch includes the first
 # download and conversion, a few seconds once cached), for the "left" estimate of each stage line.
-if [[ -n "$data" ]]; then typical=(65 100 171 331); else typical=(65 60 30 60); fi
+if [[ -n "$data" ]]; then typical=(65 371 511 1266); else typical=(65 60 30 60); fi
 start=$SECONDS
 stage_start=$SECONDS
 stage() {  # stage N NAME: say where the demo is, how long it has run and about how long is left
