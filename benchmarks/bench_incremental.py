@@ -5,7 +5,9 @@ neuron at each of layers 16 and 20), on Qwen2.5-Coder-0.5B-Instruct (``--dtype``
 without fast bfloat16 kernels run float32 faster), plus any folder an earlier ``apply`` wrote
 (``--edited LABEL=PATH``, an edit of the same base model): the whole
 ``se.evaluate(base=...)`` with and without ``reuse_base_replies`` (the edited model's replies found
-from the base model's by one teacher-forced pass, generated only from the first divergence);
+from the base model's by one teacher-forced pass, generated only from the first divergence), and
+both again with ``base_cache`` holding the base replies of the first run (a later eval against the
+same base);
 seconds, ratio, whether the two report.json files are equal (settings aside), and how many
 replies the edit changed.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +78,13 @@ def edited_folder(runs: Path, name: str, settings: dict, dtype: str) -> Path:
 
 
 def eval_pass(runs: Path, label: str, edited_path: Path, dtype: str) -> dict:
+    """Four evals of one edit: plain, incremental, and both again with the base replies cached by the plain run."""
     tag = label.split(" ")[0]
+    cache = runs / f"base-cache-{tag}"
+    shutil.rmtree(cache, ignore_errors=True)
 
-    def run(reuse: bool) -> tuple[dict, float]:
-        out = runs / f"eval-{'reuse' if reuse else 'plain'}-{tag}"
+    def run(name: str, reuse: bool, cached: bool) -> tuple[dict, float]:
+        out = runs / f"eval-{name}-{tag}"
         seconds, _ = timed(
             lambda: se.evaluate(
                 model=edited_path,
@@ -90,15 +96,20 @@ def eval_pass(runs: Path, label: str, edited_path: Path, dtype: str) -> dict:
                 max_new_tokens=32,
                 representation=False,
                 reuse_base_replies=reuse,
+                base_cache=cache if cached else None,
                 **TIMED,
             )
         )
         report = json.loads((out / "report.json").read_text())
-        report["settings"].pop("reuse_base_replies")
+        for setting in ("reuse_base_replies", "base_cache"):
+            report["settings"].pop(setting)
         return report, seconds
 
-    plain, plain_s = run(False)
-    fast, fast_s = run(True)
+    # The plain run fills the cache as it goes (the cost of a first eval against this base), the later ones read it.
+    plain, plain_s = run("plain", reuse=False, cached=True)
+    fast, fast_s = run("reuse", reuse=True, cached=False)
+    cached, cached_s = run("cached", reuse=False, cached=True)
+    both, both_s = run("cached-reuse", reuse=True, cached=True)
     replies: dict[tuple[str, str, str], dict[str, str]] = {}
     for row in read_replies(runs / f"eval-plain-{tag}"):
         replies.setdefault((row["class"], row["lang"], row["id"]), {})[row["model"]] = row["reply"]
@@ -111,6 +122,12 @@ def eval_pass(runs: Path, label: str, edited_path: Path, dtype: str) -> dict:
         "incremental_seconds": round(fast_s, 1),
         "speedup": round(plain_s / fast_s, 2),
         "identical_report": plain == fast,
+        "cached_base_seconds": round(cached_s, 1),
+        "cached_base_speedup": round(plain_s / cached_s, 2),
+        "cached_base_identical_report": plain == cached,
+        "cached_base_incremental_seconds": round(both_s, 1),
+        "cached_base_incremental_speedup": round(plain_s / both_s, 2),
+        "cached_base_incremental_identical_report": plain == both,
     }
 
 
@@ -120,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--edited", action="append", default=[], metavar="LABEL=PATH", help="also time this edited folder"
     )
+    parser.add_argument("--only-edited", action="store_true", help="time only the --edited folders")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.edited)
     need_shared_data()
@@ -128,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (runs / "locate.safetensors").is_file():
         se.locate(model=MODEL, output=runs / "locate.safetensors", dtype=args.dtype, batch_size=BATCH, **LOCATE)
     rows = []
-    folders = {name: edited_folder(runs, name, settings, args.dtype) for name, settings in EDITS.items()}
+    builtin = {} if args.only_edited else EDITS
+    folders = {name: edited_folder(runs, name, settings, args.dtype) for name, settings in builtin.items()}
     folders.update({label: Path(path) for label, path in extra.items()})
     for name, path in folders.items():
         row = {"edit": name, "folder": str(path), "eval_base": eval_pass(runs, name, path, args.dtype)}

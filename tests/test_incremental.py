@@ -119,3 +119,77 @@ def test_eval_with_base_drafts_writes_the_report_plain_generation_writes(tmp_pat
         tmp_path / "plain" / "replies.jsonl"
     ).read_bytes()
     assert plain["changed"]["newly_refused_harmless"] or plain["summary"]["kl_harmless"] > 0, "the edit acts"
+
+
+def test_base_cache_keeps_the_base_replies_for_later_evals_of_the_same_base_and_settings(tmp_path):
+    import json
+
+    from sparse_edit.testing import build_tiny_model
+    from tests.helpers import locate_and_apply, run_cli
+
+    build_tiny_model(tmp_path / "base", "llama")
+    locate_and_apply(tmp_path)
+    cache = tmp_path / "cache"
+    common = [
+        "eval",
+        "--model",
+        tmp_path / "edited",
+        "--base",
+        tmp_path / "base",
+        "--harmful",
+        tmp_path / "harmful.jsonl",
+        "--harmless",
+        tmp_path / "harmless.jsonl",
+        "--device",
+        "cpu",
+        "-q",
+        "--no-representation",
+    ]
+
+    def report(name: str) -> dict:
+        found = json.loads((tmp_path / name / "report.json").read_text())
+        for key in ("base_cache", "reuse_base_replies"):
+            found["settings"].pop(key)
+        return found
+
+    run_cli(*common, "--max-new-tokens", "8", "-o", tmp_path / "plain")
+    run_cli(*common, "--max-new-tokens", "8", "--base-cache", cache, "-o", tmp_path / "filling")
+    (kept,) = cache.iterdir()
+    rows = kept.read_text(encoding="utf-8").splitlines()
+    replies = (tmp_path / "plain" / "replies.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 1 + len(replies) // 2, "a header and one row per base reply"
+    assert report("filling") == report("plain")
+
+    # A second eval reads the cached replies instead of generating: nothing is appended, the report is the same,
+    # and with --reuse-base-replies the cached texts serve as drafts.
+    before = kept.read_bytes()
+    run_cli(*common, "--max-new-tokens", "8", "--base-cache", cache, "-o", tmp_path / "cached")
+    run_cli(
+        *common, "--max-new-tokens", "8", "--base-cache", cache, "--reuse-base-replies", "-o", tmp_path / "drafted"
+    )
+    assert kept.read_bytes() == before
+    assert report("cached") == report("plain") == report("drafted")
+
+    # The replies really come from the cache: a cached reply changed by hand is the base reply reported.
+    first = json.loads(rows[1])
+    rows[1] = json.dumps({**first, "reply": "I'm sorry, but I can't help with that."})
+    kept.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    run_cli(*common, "--max-new-tokens", "8", "--base-cache", cache, "-o", tmp_path / "tampered")
+    base_rows = [
+        json.loads(line)
+        for line in (tmp_path / "tampered" / "replies.jsonl").read_text(encoding="utf-8").splitlines()
+        if json.loads(line)["model"] == "base"
+    ]
+    assert any(
+        row["reply"] == "I'm sorry, but I can't help with that."
+        and (row["lang"], row["id"]) == (first["lang"], first["id"])
+        for row in base_rows
+    )
+
+    # Other generation settings get a file of their own; the first one is left as it was.
+    edited_cache = kept.read_bytes()
+    run_cli(*common, "--max-new-tokens", "6", "--base-cache", cache, "-o", tmp_path / "shorter")
+    assert len(list(cache.iterdir())) == 2 and kept.read_bytes() == edited_cache
+
+    result = run_cli(*common[:3], *common[5:], "--base-cache", cache, "-o", tmp_path / "nobase", code=2)
+    assert "--base-cache" in result.output and not (tmp_path / "nobase").exists()

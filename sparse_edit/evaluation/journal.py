@@ -5,6 +5,10 @@ a key over every setting that decides a reply (models' fingerprints, generation 
 each later line is one generated reply. A rerun with the same ``-o`` and the same key reuses
 the replies it finds and generates only the rest; a different key is refused, so replies of
 two configurations are never mixed. The journal is removed once the report is in place.
+
+``eval --base-cache DIR`` keeps the base model's replies in a journal of their own in DIR, keyed by the
+base model and the generation settings alone, and never removed: later runs against the same base
+read them instead of generating them again.
 """
 
 from __future__ import annotations
@@ -82,7 +86,11 @@ class ReplyJournal:
     @classmethod
     def open(cls, report_folder: Path, key: str) -> ReplyJournal:
         """Resume the journal beside ``report_folder`` (refused if made with other settings), or start one."""
-        path = journal_path(Path(report_folder))
+        return cls.open_file(journal_path(Path(report_folder)), key)
+
+    @classmethod
+    def open_file(cls, path: Path, key: str) -> ReplyJournal:
+        """Resume the journal ``path`` (refused if made with other settings), or start one there."""
         if path.exists():
             _check_header(path, key)
             _drop_cut_line(path)  # ours and of these settings: a killed run's partial last row may go
@@ -130,3 +138,14 @@ class ReplyJournal:
 
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def base_cache_journal(folder: Path, key: str) -> ReplyJournal:
+    """The journal of ``eval --base-cache``: the base model's replies under one settings key, kept for later runs.
+
+    One file per key (named by it), so a folder can hold the replies of several bases and settings.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise SparseEditError(f"--base-cache {folder}: not a folder; name a folder for the cached base replies")
+    folder.mkdir(parents=True, exist_ok=True)
+    return ReplyJournal.open_file(folder / f"base-{key[:24]}.replies.jsonl", key)

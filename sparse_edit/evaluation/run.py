@@ -13,7 +13,7 @@ from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import by_language
 from sparse_edit.data.selection import prepare_prompts
 from sparse_edit.evaluation.gates import Gate, check_gate_languages, check_gates
-from sparse_edit.evaluation.journal import ReplyJournal, settings_key
+from sparse_edit.evaluation.journal import ReplyJournal, base_cache_journal, settings_key
 from sparse_edit.evaluation.parity import parallel_languages, parity_report
 from sparse_edit.evaluation.tables import ModelRun, changed_prompts, language_table, pooled_tests, summary_metrics
 from sparse_edit.io.layout import EVAL_KIND
@@ -87,7 +87,12 @@ def measure(
             tokens_out=tokens,
         )
         if tokens_out is not None:
-            tokens_out[label] = tokens
+            # A reply taken from a journal has no tokens; its text, tokenized again, is a draft as good as any
+            # (the edited model checks every draft token, so a draft only decides how much is generated).
+            tokens_out[label] = [
+                row or (loaded.tokenizer.encode(reply, add_special_tokens=False) if reply else [])
+                for row, reply in zip(tokens, found, strict=True)
+            ]
         return found
 
     harmful_replies = replies(harmful, "harmful")
@@ -161,8 +166,15 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
     drafts: dict[str, list[list[int]]] | None = (
         {} if base_model is not None and options.reuse_base_replies else None
     )
+    base_journal = journal
+    if base_model is not None and options.base_cache is not None:
+        base_journal = base_cache_journal(options.base_cache, base_reply_key(options, base_model))
+        if base_journal.replies:
+            reporter.warn(
+                f"base: {len(base_journal.replies)} cached replies of this base and these settings in {base_journal.path}"
+            )
     base_run = (
-        measure(base_model, harmful, harmless, options, judge, reporter, "base", journal, tokens_out=drafts)
+        measure(base_model, harmful, harmless, options, judge, reporter, "base", base_journal, tokens_out=drafts)
         if base_model
         else None
     )
@@ -228,6 +240,7 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
 NOT_REPLY_SETTINGS = {
     "output",
     "reuse_base_replies",
+    "base_cache",
     "overwrite",
     "fail_if",
     "representation",
@@ -250,6 +263,16 @@ def reply_settings_key(options: EvalOptions, edited: LoadedModel, base: LoadedMo
     # The weights themselves, not only their layout: a journal of another model of the same shapes is not ours.
     settings["weights"] = [edited.checkpoint.weights_sha256(), base.checkpoint.weights_sha256() if base else None]
     settings["device"] = edited.device
+    return settings_key(settings)
+
+
+def base_reply_key(options: EvalOptions, base: LoadedModel) -> str:
+    """The key of the base model's replies alone (``--base-cache``): the edited model plays no part in them."""
+    settings = options.model_dump(mode="json", exclude=NOT_REPLY_SETTINGS | {"model", "base"})
+    settings["weights"] = base.checkpoint.weights_sha256()
+    settings["device"] = base.device
+    template = getattr(base.tokenizer, "chat_template", None)
+    settings["chat_template"] = settings_key({"template": template}) if template else None
     return settings_key(settings)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sparse_edit.options.model import ModelOptions
 from sparse_edit.options.prompts import PromptOptions
@@ -39,4 +39,17 @@ class EvalOptions(ModelOptions, PromptOptions):
         "only when the edit leaves most replies unchanged, and in bfloat16 a reply can differ as it does between "
         "two batch sizes (docs/method.md, incremental replies).",
     )
+    base_cache: Path | None = Field(
+        None,
+        description="With --base: a folder that keeps the base model's replies across eval runs, one file per "
+        "base model and generation settings (weights' sha256, dtype, device, tokens, template). A later eval "
+        "against the same base with the same settings reuses the replies it finds there instead of "
+        "generating them again; replies of other settings are never mixed in.",
+    )
     seed: int = Field(0, description="Torch seed (generation is greedy; recorded for reproducibility).")
+
+    @model_validator(mode="after")
+    def _cache_needs_base(self) -> EvalOptions:
+        if self.base_cache is not None and self.base is None:
+            raise ValueError("--base-cache keeps the base model's replies: give --base too, or drop --base-cache")
+        return self
