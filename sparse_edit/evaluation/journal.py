@@ -13,6 +13,7 @@ read them instead of generating them again.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -91,11 +92,17 @@ class ReplyJournal:
     @classmethod
     def open_file(cls, path: Path, key: str) -> ReplyJournal:
         """Resume the journal ``path`` (refused if made with other settings), or start one there."""
-        if path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # no other eval sharing a --base-cache file writes meanwhile
+            return cls._resume_or_start(path, key)
+
+    @classmethod
+    def _resume_or_start(cls, path: Path, key: str) -> ReplyJournal:
+        if path.stat().st_size:
             _check_header(path, key)
             _drop_cut_line(path)  # ours and of these settings: a killed run's partial last row may go
-        if not path.exists() or path.stat().st_size == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        if path.stat().st_size == 0:
             path.write_text(json.dumps({"kind": KIND, "key": key}) + "\n", encoding="utf-8")
             return cls(path, key, {})
         replies: dict[ReplyKey, str] = {}
@@ -132,6 +139,8 @@ class ReplyJournal:
             }
             lines.append(json.dumps(row, ensure_ascii=False) + "\n")
         with self.path.open("a", encoding="utf-8") as stream:
+            # A --base-cache file may be shared by evals running side by side: whole batches, one at a time.
+            fcntl.flock(stream, fcntl.LOCK_EX)
             stream.write("".join(lines))
             stream.flush()
             os.fsync(stream.fileno())
