@@ -169,10 +169,7 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
     base_journal = journal
     if base_model is not None and options.base_cache is not None:
         base_journal = base_cache_journal(options.base_cache, base_reply_key(options, base_model))
-        if base_journal.replies:
-            reporter.warn(
-                f"base: {len(base_journal.replies)} cached replies of this base and these settings in {base_journal.path}"
-            )
+        reporter.info(f"base: {len(base_journal.replies)} cached replies of these settings in {base_journal.path}")
     base_run = (
         measure(base_model, harmful, harmless, options, judge, reporter, "base", base_journal, tokens_out=drafts)
         if base_model
