@@ -84,15 +84,14 @@ def test_short_or_empty_drafts_are_continued_to_the_limit(tiny_models):
         incremental_replies(loaded, encoded, plain[:2], 9, 4, QUIET)
 
 
-def test_eval_with_base_drafts_writes_the_report_plain_generation_writes(tmp_path):
-    import json
-
+def edited_and_eval_args(tmp_path) -> list:
+    """A tiny Llama base and its edit in ``tmp_path``, and the eval arguments that compare them (no -o)."""
     from sparse_edit.testing import build_tiny_model
-    from tests.helpers import locate_and_apply, run_cli
+    from tests.helpers import locate_and_apply
 
     build_tiny_model(tmp_path / "base", "llama")
     locate_and_apply(tmp_path)
-    common = [
+    return [
         "eval",
         "--model",
         tmp_path / "edited",
@@ -102,13 +101,19 @@ def test_eval_with_base_drafts_writes_the_report_plain_generation_writes(tmp_pat
         tmp_path / "harmful.jsonl",
         "--harmless",
         tmp_path / "harmless.jsonl",
-        "--max-new-tokens",
-        "8",
         "--device",
         "cpu",
         "-q",
         "--no-representation",
     ]
+
+
+def test_eval_with_base_drafts_writes_the_report_plain_generation_writes(tmp_path):
+    import json
+
+    from tests.helpers import run_cli
+
+    common = [*edited_and_eval_args(tmp_path), "--max-new-tokens", "8"]
     run_cli(*common, "--reuse-base-replies", "-o", tmp_path / "drafted")
     run_cli(*common, "-o", tmp_path / "plain")
     drafted, plain = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("drafted", "plain"))
@@ -124,27 +129,10 @@ def test_eval_with_base_drafts_writes_the_report_plain_generation_writes(tmp_pat
 def test_base_cache_keeps_the_base_replies_for_later_evals_of_the_same_base_and_settings(tmp_path):
     import json
 
-    from sparse_edit.testing import build_tiny_model
-    from tests.helpers import locate_and_apply, run_cli
+    from tests.helpers import run_cli
 
-    build_tiny_model(tmp_path / "base", "llama")
-    locate_and_apply(tmp_path)
     cache = tmp_path / "cache"
-    common = [
-        "eval",
-        "--model",
-        tmp_path / "edited",
-        "--base",
-        tmp_path / "base",
-        "--harmful",
-        tmp_path / "harmful.jsonl",
-        "--harmless",
-        tmp_path / "harmless.jsonl",
-        "--device",
-        "cpu",
-        "-q",
-        "--no-representation",
-    ]
+    common = edited_and_eval_args(tmp_path)
 
     def report(name: str) -> dict:
         found = json.loads((tmp_path / name / "report.json").read_text())
