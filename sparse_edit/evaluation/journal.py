@@ -156,5 +156,4 @@ def base_cache_journal(folder: Path, key: str) -> ReplyJournal:
     """
     if folder.exists() and not folder.is_dir():
         raise SparseEditError(f"--base-cache {folder}: not a folder; name a folder for the cached base replies")
-    folder.mkdir(parents=True, exist_ok=True)
     return ReplyJournal.open_file(folder / f"base-{key[:24]}.replies.jsonl", key)
