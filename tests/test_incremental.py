@@ -108,6 +108,36 @@ def edited_and_eval_args(tmp_path) -> list:
     ]
 
 
+def test_eval_with_base_reads_each_models_harmless_log_odds_off_the_kl_passes(tmp_path):
+    """The KL passes over the harmless prompts also give both models' harmless log-odds; each must be its
+    own model's, equal to a separate pass of that model."""
+    import json
+    import math
+
+    from sparse_edit.data.prompts import load_sources
+    from sparse_edit.measure.probes import mean, refusal_scores
+    from sparse_edit.model.batching import encode_prompts
+    from sparse_edit.model.loading import load_model
+    from sparse_edit.options.model import ModelOptions
+    from tests.helpers import run_cli
+
+    args = edited_and_eval_args(tmp_path)
+    run_cli(*args, "--max-new-tokens", "4", "-o", tmp_path / "report")
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    harmless, _ = load_sources([str(tmp_path / "harmless.jsonl")], "harmless", "--harmless")
+    expected = {}
+    for tag, path in (("edited", tmp_path / "edited"), ("base", tmp_path / "base")):
+        loaded = load_model(ModelOptions(model=path, device="cpu"))
+        encoded = encode_prompts(loaded.tokenizer, harmless, None, None)
+        expected[tag] = {
+            lang: mean(values) for lang, values in refusal_scores(loaded, encoded, 16, all_positions=True).items()
+        }
+    assert expected["edited"] != expected["base"], "the edit moves the harmless log-odds"
+    for lang, row in report["languages"].items():
+        assert math.isclose(row["log_odds_harmless"], expected["edited"][lang], rel_tol=1e-6, abs_tol=1e-6)
+        assert math.isclose(row["base"]["log_odds_harmless"], expected["base"][lang], rel_tol=1e-6, abs_tol=1e-6)
+
+
 def test_eval_with_base_drafts_writes_the_report_plain_generation_writes(tmp_path):
     import json
 

@@ -37,7 +37,8 @@ def measure_candidates(
     bs = options.batch_size
     harmful, harmless = anchors.low_dev, anchors.safe_dev
     base_harmful = refusal_scores(loaded, harmful, bs) if harmful else {}
-    base_harmless = refusal_scores(loaded, harmless, bs) if harmless else {}
+    # Full passes, like token_kl's that give the edited model's harmless scores below.
+    base_harmless = refusal_scores(loaded, harmless, bs, all_positions=True) if harmless else {}
     tokens = options.dev_generate
 
     def rates(items: list[Encoded], edit: Any = None) -> dict[str, float]:

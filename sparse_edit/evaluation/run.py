@@ -18,9 +18,9 @@ from sparse_edit.evaluation.parity import parallel_languages, parity_report
 from sparse_edit.evaluation.tables import ModelRun, changed_prompts, language_table, pooled_tests, summary_metrics
 from sparse_edit.io.layout import EVAL_KIND
 from sparse_edit.measure.judge import GuardJudge, Judge, KeywordJudge
-from sparse_edit.measure.probes import kl_between, refusal_scores
+from sparse_edit.measure.probes import RefusalScores, kl_between, refusal_scores
 from sparse_edit.measure.representation import last_token_states, probe_accuracy, separation
-from sparse_edit.model.batching import Encoded, encode_prompts
+from sparse_edit.model.batching import Batch, Encoded, encode_prompts
 from sparse_edit.model.generation import generate_replies
 from sparse_edit.model.incremental import replies_from_drafts
 from sparse_edit.model.loading import LoadedModel, load_model
@@ -54,9 +54,11 @@ def measure(
     journal: ReplyJournal | None = None,
     drafts: dict[str, list[list[int]]] | None = None,
     tokens_out: dict[str, list[list[int]]] | None = None,
+    score_harmless: bool = True,
 ) -> ModelRun:
     """Replies, verdicts and probes of one model. ``drafts`` (per class, e.g. the base model's reply
-    tokens) find the replies incrementally; ``tokens_out`` receives this model's reply tokens."""
+    tokens) find the replies incrementally; ``tokens_out`` receives this model's reply tokens. Without
+    ``score_harmless`` the harmless log-odds are left empty, for the caller to read off passes it makes anyway."""
     bs = options.batch_size
 
     def replies(items: list[Encoded], label: str) -> list[str]:
@@ -107,7 +109,7 @@ def measure(
             [(e.prompt.text, e.prompt.lang, r) for e, r in zip(harmless, harmless_replies, strict=True)]
         ),
         refusal_scores(loaded, harmful, bs),
-        refusal_scores(loaded, harmless, bs),
+        refusal_scores(loaded, harmless, bs) if score_harmless else {},
     )
     if options.representation:
         states_harmful = last_token_states(loaded, harmful, bs)
@@ -117,6 +119,37 @@ def measure(
             b = states_harmless[[i for i, e in enumerate(harmless) if e.prompt.lang == lang]]
             run.representation[lang] = {"separation": separation(a, b), "probe_accuracy": probe_accuracy(a, b)}
     return run
+
+
+def paired_harmless_passes(
+    base: LoadedModel,
+    edited: LoadedModel,
+    harmless: list[Encoded],
+    batch_size: int,
+    base_run: ModelRun,
+    edited_run: ModelRun,
+    reporter: Reporter,
+) -> tuple[float, float]:
+    """KL(base ‖ edited) over the harmless prompts; the same two passes give each run its harmless log-odds."""
+    base_scores, edited_scores = RefusalScores(base.tokenizer), RefusalScores(edited.tokenizer)
+    with reporter.progress("KL: harmless", len(harmless)) as task:
+
+        def on_edited(batch: Batch, logits: torch.Tensor) -> None:
+            edited_scores.add(batch, logits)
+            task.advance(len(batch.items))
+
+        kl = kl_between(
+            edited,
+            lambda inputs: base.model(**inputs, use_cache=False).logits,
+            lambda inputs: edited.model(**inputs, use_cache=False).logits,
+            harmless,
+            batch_size,
+            on_edited=on_edited,
+            on_base=base_scores.add,
+        )
+    base_run.log_odds_harmless = base_scores.by_lang
+    edited_run.log_odds_harmless = edited_scores.by_lang
+    return kl
 
 
 @dataclass
@@ -170,23 +203,40 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
     if base_model is not None and options.base_cache is not None:
         base_journal = base_cache_journal(options.base_cache, base_reply_key(options, base_model))
         reporter.info(f"base: {len(base_journal.replies)} cached replies of these settings in {base_journal.path}")
+    paired = base_model is not None
     base_run = (
-        measure(base_model, harmful, harmless, options, judge, reporter, "base", base_journal, tokens_out=drafts)
+        measure(
+            base_model,
+            harmful,
+            harmless,
+            options,
+            judge,
+            reporter,
+            "base",
+            base_journal,
+            tokens_out=drafts,
+            score_harmless=False,
+        )
         if base_model
         else None
     )
-    edited_run = measure(edited_model, harmful, harmless, options, judge, reporter, "edited", journal, drafts)
+    edited_run = measure(
+        edited_model,
+        harmful,
+        harmless,
+        options,
+        judge,
+        reporter,
+        "edited",
+        journal,
+        drafts,
+        score_harmless=not paired,
+    )
     kl = None
-    if base_model is not None:
-        with reporter.progress("KL: harmless", len(harmless)) as task:
-            kl = kl_between(
-                edited_model,
-                lambda inputs: base_model.model(**inputs, use_cache=False).logits,
-                lambda inputs: edited_model.model(**inputs, use_cache=False).logits,
-                harmless,
-                options.batch_size,
-                on_edited=lambda batch, _: task.advance(len(batch.items)),
-            )
+    if base_model is not None and base_run is not None:
+        kl = paired_harmless_passes(
+            base_model, edited_model, harmless, options.batch_size, base_run, edited_run, reporter
+        )
     table = language_table(sets, harmful, harmless, edited_run, base_run)
     changed = changed_prompts(harmful, harmless, edited_run, base_run) if base_run is not None else None
     parity = (

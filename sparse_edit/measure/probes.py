@@ -12,7 +12,7 @@ import torch
 from sparse_edit.console import Reporter
 from sparse_edit.data.refusal import opening_token_ids, refusal_log_odds
 from sparse_edit.measure.judge import KeywordJudge
-from sparse_edit.model.batching import Batch, Encoded, batches
+from sparse_edit.model.batching import Batch, Encoded, batches, last_logits_kwargs
 from sparse_edit.model.generation import generate_replies
 from sparse_edit.model.loading import LoadedModel
 
@@ -48,14 +48,23 @@ def refusal_scores(
     batch_size: int,
     edit: EditContext = _no_edit,
     before_batch: Callable[[Batch], None] | None = None,
+    all_positions: bool = False,
 ) -> dict[str, list[float]]:
-    """Refusal log-odds at the last prompt position, grouped by language."""
+    """Refusal log-odds at the last prompt position, grouped by language.
+
+    Only the last position's logits are computed unless ``all_positions``: scores to be compared with ones
+    read off full passes (``kl_between``'s) need it, as the output projection of one row rounds a little
+    differently (about 1e-6 in float32) from that of many.
+    """
     scores = RefusalScores(loaded.tokenizer)
+    keep = {} if all_positions else last_logits_kwargs(loaded.model, 1)
     with edit(), torch.inference_mode():
         for batch in _batches(loaded, encoded, batch_size):
             if before_batch is not None:
                 before_batch(batch)
-            scores.add(batch, loaded.model(**batch.model_inputs(loaded.input_device), use_cache=False).logits)
+            scores.add(
+                batch, loaded.model(**batch.model_inputs(loaded.input_device), use_cache=False, **keep).logits
+            )
     return scores.by_lang
 
 
@@ -149,16 +158,20 @@ def kl_between(
     encoded: Sequence[Encoded],
     batch_size: int,
     on_edited: Callable[[Batch, torch.Tensor], None] | None = None,
+    on_base: Callable[[Batch, torch.Tensor], None] | None = None,
 ) -> tuple[float, float]:
     """Mean per-token KL(base ‖ edited) and the change of mean next-token NLL (edited − base).
 
-    ``on_edited`` sees every batch's edited logits (to measure more from the same pass).
+    ``on_edited`` and ``on_base`` see every batch's logits of each model (to measure more from the same passes).
     """
     total_kl, total_tokens, nll_base, nll_edit, predicted = 0.0, 0, 0.0, 0.0, 0
     with torch.inference_mode():
         for batch in _batches(loaded, encoded, batch_size):
             inputs = batch.model_inputs(loaded.input_device)
-            p = torch.log_softmax(base(inputs).float(), -1)
+            logits_base = base(inputs)
+            if on_base is not None:
+                on_base(batch, logits_base)
+            p = torch.log_softmax(logits_base.float(), -1)
             edited_logits = edited(inputs)
             if on_edited is not None:
                 on_edited(batch, edited_logits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,3 +108,10 @@ def batch_memory_guard(batch_size: int) -> Iterator[None]:
         raise SparseEditError(
             f"ran out of memory at --batch-size {batch_size}; try --batch-size {max(1, batch_size // 2)}"
         ) from exc
+
+
+def last_logits_kwargs(model: torch.nn.Module, keep: int) -> dict[str, int]:
+    """Forward arguments that compute only the last ``keep`` positions' logits where the model can (saves the
+    output projection of every other position, and a [batch, length, vocab] tensor)."""
+    parameters = inspect.signature(model.forward).parameters
+    return {"logits_to_keep": keep} if "logits_to_keep" in parameters else {}

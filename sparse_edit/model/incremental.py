@@ -13,7 +13,6 @@ share of the logit's size set by the compute dtype's precision: a near-tie is de
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -21,7 +20,7 @@ import torch
 
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
-from sparse_edit.model.batching import Encoded, batch_memory_guard, batches
+from sparse_edit.model.batching import Encoded, batch_memory_guard, batches, last_logits_kwargs
 from sparse_edit.model.generation import decode_reply, eos_ids, generate_tokens, split_known
 from sparse_edit.model.loading import LoadedModel
 
@@ -55,12 +54,6 @@ class _Verified:
     accepted: int
 
 
-def _forward_kwargs(model: torch.nn.Module, keep: int) -> dict[str, int]:
-    # Keep only the logits of the reply positions when the model can (saves [batch, prompt, vocab]).
-    parameters = inspect.signature(model.forward).parameters
-    return {"logits_to_keep": keep} if "logits_to_keep" in parameters else {}
-
-
 def _verify_batch(
     loaded: LoadedModel,
     items: list[Encoded],
@@ -78,7 +71,7 @@ def _verify_batch(
     keep = max(len(draft) for draft in drafts) + 1
     with batch_memory_guard(len(items)), torch.inference_mode():
         logits = loaded.model(
-            **batch.model_inputs(loaded.input_device), use_cache=False, **_forward_kwargs(loaded.model, keep)
+            **batch.model_inputs(loaded.input_device), use_cache=False, **last_logits_kwargs(loaded.model, keep)
         ).logits[:, -keep:, :]
         top = logits.float().topk(2, dim=-1)
     relative = RELATIVE_MARGIN.get(logits.dtype, 3e-2) if margin is None else margin
