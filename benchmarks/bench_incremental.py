@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,12 @@ def edited_folder(runs: Path, name: str, settings: dict, dtype: str) -> Path:
     return out
 
 
-def eval_pass(runs: Path, label: str, edited_path: Path, dtype: str) -> dict:
-    """Four evals of one edit: plain, incremental, and both again with the base replies cached by the plain run."""
+MODES = ("reuse", "cached", "cached-reuse")  # the evals timed against the plain one
+
+
+def eval_pass(runs: Path, label: str, edited_path: Path, dtype: str, modes: tuple[str, ...] = MODES) -> dict:
+    """Up to four evals of one edit: plain, incremental, and both again with the base replies cached by the plain
+    run (``modes``: which of the last three)."""
     tag = label.split(" ")[0]
     cache = runs / f"base-cache-{tag}"
     shutil.rmtree(cache, ignore_errors=True)
@@ -107,28 +112,25 @@ def eval_pass(runs: Path, label: str, edited_path: Path, dtype: str) -> dict:
 
     # The plain run fills the cache as it goes (the cost of a first eval against this base), the later ones read it.
     plain, plain_s = run("plain", reuse=False, cached=True)
-    fast, fast_s = run("reuse", reuse=True, cached=False)
-    cached, cached_s = run("cached", reuse=False, cached=True)
-    both, both_s = run("cached-reuse", reuse=True, cached=True)
     replies: dict[tuple[str, str, str], dict[str, str]] = {}
     for row in read_replies(runs / f"eval-plain-{tag}"):
         replies.setdefault((row["class"], row["lang"], row["id"]), {})[row["model"]] = row["reply"]
     changed = [key for key, pair in replies.items() if len(set(pair.values())) > 1]
-    return {
+    result: dict[str, Any] = {
         "replies": len(replies),
         "replies_changed_by_the_edit": len(changed),
         "changed_by_class": {label: sum(key[0] == label for key in changed) for label in ("harmful", "harmless")},
         "plain_seconds": round(plain_s, 1),
-        "incremental_seconds": round(fast_s, 1),
-        "speedup": round(plain_s / fast_s, 2),
-        "identical_report": plain == fast,
-        "cached_base_seconds": round(cached_s, 1),
-        "cached_base_speedup": round(plain_s / cached_s, 2),
-        "cached_base_identical_report": plain == cached,
-        "cached_base_incremental_seconds": round(both_s, 1),
-        "cached_base_incremental_speedup": round(plain_s / both_s, 2),
-        "cached_base_incremental_identical_report": plain == both,
     }
+    for mode, prefix in (("reuse", ""), ("cached", "cached_base_"), ("cached-reuse", "cached_base_incremental_")):
+        if mode not in modes:
+            continue
+        report, seconds = run(mode, reuse="reuse" in mode, cached="cached" in mode)
+        key = prefix or "incremental_"
+        result[f"{key}seconds"] = round(seconds, 1)
+        result[f"{prefix}speedup"] = round(plain_s / seconds, 2)
+        result[f"{prefix}identical_report"] = plain == report
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,7 +140,17 @@ def main(argv: list[str] | None = None) -> None:
         "--edited", action="append", default=[], metavar="LABEL=PATH", help="also time this edited folder"
     )
     parser.add_argument("--only-edited", action="store_true", help="time only the --edited folders")
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="the evals timed against the plain one: reuse (incremental replies), cached (the base replies the plain "
+        "run cached), cached-reuse (both)",
+    )
+    parser.add_argument("--name", default=None, help="results file name (default: incremental[-DTYPE])")
     args = parser.parse_args(argv)
+    modes = tuple(args.modes.split(","))
+    if unknown := set(modes) - set(MODES):
+        parser.error(f"--modes: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
     extra = dict(item.split("=", 1) for item in args.edited)
     need_shared_data()
     runs = RUNS if args.dtype == "bfloat16" else RUNS.with_name(f"{RUNS.name}-{args.dtype}")
@@ -150,12 +162,15 @@ def main(argv: list[str] | None = None) -> None:
     folders = {name: edited_folder(runs, name, settings, args.dtype) for name, settings in builtin.items()}
     folders.update({label: Path(path) for label, path in extra.items()})
     for name, path in folders.items():
-        row = {"edit": name, "folder": str(path), "eval_base": eval_pass(runs, name, path, args.dtype)}
+        row = {"edit": name, "folder": str(path), "eval_base": eval_pass(runs, name, path, args.dtype, modes)}
         print(json.dumps(row, indent=2), flush=True)
         rows.append(row)
     path = save(
-        "incremental" if args.dtype == "bfloat16" else f"incremental-{args.dtype}",
+        args.name or ("incremental" if args.dtype == "bfloat16" else f"incremental-{args.dtype}"),
         {
+            "command": " ".join(
+                ["python benchmarks/bench_incremental.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
             "model": MODEL,
             "dtype": args.dtype,
             "reply_tokens": REPLY_TOKENS,
