@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     need_shared_data()
     runs = RUNS if args.dtype == "bfloat16" else RUNS.with_name(f"{RUNS.name}-{args.dtype}")
     runs.mkdir(parents=True, exist_ok=True)
-    if not (runs / "locate.safetensors").is_file():
+    if not args.only_edited and not (runs / "locate.safetensors").is_file():
         se.locate(model=MODEL, output=runs / "locate.safetensors", dtype=args.dtype, batch_size=BATCH, **LOCATE)
     rows = []
     builtin = {} if args.only_edited else EDITS
