@@ -78,7 +78,22 @@ def edited_folder(runs: Path, name: str, settings: dict, dtype: str) -> Path:
     return out
 
 
-MODES = ("reuse", "cached", "cached-reuse")  # the evals timed against the plain one
+# The evals timed against the plain one: (reuse_base_replies, base_cache) and the names of their figures
+# (seconds, ratio to plain, report equal to plain's), as the earlier result files name them.
+MODE_RUNS: dict[str, tuple[bool, bool, tuple[str, str, str]]] = {
+    "reuse": (True, False, ("incremental_seconds", "speedup", "identical_report")),
+    "cached": (False, True, ("cached_base_seconds", "cached_base_speedup", "cached_base_identical_report")),
+    "cached-reuse": (
+        True,
+        True,
+        (
+            "cached_base_incremental_seconds",
+            "cached_base_incremental_speedup",
+            "cached_base_incremental_identical_report",
+        ),
+    ),
+}
+MODES = tuple(MODE_RUNS)
 
 
 def eval_pass(runs: Path, label: str, edited_path: Path, dtype: str, modes: tuple[str, ...] = MODES) -> dict:
@@ -122,14 +137,13 @@ def eval_pass(runs: Path, label: str, edited_path: Path, dtype: str, modes: tupl
         "changed_by_class": {label: sum(key[0] == label for key in changed) for label in ("harmful", "harmless")},
         "plain_seconds": round(plain_s, 1),
     }
-    for mode, prefix in (("reuse", ""), ("cached", "cached_base_"), ("cached-reuse", "cached_base_incremental_")):
+    for mode, (reuse, cached, (seconds_key, ratio_key, identical_key)) in MODE_RUNS.items():
         if mode not in modes:
             continue
-        report, seconds = run(mode, reuse="reuse" in mode, cached="cached" in mode)
-        key = prefix or "incremental_"
-        result[f"{key}seconds"] = round(seconds, 1)
-        result[f"{prefix}speedup"] = round(plain_s / seconds, 2)
-        result[f"{prefix}identical_report"] = plain == report
+        report, seconds = run(mode, reuse=reuse, cached=cached)
+        result[seconds_key] = round(seconds, 1)
+        result[ratio_key] = round(plain_s / seconds, 2)
+        result[identical_key] = plain == report
     return result
 
 

@@ -203,7 +203,6 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
     if base_model is not None and options.base_cache is not None:
         base_journal = base_cache_journal(options.base_cache, base_reply_key(options, base_model))
         reporter.info(f"base: {len(base_journal.replies)} cached replies of these settings in {base_journal.path}")
-    paired = base_model is not None
     base_run = (
         measure(
             base_model,
@@ -230,7 +229,7 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
         "edited",
         journal,
         drafts,
-        score_harmless=not paired,
+        score_harmless=base_model is None,  # with a base, the KL passes below give them
     )
     kl = None
     if base_model is not None and base_run is not None:
