@@ -114,6 +114,12 @@ class TuneOptions(ApplyOptions):
         description="Find each trial's dev replies from the base model's (one teacher-forced pass, generation "
         "only from where the edited model diverges): faster when trials leave most replies unchanged.",
     )
+    replay_trunk: bool = Field(
+        True,
+        description="Run the decoder layers below the lowest --candidate-layers once per dev input and replay "
+        "their output in every trial's teacher-forced passes (KL, the check of --reuse-base-replies): the "
+        "same numbers, bit for bit, at a fraction of the cost. Off: every pass runs every layer.",
+    )
     apply: bool = Field(False, description="Also write the chosen edit to OUTPUT/edited (as apply would).")
     storage: str | None = Field(
         None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ class TrialRow:
     outcome: dict[str, Any]
     seconds: float
     worker: str = ""  # host:pid of the process that ran it
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # where its time went
 
     def objectives(self) -> tuple[float, ...]:
         return tuple(float(self.outcome.get(name, 0.0)) for name in OBJECTIVES)

@@ -56,6 +56,7 @@ NOT_IN_KEY = {
     "kl_budget",
     "storage",
     "worker",
+    "replay_trunk",  # the same numbers either way
 }
 
 
@@ -188,6 +189,7 @@ def search(
             raise optuna.TrialPruned(str(exc)) from None
         trial.set_user_attr("outcome", result.as_dict())
         trial.set_user_attr("seconds", time.perf_counter() - start)
+        trial.set_user_attr("phase_seconds", runner.phase_seconds)
         return result.objectives()
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -261,6 +263,7 @@ def _rows(study: Any) -> list[TrialRow]:
             t.user_attrs["outcome"],
             t.user_attrs["seconds"],
             t.user_attrs.get("worker", ""),
+            t.user_attrs.get("phase_seconds", {}),
         )
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     ]
@@ -310,6 +313,7 @@ def _payload(
                 "settings": r.settings,
                 "outcome": r.outcome,
                 "seconds": r.seconds,
+                "phase_seconds": r.phase_seconds,
                 "worker": r.worker,
             }
             for r in rows

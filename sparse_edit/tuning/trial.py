@@ -1,14 +1,16 @@
 """One trial: solve an edit from cached features, apply it in memory, judge dev replies, measure harmless KL.
 
 Features are collected once per feature signature for every searched layer (a trial that changes
-only gain or weights reuses them); the base model's dev replies are generated once per study.
+only gain or weights reuses them); the base model's dev replies are generated once per study; the
+decoder layers below the lowest searched layer run once per dev input (``TrunkCache``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -27,6 +29,7 @@ from sparse_edit.model.features import FeatureRequest
 from sparse_edit.model.generation import decode_reply, generate_tokens
 from sparse_edit.model.incremental import incremental_replies
 from sparse_edit.model.loading import LoadedModel
+from sparse_edit.model.trunk import TrunkCache
 from sparse_edit.neurons.artifact import LocateArtifact
 from sparse_edit.options import ApplyOptions, TuneOptions
 from sparse_edit.tuning.outcome import DevSet, TrialOutcome, Verdicts, outcome
@@ -65,6 +68,17 @@ def _request_key(request: FeatureRequest) -> str:
     )
 
 
+class _PhaseClock:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
+
+
 class TrialRunner:
     """Measures trials of one study: the model, anchors, dev set and feature cache stay loaded."""
 
@@ -77,7 +91,10 @@ class TrialRunner:
         low_langs: list[str],
         layers: Sequence[int],
         reporter: Reporter,
+        trunk_depth: int | None = None,
     ) -> None:
+        """``trunk_depth``: decoder layers replayed from their first pass over each dev input (default: those
+        below the lowest searched layer; 0 runs every layer every time)."""
         self.options = options
         self.loaded = loaded
         self.artifact = artifact
@@ -89,9 +106,16 @@ class TrialRunner:
         self.judge = KeywordJudge()
         self._features: dict[str, dict[int, LayerData]] = {}
         self._storage: dict[str, torch.dtype] = {}
-        self._base_logits = KeptLogits(base_logits(loaded), BASE_LOGITS_BUDGET)
+        # The base model's whole decoder stack replayed: logits kept within budget cost nothing, the rest the LM head.
+        self._base_stack = TrunkCache(loaded, loaded.num_layers if trunk_depth != 0 else 0)
+        self._base_logits = KeptLogits(self._replayed_base_logits, BASE_LOGITS_BUDGET)
         # The base model's dev reply tokens, per class: the drafts every trial's replies are checked against.
         self.base_tokens: dict[str, list[list[int]]] = {}
+        self.trunk = TrunkCache(loaded, min(self.layers) if trunk_depth is None else trunk_depth)
+
+    def _replayed_base_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self._base_stack.replaying([]):
+            return base_logits(self.loaded)(inputs)
 
     def trial_options(self, settings: dict[str, Any]) -> ApplyOptions:
         values = apply_settings(self.options, settings)
@@ -144,18 +168,27 @@ class TrialRunner:
 
     def run(self, settings: dict[str, Any], base: Verdicts) -> TrialOutcome:
         """Solve the edit ``settings`` describe and measure it on the dev set (the model is left unchanged)."""
+        clock = _PhaseClock()
         options = self.trial_options(settings)
         plan = make_plan(options, self.artifact, self.loaded.num_layers, self.low_langs)
         shared = self.features(options)
+        clock.lap("features")
         (candidate,) = build_candidates(
             self.loaded, self.anchors, plan, options, self._storage, self.reporter, shared
         )
         storage = storage_for(self.loaded.checkpoint, candidate.edits, self._storage)
+        clock.lap("solve")
 
         def edit() -> AbstractContextManager[object]:
             return applied_in_memory(self.loaded.model, candidate.edits, storage)
 
-        edited = self.verdicts(edit)
-        kl, _ = token_kl(self.loaded, self.dev.harmless, self.options.batch_size, edit, base=self._base_logits)
+        edited_layers = sorted({e.layer for e in candidate.edits})
+        trunk = self.trunk.replaying(edited_layers) if self.trunk.covers(edited_layers) else nullcontext()
+        with trunk:
+            edited = self.verdicts(edit)
+            clock.lap("replies")
+            kl, _ = token_kl(self.loaded, self.dev.harmless, self.options.batch_size, edit, base=self._base_logits)
+            clock.lap("kl")
+        self.phase_seconds = clock.laps
         changed = int(candidate.diagnostics["changed_parameters"])
         return outcome(self.dev, base, edited, kl, changed, self.loaded.checkpoint.parameter_count)

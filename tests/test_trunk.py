@@ -1,0 +1,143 @@
+"""Replaying the unedited layers below an edit gives the same passes, bit for bit, on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparse_edit.console import Reporter
+from sparse_edit.data.prompts import Prompt
+from sparse_edit.errors import SparseEditError
+from sparse_edit.measure.probes import refusal_scores, token_kl
+from sparse_edit.model.batching import encode_prompts
+from sparse_edit.model.generation import generate_tokens
+from sparse_edit.model.incremental import incremental_replies
+from sparse_edit.model.loading import load_model
+from sparse_edit.model.trunk import TrunkCache
+from sparse_edit.options import LocateOptions
+
+QUIET = Reporter(quiet=True)
+TEXTS = ("hello there", "a b c d e", "why", "how do I", "tell me a story about the sea", "x", "one two", "no")
+
+
+def loaded_model(tiny_models, family: str, dtype: str = "float32"):
+    options = LocateOptions.model_construct(model=tiny_models(family, layers=4), device="cpu", dtype=dtype)
+    loaded = load_model(options)
+    prompts = [Prompt(str(i), "en", text, "harmless") for i, text in enumerate(TEXTS)]
+    return loaded, encode_prompts(loaded.tokenizer, prompts)
+
+
+def edit_at(loaded, layer: int, scale: float = 0.5):
+    """An edit context: a few MLP input rows of ``layer`` changed, restored on exit."""
+    mlp = loaded.family.mlp(loaded.model, layer)
+    weight = next(mlp.parameters())
+
+    class Edit:
+        def __enter__(self):
+            self.saved = weight.data.clone()
+            generator = torch.Generator().manual_seed(layer)
+            with torch.no_grad():
+                weight[:6] += scale * torch.randn(weight[:6].shape, generator=generator).to(weight.dtype)
+
+        def __exit__(self, *exc):
+            weight.data.copy_(self.saved)
+
+    return Edit
+
+
+@pytest.mark.parametrize(("family", "dtype"), [("llama", "float32"), ("gpt2", "float32"), ("qwen2", "bfloat16")])
+def test_passes_replaying_the_trunk_equal_plain_passes_bit_for_bit(tiny_models, family, dtype):
+    loaded, encoded = loaded_model(tiny_models, family, dtype)
+    edit = edit_at(loaded, 2)
+    plain_kl = token_kl(loaded, encoded, 3, edit)
+    plain_scores = refusal_scores(loaded, encoded, 3, edit)
+    trunk = TrunkCache(loaded, depth=2)
+    with trunk.replaying([2]):
+        first_kl = token_kl(loaded, encoded, 3, edit)
+        assert trunk.stats.misses == 3 and trunk.stats.hits == 3  # the edited pass replays the base pass's trunk
+        again_kl = token_kl(loaded, encoded, 3, edit)
+        scores = refusal_scores(loaded, encoded, 3, edit)
+    # Both models' passes of the second KL and the log-odds passes (same inputs, fewer logits) replay it.
+    assert trunk.stats.misses == 3 and trunk.stats.hits == 3 + 6 + 3
+    assert first_kl == again_kl == plain_kl
+    assert plain_kl[0] > 0, "the edit changes the logits, so equal KLs are not a trivial zero"
+    assert scores == plain_scores
+
+
+def test_the_trunk_keeps_a_layer_edited_below_it_out(tiny_models):
+    loaded, _ = loaded_model(tiny_models, "llama")
+    trunk = TrunkCache(loaded, depth=3)
+    assert trunk.covers([3]) and not trunk.covers([2, 3])
+    with pytest.raises(SparseEditError, match="layer 2"), trunk.replaying([2, 3]):
+        pass
+
+
+def test_a_wrong_trunk_would_show_in_the_passes(tiny_models):
+    """Guards the test above: replaying a trunk that an edit below it changed gives other logits."""
+    loaded, encoded = loaded_model(tiny_models, "llama")
+    edit = edit_at(loaded, 0)
+    plain_kl = token_kl(loaded, encoded, 4, edit)
+    trunk = TrunkCache(loaded, depth=2)
+    with trunk.replaying([]):  # told (wrongly) that nothing below layer 2 is edited
+        token_kl(loaded, encoded, 4, edit)  # keeps the base model's trunk
+        with edit():
+            stale = refusal_scores(loaded, encoded, 4, all_positions=True)
+    with edit():
+        fresh = refusal_scores(loaded, encoded, 4, all_positions=True)
+    assert plain_kl[0] > 0 and stale != fresh
+
+
+def test_generation_and_incremental_replies_are_unchanged_inside_the_trunk(tiny_models):
+    loaded, encoded = loaded_model(tiny_models, "qwen2")
+    base = generate_tokens(loaded, encoded, 8, 3, QUIET)
+    edit = edit_at(loaded, 3, scale=2.0)
+    with edit():
+        plain = generate_tokens(loaded, encoded, 8, 3, QUIET)
+    assert plain != base
+    trunk = TrunkCache(loaded, depth=3)
+    with trunk.replaying([3]), edit():
+        replayed = [incremental_replies(loaded, encoded, base, 8, 3, QUIET).tokens for _ in range(2)]
+        generated = generate_tokens(loaded, encoded, 8, 3, QUIET)
+    assert replayed == [plain, plain] and generated == plain
+    assert trunk.stats.hits == 3  # the second teacher-forced check replays the first's trunk
+    assert trunk.stats.bypassed > 0  # generation steps ran every layer
+
+
+def test_trials_replaying_the_trunk_measure_what_trials_without_it_measure(located, tmp_path):
+    import optuna
+
+    from sparse_edit.api import tune_options
+    from sparse_edit.tuning.study import prepare
+    from sparse_edit.tuning.trial import TrialRunner
+    from tests.test_tune_workers import cli_settings
+
+    _, artifact = located("llama", layers=4)
+    options = tune_options(
+        artifact=artifact,
+        output=tmp_path / "unused",
+        candidate_layers=[2, 3],
+        max_edit_layers=2,
+        reuse_base_replies=True,
+        **cli_settings(),
+    )
+    runner, space = prepare(options, QUIET)
+    assert runner.trunk.depth == 2
+    plain = TrialRunner(
+        options,
+        runner.loaded,
+        runner.artifact,
+        runner.anchors,
+        runner.low_langs,
+        runner.layers,
+        QUIET,
+        trunk_depth=0,
+    )
+    runner._base_logits.budget = 0  # the base model's logits come from its replayed stack every time
+    base, plain_base = runner.verdicts(), plain.verdicts()
+    assert base == plain_base
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(4):
+        settings = space.suggest(study.ask())
+        assert runner.run(settings, base) == plain.run(settings, plain_base), settings
+    assert runner.trunk.stats.hits > 0 and runner._base_stack.stats.hits > 0
+    assert plain.trunk.stats.hits == plain.trunk.stats.misses == 0
