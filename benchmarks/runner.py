@@ -39,6 +39,7 @@ BENCHMARKS = {
     "dtype": "bench_dtype",
     "gguf": "bench_gguf",
     "incremental": "bench_incremental",
+    "trials": "bench_trials",
     "judge": "judge_calibration",
     "tune-study": "tune_study",
 }

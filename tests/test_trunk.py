@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -141,3 +143,27 @@ def test_trials_replaying_the_trunk_measure_what_trials_without_it_measure(locat
         assert runner.run(settings, base) == plain.run(settings, plain_base), settings
     assert runner.trunk.stats.hits > 0 and runner._base_stack.stats.hits > 0
     assert plain.trunk.stats.hits == plain.trunk.stats.misses == 0
+
+
+def test_apply_measures_its_candidates_the_same_with_the_trunk_replayed(located, tmp_path, monkeypatch):
+    from sparse_edit.edit import selection
+    from tests.helpers import run_cli
+
+    _, artifact = located("llama", layers=4)
+    depths: list[int] = []
+
+    def apply(name: str) -> dict:
+        args = ["apply", "--artifact", artifact, "-o", tmp_path / name, "--layer", "auto"]
+        args += ["--candidate-layers", "2,3", "--device", "cpu", "-q", "--json"]
+        return json.loads(run_cli(*args).stdout)
+
+    def every_layer(loaded, depth):
+        depths.append(depth)
+        return TrunkCache(loaded, 0)
+
+    replayed = apply("replayed")
+    monkeypatch.setattr(selection, "TrunkCache", every_layer)
+    plain = apply("plain")
+    assert depths == [2]  # the candidates' lowest layer, run in full here
+    assert replayed["candidates"] == plain["candidates"]
+    assert all(row["kl_harmless"] > 0 for row in plain["candidates"])

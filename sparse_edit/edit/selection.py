@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from sparse_edit.measure.patching import patched_refusal_scores
 from sparse_edit.measure.probes import RefusalScores, mean, rate_gains, refusal_rates, refusal_scores, token_kl
 from sparse_edit.model.batching import Encoded
 from sparse_edit.model.loading import LoadedModel
+from sparse_edit.model.trunk import TrunkCache
 from sparse_edit.options import ApplyOptions
 
 SELECTION_RULE = (
@@ -34,6 +36,21 @@ def measure_candidates(
 ) -> None:
     """Refusal log-odds on dev prompts and harmless KL, base vs each candidate edit (in memory); with
     --dev-generate also the judged refusal rate of generated replies."""
+    # Every candidate edits at or above its lowest layer: the layers below run once per dev input.
+    edited_layers = sorted({edit.layer for candidate in candidates for edit in candidate.edits})
+    trunk = TrunkCache(loaded, min(edited_layers)) if edited_layers else None
+    with trunk.replaying(edited_layers) if trunk is not None else nullcontext():
+        _measure(loaded, candidates, anchors, storage, options, reporter)
+
+
+def _measure(
+    loaded: LoadedModel,
+    candidates: list[Candidate],
+    anchors: Anchors,
+    storage: dict[str, torch.dtype],
+    options: ApplyOptions,
+    reporter: Reporter,
+) -> None:
     bs = options.batch_size
     harmful, harmless = anchors.low_dev, anchors.safe_dev
     base_harmful = refusal_scores(loaded, harmful, bs) if harmful else {}
