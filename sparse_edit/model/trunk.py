@@ -83,10 +83,10 @@ class TrunkCache:
         def layer_forward(index: int, original: Callable[..., Any]) -> Callable[..., Any]:
             def forward(*args: Any, **kwargs: Any) -> Any:
                 if replay[0] is not None:  # every trunk layer hands on the kept output of the last one
-                    return replay[0]
+                    return _copy(replay[0]) if index == self.depth - 1 else replay[0]
                 out = original(*args, **kwargs)
                 if index == self.depth - 1 and current[0] is not None:
-                    self._keep(current[0], out)
+                    self._keep(current[0], _copy(out))
                 return out
 
             return forward
@@ -113,6 +113,11 @@ class TrunkCache:
         if self.size + size <= self.budget:
             self.kept[key] = out
             self.size += size
+
+
+def _copy(out: Any) -> Any:
+    """A layer's output as the next layer gets it, safe from a layer that writes its input in place."""
+    return out.clone() if isinstance(out, torch.Tensor) else out
 
 
 def _input_key(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None) -> bytes:
