@@ -25,24 +25,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runner import ANCHOR_LOCATE, MULTIJAIL_LANGS, QWEN, SHARED, need_shared_data, read_replies, save, timed
 from runner import RUNS as ALL_RUNS
-from runner import SHARED, need_shared_data, read_replies, save, timed
 
 import sparse_edit as se
 
-MODEL = "zoo:qwen2.5-coder-0.5b-instruct"
-LANGS = ["en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"]
+MODEL, LANGS, LOCATE = QWEN, MULTIJAIL_LANGS, ANCHOR_LOCATE
 RUNS = ALL_RUNS / "bench-incremental"
 REPLY_TOKENS = 24
 BATCH = 16
 # Anchor side only: the locate anchors of make demo; the timed prompts come from later anchor ids.
-LOCATE: dict[str, Any] = {
-    "harmful": [f"{SHARED}/multijail/MultiJail.csv@100-314"],
-    "harmless": [f"{SHARED}/multiq/multiq.jsonl@gpt-51..100,lmsys-41..80"],
-    "languages": LANGS,
-    "limit": 64,
-    "harmless_limit": 64,
-}
 TIMED: dict[str, Any] = {
     "harmful": [f"{SHARED}/multijail/MultiJail.csv@250-314"],
     "harmless": [f"{SHARED}/multiq/multiq.jsonl@gpt-81..100,lmsys-61..80"],

@@ -27,21 +27,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runner import RUNS, SHARED, need_shared_data, save, timed
+from runner import ANCHOR_LOCATE, QWEN, RUNS, SHARED, need_shared_data, save, timed
 
 import sparse_edit as se
 
-MODEL = "zoo:qwen2.5-coder-0.5b-instruct"
-LANGS = ["en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"]
 BATCH = 16
-# Locate anchors (anchor side): as bench_incremental's, so one artifact serves both.
-LOCATE: dict[str, Any] = {
-    "harmful": [f"{SHARED}/multijail/MultiJail.csv@100-314"],
-    "harmless": [f"{SHARED}/multiq/multiq.jsonl@gpt-51..100,lmsys-41..80"],
-    "languages": LANGS,
-    "limit": 64,
-    "harmless_limit": 64,
-}
 # Study 5's search (docs/results/study-5-instruction-anchors.md), its dev sets per language scaled by --dev-scale.
 STUDY: dict[str, Any] = {
     "harmful": [f"{SHARED}/multijail/MultiJail.csv@100-314"],
@@ -128,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     artifact = args.artifact or runs / "locate.safetensors"
     if not artifact.is_file():
-        se.locate(model=MODEL, output=artifact, dtype=args.dtype, batch_size=BATCH, **LOCATE)
+        se.locate(
+            model=QWEN, output=artifact, dtype=args.dtype, batch_size=BATCH, **ANCHOR_LOCATE
+        )  # as bench_incremental
     results: dict[str, Any] = {}
     for index, mode in enumerate(modes):
         results[mode] = run_mode(runs, mode, artifact, args.trials + (args.more_trials if index else 0), args)
@@ -159,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             "command": " ".join(
                 ["python benchmarks/bench_trials.py", *(argv if argv is not None else sys.argv[1:])]
             ),
-            "model": MODEL,
+            "model": QWEN,
             "dtype": args.dtype,
             "study": {**STUDY, "dev_limit": DEV_LIMIT * args.dev_scale},
             "dev_harmless_limit": DEV_HARMLESS_LIMIT * args.dev_scale,

@@ -45,6 +45,19 @@ BENCHMARKS = {
 }
 
 
+# The real model most benchmarks measure, its ten MultiJail languages, and locate anchors from the anchor side of
+# the fixed split (MultiJail ids 100-314, MultiQ anchor ids) that the timing benchmarks share.
+QWEN = "zoo:qwen2.5-coder-0.5b-instruct"
+MULTIJAIL_LANGS = ["en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"]
+ANCHOR_LOCATE: dict[str, Any] = {
+    "harmful": [f"{SHARED}/multijail/MultiJail.csv@100-314"],
+    "harmless": [f"{SHARED}/multiq/multiq.jsonl@gpt-51..100,lmsys-41..80"],
+    "languages": MULTIJAIL_LANGS,
+    "limit": 64,
+    "harmless_limit": 64,
+}
+
+
 class Skipped(Exception):
     """This benchmark cannot run here; the message says why and how to make it run."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -36,69 +36,63 @@ def measure_candidates(
 ) -> None:
     """Refusal log-odds on dev prompts and harmless KL, base vs each candidate edit (in memory); with
     --dev-generate also the judged refusal rate of generated replies."""
-    # Every candidate edits at or above its lowest layer: the layers below run once per dev input.
+    with _trunk_below(loaded, candidates):
+        bs = options.batch_size
+        harmful, harmless = anchors.low_dev, anchors.safe_dev
+        base_harmful = refusal_scores(loaded, harmful, bs) if harmful else {}
+        # Full passes, like token_kl's that give the edited model's harmless scores below.
+        base_harmless = refusal_scores(loaded, harmless, bs, all_positions=True) if harmless else {}
+        tokens = options.dev_generate
+
+        def rates(items: list[Encoded], edit: Any = None) -> dict[str, float]:
+            return refusal_rates(loaded, items, tokens, bs, reporter, *([edit] if edit else []))
+
+        base_rates = {"harmful": rates(harmful), "harmless": rates(harmless)} if tokens else {}
+        with reporter.progress("dev probes", len(candidates), unit="candidates") as progress:
+            for candidate in candidates:
+
+                def edit(candidate: Candidate = candidate) -> Any:
+                    return applied_in_memory(loaded.model, candidate.edits, storage)
+
+                diag = candidate.diagnostics
+                if harmful:
+                    after = refusal_scores(loaded, harmful, bs, edit)
+                    gains = {lang: mean(after[lang]) - mean(base_harmful[lang]) for lang in after}
+                    diag["refusal_gain_harmful"] = mean(list(gains.values()))
+                    diag["refusal_gain_by_lang"] = gains
+                if harmless:
+                    # One pass gives the edited model's harmless log-odds and its KL to the base.
+                    scores = RefusalScores(loaded.tokenizer)
+                    diag["kl_harmless"], diag["nll_change_harmless"] = token_kl(loaded, harmless, bs, edit, scores)
+                    after = scores.by_lang
+                    gains = {lang: mean(after[lang]) - mean(base_harmless[lang]) for lang in after}
+                    diag["refusal_gain_harmless"] = mean(list(gains.values()))
+                if "refusal_gain_harmful" in diag:
+                    diag["selective_gain"] = diag["refusal_gain_harmful"] - diag.get("refusal_gain_harmless", 0.0)
+                if tokens:
+                    for role, items in (("harmful", harmful), ("harmless", harmless)):
+                        gain, by_lang = rate_gains(rates(items, edit), base_rates[role])
+                        diag[f"refusal_rate_gain_{role}"] = gain
+                        diag[f"refusal_rate_gain_{role}_by_lang"] = by_lang
+                    diag["generated_selective_gain"] = (
+                        diag["refusal_rate_gain_harmful"] - diag["refusal_rate_gain_harmless"]
+                    )
+                if options.ceiling and harmful and anchors.ref_dev:
+                    patched = patched_refusal_scores(
+                        loaded, harmful, anchors.ref_dev, {e.layer: e.neurons for e in candidate.edits}, bs
+                    )
+                    diag["ceiling_gain_harmful"] = mean(
+                        [mean(patched[lang]) - mean(base_harmful[lang]) for lang in patched]
+                    )
+                progress.advance()
+
+
+def _trunk_below(loaded: LoadedModel, candidates: list[Candidate]) -> AbstractContextManager[None]:
+    """Every candidate edits at or above the lowest layer any of them edits: the layers below run once per dev input."""
     edited_layers = sorted({edit.layer for candidate in candidates for edit in candidate.edits})
-    trunk = TrunkCache(loaded, min(edited_layers)) if edited_layers else None
-    with trunk.replaying(edited_layers) if trunk is not None else nullcontext():
-        _measure(loaded, candidates, anchors, storage, options, reporter)
-
-
-def _measure(
-    loaded: LoadedModel,
-    candidates: list[Candidate],
-    anchors: Anchors,
-    storage: dict[str, torch.dtype],
-    options: ApplyOptions,
-    reporter: Reporter,
-) -> None:
-    bs = options.batch_size
-    harmful, harmless = anchors.low_dev, anchors.safe_dev
-    base_harmful = refusal_scores(loaded, harmful, bs) if harmful else {}
-    # Full passes, like token_kl's that give the edited model's harmless scores below.
-    base_harmless = refusal_scores(loaded, harmless, bs, all_positions=True) if harmless else {}
-    tokens = options.dev_generate
-
-    def rates(items: list[Encoded], edit: Any = None) -> dict[str, float]:
-        return refusal_rates(loaded, items, tokens, bs, reporter, *([edit] if edit else []))
-
-    base_rates = {"harmful": rates(harmful), "harmless": rates(harmless)} if tokens else {}
-    with reporter.progress("dev probes", len(candidates), unit="candidates") as progress:
-        for candidate in candidates:
-
-            def edit(candidate: Candidate = candidate) -> Any:
-                return applied_in_memory(loaded.model, candidate.edits, storage)
-
-            diag = candidate.diagnostics
-            if harmful:
-                after = refusal_scores(loaded, harmful, bs, edit)
-                gains = {lang: mean(after[lang]) - mean(base_harmful[lang]) for lang in after}
-                diag["refusal_gain_harmful"] = mean(list(gains.values()))
-                diag["refusal_gain_by_lang"] = gains
-            if harmless:
-                # One pass gives the edited model's harmless log-odds and its KL to the base.
-                scores = RefusalScores(loaded.tokenizer)
-                diag["kl_harmless"], diag["nll_change_harmless"] = token_kl(loaded, harmless, bs, edit, scores)
-                after = scores.by_lang
-                gains = {lang: mean(after[lang]) - mean(base_harmless[lang]) for lang in after}
-                diag["refusal_gain_harmless"] = mean(list(gains.values()))
-            if "refusal_gain_harmful" in diag:
-                diag["selective_gain"] = diag["refusal_gain_harmful"] - diag.get("refusal_gain_harmless", 0.0)
-            if tokens:
-                for role, items in (("harmful", harmful), ("harmless", harmless)):
-                    gain, by_lang = rate_gains(rates(items, edit), base_rates[role])
-                    diag[f"refusal_rate_gain_{role}"] = gain
-                    diag[f"refusal_rate_gain_{role}_by_lang"] = by_lang
-                diag["generated_selective_gain"] = (
-                    diag["refusal_rate_gain_harmful"] - diag["refusal_rate_gain_harmless"]
-                )
-            if options.ceiling and harmful and anchors.ref_dev:
-                patched = patched_refusal_scores(
-                    loaded, harmful, anchors.ref_dev, {e.layer: e.neurons for e in candidate.edits}, bs
-                )
-                diag["ceiling_gain_harmful"] = mean(
-                    [mean(patched[lang]) - mean(base_harmful[lang]) for lang in patched]
-                )
-            progress.advance()
+    if not edited_layers:
+        return nullcontext()
+    return TrunkCache(loaded, min(edited_layers)).replaying(edited_layers)
 
 
 def choose(candidates: list[Candidate], budget: float, reporter: Reporter) -> Candidate:
