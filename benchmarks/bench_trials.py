@@ -60,6 +60,8 @@ MODES: dict[str, dict[str, Any]] = {
 
 def run_mode(runs: Path, mode: str, artifact: Path, trials: int, args: argparse.Namespace) -> dict[str, Any]:
     out = runs / mode
+    if args.reuse_finished and (out / "pareto.json").is_file():
+        return read_study(out, None)
     seconds, _ = timed(
         lambda: se.tune(
             artifact=artifact,
@@ -70,14 +72,19 @@ def run_mode(runs: Path, mode: str, artifact: Path, trials: int, args: argparse.
             dev_limit=DEV_LIMIT * args.dev_scale,
             dev_harmless_limit=DEV_HARMLESS_LIMIT * args.dev_scale,
             dev_fraction=args.dev_fraction,
-            **STUDY,
             reporter=se.Reporter(),  # progress and a line per trial on stderr
+            **STUDY,
             **MODES[mode],
         )
     )
+    return read_study(out, round(seconds, 1))
+
+
+def read_study(out: Path, seconds: float | None) -> dict[str, Any]:
+    """A finished study's dev sizes and trials; ``seconds``: the whole tune command's, when timed here."""
     payload = json.loads((out / "pareto.json").read_text())
     return {
-        "seconds": round(seconds, 1),
+        "seconds": seconds,
         "dev": payload["dev"],
         "trials": {
             t["number"]: {
@@ -108,6 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dev-fraction", type=float, default=0.2, help="share of anchor ids held out for dev")
     parser.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"])
     parser.add_argument("--artifact", type=Path, default=None, help="a locate artifact of Qwen2.5-Coder-0.5B")
+    parser.add_argument(
+        "--reuse-finished",
+        action="store_true",
+        help="take a mode's figures from its study folder of an earlier run of the same command, if it finished",
+    )
     parser.add_argument("--name", default=None, help="results file: trials-NAME.json")
     args = parser.parse_args(argv)
     modes = args.modes.split(",")
