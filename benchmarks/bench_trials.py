@@ -98,10 +98,43 @@ def read_study(out: Path, seconds: float | None) -> dict[str, Any]:
     }
 
 
-def warm_mean(trials: dict[int, dict[str, Any]], numbers: list[int]) -> float:
-    """Mean seconds of the trials ``numbers`` other than trial 0 (which gathers the features)."""
-    values = [trials[n]["seconds"] for n in numbers if n != 0 and n in trials]
+def warm_mean(trials: dict[int, dict[str, Any]], numbers: list[int], phases: tuple[str, ...] = ()) -> float:
+    """Mean seconds of the trials ``numbers`` other than trial 0 (the first pass over every dev input); with
+    ``phases``, of those phases only (``replies`` and ``kl``: judging the edit, what the shortcuts change)."""
+    values = [
+        sum(trials[n]["phase_seconds"][p] for p in phases) if phases else trials[n]["seconds"]
+        for n in numbers
+        if n != 0 and n in trials
+    ]
     return statistics.fmean(values) if values else float("nan")
+
+
+JUDGING = ("replies", "kl")
+
+
+def table(results: dict[str, Any], modes: list[str]) -> str:
+    """Markdown: each trial's seconds per phase in every mode."""
+    lines = [
+        "| trial | settings | mode | features | solve | dev replies | KL | total | outcome as the first mode's |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    baseline = results[modes[0]]["trials"]
+    for number in sorted({n for mode in modes for n in results[mode]["trials"]}):
+        for mode in modes:
+            trial = results[mode]["trials"].get(number)
+            if trial is None:
+                continue
+            phases = trial["phase_seconds"]
+            same = (
+                "—"
+                if number not in baseline or mode == modes[0]
+                else ("identical" if trial["outcome"] == baseline[number]["outcome"] else "differs")
+            )
+            cells = [f"{phases.get(p, float('nan')):.1f}" for p in ("features", "solve", "replies", "kl")]
+            lines.append(
+                f"| {number} | {trial['label']} | {mode} | {' | '.join(cells)} | {trial['seconds']:.1f} | {same} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,10 +183,17 @@ def main(argv: list[str] | None = None) -> None:
             "warm_trial_seconds": round(warm_mean(trials, shared), 1),
             "warm_trial_seconds_all": round(warm_mean(trials, sorted(trials)), 1),
             "speedup": round(warm_mean(baseline, shared) / warm_mean(trials, shared), 2),
+            "warm_judging_seconds": round(warm_mean(trials, shared, JUDGING), 1),
+            "judging_speedup": round(warm_mean(baseline, shared, JUDGING) / warm_mean(trials, shared, JUDGING), 2),
+            "dev_replies_speedup": round(
+                warm_mean(baseline, shared, ("replies",)) / warm_mean(trials, shared, ("replies",)), 2
+            ),
+            "kl_speedup": round(warm_mean(baseline, shared, ("kl",)) / warm_mean(trials, shared, ("kl",)), 2),
         }
     summary = {
         "baseline": modes[0],
         "baseline_warm_trial_seconds": round(warm_mean(baseline, shared), 1),
+        "baseline_warm_judging_seconds": round(warm_mean(baseline, shared, JUDGING), 1),
         "against_baseline": comparison,
     }
     print(json.dumps(summary, indent=2))
@@ -174,7 +214,9 @@ def main(argv: list[str] | None = None) -> None:
             "results": results,
         },
     )
-    print(f"wrote {path}")
+    markdown = path.with_suffix(".md")
+    markdown.write_text(table(results, modes), encoding="utf-8")
+    print(f"wrote {path} and {markdown.name}")
 
 
 if __name__ == "__main__":
