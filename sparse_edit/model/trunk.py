@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from sparse_edit.errors import SparseEditError
 from sparse_edit.model.loading import LoadedModel
 
 # Trunk outputs kept at once (float32 hidden states of Qwen2.5-0.5B: about 0.35 MB per 100 tokens).
@@ -55,9 +54,8 @@ class TrunkCache:
         """Passes of the model inside replay the trunk for inputs seen before (and keep it for new ones).
         ``edited_layers``: the layers the weights in effect differ from the base model's at."""
         if not self.covers(edited_layers):
-            raise SparseEditError(
-                f"internal: an edit at layer {min(edited_layers)} lies inside the trunk cache's first "
-                f"{self.depth} layers"
+            raise ValueError(
+                f"an edit at layer {min(edited_layers)} lies inside the trunk's first {self.depth} layers"
             )
         if self.depth == 0:
             yield
