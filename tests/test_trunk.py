@@ -142,6 +142,17 @@ def test_trials_replaying_the_trunk_measure_what_trials_without_it_measure(locat
         assert runner.run(settings, base) == plain.run(settings, plain_base), settings
     assert runner.trunk.stats.hits > 0 and runner._base_stack.stats.hits > 0
     assert plain.trunk.stats.hits == plain.trunk.stats.misses == 0
+    # --no-replay-trunk runs every layer in every pass, the base model's too.
+    off = TrialRunner(
+        options.model_copy(update={"replay_trunk": False}),
+        runner.loaded,
+        runner.artifact,
+        runner.anchors,
+        runner.low_langs,
+        runner.layers,
+        QUIET,
+    )
+    assert off.trunk.depth == 0 and off._base_stack.depth == 0
 
 
 def test_apply_measures_its_candidates_the_same_with_the_trunk_replayed(located, tmp_path, monkeypatch):

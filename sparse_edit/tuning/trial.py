@@ -106,12 +106,16 @@ class TrialRunner:
         self.judge = KeywordJudge()
         self._features: dict[str, dict[int, LayerData]] = {}
         self._storage: dict[str, torch.dtype] = {}
+        if trunk_depth is None:
+            trunk_depth = min(self.layers) if options.replay_trunk else 0
+        self.trunk = TrunkCache(loaded, trunk_depth)
         # The base model's whole decoder stack replayed: logits kept within budget cost nothing, the rest the LM head.
-        self._base_stack = TrunkCache(loaded, loaded.num_layers if trunk_depth != 0 else 0)
+        self._base_stack = TrunkCache(loaded, loaded.num_layers if trunk_depth else 0)
+        # Where the last trial's time went (features, solve, replies, kl), for pareto.json.
+        self.phase_seconds: dict[str, float] = {}
         self._base_logits = KeptLogits(self._replayed_base_logits, BASE_LOGITS_BUDGET)
         # The base model's dev reply tokens, per class: the drafts every trial's replies are checked against.
         self.base_tokens: dict[str, list[list[int]]] = {}
-        self.trunk = TrunkCache(loaded, min(self.layers) if trunk_depth is None else trunk_depth)
 
     def _replayed_base_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with self._base_stack.replaying([]):
