@@ -112,6 +112,13 @@ def warm_mean(trials: dict[int, dict[str, Any]], numbers: list[int], phases: tup
 JUDGING = ("replies", "kl")
 
 
+def phase_mean(trials: dict[int, dict[str, Any]], numbers: list[int], phase: str) -> float:
+    """Mean seconds of ``phase`` over the trials ``numbers``, trial 0 included: its solve is any trial's solve
+    (the features it gathers first are a phase of their own)."""
+    values = [trials[n]["phase_seconds"][phase] for n in numbers if n in trials]
+    return statistics.fmean(values) if values else float("nan")
+
+
 def table(results: dict[str, Any], modes: list[str]) -> str:
     """Markdown: each trial's seconds per phase in every mode."""
     lines = [
@@ -189,11 +196,14 @@ def main(argv: list[str] | None = None) -> None:
                 warm_mean(baseline, shared, ("replies",)) / warm_mean(trials, shared, ("replies",)), 2
             ),
             "kl_speedup": round(warm_mean(baseline, shared, ("kl",)) / warm_mean(trials, shared, ("kl",)), 2),
+            "solve_seconds": round(phase_mean(trials, shared, "solve"), 1),
+            "solve_speedup": round(phase_mean(baseline, shared, "solve") / phase_mean(trials, shared, "solve"), 2),
         }
     summary = {
         "baseline": modes[0],
         "baseline_warm_trial_seconds": round(warm_mean(baseline, shared), 1),
         "baseline_warm_judging_seconds": round(warm_mean(baseline, shared, JUDGING), 1),
+        "baseline_solve_seconds": round(phase_mean(baseline, shared, "solve"), 1),
         "against_baseline": comparison,
     }
     print(json.dumps(summary, indent=2))

@@ -177,3 +177,91 @@ def test_apply_measures_its_candidates_the_same_with_the_trunk_replayed(located,
     assert depths == [2]  # the candidates' lowest layer, run in full here
     assert replayed["candidates"] == plain["candidates"]
     assert all(row["kl_harmless"] > 0 for row in plain["candidates"])
+
+
+@pytest.mark.parametrize(
+    ("family", "dtype"),
+    [
+        ("llama", "float32"),
+        ("gpt2", "float32"),
+        ("gemma3_text", "float32"),
+        ("phi3", "float32"),
+        ("qwen2", "bfloat16"),
+    ],
+)
+def test_a_pass_stopped_after_a_layer_reads_that_layer_and_below_bit_for_bit(tiny_models, family, dtype):
+    from sparse_edit.model.batching import batches
+    from sparse_edit.model.hooks import capture, run_base
+    from sparse_edit.model.layer_patch import stopping_after
+
+    loaded, encoded = loaded_model(tiny_models, family, dtype)
+    (batch,) = list(batches(encoded, len(encoded), int(loaded.tokenizer.pad_token_id)))
+    inputs = batch.model_inputs(loaded.input_device)
+    layers = loaded.family.layers(loaded.model)
+    top_calls = []
+    loaded.family.mlp(loaded.model, 3).register_forward_pre_hook(lambda *_: top_calls.append(1))
+
+    def read(last: int | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        captured: list[torch.Tensor] = []
+        sink = capture(
+            loaded.family,
+            loaded.model,
+            range(last + 1 if last is not None else 4),
+            "mlp_input",
+            lambda _layer, tensor: captured.append(tensor.clone()),
+        )
+        with sink, stopping_after(loaded, last) if last is not None else _nothing(), torch.inference_mode():
+            hidden = run_base(loaded.model, inputs, hidden_states=True).hidden_states
+        return captured, list(hidden)
+
+    full_mlp, full_hidden = read(None)
+    assert len(top_calls) == 1
+    cut_mlp, cut_hidden = read(1)
+    assert len(top_calls) == 1, "the layers above the last one read are not run"
+    assert all(torch.equal(a, b) for a, b in zip(cut_mlp, full_mlp[:2], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(cut_hidden[:3], full_hidden[:3], strict=True))
+    assert not torch.equal(cut_hidden[-1], full_hidden[-1])  # what lies above is not the model's
+    assert all("forward" not in layer.__dict__ for layer in layers)  # restored on exit
+    assert torch.equal(read(None)[1][-1], full_hidden[-1])
+
+
+def _nothing():
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+def test_a_sequential_apply_writes_the_same_edit_with_its_gathers_replaying_the_trunk(
+    located, tmp_path, monkeypatch
+):
+    from safetensors.torch import load_file
+
+    from sparse_edit.edit import candidates
+    from tests.helpers import run_cli
+
+    _, artifact = located("llama", layers=4)
+    made: list[TrunkCache] = []
+
+    def apply(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+        out = tmp_path / name
+        args = ["apply", "--artifact", artifact, "-o", out, "--layer", "2,3", "--device", "cpu", "-q", "--json"]
+        report = json.loads(run_cli(*args).stdout)
+        weights: dict[str, torch.Tensor] = {}
+        for file in sorted(out.glob("*.safetensors")):
+            weights.update(load_file(file))
+        return report, weights
+
+    def recorded(loaded, depth, *rest):
+        made.append(TrunkCache(loaded, depth, *rest))
+        return made[-1]
+
+    monkeypatch.setattr(candidates, "TrunkCache", recorded)
+    replayed, replayed_weights = apply("replayed")
+    assert [trunk.depth for trunk in made] == [2]
+    # The second step's gathers see the anchors the first step's gathers saw: each replays the trunk.
+    assert made[0].stats.hits > 0 and made[0].stats.hits == made[0].stats.misses
+    monkeypatch.setattr(candidates, "TrunkCache", lambda loaded, depth, *rest: TrunkCache(loaded, 0))
+    plain, plain_weights = apply("plain")
+    assert replayed["candidates"] == plain["candidates"]
+    assert replayed_weights.keys() == plain_weights.keys()
+    assert all(torch.equal(replayed_weights[key], plain_weights[key]) for key in plain_weights)

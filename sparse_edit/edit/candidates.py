@@ -19,6 +19,7 @@ from sparse_edit.edit.strategies.base import SolveJob
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.model.loading import LoadedModel
+from sparse_edit.model.trunk import TrunkCache
 from sparse_edit.options import ApplyOptions
 
 
@@ -44,12 +45,33 @@ def build_candidates(
     storage: dict[str, torch.dtype],
     reporter: Reporter,
     shared: dict[int, LayerData] | None = None,
+    trunk: TrunkCache | None = None,
 ) -> list[Candidate]:
     """Every (strategy, layer set) of the plan, solved; single layers share one round of feature passes.
 
     ``shared`` holds features collected earlier for single layers (tune's cache): those are not collected again.
+    ``trunk`` replays the layers below the plan's in every feature pass (default: one of its own where a
+    candidate takes more than one step, whose later passes see the same anchors with an edit above it).
     """
-    shared = dict(shared or {})
+    plan_layers = sorted({layer for layers in plan.layer_sets for layer in layers})
+    if trunk is None:
+        sequential = any(
+            len(ls) * len(chain_parts(name)) > 1 for ls in plan.layer_sets for name in plan.strategies
+        )
+        trunk = TrunkCache(loaded, min(plan_layers) if sequential else 0)
+    with trunk.replaying(plan_layers):
+        return _solved(loaded, anchors, plan, options, storage, reporter, dict(shared or {}))
+
+
+def _solved(
+    loaded: LoadedModel,
+    anchors: Anchors,
+    plan: Plan,
+    options: ApplyOptions,
+    storage: dict[str, torch.dtype],
+    reporter: Reporter,
+    shared: dict[int, LayerData],
+) -> list[Candidate]:
     singles = sorted({ls[0] for ls in plan.layer_sets if len(ls) == 1} - set(shared))
     if singles:
         shared.update(gather(loaded, anchors, singles, plan, options, reporter))

@@ -5,7 +5,8 @@ activations (``neurons``, optionally only a subset of them) and the layer's outp
 residual stream (``residual``). Prompts are either pooled into rows (the last ``positions``
 tokens of each prompt, input order kept) or summed into a float64 Gram matrix over every
 non-pad token (for the harmless preservation term), optionally with the pooled rows too;
-per-dimension token sums and sums of squares can be kept for further sites.
+per-dimension token sums and sums of squares can be kept for further sites. The layers above the
+deepest one read are not computed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from sparse_edit.console import Reporter
 from sparse_edit.model.batching import Batch, Encoded, batch_memory_guard, batches
 from sparse_edit.model.hooks import capture, run_base
+from sparse_edit.model.layer_patch import stopping_after
 from sparse_edit.model.loading import LoadedModel
 
 Site = Literal["mlp_input", "neurons", "residual"]
@@ -135,7 +137,7 @@ def collect(
     layers = list(request.layers)
     hook_sites = list(dict.fromkeys(s for s in [*request.sites, *request.moment_sites] if s != "residual"))
     pad = int(loaded.tokenizer.pad_token_id)
-    with reporter.progress(label, len(encoded)) as progress:
+    with reporter.progress(label, len(encoded)) as progress, stopping_after(loaded, max(layers)):
         contexts = [capture(loaded.family, loaded.model, layers, site, _bind(add, site)) for site in hook_sites]
         for context in contexts:
             context.__enter__()

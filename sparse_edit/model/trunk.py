@@ -5,19 +5,22 @@ compute in the base model. A study measures many edits on the same dev inputs, s
 output for each input (one batch of token ids and its mask) is kept the first time it is computed and
 returned as it was on every later pass: the same tensor, so the rest of the pass is bit for bit the
 pass without the cache. Only passes without a KV cache (``use_cache=False``: teacher-forced replies,
-refusal log-odds, KL) take part; generation runs every layer, as its later steps need each layer's
-keys and values.
+refusal log-odds, KL, feature gathers) take part; generation runs every layer, as its later steps need
+each layer's keys and values. While a trunk replays, the hidden states of its layers are not computed:
+a reader of a layer's activations must read at or above the trunk's depth.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import inspect
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from sparse_edit.model.layer_patch import Forward, patched_forwards
 from sparse_edit.model.loading import LoadedModel
 
 # Trunk outputs kept at once (float32 hidden states of Qwen2.5-0.5B: about 0.35 MB per 100 tokens).
@@ -60,25 +63,28 @@ class TrunkCache:
         if self.depth == 0:
             yield
             return
-        model = self.loaded.model
-        layers = self.loaded.family.layers(model)
+        # The decoder stack itself, so that passes through the LM head and gathers that call the stack
+        # directly both take part; a positional argument is named by the stack's signature.
+        stack = self.loaded.model.base_model
+        names = list(inspect.signature(stack.forward).parameters)
         current: list[bytes | None] = [None]
         replay: list[Any] = [None]
 
         def note_input(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
-            if args or kwargs.get("use_cache") is not False or ids is None or mask is None:
+            named = {**dict(zip(names, args, strict=False)), **kwargs}  # fewer args than parameters
+            ids, mask = named.get("input_ids"), named.get("attention_mask")
+            if named.get("use_cache") is not False or ids is None or mask is None:
                 current[0], replay[0] = None, None
                 self.stats.bypassed += 1
                 return
-            key = _input_key(ids, mask, kwargs.get("position_ids"))
+            key = _input_key(ids, mask, named.get("position_ids"))
             current[0], replay[0] = key, self.kept.get(key)
             if replay[0] is None:
                 self.stats.misses += 1
             else:
                 self.stats.hits += 1
 
-        def layer_forward(index: int, original: Callable[..., Any]) -> Callable[..., Any]:
+        def layer_forward(index: int, original: Forward) -> Forward:
             def forward(*args: Any, **kwargs: Any) -> Any:
                 if replay[0] is not None:  # every trunk layer hands on the kept output of the last one
                     return _copy(replay[0]) if index == self.depth - 1 else replay[0]
@@ -89,21 +95,12 @@ class TrunkCache:
 
             return forward
 
-        handle = model.register_forward_pre_hook(note_input, with_kwargs=True)
-        patched: list[tuple[torch.nn.Module, Any]] = []
+        handle = stack.register_forward_pre_hook(note_input, with_kwargs=True)
         try:
-            for index in range(self.depth):
-                layer = layers[index]
-                patched.append((layer, layer.__dict__.get("forward")))  # another trunk's, when nested
-                layer.forward = layer_forward(index, layer.forward)
-            yield
+            with patched_forwards(self.loaded.family.layers(self.loaded.model), range(self.depth), layer_forward):
+                yield
         finally:
             handle.remove()
-            for layer, before in reversed(patched):
-                if before is None:
-                    del layer.forward
-                else:
-                    layer.forward = before
 
     def _keep(self, key: bytes, out: Any) -> None:
         tensors = [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]

@@ -2,7 +2,7 @@
 
 Features are collected once per feature signature for every searched layer (a trial that changes
 only gain or weights reuses them); the base model's dev replies are generated once per study; the
-decoder layers below the lowest searched layer run once per dev input (``TrunkCache``).
+decoder layers below the lowest searched layer run once per anchor and dev input (``TrunkCache``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from sparse_edit.tuning.outcome import DevSet, TrialOutcome, Verdicts, outcome
 TUNE_ONLY = frozenset(TuneOptions.model_fields) - frozenset(ApplyOptions.model_fields) | {"output", "overwrite"}
 # Feature sets kept at once (each holds every searched layer's rows and Grams).
 FEATURE_CACHE_SIZE = 4
+# Trunk outputs kept for the study: every anchor's (the sequential gathers) and every dev input's.
+TRUNK_BUDGET = 2 << 30
 # Base-model logits of the harmless dev prompts kept for the KL of every trial (beyond it: recomputed).
 BASE_LOGITS_BUDGET = 2 << 30
 
@@ -93,7 +95,7 @@ class TrialRunner:
         reporter: Reporter,
         trunk_depth: int | None = None,
     ) -> None:
-        """``trunk_depth``: decoder layers replayed from their first pass over each dev input (default: those
+        """``trunk_depth``: decoder layers replayed from their first pass over each anchor and dev input (default: those
         below the lowest searched layer; 0 runs every layer every time)."""
         self.options = options
         self.loaded = loaded
@@ -108,7 +110,7 @@ class TrialRunner:
         self._storage: dict[str, torch.dtype] = {}
         if trunk_depth is None:
             trunk_depth = min(self.layers) if options.replay_trunk else 0
-        self.trunk = TrunkCache(loaded, trunk_depth)
+        self.trunk = TrunkCache(loaded, trunk_depth, TRUNK_BUDGET)
         # The base model's whole decoder stack replayed: logits kept within budget cost nothing, the rest the LM head.
         self._base_stack = TrunkCache(loaded, loaded.num_layers if trunk_depth else 0)
         # Where the last trial's time went (features, solve, replies, kl), for pareto.json.
@@ -167,7 +169,8 @@ class TrialRunner:
         if key not in self._features:
             if len(self._features) >= FEATURE_CACHE_SIZE:
                 self._features.pop(next(iter(self._features)))
-            self._features[key] = gather(self.loaded, self.anchors, layers, plan, wide, self.reporter)
+            with self.trunk.replaying([]):  # keeps the anchors' trunk for the sequential gathers of later trials
+                self._features[key] = gather(self.loaded, self.anchors, layers, plan, wide, self.reporter)
         return self._features[key]
 
     def run(self, settings: dict[str, Any], base: Verdicts) -> TrialOutcome:
@@ -178,7 +181,7 @@ class TrialRunner:
         shared = self.features(options)
         clock.lap("features")
         (candidate,) = build_candidates(
-            self.loaded, self.anchors, plan, options, self._storage, self.reporter, shared
+            self.loaded, self.anchors, plan, options, self._storage, self.reporter, shared, self.trunk
         )
         storage = storage_for(self.loaded.checkpoint, candidate.edits, self._storage)
         clock.lap("solve")
