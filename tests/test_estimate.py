@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sparse_edit.edit.estimate import Work, count_work, describe
 from tests.helpers import apply_args, run_cli
 
@@ -34,6 +36,31 @@ def test_sequential_steps_generation_and_ceiling_are_counted():
     assert work.generated == 2 * (8 + 12)
     assert Work(10, 20, 4, 1, dev_reply_tokens=8).seconds(per_pass=0.5, per_token=0.25) == 23.0
     assert "≈ 0.4 min" in describe(Work(10, 20, 4, 1, dev_reply_tokens=8), 0.5, 0.25)
+
+
+def test_anchor_passes_are_priced_by_the_layers_they_run():
+    def work(layer_sets, strategies=1, attribution=False):
+        return count_work(
+            ANCHORS, layer_sets, strategies, attribution=attribution, ceiling=False, dev_generate=0, num_layers=10
+        )
+
+    every = 40 + 20 + 60 + 20 + 8 + 4 + 12
+    # Single layers: one round that stops after the deepest (layer 6 of 10: 7 layers run).
+    assert work([(4,), (6,)]).anchor_layer_share == 0.7
+    # Two steps at 4 then 6: the first round runs layers 0-4, the second 4-6 above the replayed trunk.
+    sequential = work([(4, 6)])
+    assert sequential.anchor_passes == 2 * every
+    assert sequential.anchor_layer_share == (5 + 3) / 2 / 10
+    assert sequential.seconds(per_pass=1.0, per_token=0.0) == 2 * every * 0.4 + sequential.probe_passes
+    assert "running 40% of the layers" in describe(sequential, 1.0, 0.0)
+    # Backward passes of attribution run every layer.
+    attributed = work([(4, 6)], attribution=True)
+    backward = 3 * (40 + 20)
+    assert attributed.anchor_passes * attributed.anchor_layer_share == pytest.approx(2 * every * 0.4 + backward)
+    # The model's size unknown: every pass priced as a whole one, as before.
+    assert (
+        count_work(ANCHORS, [(4, 6)], 1, attribution=False, ceiling=False, dev_generate=0).anchor_layer_share == 1
+    )
 
 
 def test_replies_to_the_harmless_anchors_are_generated_and_collected_again():

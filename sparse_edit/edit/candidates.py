@@ -59,39 +59,28 @@ def build_candidates(
             len(ls) * len(chain_parts(name)) > 1 for ls in plan.layer_sets for name in plan.strategies
         )
         trunk = TrunkCache(loaded, min(plan_layers) if sequential else 0)
-    with trunk.replaying(plan_layers):
-        return _solved(loaded, anchors, plan, options, storage, reporter, dict(shared or {}))
-
-
-def _solved(
-    loaded: LoadedModel,
-    anchors: Anchors,
-    plan: Plan,
-    options: ApplyOptions,
-    storage: dict[str, torch.dtype],
-    reporter: Reporter,
-    shared: dict[int, LayerData],
-) -> list[Candidate]:
+    shared = dict(shared or {})
     singles = sorted({ls[0] for ls in plan.layer_sets if len(ls) == 1} - set(shared))
-    if singles:
-        shared.update(gather(loaded, anchors, singles, plan, options, reporter))
     candidates = []
-    for name in plan.strategies:
-        parts = chain_parts(name)
-        for layers in plan.layer_sets:
-            candidate = Candidate(name, layers)
-            steps = [
-                Step(part, position, first=not position and not i)
-                for position in range(len(layers))
-                for i, part in enumerate(parts)
-            ]
-            per_layer = [
-                solve_step(loaded, anchors, plan, options, storage, reporter, candidate, step, shared)
-                for step in steps
-            ]
-            candidate.diagnostics = summarise_layers(per_layer)
-            candidate.diagnostics["changed_parameters"] = sum(e.changed_parameters for e in candidate.edits)
-            candidates.append(candidate)
+    with trunk.replaying(plan_layers):
+        if singles:
+            shared.update(gather(loaded, anchors, singles, plan, options, reporter))
+        for name in plan.strategies:
+            parts = chain_parts(name)
+            for layers in plan.layer_sets:
+                candidate = Candidate(name, layers)
+                steps = [
+                    Step(part, position, first=not position and not i)
+                    for position in range(len(layers))
+                    for i, part in enumerate(parts)
+                ]
+                per_layer = [
+                    solve_step(loaded, anchors, plan, options, storage, reporter, candidate, step, shared)
+                    for step in steps
+                ]
+                candidate.diagnostics = summarise_layers(per_layer)
+                candidate.diagnostics["changed_parameters"] = sum(e.changed_parameters for e in candidate.edits)
+                candidates.append(candidate)
     return candidates
 
 

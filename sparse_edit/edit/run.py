@@ -105,6 +105,7 @@ def announce_cost(
         ceiling=options.ceiling,
         dev_generate=options.dev_generate,
         harmless_reply_tokens=options.harmless_reply_tokens,
+        num_layers=loaded.num_layers,
     )
     tokens = max(options.dev_generate, options.harmless_reply_tokens)
     per_pass, per_token = time_first_batch(loaded, anchors.low_train, options.batch_size, tokens)

@@ -116,9 +116,10 @@ class TuneOptions(ApplyOptions):
     )
     replay_trunk: bool = Field(
         True,
-        description="Run the decoder layers below the lowest --candidate-layers once per dev input and replay "
-        "their output in every trial's teacher-forced passes (KL, the check of --reuse-base-replies): the "
-        "same numbers, bit for bit, at a fraction of the cost. Off: every pass runs every layer.",
+        description="Run the decoder layers below the lowest --candidate-layers once per anchor and dev input "
+        "and replay their output in every trial's passes without generation (a two-layer edit's second "
+        "feature gather, KL, the check of --reuse-base-replies): the same numbers, bit for bit, at a fraction "
+        "of the cost. Off: those passes run every layer.",
     )
     apply: bool = Field(False, description="Also write the chosen edit to OUTPUT/edited (as apply would).")
     storage: str | None = Field(
