@@ -2,9 +2,10 @@
 
 Runs ``se.tune`` once per mode, with one seed, search space and dev set, on Qwen2.5-Coder-0.5B-Instruct:
 
-- ``plain``: every trial generates every dev reply and every pass runs every layer
-  (``replay_trunk`` and ``reuse_base_replies`` off);
-- ``trunk``: the layers below the searched ones replayed (``replay_trunk``), replies generated;
+- ``plain``: every trial generates every dev reply and every pass runs every layer up to the last it
+  reads (``replay_trunk`` and ``reuse_base_replies`` off);
+- ``trunk``: the layers below the searched ones replayed (``replay_trunk``) in the KL passes and in a
+  two-layer edit's second feature gather, replies generated;
 - ``fast``: both shortcuts (the edited model's dev replies found from the base model's, checked in one
   teacher-forced pass that replays the trunk).
 
@@ -14,7 +15,7 @@ anchors among the anchors, which cost every mode the same minutes before its fir
 harmful and 18 harmless prompts per language) and ``--dev-fraction`` holds out enough anchor ids for
 them. Trials of the same number have the same settings in every mode (same seed, random start), so
 their outcomes must be identical: the benchmark says whether they are, and the ratio of mean trial
-seconds against ``plain`` (trial 0 aside: it also gathers the features). Anchor side of the fixed
+seconds against ``plain`` (trial 0 aside: it also gathers the features; the solve's ratio counts it). Anchor side of the fixed
 split only. Writes benchmarks/results/trials[-NAME].json.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -112,6 +114,11 @@ def warm_mean(trials: dict[int, dict[str, Any]], numbers: list[int], phases: tup
 JUDGING = ("replies", "kl")
 
 
+def figure(value: float, digits: int) -> float | None:
+    """``value`` rounded for the results file; None where it has no trials to stand on (JSON has no NaN)."""
+    return None if math.isnan(value) else round(value, digits)
+
+
 def phase_mean(trials: dict[int, dict[str, Any]], numbers: list[int], phase: str) -> float:
     """Mean seconds of ``phase`` over the trials ``numbers``, trial 0 included: its solve is any trial's solve
     (the features it gathers first are a phase of their own)."""
@@ -187,23 +194,27 @@ def main(argv: list[str] | None = None) -> None:
             "identical_outcomes": all(
                 trials[n]["outcome"] == baseline[n]["outcome"] for n in shared if n in trials
             ),
-            "warm_trial_seconds": round(warm_mean(trials, shared), 1),
-            "warm_trial_seconds_all": round(warm_mean(trials, sorted(trials)), 1),
-            "speedup": round(warm_mean(baseline, shared) / warm_mean(trials, shared), 2),
-            "warm_judging_seconds": round(warm_mean(trials, shared, JUDGING), 1),
-            "judging_speedup": round(warm_mean(baseline, shared, JUDGING) / warm_mean(trials, shared, JUDGING), 2),
-            "dev_replies_speedup": round(
+            "warm_trial_seconds": figure(warm_mean(trials, shared), 1),
+            "warm_trial_seconds_all": figure(warm_mean(trials, sorted(trials)), 1),
+            "speedup": figure(warm_mean(baseline, shared) / warm_mean(trials, shared), 2),
+            "warm_judging_seconds": figure(warm_mean(trials, shared, JUDGING), 1),
+            "judging_speedup": figure(
+                warm_mean(baseline, shared, JUDGING) / warm_mean(trials, shared, JUDGING), 2
+            ),
+            "dev_replies_speedup": figure(
                 warm_mean(baseline, shared, ("replies",)) / warm_mean(trials, shared, ("replies",)), 2
             ),
-            "kl_speedup": round(warm_mean(baseline, shared, ("kl",)) / warm_mean(trials, shared, ("kl",)), 2),
-            "solve_seconds": round(phase_mean(trials, shared, "solve"), 1),
-            "solve_speedup": round(phase_mean(baseline, shared, "solve") / phase_mean(trials, shared, "solve"), 2),
+            "kl_speedup": figure(warm_mean(baseline, shared, ("kl",)) / warm_mean(trials, shared, ("kl",)), 2),
+            "solve_seconds": figure(phase_mean(trials, shared, "solve"), 1),
+            "solve_speedup": figure(
+                phase_mean(baseline, shared, "solve") / phase_mean(trials, shared, "solve"), 2
+            ),
         }
     summary = {
         "baseline": modes[0],
-        "baseline_warm_trial_seconds": round(warm_mean(baseline, shared), 1),
-        "baseline_warm_judging_seconds": round(warm_mean(baseline, shared, JUDGING), 1),
-        "baseline_solve_seconds": round(phase_mean(baseline, shared, "solve"), 1),
+        "baseline_warm_trial_seconds": figure(warm_mean(baseline, shared), 1),
+        "baseline_warm_judging_seconds": figure(warm_mean(baseline, shared, JUDGING), 1),
+        "baseline_solve_seconds": figure(phase_mean(baseline, shared, "solve"), 1),
         "against_baseline": comparison,
     }
     print(json.dumps(summary, indent=2))
