@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -210,7 +211,7 @@ def test_a_pass_stopped_after_a_layer_reads_that_layer_and_below_bit_for_bit(tin
             "mlp_input",
             lambda _layer, tensor: captured.append(tensor.clone()),
         )
-        with sink, stopping_after(loaded, last) if last is not None else _nothing(), torch.inference_mode():
+        with sink, stopping_after(loaded, last) if last is not None else nullcontext(), torch.inference_mode():
             hidden = run_base(loaded.model, inputs, hidden_states=True).hidden_states
         return captured, list(hidden)
 
@@ -223,12 +224,6 @@ def test_a_pass_stopped_after_a_layer_reads_that_layer_and_below_bit_for_bit(tin
     assert not torch.equal(cut_hidden[-1], full_hidden[-1])  # what lies above is not the model's
     assert all("forward" not in layer.__dict__ for layer in layers)  # restored on exit
     assert torch.equal(read(None)[1][-1], full_hidden[-1])
-
-
-def _nothing():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 def test_a_sequential_apply_writes_the_same_edit_with_its_gathers_replaying_the_trunk(
