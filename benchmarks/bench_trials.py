@@ -100,13 +100,17 @@ def read_study(out: Path, seconds: float | None) -> dict[str, Any]:
     }
 
 
-def warm_mean(trials: dict[int, dict[str, Any]], numbers: list[int], phases: tuple[str, ...] = ()) -> float:
+def warm_mean(
+    trials: dict[int, dict[str, Any]], numbers: list[int], phases: tuple[str, ...] = (), first: bool = False
+) -> float:
     """Mean seconds of the trials ``numbers`` other than trial 0 (the first pass over every dev input); with
-    ``phases``, of those phases only (``replies`` and ``kl``: judging the edit, what the shortcuts change)."""
+    ``phases``, of those phases only (``replies`` and ``kl``: judging the edit, what the shortcuts change);
+    with ``first``, trial 0 counted too (its solve is any trial's solve: the features it gathers first are
+    a phase of their own)."""
     values = [
         sum(trials[n]["phase_seconds"][p] for p in phases) if phases else trials[n]["seconds"]
         for n in numbers
-        if n != 0 and n in trials
+        if (first or n != 0) and n in trials
     ]
     return statistics.fmean(values) if values else float("nan")
 
@@ -117,13 +121,6 @@ JUDGING = ("replies", "kl")
 def figure(value: float, digits: int) -> float | None:
     """``value`` rounded for the results file; None where it has no trials to stand on (JSON has no NaN)."""
     return None if math.isnan(value) else round(value, digits)
-
-
-def phase_mean(trials: dict[int, dict[str, Any]], numbers: list[int], phase: str) -> float:
-    """Mean seconds of ``phase`` over the trials ``numbers``, trial 0 included: its solve is any trial's solve
-    (the features it gathers first are a phase of their own)."""
-    values = [trials[n]["phase_seconds"][phase] for n in numbers if n in trials]
-    return statistics.fmean(values) if values else float("nan")
 
 
 def table(results: dict[str, Any], modes: list[str]) -> str:
@@ -205,16 +202,18 @@ def main(argv: list[str] | None = None) -> None:
                 warm_mean(baseline, shared, ("replies",)) / warm_mean(trials, shared, ("replies",)), 2
             ),
             "kl_speedup": figure(warm_mean(baseline, shared, ("kl",)) / warm_mean(trials, shared, ("kl",)), 2),
-            "solve_seconds": figure(phase_mean(trials, shared, "solve"), 1),
+            "solve_seconds": figure(warm_mean(trials, shared, ("solve",), first=True), 1),
             "solve_speedup": figure(
-                phase_mean(baseline, shared, "solve") / phase_mean(trials, shared, "solve"), 2
+                warm_mean(baseline, shared, ("solve",), first=True)
+                / warm_mean(trials, shared, ("solve",), first=True),
+                2,
             ),
         }
     summary = {
         "baseline": modes[0],
         "baseline_warm_trial_seconds": figure(warm_mean(baseline, shared), 1),
         "baseline_warm_judging_seconds": figure(warm_mean(baseline, shared, JUDGING), 1),
-        "baseline_solve_seconds": figure(phase_mean(baseline, shared, "solve"), 1),
+        "baseline_solve_seconds": figure(warm_mean(baseline, shared, ("solve",), first=True), 1),
         "against_baseline": comparison,
     }
     print(json.dumps(summary, indent=2))
