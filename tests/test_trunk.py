@@ -124,16 +124,21 @@ def test_trials_replaying_the_trunk_measure_what_trials_without_it_measure(locat
     )
     runner, space = prepare(options, QUIET)
     assert runner.trunk.depth == 2
-    plain = TrialRunner(
-        options,
-        runner.loaded,
-        runner.artifact,
-        runner.anchors,
-        runner.low_langs,
-        runner.layers,
-        QUIET,
-        trunk_depth=0,
-    )
+
+    def beside(options, **kwargs) -> TrialRunner:
+        """A runner of the same model, anchors and layers as ``runner``."""
+        return TrialRunner(
+            options,
+            runner.loaded,
+            runner.artifact,
+            runner.anchors,
+            runner.low_langs,
+            runner.layers,
+            QUIET,
+            **kwargs,
+        )
+
+    plain = beside(options, trunk_depth=0)
     runner._base_logits.budget = 0  # the base model's logits come from its replayed stack every time
     base, plain_base = runner.verdicts(), plain.verdicts()
     assert base == plain_base
@@ -144,15 +149,7 @@ def test_trials_replaying_the_trunk_measure_what_trials_without_it_measure(locat
     assert runner.trunk.stats.hits > 0 and runner._base_stack.stats.hits > 0
     assert plain.trunk.stats.hits == plain.trunk.stats.misses == 0
     # --no-replay-trunk runs every layer in every pass, the base model's too.
-    off = TrialRunner(
-        options.model_copy(update={"replay_trunk": False}),
-        runner.loaded,
-        runner.artifact,
-        runner.anchors,
-        runner.low_langs,
-        runner.layers,
-        QUIET,
-    )
+    off = beside(options.model_copy(update={"replay_trunk": False}))
     assert off.trunk.depth == 0 and off._base_stack.depth == 0
 
 
