@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         {
             "model": MODEL,
             "prompts": len(f32),
-            "reply_tokens": TOKENS,
+            "max_new_tokens": TOKENS,
             "batch_size": BATCH,
             "threads": torch.get_num_threads(),
             "cpu_bf16_flags": cpu_flags(),

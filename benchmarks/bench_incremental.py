@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             ),
             "model": MODEL,
             "dtype": args.dtype,
-            "reply_tokens": REPLY_TOKENS,
+            "max_new_tokens": REPLY_TOKENS,
             "batch_size": BATCH,
             "timed_prompts": TIMED,
             "split": "anchor side (MultiJail 250-314, MultiQ gpt-81..100, lmsys-61..80)",

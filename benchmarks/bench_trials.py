@@ -48,7 +48,7 @@ STUDY: dict[str, Any] = {
     "max_edit_layers": 2,
     "limit": 48,
     "harmless_limit": 130,
-    "reply_tokens": 24,
+    "max_new_tokens": 24,
     "batch_size": BATCH,
     "seed": 0,
 }

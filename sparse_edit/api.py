@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparse_edit.options import ApplyOptions, EvalOptions, LocateOptions, TuneOptions, load_options, read_config
+from sparse_edit.options.gates import GateOptions
 
 if TYPE_CHECKING:
     from sparse_edit.console import Reporter
     from sparse_edit.edit.run import EditResult
     from sparse_edit.edit.verify import VerifyReport
     from sparse_edit.evaluation.run import EvalResult
+    from sparse_edit.gates.run import GatesResult
     from sparse_edit.neurons.artifact import LocateArtifact
     from sparse_edit.tuning.study import TuneResult
 
@@ -89,8 +91,9 @@ def locate(
 
     ``options`` (built by ``locate_options``) replaces ``config`` and ``settings``.
     """
-    from sparse_edit.io.outputs import check_output, claimed_output, command_inputs
+    from sparse_edit.io.outputs import check_output, claimed_output
     from sparse_edit.neurons.locate import run_locate
+    from sparse_edit.options.roles import command_inputs
 
     options = options or locate_options(config, **settings)
     if options.output is None:
@@ -187,8 +190,9 @@ def evaluate(
     from sparse_edit.evaluation.gates import check_gates
     from sparse_edit.evaluation.report import write_report
     from sparse_edit.evaluation.run import run_eval
-    from sparse_edit.io.outputs import claimed_output, command_inputs
+    from sparse_edit.io.outputs import claimed_output
     from sparse_edit.neurons.artifact import LocateArtifact
+    from sparse_edit.options.roles import command_inputs
 
     options = options or eval_options(config, **settings)
     check_gates(options.fail_if, has_base=options.base is not None)  # a gate typo fails before any work
@@ -202,6 +206,25 @@ def evaluate(
         if result.journal is not None:
             result.journal.finish()  # the report holds every reply now
     return result
+
+
+def gates_options(config: Path | None = None, **settings: Any) -> GateOptions:
+    return load_options(GateOptions, config, settings)
+
+
+def gates(
+    config: Path | None = None,
+    *,
+    options: GateOptions | None = None,
+    reporter: Reporter | None = None,
+    **settings: Any,
+) -> GatesResult:
+    """Cache the states a gate reads (one forward pass per prompt), screen gate candidates on them, report
+    what a gate can do per layer and language, and write the chosen gate (for apply --detector-gate)."""
+    from sparse_edit.gates.run import run_gates
+
+    options = options or gates_options(config, **settings)
+    return run_gates(options, _reporter(reporter), config)
 
 
 def verify(base: str | Path, edited: str | Path, *, run_forward: bool = True) -> VerifyReport:

@@ -26,6 +26,7 @@ from sparse_edit.errors import (
     is_out_of_memory,
 )
 from sparse_edit.options import ApplyOptions, EvalOptions, LocateOptions, TuneOptions
+from sparse_edit.options.gates import GateOptions
 
 app = typer.Typer(
     name="sparse-edit",
@@ -164,7 +165,20 @@ def run_eval(config: Path | None, settings: dict[str, Any], reporter: Any, as_js
         raise CheckFailed(f"gate(s) tripped: {'; '.join(result.tripped)}")
 
 
+def run_gates(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
+    """Cache the MLP input at the last prompt token (one forward pass per prompt), screen gate candidates on
+    the cache with out-of-fold thresholds, report per layer and language what a gate can catch within the
+    harmless firing limit, and write the chosen gate for apply --strategy detector --detector-gate."""
+    options = api.gates_options(config, **settings)
+    result = api.gates(config, options=options, reporter=reporter)
+    if as_json:
+        return _print_json(result.payload)
+    typer.echo((options.output / "ceiling.md").read_text(encoding="utf-8"))
+    typer.echo(f"wrote {options.output}")
+
+
 command(options_command(LocateOptions, run_locate), name="locate")
+command(options_command(GateOptions, run_gates), name="gates")
 # apply inherits the prompt settings of its artifact, so none of them is required on the command line.
 command(options_command(ApplyOptions, run_apply, note={"harmful": "Default: the artifact's."}), name="apply")
 command(options_command(TuneOptions, run_tune, note={"harmful": "Default: the artifact's."}), name="tune")

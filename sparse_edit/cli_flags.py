@@ -18,9 +18,11 @@ import typer
 import typer.core
 
 from sparse_edit.options import ApplyOptions, EvalOptions, LocateOptions, Options, TuneOptions
+from sparse_edit.options.base import FormerName
+from sparse_edit.options.gates import GateOptions
 
 # List settings whose values may also be joined by commas (never paths, which may hold commas).
-COMMA_LISTS = {"languages", "low_langs", "strategy", "candidate_layers", "candidate_positions"}
+COMMA_LISTS = {"languages", "low_langs", "strategy", "candidate_layers", "candidate_positions", "layers", "probe"}
 SHORT_NAMES = {"output": "-o"}
 
 
@@ -73,7 +75,7 @@ def _flag_type(annotation: Any) -> type:
     return str  # paths, literals and strings: checked by the options model
 
 
-MULTI_VALUE_FLAGS = _list_flags(LocateOptions, ApplyOptions, EvalOptions, TuneOptions)
+MULTI_VALUE_FLAGS = _list_flags(LocateOptions, ApplyOptions, EvalOptions, TuneOptions, GateOptions)
 
 
 def field_parameters(model: type[Options], note: Mapping[str, str]) -> list[inspect.Parameter]:
@@ -87,7 +89,8 @@ def field_parameters(model: type[Options], note: Mapping[str, str]) -> list[insp
             option = typer.Option(f"{flag}/--no-{name.replace('_', '-')}", help=help_text)
             annotation: Any = Annotated[bool | None, option]
         else:
-            option = typer.Option(flag, *filter(None, [SHORT_NAMES.get(name)]), help=help_text)
+            former = [_flag_name(item.name) for item in field.metadata if isinstance(item, FormerName)]
+            option = typer.Option(flag, *filter(None, [SHORT_NAMES.get(name)]), *former, help=help_text)
             flag_type = list[str] if kind is list else kind
             annotation = Annotated[flag_type | None, option]
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))

@@ -34,7 +34,7 @@ def test_the_whole_job_through_the_library(tiny_models, prompts, tmp_path):
     )
     assert result.report["summary"]["mean_asr"] is not None and (tmp_path / "report" / "report.json").is_file()
 
-    study = se.tune(artifact=artifact, output=tmp_path / "study", trials=2, reply_tokens=4, dev_fraction=0.3)
+    study = se.tune(artifact=artifact, output=tmp_path / "study", trials=2, max_new_tokens=4, dev_fraction=0.3)
     assert isinstance(study, se.TuneResult) and len(study.payload["trials"]) == 2
     saved = json.loads((tmp_path / "study" / "pareto.json").read_text())
     assert saved.pop("kind") == "sparse-edit/tune" and saved == study.payload

@@ -32,7 +32,7 @@ TUNE = (
     "2",
     "--device",
     "cpu",
-    "--reply-tokens",
+    "--max-new-tokens",
     "4",
     "--dev-fraction",
     "0.3",

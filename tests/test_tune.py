@@ -19,7 +19,17 @@ from sparse_edit.tuning.storage import journal_path
 from tests.helpers import run_cli
 
 # A tiny model's edit changes a large share of its weights: the 0.1 % default would rule out every trial.
-TRIAL_FLAGS = ("--device", "cpu", "--reply-tokens", "4", "--dev-fraction", "0.3", "--max-changed-share", "1", "-q")
+TRIAL_FLAGS = (
+    "--device",
+    "cpu",
+    "--max-new-tokens",
+    "4",
+    "--dev-fraction",
+    "0.3",
+    "--max-changed-share",
+    "1",
+    "-q",
+)
 
 
 def tune_args(artifact: Path, output: Path, *extra: str, trials: int = 3) -> list[str]:
@@ -137,7 +147,7 @@ def test_a_journal_of_other_settings_is_refused(located, tmp_path):
         capture_output=True,
     )
     assert killed.returncode == -9
-    result = run_cli(*tune_args(artifact, study, "--reply-tokens", "5"), code=2)
+    result = run_cli(*tune_args(artifact, study, "--max-new-tokens", "5"), code=2)
     assert "made with other settings" in result.output
     assert not study.exists()
 

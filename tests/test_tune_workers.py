@@ -85,6 +85,6 @@ def test_a_shared_study_of_other_settings_is_refused(located, tmp_path):
     storage = tmp_path / "shared.journal"
     run_cli(*tune_args(artifact, tmp_path / "one", "--storage", str(storage), trials=1))
     result = run_cli(
-        *tune_args(artifact, tmp_path / "two", "--storage", str(storage), "--reply-tokens", "5"), code=2
+        *tune_args(artifact, tmp_path / "two", "--storage", str(storage), "--max-new-tokens", "5"), code=2
     )
     assert f"--storage {storage} holds a study made with other settings" in result.output

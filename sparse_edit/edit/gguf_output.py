@@ -65,6 +65,14 @@ def source_gguf(model: Path) -> Path:
     return Path(model)
 
 
+def check_gguf_source(model: Path, output: Path) -> None:
+    """Before any work: a ``.gguf`` output needs a GGUF model to patch (a .gguf file or a zoo: model)."""
+    from sparse_edit.io.model_path import ZOO_PREFIX
+
+    if is_gguf(output) and not str(model).startswith(ZOO_PREFIX):
+        source_gguf(model)
+
+
 def write_gguf_edit(
     model: Path,
     checkpoint: Checkpoint,

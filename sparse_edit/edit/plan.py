@@ -11,6 +11,7 @@ from sparse_edit.edit import strategies
 from sparse_edit.edit.anchors import Anchors
 from sparse_edit.edit.strategies.base import SITE_ORDER, Strategy
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.measure.attribution import attribution_scores, top_neurons
 from sparse_edit.model.features import Site
 from sparse_edit.model.loading import LoadedModel
@@ -96,9 +97,44 @@ def layer_sets(options: ApplyOptions, artifact: LocateArtifact, num_layers: int)
 
 def check_settings(options: ApplyOptions, artifact: LocateArtifact) -> None:
     """What can be checked against the artifact alone, before the model is loaded: layers and chains."""
-    layer_sets(options, artifact, artifact.num_layers)
+    sets = layer_sets(options, artifact, artifact.num_layers)
     for name in options.strategy:
         check_chain(name)
+    if options.detector_gate is not None:
+        check_gate(options, sets)
+
+
+def check_gate(options: ApplyOptions, sets: list[tuple[int, ...]]) -> None:
+    """A --detector-gate reads one layer: the edit must be at that layer, one detector neuron, refuse mode."""
+    from sparse_edit.gates.gate import Gate
+
+    assert options.detector_gate is not None
+    gate = Gate.load(options.detector_gate)
+    flag = f"--detector-gate {options.detector_gate}"
+    if any(layers != (gate.settings.layer,) for layers in sets):
+        raise SparseEditError(
+            f"{flag}: the gate reads layer {gate.settings.layer}; pass --layer {gate.settings.layer}"
+        )
+    if options.detector_neurons != "one" or options.detector_mode != "refuse":
+        raise SparseEditError(
+            f"{flag}: a gate is one neuron in refuse mode; drop --detector-neurons/--detector-mode"
+        )
+
+
+def check_gate_model(options: ApplyOptions, checkpoint: Checkpoint) -> None:
+    """A --detector-gate must have been fitted on this model's states (same weights layout and width)."""
+    from sparse_edit.gates.gate import Gate
+
+    if options.detector_gate is None:
+        return
+    gate = Gate.load(options.detector_gate)
+    flag = f"--detector-gate {options.detector_gate}"
+    if gate.model_fingerprint != checkpoint.fingerprint():
+        raise SparseEditError(f"{flag}: fitted on another model's states; run sparse-edit gates on --model")
+    if gate.direction.shape[0] != checkpoint.dims.hidden_size:
+        raise SparseEditError(
+            f"{flag}: a gate of width {gate.direction.shape[0]}; the model's states have {checkpoint.dims.hidden_size}"
+        )
 
 
 def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, low_langs: list[str]) -> Plan:

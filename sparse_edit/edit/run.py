@@ -15,18 +15,19 @@ from sparse_edit.edit.anchors import Anchors, add_replies, build_anchors, select
 from sparse_edit.edit.candidates import Candidate, build_candidates, storage_for
 from sparse_edit.edit.delta import EditDelta, write_back
 from sparse_edit.edit.estimate import count_work, describe, time_first_batch
-from sparse_edit.edit.gguf_output import is_gguf, write_gguf_edit
+from sparse_edit.edit.gguf_output import check_gguf_source, is_gguf, write_gguf_edit
 from sparse_edit.edit.manifest import build_manifest, checked, model_card
-from sparse_edit.edit.plan import Plan, check_settings, make_plan, rank_by_attribution
+from sparse_edit.edit.plan import Plan, check_gate_model, check_settings, make_plan, rank_by_attribution
 from sparse_edit.edit.selection import choose, format_table, measure_candidates
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, MODEL_CARD_FILE
-from sparse_edit.io.outputs import claimed_output, command_inputs
+from sparse_edit.io.outputs import claimed_output
 from sparse_edit.io.writer import write_checkpoint
 from sparse_edit.model.loading import LoadedModel, load_model
 from sparse_edit.neurons.artifact import LocateArtifact
 from sparse_edit.options import ApplyOptions
+from sparse_edit.options.roles import command_inputs
 
 
 @dataclass
@@ -40,6 +41,7 @@ def run_apply(options: ApplyOptions, reporter: Reporter, config: Path | None = N
 
     ``config`` is the TOML file the options came from, if any: an input the output may not touch.
     """
+    check_gguf_source(options.model, options.output)  # known now, not after the solve
     with claimed_output(options.output, "apply", command_inputs(options, config), options.overwrite):
         return _run_apply(options, reporter)
 
@@ -90,6 +92,7 @@ def load_edit_inputs(options: ApplyOptions, reporter: Reporter) -> EditInputs:
     where = f"--artifact {options.artifact}"
     for warning in artifact.check_model(loaded.checkpoint, where, options.allow_other_weights):
         reporter.warn(warning)
+    check_gate_model(options, loaded.checkpoint)
     return EditInputs(artifact, loaded, low_langs, prompts)
 
 

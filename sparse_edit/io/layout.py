@@ -22,6 +22,8 @@ MANIFEST_KIND = "sparse-edit/manifest"
 EVAL_KIND = "sparse-edit/eval"
 JOURNAL_KIND = "sparse-edit/eval-journal"
 TUNE_KIND = "sparse-edit/tune"
+FEATURES_KIND = "sparse-edit/features"
+GATE_KIND = "sparse-edit/gate"
 
 # Inside a tune folder.
 PARETO_JSON = "pareto.json"

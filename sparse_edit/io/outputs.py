@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal, TextIO
 
@@ -33,9 +33,8 @@ from sparse_edit.io.layout import (
     json_field,
     read_metadata,
 )
-from sparse_edit.io.sources import source_files
 
-Command = Literal["locate", "apply", "eval", "revert", "tune"]
+Command = Literal["locate", "apply", "eval", "revert", "tune", "gates"]
 # Written into every output folder: which command made it (what --overwrite may replace).
 OUTPUT_MARKER = ".sparse-edit-output.json"
 # Written into every staging folder: which process owns it (what a later run may clean up).
@@ -131,45 +130,24 @@ def check_output(
         )
 
 
-def input_paths(sources: Sequence[tuple[str, object]]) -> list[tuple[str, Path]]:
-    """(flag, path) pairs for the inputs of a command; prompt specs are expanded to their files.
-
-    ``sources`` holds (flag, value) where a value is a path, a prompt spec or a list of them,
-    or None. ``zoo:`` models live in the cache, not beside the output.
-    """
-
-    pairs: list[tuple[str, Path]] = []
-    for flag, value in sources:
-        values = value if isinstance(value, list | tuple) else [value]
-        for item in values:
-            if item is None or str(item).startswith("zoo:"):
-                continue
-            if flag in ("--harmful", "--harmless"):
-                pairs.extend((flag, path) for path in source_files(str(item)))
-            elif flag == "--judge" and str(item) == "keyword":
-                continue
-            else:
-                pairs.append((flag, Path(str(item))))
-    return pairs
-
-
-# The options fields that name inputs, with their flags.
-INPUT_FIELDS = (
-    ("--model", "model"),
-    ("--base", "base"),
-    ("--artifact", "artifact"),
-    ("--judge", "judge"),
-    ("--harmful", "harmful"),
-    ("--harmless", "harmless"),
-    ("--dev-harmless", "dev_harmless"),
-)
-
-
-def command_inputs(options: object, config: Path | None = None) -> list[tuple[str, Path]]:
-    """Every input a command's options (and its --config file) name."""
-    pairs: list[tuple[str, object]] = [(flag, getattr(options, name, None)) for flag, name in INPUT_FIELDS]
-    pairs.append(("--config", config))
-    return input_paths(pairs)
+def check_store(flag: str, store: Path, inputs: Iterable[tuple[str, Path]]) -> None:
+    """Refuse a store the run reads and writes (``tune --storage``, ``eval --base-cache``) that is, lies inside or
+    contains an input: the run would write into that input."""
+    target = _resolved(store)
+    for input_flag, path in inputs:
+        source = _resolved(path)
+        if source == target:
+            raise SparseEditError(f"{flag} {store}: is the input {input_flag} {path}; inputs are never modified")
+        if _contains(source, target):
+            raise SparseEditError(
+                f"{flag} {store}: lies inside the input {input_flag} {path}, which would then be modified; "
+                "pick a path outside it"
+            )
+        if _contains(target, source):
+            raise SparseEditError(
+                f"{flag} {store}: contains the input {input_flag} {path}; keep inputs and the files the run "
+                "writes apart"
+            )
 
 
 # ---- one writer per destination --------------------------------------------------------------

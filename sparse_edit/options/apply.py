@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from sparse_edit.options.model import ModelOptions
 from sparse_edit.options.prompts import PromptOptions
+from sparse_edit.options.roles import PROMPTS, READ, TEXT, WRITTEN
 from sparse_edit.options.strategies import DetectorOptions, OutputOptions, PaperOptions
 
 
@@ -19,16 +20,16 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
     through it); the fields here are the ones every strategy shares: layers, anchors, dev split.
     """
 
-    artifact: Path = Field(description="Locate artifact (.safetensors) made for this model.")
+    artifact: Annotated[Path, READ] = Field(description="Locate artifact (.safetensors) made for this model.")
     allow_other_weights: bool = Field(
         False,
         description="Apply an artifact to a checkpoint of the same shapes whose weights differ from the ones it "
         "was measured on (another seed, a fine-tune); refused otherwise, since neuron statistics belong to their "
         "weights. The manifest records that it was used.",
     )
-    output: Path = Field(description="Folder for the edited checkpoint (written atomically).")
+    output: Annotated[Path, WRITTEN] = Field(description="Folder for the edited checkpoint (written atomically).")
     overwrite: bool = Field(False, description="Replace an existing output folder.")
-    strategy: list[str] = Field(
+    strategy: Annotated[list[str], TEXT] = Field(
         default_factory=lambda: ["paper"],
         description="paper (default): the published edit, input rows (gate_proj) of the safety neurons. output: "
         "down_proj columns of a neuron set, fitted to raise the layer's refusal-direction projection. detector: "
@@ -39,7 +40,7 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
         "--proj are a configuration sparse-edit tune chose on a small instruct model; "
         "tune your own model for its best.",
     )
-    layer: str = Field(
+    layer: Annotated[str, TEXT] = Field(
         "0.75",
         description="Layer to edit: a number; a fraction of the depth (0.75: layer 18 of 24); N,M,... edits those "
         "layers one after another (features re-collected from the partially edited model, the remaining gap "
@@ -91,7 +92,7 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
         description="parallel: move each low-resource prompt to its reference-language translation (same id); "
         "class-mean: to the mean of reference-language harmful prompts (no parallel data needed).",
     )
-    low_langs: list[str] | None = Field(
+    low_langs: Annotated[list[str] | None, TEXT] = Field(
         None,
         description="Languages whose harmful prompts form X_low (default: every language except the reference).",
     )
@@ -104,7 +105,7 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
     dev_limit: int = Field(
         24, ge=1, description="At most this many dev prompts per language and class for probes."
     )
-    dev_harmless: list[str] | None = Field(
+    dev_harmless: Annotated[list[str] | None, PROMPTS] = Field(
         None,
         description="Harmless dev prompts of their own (same formats as --harmless), instead of a --dev-fraction "
         "share of --harmless: e.g. a sample of your users' benign traffic, or a kind of prompt the anchors leave "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -11,6 +12,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sparse_edit.errors import SparseEditError, reading
 
 T = TypeVar("T", bound="Options")
+
+
+@dataclass(frozen=True)
+class FormerName:
+    """Field metadata: an earlier name of the setting, still accepted as a flag and a TOML key (the field
+    also lists it in its ``validation_alias``)."""
+
+    name: str
 
 
 class Options(BaseModel):

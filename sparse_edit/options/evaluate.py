@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, model_validator
 
 from sparse_edit.options.model import ModelOptions
 from sparse_edit.options.prompts import PromptOptions
+from sparse_edit.options.roles import JUDGE, MODEL, READ, READ_WRITTEN, TEXT, WRITTEN
 
 
 class EvalOptions(ModelOptions, PromptOptions):
     """``sparse-edit eval``: per-language attack success, over-refusal, utility and representation report."""
 
-    base: Path | None = Field(
+    base: Annotated[Path | None, MODEL] = Field(
         None, description="The unedited model, for before/after differences, McNemar tests and KL."
     )
-    output: Path = Field(description="Folder for report.json, report.md and charts (written atomically).")
+    output: Annotated[Path, WRITTEN] = Field(
+        description="Folder for report.json, report.md and charts (written atomically)."
+    )
     overwrite: bool = Field(False, description="Replace an existing report folder.")
     max_new_tokens: int = Field(
         128, ge=1, description="Tokens generated per reply (short replies hide late refusals)."
     )
-    judge: str = Field(
+    judge: Annotated[str, JUDGE] = Field(
         "keyword", description="keyword (marker lists per language) or the path of a local guard model folder."
     )
-    artifact: Path | None = Field(None, description="Locate artifact: adds the Jaccard heatmap and neuron counts.")
-    fail_if: list[str] = Field(
+    artifact: Annotated[Path | None, READ] = Field(
+        None, description="Locate artifact: adds the Jaccard heatmap and neuron counts."
+    )
+    fail_if: Annotated[list[str], TEXT] = Field(
         default_factory=list,
         description="Gate expressions for CI, e.g. 'asr[bn] > 0.30', 'kl_harmless > 0.05'; any true gate exits 1.",
     )
@@ -39,7 +45,7 @@ class EvalOptions(ModelOptions, PromptOptions):
         "only when the edit leaves most replies unchanged, and in bfloat16 a reply can differ as it does between "
         "two batch sizes (docs/method.md, incremental replies).",
     )
-    base_cache: Path | None = Field(
+    base_cache: Annotated[Path | None, READ_WRITTEN] = Field(
         None,
         description="With --base: a folder that keeps the base model's replies across eval runs, one file per "
         "base model and generation settings (weights' sha256, dtype, device, tokens, template). A later eval "

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
 from sparse_edit.options.model import ModelOptions
 from sparse_edit.options.prompts import PromptOptions
+from sparse_edit.options.roles import WRITTEN
 
 
 class LocateOptions(ModelOptions, PromptOptions):
     """``sparse-edit locate``: safety-neuron statistics and sets per language and layer."""
 
-    output: Path | None = Field(None, description="Where to write the artifact (.safetensors).")
+    output: Annotated[Path | None, WRITTEN] = Field(
+        None, description="Where to write the artifact (.safetensors)."
+    )
     overwrite: bool = Field(False, description="Replace an existing output.")
     pooling: Literal["last", "mean", "max"] = Field(
         "last", description="How a prompt's token activations become one vector: last prompt token, mean or max."

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
 from sparse_edit.options.base import Options
+from sparse_edit.options.roles import MODEL, TEXT
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -16,11 +17,11 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 class ModelOptions(Options):
     """How a model is loaded and run."""
 
-    model: Path = Field(
+    model: Annotated[Path, MODEL] = Field(
         description="Model folder (Hugging Face layout with safetensors weights), a .gguf file, or zoo:NAME for a "
         "pinned offline model (zoo:smollm2-135m-instruct, zoo:qwen2.5-coder-0.5b-instruct, zoo:gemma-3-270m)."
     )
-    device: str = Field(
+    device: Annotated[str, TEXT] = Field(
         "auto",
         description="auto, cpu, cuda, cuda:N or mps. auto uses CUDA when present (spread over all GPUs with "
         "accelerate's device_map), else MPS, else the CPU.",
@@ -34,7 +35,7 @@ class ModelOptions(Options):
         ge=8,
         description="Keep at most this many tokens per formatted prompt (the end is kept); counts are reported.",
     )
-    system_prompt: str | None = Field(
+    system_prompt: Annotated[str | None, TEXT] = Field(
         None, description="System message for the chat template (default: whatever the template does on its own)."
     )
 

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
 from sparse_edit.options.base import Options
+from sparse_edit.options.roles import PROMPTS, TEXT
 
 
 class PromptOptions(Options):
-    harmful: list[str] = Field(
+    harmful: Annotated[list[str], PROMPTS] = Field(
         min_length=1,
         description="Harmful prompt sources: files or glob patterns (.jsonl, .json per language, wide .csv); "
         "append :LANG to name a .json file's language or :en,th to pick .csv columns. Several may follow "
         "one flag (--harmful a.jsonl b.json:th) or the flag may be repeated.",
     )
-    harmless: list[str] = Field(
+    harmless: Annotated[list[str], PROMPTS] = Field(
         min_length=1,
         description="Harmless prompt sources, same formats as --harmful; several may follow one flag.",
     )
-    reference_lang: str = Field("en", description="The high-resource language whose safety pattern is the target.")
-    languages: list[str] | None = Field(
+    reference_lang: Annotated[str, TEXT] = Field(
+        "en", description="The high-resource language whose safety pattern is the target."
+    )
+    languages: Annotated[list[str] | None, TEXT] = Field(
         None, description="Languages to use (default: every language found in the sources)."
     )
     limit: int | None = Field(None, ge=2, description="Use at most this many prompts per language and class.")

@@ -8,11 +8,13 @@ and one TOML key) and options must not import the strategies' torch code.
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from sparse_edit.options.base import Options
+from sparse_edit.options.roles import READ, TEXT
 
 NeuronChoice = Literal["low-union", "low-only", "reference", "all"]
 DetectorMode = Literal["refuse", "release"]
@@ -55,7 +57,7 @@ class GainOptions(Options):
 class PaperOptions(SolverOptions):
     """``paper``: the published edit of the safety neurons' input rows."""
 
-    neuron_lang: str | None = Field(
+    neuron_lang: Annotated[str | None, TEXT] = Field(
         None, description="Whose safety-neuron set to edit (default: the reference language's)."
     )
     proj: Literal["gate", "gate,up"] = Field(
@@ -131,6 +133,12 @@ class DetectorOptions(RidgeOptions, GainOptions):
         "rows the probe fires on) or quiet (they join the harmless rows it stays below, so the neuron keeps still "
         "on the reference language of either class and the reference behaviour, the one the edit copies, does "
         "not move).",
+    )
+    detector_gate: Annotated[Path | None, READ] = Field(
+        None,
+        description="detector strategy: a gate written by sparse-edit gates (gate.safetensors): the neuron computes "
+        "that gate (a classifier probe whose per-language thresholds are read from the state) instead of "
+        "fitting a ridge probe; --layer must be the gate's layer, refuse mode, one neuron.",
     )
     detector_neurons: Literal["one", "per-language"] = Field(
         "one",

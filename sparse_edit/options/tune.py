@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import AliasChoices, Field, PositiveInt, model_validator
 
 from sparse_edit.options.apply import ApplyOptions
+from sparse_edit.options.base import FormerName
+from sparse_edit.options.roles import STORE, TEXT, WRITTEN
 
 
 def _registered_strategies() -> list[str]:
@@ -21,18 +24,18 @@ class TuneOptions(ApplyOptions):
     Every apply setting is a fixed setting of the search unless a strategy's search space varies it.
     """
 
-    output: Path = Field(
+    output: Annotated[Path, WRITTEN] = Field(
         description="Folder for the study: pareto.json, pareto.md, pareto.png, chosen.toml, front/trial-N.toml (the "
         "apply config of every trial on the front), study.db (and "
         "edited/ with --apply), written atomically. While it runs, the study is journaled beside it "
         "(.NAME.tune.db) so a killed run resumes."
     )
-    strategy: list[str] = Field(
+    strategy: Annotated[list[str], TEXT] = Field(
         default_factory=_registered_strategies,
         description="Strategies the search chooses from (default: every registered one the model supports); "
         "chains such as paper+detector may be named too.",
     )
-    layer: str = Field(
+    layer: Annotated[str, TEXT] = Field(
         "auto", description="tune searches the layer: keep auto and name the layers with --candidate-layers."
     )
     candidate_layers: list[int] | None = Field(
@@ -54,11 +57,12 @@ class TuneOptions(ApplyOptions):
     timeout: int | None = Field(
         None, ge=1, description="Start no new trial after this many seconds (the study so far is still written)."
     )
-    reply_tokens: int = Field(
+    max_new_tokens: Annotated[int, FormerName("reply_tokens")] = Field(
         24,
         ge=1,
+        validation_alias=AliasChoices("max_new_tokens", "reply_tokens"),
         description="Tokens generated per dev reply (greedy), base once and every trial; the keyword judge "
-        "reads them.",
+        "reads them (the same setting as eval's; --reply-tokens, its former name, still works).",
     )
     max_over_refusal: float = Field(
         0.02,
@@ -122,7 +126,7 @@ class TuneOptions(ApplyOptions):
         "of the cost. Off: those passes run every layer.",
     )
     apply: bool = Field(False, description="Also write the chosen edit to OUTPUT/edited (as apply would).")
-    storage: str | None = Field(
+    storage: Annotated[str | None, STORE] = Field(
         None,
         description="Keep the study in storage several tune processes share, one per GPU or machine: an RDB URL "
         "(sqlite:///study.db, postgresql://user@host/db) or a journal file path (appended under a file lock, "

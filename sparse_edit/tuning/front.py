@@ -171,7 +171,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "# sparse-edit tune",
         "",
         f"Dev split only: {payload['dev']['harmful']} harmful prompts ({', '.join(payload['dev']['low_langs'])} "
-        f"and the reference), {payload['dev']['harmless']} harmless prompts; replies of {payload['settings']['reply_tokens']} "
+        f"and the reference), {payload['dev']['harmless']} harmless prompts; replies of {payload['settings']['max_new_tokens']} "
         "tokens, keyword judge. Over-refusal is the pooled harmless refusal rate minus the base model's; the worst "
         "group is the harmless source (and kind) where it rose most. Parity: the share of low-resource dev prompts "
         "refused exactly when the base model refuses their reference-language version (base: "

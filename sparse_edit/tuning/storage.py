@@ -45,11 +45,54 @@ class StudyStore:
 
     @classmethod
     def of(cls, storage: str | None, output: Path) -> StudyStore:
-        return cls(storage, True) if storage else cls(str(journal_path(output)), False)
+        return cls(shared_storage(storage), True) if storage else cls(str(journal_path(output)), False)
 
     @property
     def where(self) -> str:
         return f"--storage {self.spec}" if self.shared else f"the study journal {self.spec}"
+
+
+STORAGE_FORMS = (
+    "--storage takes an RDB URL (sqlite:///FILE, postgresql://...), an SQLite file such as the study.db tune "
+    "writes, or an Optuna journal file (a new path starts one)"
+)
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def shared_storage(spec: str) -> str:
+    """``--storage`` as Optuna opens it, checked before any work: an SQLite file (the ``study.db`` tune writes)
+    becomes its ``sqlite:///`` URL; a URL's or journal's folder must exist; an existing file must be SQLite or a
+    journal."""
+    if spec.startswith("sqlite:///"):
+        _check_folder(spec, Path(spec.removeprefix("sqlite:///")))
+        return spec
+    if "://" in spec:
+        return spec
+    path = Path(spec)
+    if path.is_dir():
+        raise SparseEditError(f"--storage {spec}: is a folder; {STORAGE_FORMS}")
+    if not path.exists():
+        _check_folder(spec, path)
+        return spec
+    with path.open("rb") as handle:
+        head = handle.read(len(SQLITE_HEADER))
+        handle.seek(0)
+        first_line = handle.readline()
+    if head == SQLITE_HEADER:
+        return f"sqlite:///{path.resolve()}"
+    if first_line.strip() and not first_line.lstrip().startswith(b"{"):
+        raise SparseEditError(
+            f"--storage {spec}: is neither an SQLite file nor an Optuna journal; {STORAGE_FORMS}"
+        )
+    return spec
+
+
+def _check_folder(spec: str, path: Path) -> None:
+    folder = Path(os.path.abspath(path)).parent
+    if not folder.is_dir():
+        raise SparseEditError(
+            f"--storage {spec}: the folder {folder} does not exist; create it or pick another path"
+        )
 
 
 def check_journal(journal: Path) -> None:
@@ -60,7 +103,7 @@ def check_journal(journal: Path) -> None:
     if not journal.is_file():
         raise SparseEditError(f"--output: the study journal {journal} is not a file; {fix}")
     with journal.open("rb") as handle:
-        if handle.read(16) != b"SQLite format 3\x00":
+        if handle.read(16) != SQLITE_HEADER:
             raise SparseEditError(f"--output: the study journal {journal} is not an SQLite file; {fix}")
     try:
         with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
@@ -104,6 +147,7 @@ def open_study(
     would sample the same first trials."""
     import optuna
     from optuna.trial import TrialState
+    from sqlalchemy.exc import SQLAlchemyError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
@@ -120,8 +164,8 @@ def open_study(
             sampler=sampler,
             load_if_exists=True,
         )
-    except (ValueError, OSError) as error:  # a malformed URL, an unreadable journal, other directions
-        raise SparseEditError(f"{store.where}: cannot open the study there ({error})") from None
+    except (ValueError, OSError, SQLAlchemyError) as error:  # a malformed URL, an unreachable database, ...
+        raise SparseEditError(f"{store.where}: cannot open the study there ({_first_line(error)})") from None
     recorded = study.user_attrs.get("key")
     if recorded is None:
         study.set_user_attr("key", key)
@@ -135,6 +179,23 @@ def open_study(
             study.tell(trial.number, state=TrialState.FAIL)  # its process is gone (the lock says so)
             study.enqueue_trial(trial.params)
     return study
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def check_reachable(store: StudyStore) -> None:
+    """Open a database server's storage before any work, so a wrong URL fails now (SQLite files and journals
+    were checked by ``shared_storage`` and are created only once the study starts)."""
+    if not store.shared or "://" not in store.spec or store.spec.startswith("sqlite:///"):
+        return
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        _storage(store)
+    except (ValueError, OSError, SQLAlchemyError) as error:
+        raise SparseEditError(f"{store.where}: cannot open the study there ({_first_line(error)})") from None
 
 
 def finished(study: Any) -> int:

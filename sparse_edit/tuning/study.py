@@ -24,8 +24,9 @@ from sparse_edit.edit.run import load_edit_inputs, run_apply
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.files import file_sha256
 from sparse_edit.io.layout import STUDY_DB, TUNED_EDIT_DIR
-from sparse_edit.io.outputs import claimed_output, command_inputs, staged_folder
+from sparse_edit.io.outputs import claimed_output, staged_folder
 from sparse_edit.options import ApplyOptions, TuneOptions
+from sparse_edit.options.roles import command_inputs
 from sparse_edit.tuning.front import (
     CHOICE_RULE,
     NONE_QUALIFIES,
@@ -40,7 +41,14 @@ from sparse_edit.tuning.front import (
 )
 from sparse_edit.tuning.outcome import Verdicts
 from sparse_edit.tuning.space import SearchSpace, describe
-from sparse_edit.tuning.storage import StudyStore, check_journal, finished, open_study, wait_for_others
+from sparse_edit.tuning.storage import (
+    StudyStore,
+    check_journal,
+    check_reachable,
+    finished,
+    open_study,
+    wait_for_others,
+)
 from sparse_edit.tuning.trial import TrialRunner, apply_settings
 from sparse_edit.version import __version__
 
@@ -99,11 +107,13 @@ def run_tune(options: TuneOptions, reporter: Reporter, config: Path | None = Non
         raise SparseEditError(
             "--layer: tune searches the layer; name the layers to choose from with --candidate-layers"
         )
+    inputs = command_inputs(options, config)  # refuses --storage inside an input
     store = StudyStore.of(options.storage, options.output)
+    check_reachable(store)
     if options.worker:  # runs trials of the shared study; the process without --worker writes the folder
         return _run(options, reporter, store)
     # One study per output (and so per journal) at a time.
-    with claimed_output(options.output, "tune", command_inputs(options, config), options.overwrite):
+    with claimed_output(options.output, "tune", inputs, options.overwrite):
         return _run(options, reporter, store)
 
 
@@ -119,7 +129,7 @@ def _run(options: TuneOptions, reporter: Reporter, store: StudyStore) -> TuneRes
     reporter.info(
         f"tune: {options.trials} trials ({done} done), strategies {', '.join(space.strategies)}, layers "
         f"{space.layers[0]}..{space.layers[-1]}; dev: {len(runner.dev.harmful)} harmful, "
-        f"{len(runner.dev.harmless)} harmless prompts, {options.reply_tokens}-token replies"
+        f"{len(runner.dev.harmless)} harmless prompts, {options.max_new_tokens}-token replies"
     )
     base = _base_verdicts(study, runner)
     started = time.perf_counter()

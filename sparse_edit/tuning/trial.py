@@ -131,7 +131,7 @@ class TrialRunner:
         """Greedy dev replies of the base model (or with ``edit`` applied), judged; a reply stops once its
         verdict is settled (the label is the same as the full reply's). The base model's reply tokens are
         kept; with --reuse-base-replies an edited model's replies are found from them (``incremental_replies``)."""
-        bs, tokens = self.options.batch_size, self.options.reply_tokens
+        bs, tokens = self.options.batch_size, self.options.max_new_tokens
         labels: dict[str, tuple[str, ...]] = {}
         for group, items in (("harmful", self.dev.harmful), ("harmless", self.dev.harmless)):
             label = f"dev replies: {group}"

@@ -32,6 +32,7 @@ from sparse_edit.edit.strategies.detector_math import (
     response,
 )
 from sparse_edit.errors import SparseEditError
+from sparse_edit.gates.gate import Gate
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.options import ApplyOptions, DetectorMode, DetectorOptions
 
@@ -85,6 +86,7 @@ class DetectorStrategy(Strategy):
                 own.detector_mode,
                 own.detector_neurons == "per-language",
                 own.detector_reference == "quiet",
+                _gate_direction(job.options),
             ),
             job.share,
             job.avoid,
@@ -100,6 +102,17 @@ class DetectorSettings:
     mode: DetectorMode = "refuse"
     per_language: bool = False
     reference_quiet: bool = False  # the reference language's harmful rows are negatives, not positives
+    gate: torch.Tensor | None = None  # [d] a fitted gate's direction (sparse-edit gates): no ridge probe
+
+
+def _gate(options: ApplyOptions) -> Gate | None:
+    path = DetectorOptions.of(options).detector_gate
+    return Gate.load(path) if path is not None else None
+
+
+def _gate_direction(options: ApplyOptions) -> torch.Tensor | None:
+    gate = _gate(options)
+    return torch.from_numpy(gate.direction).to(F64) if gate is not None else None
 
 
 def detector_activation(checkpoint: Checkpoint) -> Activation:
@@ -144,7 +157,7 @@ def detector_candidate(
     probes = []
     reference = data.ref_rows["mlp_input"]
     quiet = settings.reference_quiet and mode == "refuse"
-    for mask in probe_groups(data, settings.per_language):
+    for mask in [] if settings.gate is not None else probe_groups(data, settings.per_language):
         low = data.low_rows["mlp_input"][mask]
         harmful = low if quiet else torch.cat([low, reference])
         positive, negative = (harmful, harmless) if mode == "refuse" else (harmless, harmful)
@@ -153,6 +166,8 @@ def detector_candidate(
         probes.append(
             fit_detector(positive, negative, gram, sums, data.safe_tokens, settings.margin, settings.lam)
         )
+    if settings.gate is not None:
+        probes = [settings.gate]
     detectors = torch.stack(probes)  # [n, d]
     slices = {p: family.neuron_slice(layer, p, d_ff) for p in ("gate", "up", "down")}
     weights = {name: checkpoint.load_tensor(name) for name in {s.tensor for s in slices.values()}}

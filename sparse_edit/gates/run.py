@@ -1,0 +1,151 @@
+"""``sparse-edit gates``: cache the states, screen gate candidates on them, report the ceiling, write the gate."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparse_edit.console import Reporter
+from sparse_edit.data.prompts import Prompt
+from sparse_edit.errors import SparseEditError
+from sparse_edit.gates.cache import FeatureCache, collect_cache
+from sparse_edit.gates.gate import Gate
+from sparse_edit.gates.report import markdown, write_heatmap
+from sparse_edit.gates.screen import Candidate, ScreenGrid, ceiling, choose, chosen_gate, front, screen
+from sparse_edit.io.outputs import claimed_output, staged_folder
+from sparse_edit.options.gates import GateOptions
+from sparse_edit.options.roles import command_inputs
+from sparse_edit.version import __version__
+
+ANCHOR_FEATURES = "features-anchor.safetensors"
+TEST_FEATURES = "features-test.safetensors"
+GATE_FILE = "gate.safetensors"
+
+
+@dataclass
+class GatesResult:
+    payload: dict[str, Any]  # what ceiling.json holds
+    gate: Gate | None
+
+
+def run_gates(options: GateOptions, reporter: Reporter, config: Path | None = None) -> GatesResult:
+    with claimed_output(options.output, "gates", command_inputs(options, config), options.overwrite):
+        anchors, test = caches(options, reporter)
+        layers = tuple(options.layers or anchors.layers)
+        missing = [layer for layer in layers if layer not in anchors.layers]
+        if missing:
+            raise SparseEditError(
+                f"--layers {missing}: not in the anchor feature cache (it holds {list(anchors.layers)})"
+            )
+        grid = ScreenGrid(layers=layers, forms=tuple(options.probe))
+        reporter.info(f"gates: screening {grid.size()} candidates on {len(anchors)} cached anchor prompts")
+        candidates, fits, seconds = screen(anchors, grid, options.folds, reporter)
+        chosen = choose(candidates, options.max_firing)
+        gate = chosen_gate(anchors, chosen, fits) if chosen is not None else None
+        payload = {
+            "kind": "sparse-edit/gates",
+            "schema_version": 1,
+            "tool_version": __version__,
+            "python": platform.python_version(),
+            "settings": options.model_dump(mode="json", exclude={"output", "overwrite"}),
+            "anchors": anchors.describe(),
+            "test": test.describe() if test is not None else None,
+            "screen": {"candidates": len(candidates), "seconds": seconds},
+            "ceiling": ceiling(anchors, candidates, fits, options.max_firing, test, options.reference_lang),
+            "front": [c.as_dict() for c in front(candidates)],
+            "chosen": _chosen(chosen, gate, test),
+        }
+        if chosen is None:
+            reporter.warn(
+                f"no gate keeps every harmless anchor source at or under --max-firing {options.max_firing}"
+            )
+        with staged_folder(options.output, options.overwrite, "gates") as staging:
+            anchors.save(staging / ANCHOR_FEATURES)
+            if test is not None:
+                test.save(staging / TEST_FEATURES)
+            if gate is not None:
+                gate.save(staging / GATE_FILE)
+            (staging / "ceiling.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+            (staging / "screen.json").write_text(json.dumps([c.as_dict() for c in candidates]) + "\n")
+            (staging / "ceiling.md").write_text(markdown(payload), encoding="utf-8")
+            if options.heatmap:
+                write_heatmap(payload, staging / "ceiling.png")
+    return GatesResult(payload, gate)
+
+
+def _chosen(chosen: Candidate | None, gate: Gate | None, test: FeatureCache | None) -> dict[str, Any] | None:
+    if chosen is None or gate is None:
+        return None
+    from sparse_edit.gates.gate import figures
+
+    entry = chosen.as_dict()
+    if test is not None:
+        entry["test"] = figures(test, gate.fires(test.rows(chosen.settings.layer)))
+    return entry
+
+
+def caches(options: GateOptions, reporter: Reporter) -> tuple[FeatureCache, FeatureCache | None]:
+    """The anchor and held-out feature caches: read from --features / --test-features, or one forward pass per
+    prompt (the model is loaded only when a cache must be made)."""
+    anchors = FeatureCache.load(options.features) if options.features else None
+    test = FeatureCache.load(options.test_features, "--test-features") if options.test_features else None
+    want_test = options.test_harmful is not None and test is None
+    anchor_prompts = _prompts(options, reporter, held_out=False) if anchors is None else None
+    test_prompts = _prompts(options, reporter, held_out=True) if want_test else None
+    if anchor_prompts is None and test_prompts is None:
+        assert anchors is not None
+        return anchors, test
+    from sparse_edit.model.loading import load_model
+
+    loaded = load_model(options)
+    layers = list(options.layers or (anchors.layers if anchors else default_layers(loaded.num_layers)))
+    if anchors is not None and anchors.model_fingerprint != loaded.checkpoint.fingerprint():
+        raise SparseEditError(
+            f"--features {options.features}: made from another model than --model {options.model}"
+        )
+
+    def make(prompts: list[Prompt], label: str) -> FeatureCache:
+        return collect_cache(
+            loaded, prompts, layers, options.batch_size, reporter, label, options.system_prompt, options.max_length
+        )
+
+    if anchor_prompts is not None:
+        anchors = make(anchor_prompts, "gates: anchor features")
+    if test_prompts is not None:
+        test = make(test_prompts, "gates: held-out features")
+    assert anchors is not None
+    return anchors, test
+
+
+def default_layers(num_layers: int) -> list[int]:
+    """Every second layer from L/3 to L-2."""
+    return list(range(num_layers // 3, max(num_layers - 1, num_layers // 3 + 1), 2))
+
+
+def _prompts(options: GateOptions, reporter: Reporter, held_out: bool) -> list[Prompt]:
+    from sparse_edit.data.selection import prepare_prompts
+
+    if held_out:
+        assert options.test_harmful is not None and options.test_harmless is not None
+        chosen = options.model_copy(update={"harmful": options.test_harmful, "harmless": options.test_harmless})
+        sets = prepare_prompts(chosen, reporter, both_classes=False)
+    else:
+        sets = prepare_prompts(options, reporter)
+    return per_source_limit(sets.harmful + sets.harmless, options.source_limit)
+
+
+def per_source_limit(prompts: list[Prompt], limit: int | None) -> list[Prompt]:
+    """At most ``limit`` prompts of each source, kind and language (in source order)."""
+    if limit is None:
+        return prompts
+    counts: dict[tuple[str, str, str], int] = {}
+    kept = []
+    for prompt in prompts:
+        key = (prompt.label, prompt.group, prompt.lang)
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] <= limit:
+            kept.append(prompt)
+    return kept

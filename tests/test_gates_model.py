@@ -1,0 +1,86 @@
+"""A gate on a tiny real checkpoint: ``gates`` caches and screens, ``apply --detector-gate`` writes it into a
+neuron, and the written neuron fires where the screened gate does (and no longer does once perturbed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparse_edit.console import Reporter
+from sparse_edit.gates.agreement import agreement_on_states, measure_agreement, written_gate_row
+from sparse_edit.gates.cache import FeatureCache
+from sparse_edit.gates.gate import Gate
+from sparse_edit.model.loading import load_model
+from sparse_edit.options import ModelOptions
+from sparse_edit.testing import build_tiny_model
+from tests.helpers import apply_args, parallel_prompt_files, run_cli
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("gated")
+    build_tiny_model(root / "base", "llama", layers=3, hidden=32, mlp=64)
+    harmful, harmless = parallel_prompt_files(root, langs=("en", "th", "yo"), count=24, suffix=(" !!", ""))
+    common = ["--model", root / "base", "--harmful", harmful, "--harmless", harmless, "--device", "cpu", "-q"]
+    run_cli(
+        "gates",
+        *common,
+        "--layers",
+        "1",
+        "--folds",
+        "4",
+        "--max-firing",
+        "0.1",
+        "--no-heatmap",
+        "-o",
+        root / "gates",
+    )
+    run_cli("locate", *common, "--tau-stat", "0.3", "-o", root / "art.safetensors")
+    gate = root / "gates" / "gate.safetensors"
+    run_cli(
+        *apply_args(root / "art.safetensors", root / "edited"),
+        "--strategy",
+        "detector",
+        "--detector-gate",
+        gate,
+        "--detector-reference",
+        "fire",
+    )
+    return root
+
+
+def test_gates_writes_the_caches_the_report_and_a_gate_that_names_its_split(gated):
+    payload = json.loads((gated / "gates" / "ceiling.json").read_text())
+    assert payload["screen"]["candidates"] == len(json.loads((gated / "gates" / "screen.json").read_text()))
+    assert payload["chosen"]["settings"]["layer"] == 1
+    layer = payload["ceiling"]["layers"]["1"]["anchor"]
+    assert set(layer["auc"]) == {"en", "th", "yo"}
+    markdown = (gated / "gates" / "ceiling.md").read_text()
+    assert "out of fold" in markdown and "| layer |" in markdown
+    cache = FeatureCache.load(gated / "gates" / "features-anchor.safetensors")
+    assert len(cache) == 3 * 24 * 2 and cache.layers == (1,)
+
+
+def test_the_written_neuron_fires_where_the_screened_gate_does(gated):
+    gate = Gate.load(gated / "gates" / "gate.safetensors")
+    cache = FeatureCache.load(gated / "gates" / "features-anchor.safetensors")
+    fires = gate.fires(cache.rows(1))
+    assert 0 < fires.mean() < 1  # a gate that decides something
+    loaded = load_model(ModelOptions(model=gated / "edited", device="cpu"))
+    result = measure_agreement(loaded, gated / "edited", gate, cache, 8, Reporter(quiet=True))
+    assert result.share >= 0.99 and result.prompts == len(cache)
+
+
+def test_the_agreement_check_fails_when_the_written_gate_is_perturbed(gated):
+    gate = Gate.load(gated / "gates" / "gate.safetensors")
+    cache = FeatureCache.load(gated / "gates" / "features-anchor.safetensors")
+    x = cache.rows(1)
+    row = written_gate_row(gated / "edited", 1)
+    assert agreement_on_states(gate, row, x, x).share >= 0.99
+    rng = np.random.default_rng(0)
+    perturbed = row + rng.normal(0, 1.0, row.shape) * np.linalg.norm(row) / np.sqrt(len(row))
+    assert agreement_on_states(gate, perturbed, x, x).share < 0.99
+    assert agreement_on_states(gate, -row, x, x).share < 0.5
