@@ -40,6 +40,7 @@ BENCHMARKS = {
     "gguf": "bench_gguf",
     "incremental": "bench_incremental",
     "trials": "bench_trials",
+    "gates": "bench_gates",
     "judge": "judge_calibration",
     "tune-study": "tune_study",
 }

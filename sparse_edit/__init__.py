@@ -6,6 +6,7 @@ The library API (see ``sparse_edit.api``)::
 
     artifact = se.locate(model="./my-model", harmful=["h.jsonl"], harmless=["s.jsonl"], output="loc.safetensors")
     study = se.tune(artifact="loc.safetensors", output="study")  # optional: search the settings
+    gates = se.gates(model="./my-model", harmful=["h.jsonl"], harmless=["s.jsonl"], output="gates")  # the ceiling
     edit = se.apply_edit(artifact="loc.safetensors", output="edited")
     assert se.verify("./my-model", "edited").ok
     result = se.evaluate(model="edited", base="./my-model", harmful=["t.jsonl"], harmless=["b.jsonl"], output="report")
@@ -18,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 from sparse_edit.api import (
     apply_edit,
     evaluate,
+    gates,
     gguf_file,
     locate,
     model_folder,
     revert,
+    screen_gates,
     study_apply_settings,
     tune,
     verify,
@@ -33,6 +36,9 @@ if TYPE_CHECKING:
     from sparse_edit.edit.run import EditResult
     from sparse_edit.edit.verify import VerifyReport
     from sparse_edit.evaluation.run import EvalResult
+    from sparse_edit.gates.cache import FeatureCache
+    from sparse_edit.gates.gate import Gate
+    from sparse_edit.gates.run import GatesResult
     from sparse_edit.measure.judge import KeywordJudge
     from sparse_edit.measure.statistics import mcnemar, wilson
     from sparse_edit.neurons.artifact import LocateArtifact
@@ -43,6 +49,9 @@ if TYPE_CHECKING:
 _LAZY = {
     "EditResult": "sparse_edit.edit.run",
     "EvalResult": "sparse_edit.evaluation.run",
+    "FeatureCache": "sparse_edit.gates.cache",
+    "Gate": "sparse_edit.gates.gate",
+    "GatesResult": "sparse_edit.gates.run",
     "KeywordJudge": "sparse_edit.measure.judge",
     "LocateArtifact": "sparse_edit.neurons.artifact",
     "Reporter": "sparse_edit.console",
@@ -55,6 +64,9 @@ _LAZY = {
 __all__ = [
     "EditResult",
     "EvalResult",
+    "FeatureCache",
+    "Gate",
+    "GatesResult",
     "KeywordJudge",
     "LocateArtifact",
     "Reporter",
@@ -63,11 +75,13 @@ __all__ = [
     "__version__",
     "apply_edit",
     "evaluate",
+    "gates",
     "gguf_file",
     "locate",
     "mcnemar",
     "model_folder",
     "revert",
+    "screen_gates",
     "study_apply_settings",
     "tune",
     "verify",

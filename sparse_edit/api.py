@@ -14,6 +14,7 @@ over an input, ``overwrite`` only over an earlier output of the same command.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,9 @@ if TYPE_CHECKING:
     from sparse_edit.edit.run import EditResult
     from sparse_edit.edit.verify import VerifyReport
     from sparse_edit.evaluation.run import EvalResult
+    from sparse_edit.gates.cache import FeatureCache
     from sparse_edit.gates.run import GatesResult
+    from sparse_edit.gates.screen import ScreenResult
     from sparse_edit.neurons.artifact import LocateArtifact
     from sparse_edit.tuning.study import TuneResult
 
@@ -225,6 +228,34 @@ def gates(
 
     options = options or gates_options(config, **settings)
     return run_gates(options, _reporter(reporter), config)
+
+
+def screen_gates(
+    features: str | Path | FeatureCache,
+    *,
+    layers: Sequence[int] | None = None,
+    forms: Sequence[str] = ("lda",),
+    strengths: Sequence[float] | None = None,
+    limits: Sequence[float] | None = None,
+    folds: int = 5,
+    share_fits: bool = True,
+) -> ScreenResult:
+    """Score gate candidates (layers × probe forms × strengths × both calibrations × threshold limits) out of
+    fold on an anchor feature cache; no forward pass. ``share_fits`` off refits every fold per candidate."""
+    from sparse_edit.console import Reporter
+    from sparse_edit.gates.cache import FeatureCache
+    from sparse_edit.gates.screen import ScreenGrid, ScreenResult, screen
+
+    cache = features if isinstance(features, FeatureCache) else FeatureCache.load(Path(features))
+    defaults = ScreenGrid(layers=tuple(layers or cache.layers))
+    grid = ScreenGrid(
+        layers=defaults.layers,
+        forms=tuple(forms),  # type: ignore[arg-type]  # checked by the probe fit
+        strengths=tuple(strengths or defaults.strengths),
+        limits=tuple(limits or defaults.limits),
+    )
+    candidates, _, seconds = screen(cache, grid, folds, Reporter(quiet=True), share_fits=share_fits)
+    return ScreenResult(candidates, seconds)
 
 
 def verify(base: str | Path, edited: str | Path, *, run_forward: bool = True) -> VerifyReport:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sparse_edit.cli import app
 from sparse_edit.console import Reporter
 from sparse_edit.gates.agreement import agreement_on_states, measure_agreement, written_gate_row
 from sparse_edit.gates.cache import FeatureCache
@@ -16,7 +17,7 @@ from sparse_edit.gates.gate import Gate
 from sparse_edit.model.loading import load_model
 from sparse_edit.options import ModelOptions
 from sparse_edit.testing import build_tiny_model
-from tests.helpers import apply_args, parallel_prompt_files, run_cli
+from tests.helpers import apply_args, parallel_prompt_files, run_cli, runner
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,37 @@ def test_the_agreement_check_fails_when_the_written_gate_is_perturbed(gated):
     perturbed = row + rng.normal(0, 1.0, row.shape) * np.linalg.norm(row) / np.sqrt(len(row))
     assert agreement_on_states(gate, perturbed, x, x).share < 0.99
     assert agreement_on_states(gate, -row, x, x).share < 0.5
+
+
+def test_tune_confirms_screened_gates_on_replies_and_reports_the_prediction_beside_them(gated, tmp_path):
+    front = sorted((gated / "gates" / "front").glob("gate-*.safetensors"))
+    assert front, "the gates run writes the front's gates within --max-firing"
+    args = [
+        "tune",
+        "--artifact",
+        gated / "art.safetensors",
+        "--candidate-gates",
+        *front,
+        "--trials",
+        "2",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "4",
+        "--dev-fraction",
+        "0.3",
+        "--max-changed-share",
+        "1",
+        "-q",
+        "-o",
+        tmp_path / "study",
+    ]
+    result = runner.invoke(app, [str(arg) for arg in args])
+    assert result.exit_code in (0, 1), result.output  # 1: no trial met the limits; the study is written
+    payload = json.loads((tmp_path / "study" / "pareto.json").read_text())
+    assert len(payload["trials"]) == 2
+    for trial in payload["trials"]:
+        assert trial["settings"]["detector_gate"] in {str(path) for path in front}
+        assert trial["settings"]["layer"] == "1" and trial["settings"]["strategy"] == ["detector"]
+        assert 0 <= trial["screen"]["catch_non_reference"] <= 1
+    assert "Screened gates" in (tmp_path / "study" / "pareto.md").read_text()

@@ -23,6 +23,7 @@ from sparse_edit.version import __version__
 ANCHOR_FEATURES = "features-anchor.safetensors"
 TEST_FEATURES = "features-test.safetensors"
 GATE_FILE = "gate.safetensors"
+FRONT_DIR = "front"
 
 
 @dataclass
@@ -68,6 +69,9 @@ def run_gates(options: GateOptions, reporter: Reporter, config: Path | None = No
                 test.save(staging / TEST_FEATURES)
             if gate is not None:
                 gate.save(staging / GATE_FILE)
+            for index, candidate in front_within(candidates, options.max_firing, options.front_gates):
+                (staging / FRONT_DIR).mkdir(exist_ok=True)
+                chosen_gate(anchors, candidate, fits).save(staging / FRONT_DIR / f"gate-{index}.safetensors")
             (staging / "ceiling.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
             (staging / "screen.json").write_text(json.dumps([c.as_dict() for c in candidates]) + "\n")
             (staging / "ceiling.md").write_text(markdown(payload), encoding="utf-8")
@@ -85,6 +89,14 @@ def _chosen(chosen: Candidate | None, gate: Gate | None, test: FeatureCache | No
     if test is not None:
         entry["test"] = figures(test, gate.fires(test.rows(chosen.settings.layer)))
     return entry
+
+
+def front_within(candidates: list[Candidate], max_firing: float, count: int) -> list[tuple[int, Candidate]]:
+    """The front's candidates within ``max_firing``, most caught first, with their index in ``candidates``."""
+    kept = [c for c in front(candidates) if c.predicted["firing_max"] <= max_firing + 1e-12]
+    kept.sort(key=lambda c: -c.predicted["catch_non_reference"])
+    index = {id(c): i for i, c in enumerate(candidates)}
+    return [(index[id(c)], c) for c in kept[:count]]
 
 
 def caches(options: GateOptions, reporter: Reporter) -> tuple[FeatureCache, FeatureCache | None]:

@@ -55,11 +55,23 @@ class Candidate:
         return {"settings": asdict(self.settings), "label": self.settings.label(), "predicted": self.predicted}
 
 
+@dataclass
+class ScreenResult:
+    candidates: list[Candidate]
+    seconds: float
+
+
 def screen(
-    cache: FeatureCache, grid: ScreenGrid, folds: int, reporter: Reporter, readout_ridge: float = 1e-3
+    cache: FeatureCache,
+    grid: ScreenGrid,
+    folds: int,
+    reporter: Reporter,
+    readout_ridge: float = 1e-3,
+    share_fits: bool = True,
 ) -> tuple[list[Candidate], dict[tuple[int, ProbeForm], FoldFits], float]:
     """Every candidate of ``grid`` scored out of fold on the anchors; also the fold fits (reused by the chosen
-    gate) and the seconds the scoring took."""
+    gate) and the seconds the scoring took. ``share_fits`` off refits every fold for every candidate (the same
+    figures, for measuring what sharing saves)."""
     started = time.perf_counter()
     candidates: list[Candidate] = []
     all_fits: dict[tuple[int, ProbeForm], FoldFits] = {}
@@ -67,10 +79,13 @@ def screen(
         for layer, form in itertools.product(grid.layers, grid.forms):
             fits = all_fits[(layer, form)] = fold_fits(cache, layer, folds, form, readout_ridge)
             for strength in grid.strengths:
-                base = GateSettings(layer, form, strength, readout_ridge=readout_ridge)
-                oof = out_of_fold(cache, base, fits)
+                shared = out_of_fold(cache, GateSettings(layer, form, strength, readout_ridge=readout_ridge), fits)
                 for calibration, limit in itertools.product(grid.calibrations, grid.limits):
                     settings = GateSettings(layer, form, strength, calibration, limit, readout_ridge)
+                    if share_fits:
+                        oof = shared
+                    else:
+                        oof = out_of_fold(cache, settings, fold_fits(cache, layer, folds, form, readout_ridge))
                     fires = oof.deployed(calibrate(cache, oof, calibration, limit)) > 0
                     candidates.append(Candidate(settings, figures(cache, fires)))
                     progress.advance(1)

@@ -62,6 +62,13 @@ class GateOptions(ModelOptions, PromptOptions):
         description="Use at most this many prompts of each source, kind and language (anchors and held-out), so "
         "that one large source does not fill the cache.",
     )
+    front_gates: int = Field(
+        4,
+        ge=0,
+        description="Also write the gates of the screen's front that keep --max-firing, most caught first, up to "
+        "this many, as front/gate-N.safetensors (N: the candidate's index in screen.json), for tune "
+        "--candidate-gates to confirm on replies.",
+    )
     heatmap: bool = Field(True, description="Draw ceiling.png (needs matplotlib, the plot extra).")
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ from pydantic import AliasChoices, Field, PositiveInt, model_validator
 
 from sparse_edit.options.apply import ApplyOptions
 from sparse_edit.options.base import FormerName
-from sparse_edit.options.roles import STORE, TEXT, WRITTEN
+from sparse_edit.options.roles import READ, STORE, TEXT, WRITTEN
 
 
 def _registered_strategies() -> list[str]:
@@ -40,6 +40,13 @@ class TuneOptions(ApplyOptions):
     )
     candidate_layers: list[int] | None = Field(
         None, description="Layers the search chooses from (default: every layer from L/3 to L-2)."
+    )
+    candidate_gates: Annotated[list[Path] | None, READ] = Field(
+        None,
+        description="Gates sparse-edit gates screened (gate.safetensors, front/gate-N.safetensors): every trial "
+        "picks one as --detector-gate (strategy detector at the gate's layer; gain and sharpness searched) and "
+        "records the screen's prediction beside what its dev replies measured. Replaces --strategy and "
+        "--candidate-layers.",
     )
     candidate_positions: list[PositiveInt] | None = Field(
         None,

@@ -79,6 +79,7 @@ class TrialRow:
     seconds: float
     worker: str = ""  # host:pid of the process that ran it
     phase_seconds: dict[str, float] = field(default_factory=dict)  # where its time went
+    screen: dict[str, Any] | None = None  # a screened gate's predicted figures (tune --candidate-gates)
 
     def objectives(self) -> tuple[float, ...]:
         return tuple(float(self.outcome.get(name, 0.0)) for name in OBJECTIVES)
@@ -207,7 +208,33 @@ def markdown(payload: dict[str, Any]) -> str:
             f"{o.get('parity', 0):.3f} | {moved} | {o['kl']:.4f} | {o['newly_answered']} | {o['newly_refused']} | "
             f"{o.get('newly_invalid', '-')} | {o['changed_parameters']} | {marks.strip()} |"
         )
+    lines += _screen_table(payload["trials"])
     return "\n".join(lines) + "\n"
+
+
+def _screen_table(trials: list[dict[str, Any]]) -> list[str]:
+    """For trials of a screened gate (--candidate-gates): what the screen predicted beside the dev replies."""
+    screened = [t for t in trials if t.get("screen")]
+    if not screened:
+        return []
+    lines = [
+        "",
+        "Screened gates: the screen's out-of-fold prediction on the anchors (harmful caught, non-reference mean; "
+        "firing on the worst harmless source) beside the dev replies (newly refused share of harmful prompts the "
+        "base answered; over-refusal rise, pooled).",
+        "",
+        "| trial | gate | predicted caught | predicted worst firing | dev newly refused | dev over-refusal |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for trial in sorted(screened, key=lambda t: t["number"]):
+        screen, outcome = trial["screen"], trial["outcome"]
+        answered = max(outcome.get("base_answered", 0), 1)
+        lines.append(
+            f"| {trial['number']} | {Path(trial['settings']['detector_gate']).name} | "
+            f"{screen['catch_non_reference']:.3f} | {screen['firing_max']:.3f} | "
+            f"{outcome['newly_refused'] / answered:.3f} | {outcome['over_refusal']:+.3f} |"
+        )
+    return lines
 
 
 def plot(payload: dict[str, Any], path: Path) -> bool:

@@ -71,6 +71,7 @@ class TrialOutcome:
     parity_base: float = 0.0
     parity_miss: float = 1.0
     parity_pairs: int = 0
+    base_answered: int = 0  # harmful prompts (any language) the base model answered
 
     def objectives(self) -> tuple[float, float, float, float]:
         return self.attack_success, self.over_refusal, self.kl, self.parity_miss
@@ -201,4 +202,5 @@ def outcome(
         parity_base=base_parity,
         parity_miss=1.0 - edited_parity if parity_pairs else 0.0,
         parity_pairs=parity_pairs,
+        base_answered=sum(1 for b, _ in pairs if b == "compliance"),
     )

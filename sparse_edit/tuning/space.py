@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from sparse_edit.options import TuneOptions
 
 
+# What a trial with a screened gate still searches: how strongly the neuron pushes, and how hard its threshold is.
+GATE_OUTPUT_SETTINGS = ("gain", "detector_sharpness")
+
+
 def default_layers(num_layers: int) -> list[int]:
     """Every layer from L/3 to L-2: where earlier measurements found the refusal decision."""
     return list(range(num_layers // 3, max(num_layers - 1, num_layers // 3 + 1)))
@@ -27,12 +31,15 @@ class SearchSpace:
     layers: tuple[int, ...]
     max_edit_layers: int = 1  # layers one trial may edit, one after another
     positions: tuple[int, ...] = ()  # anchor rows per prompt to choose from (empty: --positions, fixed)
+    gates: tuple[tuple[str, int], ...] = ()  # (gate file, its layer): trials pick one (--candidate-gates)
 
     @classmethod
     def for_model(
         cls, options: TuneOptions, checkpoint: Checkpoint, num_layers: int
     ) -> tuple[SearchSpace, list[str]]:
         """The space for this model and the strategies left out (with why): those that cannot edit it."""
+        if options.candidate_gates:
+            return cls.of_gates(options, checkpoint), []
         kept, skipped = [], []
         for name in options.strategy:
             try:
@@ -52,14 +59,41 @@ class SearchSpace:
         positions = tuple(sorted(set(options.candidate_positions or ())))
         return cls(tuple(kept), tuple(chosen), options.max_edit_layers, positions), skipped
 
+    @classmethod
+    def of_gates(cls, options: TuneOptions, checkpoint: Checkpoint) -> SearchSpace:
+        """Trials of the detector with one of ``--candidate-gates`` each, at that gate's layer."""
+        from sparse_edit.gates.gate import Gate
+
+        strategies.get("detector").check(checkpoint)
+        gates = tuple(
+            (str(path), Gate.load(path, "--candidate-gates").settings.layer)
+            for path in options.candidate_gates or []
+        )
+        return cls(("detector",), tuple(sorted({layer for _, layer in gates})), gates=gates)
+
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Apply settings for one trial: a strategy, a layer set and that strategy's searchable settings."""
+        if self.gates:
+            return self._suggest_gate(trial)
         name = str(trial.suggest_categorical("strategy", list(self.strategies)))
         settings: dict[str, Any] = {"strategy": [name], "layer": self._suggest_layers(trial)}
         if self.positions:
             settings["positions"] = int(trial.suggest_categorical("positions", list(self.positions)))
         for tunable in searchable(name):
             settings[tunable.field] = _suggest(trial, f"{name}.{tunable.field}", tunable)
+        return settings
+
+    def _suggest_gate(self, trial: optuna.Trial) -> dict[str, Any]:
+        """A screened gate and the detector's output settings; the gate fixes the layer and when it fires."""
+        path = str(trial.suggest_categorical("detector_gate", [path for path, _ in self.gates]))
+        settings: dict[str, Any] = {
+            "strategy": ["detector"],
+            "layer": str(dict(self.gates)[path]),
+            "detector_gate": path,
+        }
+        for tunable in searchable("detector"):
+            if tunable.field in GATE_OUTPUT_SETTINGS:
+                settings[tunable.field] = _suggest(trial, f"detector.{tunable.field}", tunable)
         return settings
 
     def _suggest_layers(self, trial: optuna.Trial) -> str:

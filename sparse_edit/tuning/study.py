@@ -198,6 +198,8 @@ def search(
             reporter.warn(f"trial {trial.number}: {describe(settings)}: {exc}; skipped")
             raise optuna.TrialPruned(str(exc)) from None
         trial.set_user_attr("outcome", result.as_dict())
+        if settings.get("detector_gate"):
+            trial.set_user_attr("screen", screened(settings["detector_gate"]))
         trial.set_user_attr("seconds", time.perf_counter() - start)
         trial.set_user_attr("phase_seconds", runner.phase_seconds)
         return result.objectives()
@@ -218,6 +220,15 @@ def search(
 
     enough = optuna.study.MaxTrialsCallback(options.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
     study.optimize(objective, n_trials=trials, timeout=options.timeout, callbacks=[progress, enough], catch=())
+
+
+def screened(gate_path: str) -> dict[str, Any]:
+    """What the screen predicted for a gate (out of fold on the anchors): the figures a trial's replies test."""
+    from sparse_edit.gates.gate import Gate
+
+    predicted = Gate.load(Path(gate_path)).predicted
+    keys = ("catch_non_reference", "firing_max", "firing_pooled", "catch", "firing")
+    return {key: predicted[key] for key in keys if key in predicted}
 
 
 def write_study(
@@ -274,6 +285,7 @@ def _rows(study: Any) -> list[TrialRow]:
             t.user_attrs["seconds"],
             t.user_attrs.get("worker", ""),
             t.user_attrs.get("phase_seconds", {}),
+            t.user_attrs.get("screen"),
         )
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     ]
@@ -325,6 +337,7 @@ def _payload(
                 "seconds": r.seconds,
                 "phase_seconds": r.phase_seconds,
                 "worker": r.worker,
+                **({"screen": r.screen} if r.screen is not None else {}),
             }
             for r in rows
         ],
