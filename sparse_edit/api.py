@@ -94,9 +94,9 @@ def locate(
 
     ``options`` (built by ``locate_options``) replaces ``config`` and ``settings``.
     """
+    from sparse_edit.io.inputs import command_inputs
     from sparse_edit.io.outputs import check_output, claimed_output
     from sparse_edit.neurons.locate import run_locate
-    from sparse_edit.options.roles import command_inputs
 
     options = options or locate_options(config, **settings)
     if options.output is None:
@@ -193,9 +193,9 @@ def evaluate(
     from sparse_edit.evaluation.gates import check_gates
     from sparse_edit.evaluation.report import write_report
     from sparse_edit.evaluation.run import run_eval
+    from sparse_edit.io.inputs import command_inputs
     from sparse_edit.io.outputs import claimed_output
     from sparse_edit.neurons.artifact import LocateArtifact
-    from sparse_edit.options.roles import command_inputs
 
     options = options or eval_options(config, **settings)
     check_gates(options.fail_if, has_base=options.base is not None)  # a gate typo fails before any work

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.inputs import command_inputs
 from sparse_edit.io.outputs import check_output
 from sparse_edit.options import ApplyOptions, EvalOptions, LocateOptions, Options, TuneOptions, load_options
 from sparse_edit.options.gates import GateOptions
-from sparse_edit.options.roles import command_inputs, flag_of, role_of
+from sparse_edit.options.roles import flag_of, role_of
 
 COMMANDS: dict[str, type[Options]] = {
     "locate": LocateOptions,
@@ -88,7 +89,8 @@ def test_no_output_may_contain_a_path_the_run_reads(tmp_path, command, field):
     inside = tmp_path / "dest" / "inside.jsonl"
     inside.parent.mkdir()
     inside.write_text('{"id": "1", "lang": "en", "text": "x"}\n')
-    value = [str(inside)] if isinstance(getattr(options, field), list) else str(inside)
+    takes_a_list = "list" in str(COMMANDS[command].model_fields[field].annotation)
+    value = [str(inside)] if takes_a_list else str(inside)
     options = _options(command, tmp_path, **{field: value})
     (tmp_path / "dest" / ".sparse-edit-output.json").write_text(f'{{"command": "{command}"}}\n')
     with pytest.raises(SparseEditError, match=f"contains the input {flag_of(field)}"):

@@ -15,9 +15,9 @@ from sparse_edit.gates.cache import FeatureCache, collect_cache
 from sparse_edit.gates.gate import Gate
 from sparse_edit.gates.report import markdown, write_heatmap
 from sparse_edit.gates.screen import Candidate, ScreenGrid, ceiling, choose, chosen_gate, front, screen
+from sparse_edit.io.inputs import command_inputs
 from sparse_edit.io.outputs import claimed_output, staged_folder
 from sparse_edit.options.gates import GateOptions
-from sparse_edit.options.roles import command_inputs
 from sparse_edit.version import __version__
 
 ANCHOR_FEATURES = "features-anchor.safetensors"

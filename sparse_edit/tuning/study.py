@@ -23,10 +23,10 @@ from sparse_edit.edit.anchors import build_anchors
 from sparse_edit.edit.run import load_edit_inputs, run_apply
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.files import file_sha256
+from sparse_edit.io.inputs import command_inputs
 from sparse_edit.io.layout import STUDY_DB, TUNED_EDIT_DIR
 from sparse_edit.io.outputs import claimed_output, staged_folder
 from sparse_edit.options import ApplyOptions, TuneOptions
-from sparse_edit.options.roles import command_inputs
 from sparse_edit.tuning.front import (
     CHOICE_RULE,
     NONE_QUALIFIES,
