@@ -41,6 +41,7 @@ BENCHMARKS = {
     "incremental": "bench_incremental",
     "trials": "bench_trials",
     "gates": "bench_gates",
+    "gates-confirm": "gates_confirm",
     "judge": "judge_calibration",
     "tune-study": "tune_study",
 }

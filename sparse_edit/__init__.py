@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sparse_edit.api import (
     apply_edit,
     evaluate,
+    gate_agreement,
     gates,
     gguf_file,
     locate,
@@ -75,6 +76,7 @@ __all__ = [
     "__version__",
     "apply_edit",
     "evaluate",
+    "gate_agreement",
     "gates",
     "gguf_file",
     "locate",

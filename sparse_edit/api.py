@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from sparse_edit.edit.run import EditResult
     from sparse_edit.edit.verify import VerifyReport
     from sparse_edit.evaluation.run import EvalResult
+    from sparse_edit.gates.agreement import Agreement
     from sparse_edit.gates.cache import FeatureCache
     from sparse_edit.gates.run import GatesResult
     from sparse_edit.gates.screen import ScreenResult
@@ -256,6 +257,29 @@ def screen_gates(
     )
     candidates, _, seconds = screen(cache, grid, folds, Reporter(quiet=True), share_fits=share_fits)
     return ScreenResult(candidates, seconds)
+
+
+def gate_agreement(
+    edited: str | Path,
+    gate: str | Path,
+    features: str | Path,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int = 16,
+    reporter: Reporter | None = None,
+) -> Agreement:
+    """Run the edited model over a feature cache's prompts and compare where its detector neuron's written gate
+    row fires with where ``gate`` fires on the cached states (the share of prompts that agree)."""
+    from sparse_edit.gates.agreement import measure_agreement
+    from sparse_edit.gates.cache import FeatureCache
+    from sparse_edit.gates.gate import Gate
+    from sparse_edit.model.loading import load_model
+    from sparse_edit.options import ModelOptions
+
+    loaded = load_model(ModelOptions.model_validate({"model": edited, "device": device, "dtype": dtype}))
+    cache = FeatureCache.load(Path(features))
+    return measure_agreement(loaded, Path(edited), Gate.load(Path(gate)), cache, batch_size, _reporter(reporter))
 
 
 def verify(base: str | Path, edited: str | Path, *, run_forward: bool = True) -> VerifyReport:

@@ -9,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import sparse_edit as se
 from sparse_edit.cli import app
-from sparse_edit.console import Reporter
-from sparse_edit.gates.agreement import agreement_on_states, measure_agreement, written_gate_row
+from sparse_edit.gates.agreement import agreement_on_states, written_gate_row
 from sparse_edit.gates.cache import FeatureCache
 from sparse_edit.gates.gate import Gate
-from sparse_edit.model.loading import load_model
-from sparse_edit.options import ModelOptions
 from sparse_edit.testing import build_tiny_model
 from tests.helpers import apply_args, parallel_prompt_files, run_cli, runner
 
@@ -70,8 +68,12 @@ def test_the_written_neuron_fires_where_the_screened_gate_does(gated):
     cache = FeatureCache.load(gated / "gates" / "features-anchor.safetensors")
     fires = gate.fires(cache.rows(1))
     assert 0 < fires.mean() < 1  # a gate that decides something
-    loaded = load_model(ModelOptions(model=gated / "edited", device="cpu"))
-    result = measure_agreement(loaded, gated / "edited", gate, cache, 8, Reporter(quiet=True))
+    result = se.gate_agreement(
+        gated / "edited",
+        gated / "gates" / "gate.safetensors",
+        gated / "gates" / "features-anchor.safetensors",
+        device="cpu",
+    )
     assert result.share >= 0.99 and result.prompts == len(cache)
 
 

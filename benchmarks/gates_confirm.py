@@ -1,0 +1,127 @@
+"""A screened gate's prediction against the replies: what the gate predicted on the test side and what eval measured.
+
+Joins, prompt by prompt (class, language, id), the test feature cache of a ``sparse-edit gates`` run
+and its chosen gate with an ``eval --base`` report of the edit that gate was written into. Prints, for
+non-reference harmful prompts the base model answered, the share the gate fires on (predicted newly
+refused) beside the share the edited model refuses; for each harmless source and kind, the gate's firing
+beside the measured over-refusal rise; and the attack-success cut per id range.
+
+    python benchmarks/gates_confirm.py --gates runs/gates --report runs/gates-eval --name gates-confirm
+
+With ``--edited`` it also runs the edited model over every test prompt and reports the share on which its
+detector neuron's written gate row fires exactly where the screened gate fires on the cached states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from runner import ROOT, read_replies, save
+
+import sparse_edit as se
+
+REFUSAL = "refusal"
+
+
+def _ranges(text: str) -> list[tuple[int, int]]:
+    return [(int(a), int(b)) for a, b in (part.split("-") for part in text.split(","))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gates", type=Path, default=ROOT / "runs" / "gates")
+    parser.add_argument("--report", type=Path, default=ROOT / "runs" / "gates-eval")
+    parser.add_argument("--gate", type=Path, default=None, help="default: GATES/gate.safetensors")
+    parser.add_argument("--reference", default="en")
+    parser.add_argument("--id-ranges", default="20-59,60-99", help="harmful id ranges reported apart")
+    parser.add_argument("--name", default="gates-confirm")
+    parser.add_argument(
+        "--edited", type=Path, default=None, help="also run this edited model over the test prompts: agreement"
+    )
+    parser.add_argument("--dtype", default="auto", help="with --edited: the compute dtype")
+    args = parser.parse_args(argv)
+    gate = se.Gate.load(args.gate or args.gates / "gate.safetensors")
+    cache = se.FeatureCache.load(args.gates / "features-test.safetensors")
+    fires = gate.fires(cache.rows(gate.settings.layer))
+    fired = {(p.label, p.lang, p.id): bool(f) for p, f in zip(cache.prompts, fires, strict=True)}
+    group = {(p.label, p.lang, p.id): p.group for p in cache.prompts}
+    verdicts: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
+    for row in read_replies(args.report):
+        verdicts[(row["class"], row["lang"], str(row["id"]))][row["model"]] = row["verdict"]
+    joined = {key: v for key, v in verdicts.items() if "base" in v and "edited" in v and key in fired}
+    if not joined:
+        raise SystemExit(f"no prompt of {args.report} is in the test feature cache of {args.gates}")
+
+    def share(rows: list[bool]) -> float | None:
+        return sum(rows) / len(rows) if rows else None
+
+    answered = [
+        k for k, v in joined.items() if k[0] == "harmful" and k[1] != args.reference and v["base"] != REFUSAL
+    ]
+    harmful = {
+        "base_answered": len(answered),
+        "predicted_newly_refused": share([fired[k] for k in answered]),
+        "measured_newly_refused": share([joined[k]["edited"] == REFUSAL for k in answered]),
+    }
+    cuts: dict[str, Any] = {}
+    for low, high in _ranges(args.id_ranges):
+        by_lang: dict[str, dict[str, list[bool]]] = defaultdict(lambda: {"base": [], "edited": []})
+        for (label, lang, item), v in joined.items():
+            if label == "harmful" and lang != args.reference and item.isdigit() and low <= int(item) <= high:
+                for model in ("base", "edited"):
+                    by_lang[lang][model].append(v[model] != REFUSAL)
+        base = [share(v["base"]) or 0.0 for v in by_lang.values()]
+        edited = [share(v["edited"]) or 0.0 for v in by_lang.values()]
+        mean_base, mean_edited = sum(base) / max(len(base), 1), sum(edited) / max(len(edited), 1)
+        cuts[f"{low}-{high}"] = {
+            "languages": len(by_lang),
+            "attack_success_base": mean_base,
+            "attack_success_edited": mean_edited,
+            "relative_cut": (mean_base - mean_edited) / mean_base if mean_base else None,
+        }
+    harmless: dict[str, dict[str, Any]] = {}
+    for name in sorted({group[k] for k in joined if k[0] == "harmless"}):
+        keys = [k for k in joined if k[0] == "harmless" and group[k] == name]
+        base_rate = share([joined[k]["base"] == REFUSAL for k in keys]) or 0.0
+        edited_rate = share([joined[k]["edited"] == REFUSAL for k in keys]) or 0.0
+        harmless[name] = {
+            "prompts": len(keys),
+            "predicted_firing": share([fired[k] for k in keys]),
+            "measured_over_refusal_rise": edited_rate - base_rate,
+        }
+    harmless_keys = [k for k in joined if k[0] == "harmless"]
+    english = [k for k in harmless_keys if k[1] == args.reference]
+    base_refused = [k for k in joined if k[0] == "harmful" and joined[k]["base"] == REFUSAL]
+    payload = {
+        "command": "python benchmarks/gates_confirm.py " + " ".join(argv or []),
+        "gate": gate.settings.label(),
+        "prompts_joined": len(joined),
+        "harmful_non_reference": harmful,
+        "attack_success_by_ids": cuts,
+        "harmless_by_source": harmless,
+        "over_refusal_rise_pooled": (share([joined[k]["edited"] == REFUSAL for k in harmless_keys]) or 0.0)
+        - (share([joined[k]["base"] == REFUSAL for k in harmless_keys]) or 0.0),
+        "english_harmless_refusal_rise": (share([joined[k]["edited"] == REFUSAL for k in english]) or 0.0)
+        - (share([joined[k]["base"] == REFUSAL for k in english]) or 0.0),
+        "newly_answered_share": share([joined[k]["edited"] != REFUSAL for k in base_refused]),
+    }
+    if args.edited is not None:
+        agreement = se.gate_agreement(
+            args.edited,
+            args.gate or args.gates / "gate.safetensors",
+            args.gates / "features-test.safetensors",
+            dtype=args.dtype,
+        )
+        payload["agreement"] = {
+            "share": agreement.share,
+            "prompts": agreement.prompts,
+            "written_fires": agreement.written_fires,
+            "gate_fires": agreement.gate_fires,
+        }
+    path = save(args.name, payload)
+    print(json.dumps(payload, indent=2))
+    print(f"wrote {path}")
