@@ -6,41 +6,24 @@ traceback, and every file under the workspace byte-identical afterwards (study j
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from sparse_edit.io.outputs import OUTPUT_MARKER
 from sparse_edit.testing import build_tiny_model
-from tests.helpers import CLI, locate_and_apply, refused
+from tests.helpers import locate_and_apply, refused
+from tests.test_bad_inputs_tune_eval_gguf import EVAL, cli
+from tests.test_bad_inputs_tune_eval_gguf import TUNE as TUNE_BASE
 
-PROMPTS = ("--harmful", "harmful.jsonl", "--harmless", "harmless.jsonl")
-EVAL = ("eval", "--model", "edited", "--base", "base", *PROMPTS, "--max-new-tokens", "4", "--device", "cpu", "-q")
-TUNE = (
-    "tune",
-    "--artifact",
-    "art.safetensors",
-    "--trials",
-    "2",
-    "--device",
-    "cpu",
-    "--max-new-tokens",
-    "4",
-    "--dev-fraction",
-    "0.3",
-    "--max-changed-share",
-    "1",
-    "--strategy",
-    "output",
-    "-q",
-)
+# The output strategy keeps these tiny studies quick; any trial qualifies (--max-changed-share 1).
+TUNE = (*TUNE_BASE, "--max-changed-share", "1", "--strategy", "output")
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
+    """A base model, prompts, an artifact and an edited folder."""
     root = tmp_path_factory.mktemp("pristine-stores")
     build_tiny_model(root / "base", "llama")
     locate_and_apply(root)
@@ -49,14 +32,7 @@ def pristine(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def ws(pristine, tmp_path) -> Path:
-    root = tmp_path / "ws"
-    shutil.copytree(pristine, root)
-    return root
-
-
-def cli(root: Path, *args: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SPARSE_EDIT_CACHE": str(root / ".cache")}
-    return subprocess.run([*CLI, *map(str, args)], cwd=root, capture_output=True, text=True, env=env, timeout=300)
+    return Path(shutil.copytree(pristine, tmp_path / "ws"))
 
 
 def _earlier_tune_output(root: Path) -> Path:

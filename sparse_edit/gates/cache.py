@@ -20,7 +20,7 @@ import torch
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.errors import SparseEditError
-from sparse_edit.io.layout import FEATURES_KIND, META_KEY, read_metadata
+from sparse_edit.io.layout import FEATURES_KIND, META_KEY, checked_metadata
 from sparse_edit.io.outputs import atomic_write_bytes
 from sparse_edit.model.loading import LoadedModel
 
@@ -80,15 +80,7 @@ class FeatureCache:
     def load(cls, path: Path, flag: str = "--features") -> FeatureCache:
         from safetensors.torch import load_file
 
-        meta = read_metadata(Path(path))
-        if not meta or meta.get("kind") != FEATURES_KIND:
-            raise SparseEditError(
-                f"{flag} {path}: not a sparse-edit feature cache (write one with sparse-edit gates)"
-            )
-        if meta.get("schema_version") != SCHEMA_VERSION:
-            raise SparseEditError(
-                f"{flag} {path}: feature cache schema {meta.get('schema_version')} is not {SCHEMA_VERSION}"
-            )
+        meta = checked_metadata(Path(path), FEATURES_KIND, SCHEMA_VERSION, flag, "feature cache")
         tensors = load_file(str(path))
         layers = tuple(int(layer) for layer in meta["layers"])
         missing = [layer for layer in layers if f"layer.{layer}" not in tensors]

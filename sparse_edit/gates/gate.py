@@ -26,7 +26,7 @@ from sparse_edit.errors import SparseEditError
 from sparse_edit.gates.cache import FeatureCache
 from sparse_edit.gates.probes import LdaBasis, Probe, ProbeForm, balanced_weights, fit_probe, language_readout
 from sparse_edit.gates.thresholds import fold_of, lowest_threshold, per_language_thresholds
-from sparse_edit.io.layout import GATE_KIND, META_KEY, read_metadata
+from sparse_edit.io.layout import GATE_KIND, META_KEY, checked_metadata
 from sparse_edit.io.outputs import atomic_write_bytes
 
 Calibration = Literal["global", "per-language"]
@@ -154,13 +154,7 @@ class Gate:
     def load(cls, path: Path, flag: str = "--detector-gate") -> Gate:
         from safetensors.torch import load_file
 
-        meta = read_metadata(Path(path))
-        if not meta or meta.get("kind") != GATE_KIND:
-            raise SparseEditError(f"{flag} {path}: not a sparse-edit gate (write one with sparse-edit gates)")
-        if meta.get("schema_version") != SCHEMA_VERSION:
-            raise SparseEditError(
-                f"{flag} {path}: gate schema {meta.get('schema_version')} is not {SCHEMA_VERSION}"
-            )
+        meta = checked_metadata(Path(path), GATE_KIND, SCHEMA_VERSION, flag, "gate")
         direction = load_file(str(path)).get("direction")
         if direction is None or direction.dim() != 1:
             raise SparseEditError(f"{flag} {path}: the gate's direction tensor is missing or not a vector")

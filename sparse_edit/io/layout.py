@@ -72,3 +72,14 @@ def json_field(path: Path, key: str) -> str | None:
         return None
     value = content.get(key) if isinstance(content, dict) else None
     return value if isinstance(value, str) else None
+
+
+def checked_metadata(path: Path, kind: str, schema_version: int, flag: str, what: str) -> dict[str, Any]:
+    """The metadata of a safetensors file sparse-edit wrote as ``kind`` at ``schema_version``; anything else is
+    refused naming ``flag`` and ``what`` the file should be."""
+    meta = read_metadata(Path(path))
+    if not meta or meta.get("kind") != kind:
+        raise SparseEditError(f"{flag} {path}: not a sparse-edit {what} (write one with sparse-edit gates)")
+    if meta.get("schema_version") != schema_version:
+        raise SparseEditError(f"{flag} {path}: {what} schema {meta.get('schema_version')} is not {schema_version}")
+    return meta
