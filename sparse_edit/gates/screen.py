@@ -75,7 +75,7 @@ def screen(
     started = time.perf_counter()
     candidates: list[Candidate] = []
     all_fits: dict[tuple[int, ProbeForm], FoldFits] = {}
-    with reporter.progress("screen: gate candidates", grid.size()) as progress:
+    with reporter.progress("screen: gate candidates", grid.size(), unit="candidates") as progress:
         for layer, form in itertools.product(grid.layers, grid.forms):
             fits = all_fits[(layer, form)] = fold_fits(cache, layer, folds, form, readout_ridge)
             for strength in grid.strengths:
