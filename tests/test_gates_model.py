@@ -12,7 +12,7 @@ import pytest
 import sparse_edit as se
 from sparse_edit.cli import app
 from sparse_edit.gates.agreement import agreement_on_states, written_gate_row
-from sparse_edit.gates.cache import FeatureCache
+from sparse_edit.gates.cache import TOKEN_GROUP, FeatureCache
 from sparse_edit.gates.gate import Gate
 from sparse_edit.testing import build_tiny_model
 from tests.helpers import apply_args, parallel_prompt_files, run_cli, runner
@@ -61,6 +61,9 @@ def test_gates_writes_the_caches_the_report_and_a_gate_that_names_its_split(gate
     assert "out of fold" in markdown and "| layer |" in markdown
     cache = FeatureCache.load(gated / "gates" / "features-anchor.safetensors")
     assert len(cache) == 3 * 24 * 2 and cache.layers == (1,)
+    # Earlier tokens of harmless prompts are kept, and the gate's firing on them is reported like a source's.
+    assert len(cache.token_owner) and all(not cache.harmful[i] for i in cache.token_owner)
+    assert TOKEN_GROUP in payload["chosen"]["predicted"]["firing"]
 
 
 def test_the_written_neuron_fires_where_the_screened_gate_does(gated):

@@ -34,7 +34,8 @@ class GatesResult:
 
 def run_gates(options: GateOptions, reporter: Reporter, config: Path | None = None) -> GatesResult:
     with claimed_output(options.output, "gates", command_inputs(options, config), options.overwrite):
-        anchors, test = caches(options, reporter)
+        stored_anchors, test = caches(options, reporter)
+        anchors = stored_anchors.with_token_rows()
         layers = tuple(options.layers or anchors.layers)
         missing = [layer for layer in layers if layer not in anchors.layers]
         if missing:
@@ -42,7 +43,10 @@ def run_gates(options: GateOptions, reporter: Reporter, config: Path | None = No
                 f"--layers {missing}: not in the anchor feature cache (it holds {list(anchors.layers)})"
             )
         grid = ScreenGrid(layers=layers, forms=tuple(options.probe))
-        reporter.info(f"gates: screening {grid.size()} candidates on {len(anchors)} cached anchor prompts")
+        reporter.info(
+            f"gates: screening {grid.size()} candidates on {len(stored_anchors)} cached anchor prompts and "
+            f"{len(anchors) - len(stored_anchors)} earlier-token rows"
+        )
         candidates, fits, seconds = screen(anchors, grid, options.folds, reporter)
         chosen = choose(candidates, options.max_firing)
         gate = chosen_gate(anchors, chosen, fits) if chosen is not None else None
@@ -52,7 +56,7 @@ def run_gates(options: GateOptions, reporter: Reporter, config: Path | None = No
             "tool_version": __version__,
             "python": platform.python_version(),
             "settings": options.model_dump(mode="json", exclude={"output", "overwrite"}),
-            "anchors": anchors.describe(),
+            "anchors": stored_anchors.describe(),
             "test": test.describe() if test is not None else None,
             "screen": {"candidates": len(candidates), "seconds": seconds},
             "ceiling": ceiling(anchors, candidates, fits, options.max_firing, test, options.reference_lang),
@@ -64,7 +68,7 @@ def run_gates(options: GateOptions, reporter: Reporter, config: Path | None = No
                 f"no gate keeps every harmless anchor source at or under --max-firing {options.max_firing}"
             )
         with staged_folder(options.output, options.overwrite, "gates") as staging:
-            anchors.save(staging / ANCHOR_FEATURES)
+            stored_anchors.save(staging / ANCHOR_FEATURES)
             if test is not None:
                 test.save(staging / TEST_FEATURES)
             if gate is not None:
