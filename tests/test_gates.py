@@ -115,10 +115,18 @@ def test_the_screen_scores_every_candidate_and_its_choice_keeps_the_firing_limit
 
 def test_feature_cache_and_gate_round_trip(tmp_path):
     cache = shifted_cache(np.random.default_rng(3), per=10)
+    harmless = np.flatnonzero(~cache.harmful)[:5]
+    cache.token_owner = np.repeat(harmless, 2)
+    cache.token_states = {3: cache.states[3][cache.token_owner] + 1}
     cache.save(tmp_path / "features.safetensors")
     loaded = FeatureCache.load(tmp_path / "features.safetensors")
     assert loaded.prompts == cache.prompts and loaded.layers == cache.layers
     assert np.array_equal(loaded.states[3], cache.states[3])
+    assert np.array_equal(loaded.token_states[3], cache.token_states[3])
+    assert np.array_equal(loaded.token_owner, cache.token_owner)
+    expanded = loaded.with_token_rows()
+    assert len(expanded) == len(cache) + 10 and not expanded.harmful[len(cache) :].any()
+    assert [p.id for p in expanded.prompts[len(cache) :]] == [cache.prompts[i].id for i in cache.token_owner]
     gate = fit_gate(cache, GateSettings(3))
     gate.save(tmp_path / "gate.safetensors")
     again = Gate.load(tmp_path / "gate.safetensors")
