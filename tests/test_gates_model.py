@@ -15,7 +15,7 @@ from sparse_edit.gates.agreement import agreement_on_states, written_gate_row
 from sparse_edit.gates.cache import TOKEN_GROUP, FeatureCache
 from sparse_edit.gates.gate import Gate
 from sparse_edit.testing import build_tiny_model
-from tests.helpers import apply_args, parallel_prompt_files, run_cli, runner
+from tests.helpers import apply_args, parallel_prompt_files, refused, run_cli, runner
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,68 @@ def test_tune_confirms_screened_gates_on_replies_and_reports_the_prediction_besi
         assert trial["settings"]["layer"] == "1" and trial["settings"]["strategy"] == ["detector"]
         assert 0 <= trial["screen"]["catch_non_reference"] <= 1
     assert "Screened gates" in (tmp_path / "study" / "pareto.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "mentions"),
+    [
+        (
+            [
+                "gates",
+                "--model",
+                "base",
+                "--harmful",
+                "harmful.jsonl",
+                "--harmless",
+                "harmless.jsonl",
+                "--layers",
+                "9",
+            ],
+            ("--layers 9", "layers 0..2"),
+        ),
+        (
+            [
+                "gates",
+                "--model",
+                "base",
+                "--harmful",
+                "harmful.jsonl",
+                "--harmless",
+                "harmless.jsonl",
+                "--test-harmful",
+                "harmful.jsonl",
+            ],
+            ("--test-harmless",),
+        ),
+        (
+            [
+                "apply",
+                "--artifact",
+                "art.safetensors",
+                "--strategy",
+                "detector",
+                "--detector-gate",
+                "gates/gate.safetensors",
+                "--layer",
+                "2",
+            ],
+            ("--detector-gate", "pass --layer 1"),
+        ),
+        (
+            [
+                "apply",
+                "--artifact",
+                "art.safetensors",
+                "--strategy",
+                "detector",
+                "--detector-gate",
+                "gates/features-anchor.safetensors",
+                "--layer",
+                "1",
+            ],
+            ("--detector-gate", "not a sparse-edit gate"),
+        ),
+    ],
+)
+def test_a_gate_setting_that_cannot_work_is_one_line_and_writes_nothing(gated, args, mentions):
+    refused(gated, *args, "--device", "cpu", "-o", "out", mentions=mentions)

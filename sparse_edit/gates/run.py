@@ -118,6 +118,9 @@ def caches(options: GateOptions, reporter: Reporter) -> tuple[FeatureCache, Feat
 
     loaded = load_model(options)
     layers = list(options.layers or (anchors.layers if anchors else default_layers(loaded.num_layers)))
+    outside = [layer for layer in layers if not 0 <= layer < loaded.num_layers]
+    if outside:
+        raise SparseEditError(f"--layers {outside[0]}: the model has layers 0..{loaded.num_layers - 1}")
     if anchors is not None and anchors.model_fingerprint != loaded.checkpoint.fingerprint():
         raise SparseEditError(
             f"--features {options.features}: made from another model than --model {options.model}"
