@@ -43,6 +43,12 @@ def main(argv: list[str] | None = None) -> None:
         "--edited", type=Path, default=None, help="also run this edited model over the test prompts: agreement"
     )
     parser.add_argument("--dtype", default="auto", help="with --edited: the compute dtype")
+    parser.add_argument(
+        "--states-only",
+        action="store_true",
+        help="with --edited: compare the written gate row with the gate on the cached test states (no forward "
+        "pass; exact where the edited layer's MLP input is the base model's, as for a one-layer edit)",
+    )
     args = parser.parse_args(argv)
     gate = se.Gate.load(args.gate or args.gates / "gate.safetensors")
     cache = se.FeatureCache.load(args.gates / "features-test.safetensors")
@@ -109,7 +115,15 @@ def main(argv: list[str] | None = None) -> None:
         - (share([joined[k]["base"] == REFUSAL for k in english]) or 0.0),
         "newly_answered_share": share([joined[k]["edited"] != REFUSAL for k in base_refused]),
     }
-    if args.edited is not None:
+    if args.edited is not None and args.states_only:
+        agreement = se.gate_agreement_on_cache(args.edited, gate, cache)
+        payload["agreement_on_cached_states"] = {
+            "share": agreement.share,
+            "prompts": agreement.prompts,
+            "written_fires": agreement.written_fires,
+            "gate_fires": agreement.gate_fires,
+        }
+    elif args.edited is not None:
         agreement = se.gate_agreement(
             args.edited,
             args.gate or args.gates / "gate.safetensors",

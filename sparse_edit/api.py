@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sparse_edit.evaluation.run import EvalResult
     from sparse_edit.gates.agreement import Agreement
     from sparse_edit.gates.cache import FeatureCache
+    from sparse_edit.gates.gate import Gate
     from sparse_edit.gates.run import GatesResult
     from sparse_edit.gates.screen import ScreenResult
     from sparse_edit.neurons.artifact import LocateArtifact
@@ -280,6 +281,16 @@ def gate_agreement(
     loaded = load_model(ModelOptions.model_validate({"model": edited, "device": device, "dtype": dtype}))
     cache = FeatureCache.load(Path(features))
     return measure_agreement(loaded, Path(edited), Gate.load(Path(gate)), cache, batch_size, _reporter(reporter))
+
+
+def gate_agreement_on_cache(edited: str | Path, gate: Gate, features: FeatureCache) -> Agreement:
+    """Where the edited checkpoint's written gate row (as stored) fires on cached states, against ``gate``; no
+    forward pass. For a one-layer edit the cached base states are what the edited layer reads."""
+    from sparse_edit.gates.agreement import agreement_on_states, written_gate_row
+
+    layer = gate.settings.layer
+    row = written_gate_row(Path(edited), layer)
+    return agreement_on_states(gate, row, features.rows(layer), features.rows(layer))
 
 
 def verify(base: str | Path, edited: str | Path, *, run_forward: bool = True) -> VerifyReport:
