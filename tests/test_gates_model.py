@@ -16,6 +16,7 @@ from sparse_edit.gates.cache import TOKEN_GROUP, FeatureCache
 from sparse_edit.gates.gate import Gate
 from sparse_edit.testing import build_tiny_model
 from tests.helpers import apply_args, parallel_prompt_files, refused, run_cli, runner
+from tests.test_tune import TRIAL_FLAGS
 
 
 @pytest.fixture(scope="module")
@@ -95,26 +96,8 @@ def test_the_agreement_check_fails_when_the_written_gate_is_perturbed(gated):
 def test_tune_confirms_screened_gates_on_replies_and_reports_the_prediction_beside_them(gated, tmp_path):
     front = sorted((gated / "gates" / "front").glob("gate-*.safetensors"))
     assert front, "the gates run writes the front's gates within --max-firing"
-    args = [
-        "tune",
-        "--artifact",
-        gated / "art.safetensors",
-        "--candidate-gates",
-        *front,
-        "--trials",
-        "2",
-        "--device",
-        "cpu",
-        "--max-new-tokens",
-        "4",
-        "--dev-fraction",
-        "0.3",
-        "--max-changed-share",
-        "1",
-        "-q",
-        "-o",
-        tmp_path / "study",
-    ]
+    args = ["tune", "--artifact", gated / "art.safetensors", "--candidate-gates", *front, "--trials", "2"]
+    args += [*TRIAL_FLAGS, "-o", tmp_path / "study"]
     result = runner.invoke(app, [str(arg) for arg in args])
     assert result.exit_code in (0, 1), result.output  # 1: no trial met the limits; the study is written
     payload = json.loads((tmp_path / "study" / "pareto.json").read_text())
@@ -126,63 +109,18 @@ def test_tune_confirms_screened_gates_on_replies_and_reports_the_prediction_besi
     assert "Screened gates" in (tmp_path / "study" / "pareto.md").read_text()
 
 
+GATES = ["gates", "--model", "base", "--harmful", "harmful.jsonl", "--harmless", "harmless.jsonl"]
+APPLY_GATE = ["apply", "--artifact", "art.safetensors", "--strategy", "detector", "--detector-gate"]
+
+
 @pytest.mark.parametrize(
     ("args", "mentions"),
     [
+        ([*GATES, "--layers", "9"], ("--layers 9", "layers 0..2")),
+        ([*GATES, "--test-harmful", "harmful.jsonl"], ("--test-harmless",)),
+        ([*APPLY_GATE, "gates/gate.safetensors", "--layer", "2"], ("--detector-gate", "pass --layer 1")),
         (
-            [
-                "gates",
-                "--model",
-                "base",
-                "--harmful",
-                "harmful.jsonl",
-                "--harmless",
-                "harmless.jsonl",
-                "--layers",
-                "9",
-            ],
-            ("--layers 9", "layers 0..2"),
-        ),
-        (
-            [
-                "gates",
-                "--model",
-                "base",
-                "--harmful",
-                "harmful.jsonl",
-                "--harmless",
-                "harmless.jsonl",
-                "--test-harmful",
-                "harmful.jsonl",
-            ],
-            ("--test-harmless",),
-        ),
-        (
-            [
-                "apply",
-                "--artifact",
-                "art.safetensors",
-                "--strategy",
-                "detector",
-                "--detector-gate",
-                "gates/gate.safetensors",
-                "--layer",
-                "2",
-            ],
-            ("--detector-gate", "pass --layer 1"),
-        ),
-        (
-            [
-                "apply",
-                "--artifact",
-                "art.safetensors",
-                "--strategy",
-                "detector",
-                "--detector-gate",
-                "gates/features-anchor.safetensors",
-                "--layer",
-                "1",
-            ],
+            [*APPLY_GATE, "gates/features-anchor.safetensors", "--layer", "1"],
             ("--detector-gate", "not a sparse-edit gate"),
         ),
     ],
