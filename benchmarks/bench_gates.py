@@ -64,3 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     path = save("gates-screen", payload)
     print(json.dumps({k: v for k, v in payload.items() if k != "anchors"}, indent=2))
     print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

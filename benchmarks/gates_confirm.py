@@ -139,3 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     path = save(args.name, payload)
     print(json.dumps(payload, indent=2))
     print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
