@@ -14,7 +14,6 @@ gate cannot see. The thresholds themselves are set on out-of-fold scores (``thre
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -201,13 +200,3 @@ def figures(cache: FeatureCache, fires: np.ndarray, reference: str = "en") -> di
         "firing_pooled": float(fires[~harmful].mean()) if (~harmful).any() else 0.0,
         "firing_by_lang": firing_by_lang,
     }
-
-
-def agreement(gate: Gate, written_row: np.ndarray, x: np.ndarray) -> float:
-    """The share of states on which a written gate row (as stored, in the checkpoint's dtype) fires exactly
-    where the gate does: both scores positive, or both not."""
-    return float(((x @ written_row > 0) == gate.fires(x)).mean())
-
-
-def languages_of(gates: Sequence[Gate]) -> list[str]:
-    return sorted({lang for gate in gates for lang in gate.languages})

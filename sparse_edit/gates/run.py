@@ -12,7 +12,7 @@ from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.errors import SparseEditError
 from sparse_edit.gates.cache import FeatureCache, collect_cache
-from sparse_edit.gates.gate import Gate
+from sparse_edit.gates.gate import Gate, figures
 from sparse_edit.gates.report import markdown, write_heatmap
 from sparse_edit.gates.screen import Candidate, ScreenGrid, ceiling, choose, chosen_gate, front, screen
 from sparse_edit.io.inputs import command_inputs
@@ -87,8 +87,6 @@ def run_gates(options: GateOptions, reporter: Reporter, config: Path | None = No
 def _chosen(chosen: Candidate | None, gate: Gate | None, test: FeatureCache | None) -> dict[str, Any] | None:
     if chosen is None or gate is None:
         return None
-    from sparse_edit.gates.gate import figures
-
     entry = chosen.as_dict()
     if test is not None:
         entry["test"] = figures(test, gate.fires(test.rows(chosen.settings.layer)))

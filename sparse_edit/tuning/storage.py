@@ -15,7 +15,7 @@ import os
 import sqlite3
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,10 +132,21 @@ def _storage(store: StudyStore) -> Any:
         )
     from optuna.storages.journal import JournalFileBackend
 
-    path = Path(store.spec)
-    if path.is_dir():
-        raise SparseEditError(f"--storage {store.spec}: is a folder; name a journal file (or give an RDB URL)")
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    # A folder was refused by ``shared_storage`` when the store was made.
+    return optuna.storages.JournalStorage(JournalFileBackend(store.spec))
+
+
+@contextlib.contextmanager
+def _opening(store: StudyStore) -> Iterator[None]:
+    """Optuna's and the database driver's errors on opening ``store`` as one line naming it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (ValueError, OSError, SQLAlchemyError) as error:  # a malformed URL, an unreachable database, ...
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        raise SparseEditError(f"{store.where}: cannot open the study there ({reason})") from None
 
 
 def open_study(
@@ -147,7 +158,6 @@ def open_study(
     would sample the same first trials."""
     import optuna
     from optuna.trial import TrialState
-    from sqlalchemy.exc import SQLAlchemyError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
@@ -156,7 +166,7 @@ def open_study(
             seed=seed + os.getpid() if worker else seed,
             constraints_func=lambda trial: limits.excess(trial.user_attrs.get("outcome", {})),
         )
-    try:
+    with _opening(store):
         study = optuna.create_study(
             storage=_storage(store),
             study_name=STUDY_NAME,
@@ -164,8 +174,6 @@ def open_study(
             sampler=sampler,
             load_if_exists=True,
         )
-    except (ValueError, OSError, SQLAlchemyError) as error:  # a malformed URL, an unreachable database, ...
-        raise SparseEditError(f"{store.where}: cannot open the study there ({_first_line(error)})") from None
     recorded = study.user_attrs.get("key")
     if recorded is None:
         study.set_user_attr("key", key)
@@ -181,21 +189,13 @@ def open_study(
     return study
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 def check_reachable(store: StudyStore) -> None:
     """Open a database server's storage before any work, so a wrong URL fails now (SQLite files and journals
     were checked by ``shared_storage`` and are created only once the study starts)."""
     if not store.shared or "://" not in store.spec or store.spec.startswith("sqlite:///"):
         return
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
+    with _opening(store):
         _storage(store)
-    except (ValueError, OSError, SQLAlchemyError) as error:
-        raise SparseEditError(f"{store.where}: cannot open the study there ({_first_line(error)})") from None
 
 
 def finished(study: Any) -> int:

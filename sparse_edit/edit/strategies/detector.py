@@ -153,21 +153,8 @@ def detector_candidate(
     family, d_ff, mode = checkpoint.family, checkpoint.dims.mlp_width, settings.mode
     activation = detector_activation(checkpoint)
     harmless = data.safe_rows.get("mlp_input", data.low_rows["mlp_input"][:0])
-    sums, gram = data.safe_sums["mlp_input"], data.safe_gram["mlp_input"]
-    probes = []
-    reference = data.ref_rows["mlp_input"]
     quiet = settings.reference_quiet and mode == "refuse"
-    for mask in [] if settings.gate is not None else probe_groups(data, settings.per_language):
-        low = data.low_rows["mlp_input"][mask]
-        harmful = low if quiet else torch.cat([low, reference])
-        positive, negative = (harmful, harmless) if mode == "refuse" else (harmless, harmful)
-        if quiet:
-            negative = torch.cat([negative, reference])
-        probes.append(
-            fit_detector(positive, negative, gram, sums, data.safe_tokens, settings.margin, settings.lam)
-        )
-    if settings.gate is not None:
-        probes = [settings.gate]
+    probes = [settings.gate] if settings.gate is not None else ridge_probes(data, settings, harmless, quiet)
     detectors = torch.stack(probes)  # [n, d]
     slices = {p: family.neuron_slice(layer, p, d_ff) for p in ("gate", "up", "down")}
     weights = {name: checkpoint.load_tensor(name) for name in {s.tensor for s in slices.values()}}
@@ -225,6 +212,25 @@ def detector_candidate(
         if float(dev_shift.norm()) > 0:
             diagnostics["fit_dev"] = float((dev_responses @ scales - dev_shift).norm() / dev_shift.norm())
     return edits, diagnostics
+
+
+def ridge_probes(
+    data: LayerData, settings: DetectorSettings, harmless: torch.Tensor, quiet: bool
+) -> list[torch.Tensor]:
+    """The ridge probe of each probe group (``probe_groups``), fitted in closed form (``fit_detector``)."""
+    sums, gram = data.safe_sums["mlp_input"], data.safe_gram["mlp_input"]
+    reference = data.ref_rows["mlp_input"]
+    probes = []
+    for mask in probe_groups(data, settings.per_language):
+        low = data.low_rows["mlp_input"][mask]
+        harmful = low if quiet else torch.cat([low, reference])
+        positive, negative = (harmful, harmless) if settings.mode == "refuse" else (harmless, harmful)
+        if quiet:
+            negative = torch.cat([negative, reference])
+        probes.append(
+            fit_detector(positive, negative, gram, sums, data.safe_tokens, settings.margin, settings.lam)
+        )
+    return probes
 
 
 def output_scales(responses: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
