@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from sparse_edit.edit.delta import EditDelta
-from sparse_edit.edit.strategies.detector_math import fit_detector, harmless_output_energy, output_scale, response
+from sparse_edit.edit.strategies.detector_math import (
+    bias_direction,
+    fit_detector,
+    harmless_output_energy,
+    output_scale,
+    response,
+    step_response,
+)
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.io.layout import DELTA_FILE
@@ -51,6 +58,27 @@ def test_neuron_response_is_a_threshold_at_zero():
     out = response(scores, SILU, 8.0)
     assert torch.all(out[:3].abs() < 0.02 * out[3:].min())  # negative scores: next to nothing
     assert torch.all(out[3:] > 0) and torch.all(out[4:] / out[3:-1] > 2)  # positive: grows ~ k s^2
+
+
+def test_step_response_is_flat_past_the_ramp_and_zero_below_the_threshold():
+    scores = torch.tensor([-2.0, -1.0, -0.3, 0.3, 0.6, 1.0, 3.0, 10.0])[:, None]
+    out = step_response(scores, torch.ones(len(scores)), SILU, 8.0, 0.25)[:, 0]
+    assert torch.all(out[:3].abs() < 0.05 * out[3:].min())
+    assert torch.all((out[3:] - 8.0).abs() < 0.3)  # every firing score past the ramp gets the same push
+    square = response(scores[:, 0], SILU, 8.0)
+    assert float(square[-1] / square[3]) > 100  # what the step replaces: 0.3 and 10 pushed 1000x apart
+
+
+def test_bias_direction_reads_one_on_every_token_of_a_shared_offset():
+    harmful, harmless, tokens = clusters()
+    rows = torch.cat([harmless, tokens]).double()
+    u = bias_direction(rows.T @ rows, rows.sum(0), len(rows))
+    for group in (harmless, tokens):
+        values = group.double() @ u
+        assert abs(float(values.mean()) - 1) < 0.05 and float(values.std()) < 0.1
+    assert abs(float((harmful.double() @ u).mean()) - 1) < 0.2  # not fitted on, still near 1
+    with pytest.raises(SparseEditError, match="no harmless tokens"):
+        bias_direction(rows.T @ rows, rows.sum(0), 0)
 
 
 def test_output_scale_is_the_least_squares_fit_and_refuses_a_silent_detector():

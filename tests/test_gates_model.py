@@ -8,12 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import sparse_edit as se
 from sparse_edit.cli import app
 from sparse_edit.gates.agreement import agreement_on_states, written_gate_row
 from sparse_edit.gates.cache import TOKEN_GROUP, FeatureCache
 from sparse_edit.gates.gate import Gate
+from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.layout import MANIFEST_FILE
 from sparse_edit.testing import build_tiny_model
 from tests.helpers import apply_args, parallel_prompt_files, refused, run_cli, runner
 from tests.test_tune import TRIAL_FLAGS
@@ -48,6 +51,15 @@ def gated(tmp_path_factory) -> Path:
         gate,
         "--detector-reference",
         "fire",
+    )
+    run_cli(
+        *apply_args(root / "art.safetensors", root / "edited-step"),
+        "--strategy",
+        "detector",
+        "--detector-gate",
+        gate,
+        "--detector-response",
+        "step",
     )
     return root
 
@@ -91,6 +103,31 @@ def test_the_agreement_check_fails_when_the_written_gate_is_perturbed(gated):
     perturbed = row + rng.normal(0, 1.0, row.shape) * np.linalg.norm(row) / np.sqrt(len(row))
     assert agreement_on_states(gate, perturbed, x, x).share < 0.99
     assert agreement_on_states(gate, -row, x, x).share < 0.5
+
+
+def test_a_step_pair_fires_where_the_gate_does_and_pushes_every_firing_prompt_alike(gated):
+    manifest = json.loads((gated / "edited-step" / MANIFEST_FILE).read_text())
+    row = manifest["diagnostics"]["per_layer"][0]
+    assert row["detector_response"] == "step" and len(row["repurposed_neuron"]) == 2
+    gate = Gate.load(gated / "gates" / "gate.safetensors")
+    cache = FeatureCache.load(gated / "gates" / "features-anchor.safetensors")
+    x = cache.rows(1)
+    assert agreement_on_states(gate, written_gate_row(gated / "edited-step", 1), x, x).share >= 0.99
+    checkpoint = Checkpoint.open(gated / "edited-step")
+    neurons = torch.tensor(row["repurposed_neuron"])
+    rows = {name: checkpoint.family.neuron_slice(1, name, checkpoint.dims.mlp_width) for name in ("gate", "up")}
+    gates, ups = (rows[n].read(checkpoint.load_tensor(rows[n].tensor), neurons).double() for n in ("gate", "up"))
+    states = torch.from_numpy(x)
+    bias = states @ ups[0]  # u·x: near 1 on real models (spread 1 %); a random tiny model's is wider
+    assert torch.allclose(ups[0], ups[1]) and abs(float(bias.mean()) - 1) < 0.1
+    silu = torch.nn.functional.silu
+    pair = (silu(states @ gates[0]) - silu(states @ gates[1])) * bias  # the pair's response as written
+    pair = pair / bias**2  # past the ramp it is κδ·(u·x)²: flat once the bias read-out is divided out
+    scores = torch.from_numpy(x @ gate.direction)
+    past, below = pair[scores > 0.5], pair[scores < -0.5]
+    assert len(past) and len(below)
+    assert float(past.std() / past.mean()) < 0.05
+    assert float(below.abs().max()) < 0.1 * float(past.mean())
 
 
 def test_tune_confirms_screened_gates_on_replies_and_reports_the_prediction_beside_them(gated, tmp_path):

@@ -38,6 +38,8 @@ def written_gate_row(edited: Path, layer: int) -> np.ndarray:
         entry for entry in manifest.get("diagnostics", {}).get("per_layer", []) if entry.get("layer") == layer
     ]
     neuron = per_layer[0].get("repurposed_neuron") if len(per_layer) == 1 else None
+    if isinstance(neuron, list) and len(neuron) == 2 and per_layer[0].get("detector_response") == "step":
+        neuron = neuron[0]  # a step pair: the first neuron's gate row is the gate itself
     if manifest.get("strategy") != "detector" or not isinstance(neuron, int):
         raise SparseEditError(f"{edited}: no single detector neuron at layer {layer} in its manifest")
     checkpoint = Checkpoint.open(Path(edited))

@@ -11,12 +11,20 @@ from sparse_edit.options.evaluate import EvalOptions
 from sparse_edit.options.locate import LocateOptions
 from sparse_edit.options.model import ModelOptions
 from sparse_edit.options.prompts import PromptOptions
-from sparse_edit.options.strategies import DetectorMode, DetectorOptions, NeuronChoice, OutputOptions, PaperOptions
+from sparse_edit.options.strategies import (
+    DetectorMode,
+    DetectorOptions,
+    DetectorResponse,
+    NeuronChoice,
+    OutputOptions,
+    PaperOptions,
+)
 from sparse_edit.options.tune import TuneOptions
 
 __all__ = [
     "ApplyOptions",
     "DetectorMode",
+    "DetectorResponse",
     "DetectorOptions",
     "EvalOptions",
     "LocateOptions",

@@ -18,6 +18,7 @@ from sparse_edit.options.roles import READ, TEXT
 
 NeuronChoice = Literal["low-union", "low-only", "reference", "all"]
 DetectorMode = Literal["refuse", "release"]
+DetectorResponse = Literal["square", "step"]
 
 
 class RidgeOptions(Options):
@@ -139,6 +140,19 @@ class DetectorOptions(RidgeOptions, GainOptions):
         description="detector strategy: a gate written by sparse-edit gates (gate.safetensors): the neuron computes "
         "that gate (a classifier probe whose per-language thresholds are read from the state) instead of "
         "fitting a ridge probe; --layer must be the gate's layer, refuse mode, one neuron.",
+    )
+    detector_response: DetectorResponse = Field(
+        "square",
+        description="detector strategy: square (one neuron, gate and up rows the detector, its push grows as the "
+        "square of the score past the threshold) or step (two neurons per detector whose outputs cancel past "
+        "--detector-ramp, so every prompt it fires on gets the same push; their up rows are a bias direction "
+        "fitted on the harmless tokens).",
+    )
+    detector_ramp: float = Field(
+        0.25,
+        gt=0,
+        description="detector strategy, step response: the detector score at which the push reaches its full "
+        "height (a gate's scores have unit spread on its harmful anchors); below it the push ramps up from 0.",
     )
     detector_neurons: Literal["one", "per-language"] = Field(
         "one",

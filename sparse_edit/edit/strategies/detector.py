@@ -25,16 +25,18 @@ from sparse_edit.edit.strategies.base import (
 )
 from sparse_edit.edit.strategies.detector_math import (
     Activation,
+    bias_direction,
     fit_detector,
     harmless_output_energy,
     output_scale,
     require_firing,
     response,
+    step_response,
 )
 from sparse_edit.errors import SparseEditError
 from sparse_edit.gates.gate import Gate
 from sparse_edit.io.checkpoint import Checkpoint
-from sparse_edit.options import ApplyOptions, DetectorMode, DetectorOptions
+from sparse_edit.options import ApplyOptions, DetectorMode, DetectorOptions, DetectorResponse
 
 if TYPE_CHECKING:
     from sparse_edit.edit.layer_data import LayerData
@@ -87,6 +89,8 @@ class DetectorStrategy(Strategy):
                 own.detector_neurons == "per-language",
                 own.detector_reference == "quiet",
                 _gate_direction(job.options),
+                own.detector_response,
+                own.detector_ramp,
             ),
             job.share,
             job.avoid,
@@ -103,6 +107,8 @@ class DetectorSettings:
     per_language: bool = False
     reference_quiet: bool = False  # the reference language's harmful rows are negatives, not positives
     gate: torch.Tensor | None = None  # [d] a fitted gate's direction (sparse-edit gates): no ridge probe
+    response: DetectorResponse = "square"  # step: a neuron pair per probe whose push saturates (detector_math)
+    ramp: float = 0.25  # step: the score at which the push reaches its full height
 
 
 def _gate(options: ApplyOptions) -> Gate | None:
@@ -156,6 +162,13 @@ def detector_candidate(
     quiet = settings.reference_quiet and mode == "refuse"
     probes = [settings.gate] if settings.gate is not None else ridge_probes(data, settings, harmless, quiet)
     detectors = torch.stack(probes)  # [n, d]
+    step = settings.response == "step"
+    bias = (
+        bias_direction(data.safe_gram["mlp_input"], data.safe_sums["mlp_input"], data.safe_tokens)
+        if step
+        else None
+    )
+    per_probe = 2 if step else 1
     slices = {p: family.neuron_slice(layer, p, d_ff) for p in ("gate", "up", "down")}
     weights = {name: checkpoint.load_tensor(name) for name in {s.tensor for s in slices.values()}}
     energy = harmless_output_energy(
@@ -164,7 +177,9 @@ def detector_candidate(
     if avoid is not None and avoid.numel():
         energy = energy.clone()
         energy[avoid] = float("inf")  # another part of a chain edits them
-    index = torch.argsort(energy, stable=True)[: len(probes)]  # the neurons harmless prompts miss least
+    index = torch.argsort(energy, stable=True)[
+        : per_probe * len(probes)
+    ]  # the neurons harmless prompts miss least
 
     direction = refusal_direction(data)
     assert data.ref_harmless_residual is not None
@@ -173,15 +188,22 @@ def detector_candidate(
 
     def responses_and_shift(d: LayerData) -> tuple[torch.Tensor, torch.Tensor]:
         scores, shift = _wanted(d, mode, detectors, direction, reference_level, share * settings.gain)
-        return response(scores, activation, settings.sharpness), shift
+        if bias is None:
+            return response(scores, activation, settings.sharpness), shift
+        biases = _keys(d, mode).to(F64) @ bias
+        return step_response(scores, biases, activation, settings.sharpness, settings.ramp), shift
 
     responses, shift = responses_and_shift(data)
     scales = output_scales(responses, shift)
-    new_rows = {
-        "gate": settings.sharpness * detectors,
-        "up": detectors,
-        "down": scales[:, None] * direction[None, :],
-    }
+    new_rows = (
+        _step_rows(detectors, bias, scales, direction, settings)
+        if bias is not None
+        else {
+            "gate": settings.sharpness * detectors,
+            "up": detectors,
+            "down": scales[:, None] * direction[None, :],
+        }
+    )
     edits = [
         _rewrite(layer, projection, neuron_slice, weights[neuron_slice.tensor], index, new_rows[projection])
         for projection, neuron_slice in slices.items()
@@ -198,13 +220,16 @@ def detector_candidate(
             "fit_train": float((fitted - shift).norm() / shift.norm()) if float(shift.norm()) > 0 else 0.0,
             "detector_mode": mode,
             "detector_scale": float(scales[0]) if len(probes) == 1 else [float(x) for x in scales],
-            "repurposed_neuron": int(index[0]) if len(probes) == 1 else [int(i) for i in index],
+            "detector_response": settings.response,
+            "repurposed_neuron": int(index[0]) if len(index) == 1 else [int(i) for i in index],
             "repurposed_energy_share": float(energy[index].sum() / energy.sum())
             if float(energy.sum()) > 0
             else 0.0,
             "refusal_level": reference_level,
         }
     )
+    if bias is not None:  # how near-constant the bias read-out is on the harmless last tokens
+        diagnostics["bias_spread"] = float((harmless.to(F64) @ bias).std()) if harmless.shape[0] > 1 else 0.0
     if data.dev is not None and data.dev.low_rows["mlp_input"].shape[0]:
         dev_responses, dev_shift = responses_and_shift(
             data.dev
@@ -233,6 +258,26 @@ def ridge_probes(
     return probes
 
 
+def _step_rows(
+    detectors: torch.Tensor,
+    bias: torch.Tensor,
+    scales: torch.Tensor,
+    direction: torch.Tensor,
+    settings: DetectorSettings,
+) -> dict[str, torch.Tensor]:
+    """Rows of the step pairs, neuron 2i and 2i+1 for probe i: gates ``κ w`` and ``κ (w − δ u)``, up ``u``,
+    output columns ``±τ_i r``."""
+    kappa = settings.sharpness / settings.ramp
+    gates = torch.stack([kappa * detectors, kappa * (detectors - settings.ramp * bias[None, :])], dim=1)
+    downs = torch.stack([scales[:, None] * direction[None, :], -scales[:, None] * direction[None, :]], dim=1)
+    count = 2 * detectors.shape[0]
+    return {
+        "gate": gates.reshape(count, -1),
+        "up": bias[None, :].expand(count, -1),
+        "down": downs.reshape(count, -1),
+    }
+
+
 def output_scales(responses: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """The output scale of each detector neuron [n]: least squares for one neuron (its sign free, as release
     needs), non-negative least squares for several (a neuron that fires may only add refusal)."""
@@ -253,14 +298,17 @@ def probes_positive_count(data: LayerData, harmless: torch.Tensor, mode: Detecto
     return int(harmless.shape[0])
 
 
+def _keys(d: LayerData, mode: DetectorMode) -> torch.Tensor:
+    """The MLP-input rows the neurons should fire on: low-resource harmful (refuse) or harmless (release)."""
+    return d.low_rows["mlp_input"] if mode == "refuse" else d.safe_rows["mlp_input"]
+
+
 def _wanted(
     d: LayerData, mode: DetectorMode, detectors: torch.Tensor, direction: torch.Tensor, level: float, gain: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Probe scores [rows, n] and wanted shifts [rows] of the rows the neurons should fire on (release: ≤ 0)."""
-    if mode == "refuse":
-        keys, residual = d.low_rows["mlp_input"], d.low_rows["residual"]
-    else:
-        keys, residual = d.safe_rows["mlp_input"], d.safe_rows["residual"]
+    keys = _keys(d, mode)
+    residual = d.low_rows["residual"] if mode == "refuse" else d.safe_rows["residual"]
     gap = level - residual.to(F64) @ direction
     gap = gap.clamp(min=0) if mode == "refuse" else gap.clamp(max=0)
     return keys.to(F64) @ detectors.T, gain * gap

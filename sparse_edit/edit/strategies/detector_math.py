@@ -12,6 +12,12 @@ harmless token (through its Gram matrix and token sum, the null-space term) to `
 The neuron's output column is the layer's refusal direction times one scale, the least-squares
 fit of the response to the refusal-projection gap of the low-resource harmful anchors.
 
+The response ``κ s²`` gives prompts just past the threshold almost no push and the highest-scoring ones
+far too much. ``step`` writes two neurons instead, both with up row ``u`` (a bias direction: ``u·x ≈ 1``
+on every token, fitted on the harmless token moments) and gate rows ``κ w`` and ``κ (w − δ u)``, their
+output columns opposite: ``act(κ s) − act(κ (s − δ))`` ramps from 0 at the threshold to ``κ δ`` at
+``s = δ`` and stays there, so every prompt the detector fires on gets the same push.
+
 ``release`` mode swaps the two prompt classes: the probe fires on harmless prompts' last tokens
 and the scale (negative) lowers their refusal projection to the reference harmless level; run
 on an already edited model, it takes back the push that edit gives benign prompts.
@@ -64,6 +70,30 @@ def response(scores: torch.Tensor, activation: Activation, sharpness: float) -> 
     """The repurposed neuron's activation for detector scores ``s``: ``act(κ s) · s``."""
     scores = scores.to(F64)
     return activation(sharpness * scores) * scores
+
+
+def bias_direction(
+    token_gram: torch.Tensor, token_sum: torch.Tensor, tokens: int, lam: float = 1e-3
+) -> torch.Tensor:
+    """``u`` [d] with ``u·x ≈ 1`` on every harmless token: ridge least squares of the constant 1 over the tokens'
+    Gram and sum (the MLP input is a normed state, so such a direction exists on every family measured; how
+    near-constant it is, is reported as the spread of ``u·x``)."""
+    if tokens <= 0:
+        raise SparseEditError("--detector-response step: no harmless tokens to fit the bias direction on")
+    normal = token_gram.to(F64) / tokens
+    ridge = lam * float(torch.trace(normal)) / normal.shape[0]
+    return torch.linalg.solve(normal + ridge * torch.eye(normal.shape[0], dtype=F64), token_sum.to(F64) / tokens)
+
+
+def step_response(
+    scores: torch.Tensor, bias: torch.Tensor, activation: Activation, sharpness: float, ramp: float
+) -> torch.Tensor:
+    """The response of a ``step`` neuron pair for scores ``s`` and bias read-outs ``b = u·x`` (≈ 1):
+    ``(act(κ s) − act(κ (s − δ b))) · b`` with ``κ = sharpness / δ``; it saturates at about ``sharpness``
+    for ``s ≥ δ``. ``scores`` [rows, n], ``bias`` [rows]."""
+    scores, bias = scores.to(F64), bias.to(F64)[:, None]
+    kappa = sharpness / ramp
+    return (activation(kappa * scores) - activation(kappa * (scores - ramp * bias))) * bias
 
 
 def harmless_output_energy(square_sums: torch.Tensor, down_rows: torch.Tensor) -> torch.Tensor:
