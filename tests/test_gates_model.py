@@ -77,6 +77,13 @@ def test_gates_writes_the_caches_the_report_and_a_gate_that_names_its_split(gate
     # Earlier tokens of harmless prompts are kept, and the gate's firing on them is reported like a source's.
     assert len(cache.token_owner) and all(not cache.harmful[i] for i in cache.token_owner)
     assert TOKEN_GROUP in payload["chosen"]["predicted"]["firing"]
+    # What limits the chosen gate: lifting one source's limit, or loosening every limit, never catches less.
+    limiting = payload["limiting"]
+    base = limiting["catch_non_reference"]
+    assert set(limiting["lifted"]) == set(payload["chosen"]["predicted"]["firing"])
+    assert all(entry["catch_non_reference"] >= base - 1e-12 for entry in limiting["lifted"].values())
+    assert list(limiting["looser"]) == ["0.05", "0.1"] and limiting["looser"]["0.1"] >= base - 1e-12
+    assert "What limits" in markdown
 
 
 def test_the_written_neuron_fires_where_the_screened_gate_does(gated):

@@ -105,10 +105,15 @@ def out_of_fold(cache: FeatureCache, settings: GateSettings, fits: FoldFits) -> 
     return OutOfFold(scores, biases, readout, fits.languages)
 
 
-def calibrate(cache: FeatureCache, oof: OutOfFold, calibration: Calibration, limit: float) -> np.ndarray:
+def calibrate(
+    cache: FeatureCache, oof: OutOfFold, calibration: Calibration, limit: float, exempt: str | None = None
+) -> np.ndarray:
     """Thresholds per language from the harmless prompts' out-of-fold scores (the language is the label here:
-    calibration happens on labelled anchors; the gate then reads the language from the state)."""
+    calibration happens on labelled anchors; the gate then reads the language from the state). ``exempt``: a
+    harmless group left out of the rule (what lifting its limit would buy)."""
     harmless = ~cache.harmful
+    if exempt is not None:
+        harmless &= np.asarray(cache.groups) != exempt
     scores = oof.scores[harmless]
     langs = np.asarray(cache.langs)[harmless]
     groups = np.asarray(cache.groups)[harmless]

@@ -107,7 +107,29 @@ def markdown(payload: dict[str, Any]) -> str:
                 f"On the test side: {_pct(test['catch_non_reference'])} % caught, worst harmless source "
                 f"{100 * test['firing_max']:.1f} %, pooled {100 * test['firing_pooled']:.1f} %."
             )
+    lines += _limiting(payload.get("limiting"), limit)
     return "\n".join(lines) + "\n"
+
+
+def _limiting(limiting: dict[str, Any] | None, limit: float) -> list[str]:
+    """What holds the chosen gate back: each harmless source's limit lifted in turn, then every limit loosened."""
+    if not limiting:
+        return []
+    lines = [
+        "",
+        f"### What limits `{limiting['label']}` (anchor side, out of fold)",
+        "",
+        f"Non-reference harmful caught: {_pct(limiting['catch_non_reference'])} % with every harmless source at or "
+        f"under {100 * limit:g} %. Each row leaves one source out of the threshold rule.",
+        "",
+        "| harmless source left out | caught | its firing then |",
+        "|---|---:|---:|",
+    ]
+    for group, entry in limiting["lifted"].items():
+        lines.append(f"| {group} | {_pct(entry['catch_non_reference'])} % | {100 * entry['firing']:.1f} % |")
+    lines += ["", "| every source's limit | caught |", "|---:|---:|"]
+    lines += [f"| {100 * float(key):g} % | {_pct(value)} % |" for key, value in limiting["looser"].items()]
+    return lines
 
 
 def write_heatmap(payload: dict[str, Any], path: Path) -> bool:

@@ -14,7 +14,16 @@ from sparse_edit.errors import SparseEditError
 from sparse_edit.gates.cache import FeatureCache, collect_cache
 from sparse_edit.gates.gate import Gate, figures
 from sparse_edit.gates.report import markdown, write_heatmap
-from sparse_edit.gates.screen import Candidate, ScreenGrid, ceiling, choose, chosen_gate, front, screen
+from sparse_edit.gates.screen import (
+    Candidate,
+    ScreenGrid,
+    ceiling,
+    choose,
+    chosen_gate,
+    front,
+    limiting_sources,
+    screen,
+)
 from sparse_edit.io.inputs import command_inputs
 from sparse_edit.io.outputs import claimed_output, staged_folder
 from sparse_edit.options.gates import GateOptions
@@ -62,6 +71,7 @@ def run_gates(options: GateOptions, reporter: Reporter, config: Path | None = No
             "ceiling": ceiling(anchors, candidates, fits, options.max_firing, test, options.reference_lang),
             "front": [c.as_dict() for c in front(candidates)],
             "chosen": _chosen(chosen, gate, test),
+            "limiting": limiting_sources(anchors, chosen, fits) if chosen is not None else None,
         }
         if chosen is None:
             reporter.warn(

@@ -196,5 +196,32 @@ def _test_row(
     return row
 
 
+def limiting_sources(
+    cache: FeatureCache,
+    candidate: Candidate,
+    fits: dict[tuple[int, ProbeForm], FoldFits],
+    looser: Sequence[float] = (0.05, 0.1),
+) -> dict[str, Any]:
+    """What holds ``candidate`` back, out of fold on the anchors: per harmless group, the catch with that group
+    left out of the threshold rule (and how often it would then fire); and the catch with every group's limit
+    loosened to each of ``looser``. A group whose lifting buys nothing is not what limits the gate."""
+    settings = candidate.settings
+    oof = out_of_fold(cache, settings, fits[(settings.layer, settings.form)])
+
+    def at(limit: float, exempt: str | None = None) -> dict[str, Any]:
+        return figures(cache, oof.deployed(calibrate(cache, oof, settings.calibration, limit, exempt)) > 0)
+
+    lifted = {}
+    for group in sorted(set(np.asarray(cache.groups)[~cache.harmful])):
+        result = at(settings.limit, group)
+        lifted[group] = {"catch_non_reference": result["catch_non_reference"], "firing": result["firing"][group]}
+    return {
+        "label": settings.label(),
+        "catch_non_reference": candidate.predicted["catch_non_reference"],
+        "lifted": lifted,
+        "looser": {f"{limit:g}": at(limit)["catch_non_reference"] for limit in looser},
+    }
+
+
 def chosen_gate(anchors: FeatureCache, candidate: Candidate, fits: dict[tuple[int, ProbeForm], FoldFits]) -> Gate:
     return fit_gate(anchors, candidate.settings, fits=fits[(candidate.settings.layer, candidate.settings.form)])
