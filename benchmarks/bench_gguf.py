@@ -64,12 +64,11 @@ def refusal_rates(model: str, name: str) -> dict[str, float]:
         device="cpu",
         output=RUNS / f"report-{name}",
         overwrite=True,
-    ).report
-    rows = report["languages"].values()
+    )
+    rows = report.languages.values()
     return {
-        "harmful_refusal": sum(r["harmful"]["refusal"]["k"] for r in rows) / sum(r["harmful"]["n"] for r in rows),
-        "harmless_refusal": sum(r["harmless"]["refusal"]["k"] for r in rows)
-        / sum(r["harmless"]["n"] for r in rows),
+        "harmful_refusal": sum(r.harmful.refusal.k for r in rows) / sum(r.harmful.n for r in rows),
+        "harmless_refusal": sum(r.harmless.refusal.k for r in rows) / sum(r.harmless.n for r in rows),
     }
 
 

@@ -7,9 +7,10 @@ The library API (see ``sparse_edit.api``)::
     artifact = se.locate(model="./my-model", harmful=["h.jsonl"], harmless=["s.jsonl"], output="loc.safetensors")
     study = se.tune(artifact="loc.safetensors", output="study")  # optional: search the settings
     gates = se.gates(model="./my-model", harmful=["h.jsonl"], harmless=["s.jsonl"], output="gates")  # the ceiling
-    edit = se.apply_edit(artifact="loc.safetensors", output="edited")
+    manifest = se.apply_edit(artifact=artifact, output="edited")  # a Manifest
     assert se.verify("./my-model", "edited").ok
-    result = se.evaluate(model="edited", base="./my-model", harmful=["t.jsonl"], harmless=["b.jsonl"], output="report")
+    report = se.evaluate(model="edited", base="./my-model", harmful=["t.jsonl"], harmless=["b.jsonl"], output="report")
+    print(report.summary["mean_asr"])  # an EvalReport
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from sparse_edit.version import __version__
 
 if TYPE_CHECKING:
     from sparse_edit.console import Reporter
-    from sparse_edit.edit.run import EditResult
+    from sparse_edit.edit.manifest_schema import Manifest
     from sparse_edit.edit.verify import VerifyReport
-    from sparse_edit.evaluation.run import EvalResult
+    from sparse_edit.evaluation.report_schema import EvalReport
     from sparse_edit.gates.cache import FeatureCache
     from sparse_edit.gates.gate import Gate
     from sparse_edit.gates.run import GatesResult
@@ -49,13 +50,13 @@ if TYPE_CHECKING:
 # Result types and the measuring tools a report is built with (the keyword judge, the interval and the
 # paired test), imported on first use so that ``import sparse_edit`` does not load torch.
 _LAZY = {
-    "EditResult": "sparse_edit.edit.run",
-    "EvalResult": "sparse_edit.evaluation.run",
+    "EvalReport": "sparse_edit.evaluation.report_schema",
     "FeatureCache": "sparse_edit.gates.cache",
     "Gate": "sparse_edit.gates.gate",
     "GatesResult": "sparse_edit.gates.run",
     "KeywordJudge": "sparse_edit.measure.judge",
     "LocateArtifact": "sparse_edit.neurons.artifact",
+    "Manifest": "sparse_edit.edit.manifest_schema",
     "Reporter": "sparse_edit.console",
     "TuneResult": "sparse_edit.tuning.study",
     "VerifyReport": "sparse_edit.edit.verify",
@@ -64,13 +65,13 @@ _LAZY = {
 }
 
 __all__ = [
-    "EditResult",
-    "EvalResult",
+    "EvalReport",
     "FeatureCache",
     "Gate",
     "GatesResult",
     "KeywordJudge",
     "LocateArtifact",
+    "Manifest",
     "Reporter",
     "TuneResult",
     "VerifyReport",

@@ -8,8 +8,11 @@ over an input, ``overwrite`` only over an earlier output of the same command.
     import sparse_edit as se
     artifact = se.locate(model="zoo:qwen2.5-coder-0.5b-instruct", harmful=["h.jsonl"], harmless=["s.jsonl"],
                          output="runs/locate.safetensors")
-    edit = se.apply_edit(artifact="runs/locate.safetensors", output="runs/edited")
-    report = se.verify("zoo:qwen2.5-coder-0.5b-instruct", "runs/edited")
+    manifest = se.apply_edit(artifact=artifact, output="runs/edited")   # a Manifest
+    check = se.verify("zoo:qwen2.5-coder-0.5b-instruct", "runs/edited")
+
+Results are typed: ``apply_edit`` returns the edited folder's ``Manifest``, ``evaluate`` its ``EvalReport``
+(the pydantic models the files are validated against); ``artifact`` takes a ``LocateArtifact`` or its path.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from sparse_edit.options.gates import GateOptions
 
 if TYPE_CHECKING:
     from sparse_edit.console import Reporter
-    from sparse_edit.edit.run import EditResult
+    from sparse_edit.edit.manifest_schema import Manifest
     from sparse_edit.edit.verify import VerifyReport
-    from sparse_edit.evaluation.run import EvalResult
+    from sparse_edit.evaluation.report_schema import EvalReport
     from sparse_edit.gates.agreement import Agreement
     from sparse_edit.gates.cache import FeatureCache
     from sparse_edit.gates.gate import Gate
@@ -60,6 +63,23 @@ def locate_options(config: Path | None = None, **settings: Any) -> LocateOptions
     return load_options(LocateOptions, config, settings)
 
 
+def _artifact_path(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with a ``LocateArtifact`` object given as ``artifact`` replaced by the file it lives in (the
+    manifest records the artifact's path and hash, so an edit is made from a file)."""
+    from sparse_edit.errors import SparseEditError
+    from sparse_edit.neurons.artifact import LocateArtifact
+
+    artifact = settings.get("artifact")
+    if not isinstance(artifact, LocateArtifact):
+        return settings
+    if artifact.path is None:
+        raise SparseEditError(
+            "artifact: this LocateArtifact was never written to a file; give se.locate an output= path, or call "
+            "artifact.save(path) first"
+        )
+    return {**settings, "artifact": artifact.path}
+
+
 def _artifact_defaults(config: Path | None, settings: dict[str, Any]) -> dict[str, Any]:
     """The locate artifact's own settings that apply and tune inherit (``INHERITED_FROM_ARTIFACT``)."""
     from sparse_edit.neurons.artifact import read_artifact_metadata
@@ -73,11 +93,13 @@ def _artifact_defaults(config: Path | None, settings: dict[str, Any]) -> dict[st
 
 def apply_options(config: Path | None = None, **settings: Any) -> ApplyOptions:
     """Apply's options: arguments over the config file over the locate artifact's own settings."""
+    settings = _artifact_path(settings)
     return load_options(ApplyOptions, config, settings, _artifact_defaults(config, settings))
 
 
 def tune_options(config: Path | None = None, **settings: Any) -> TuneOptions:
     """Tune's options: like apply's, arguments over the config file over the locate artifact's settings."""
+    settings = _artifact_path(settings)
     return load_options(TuneOptions, config, settings, _artifact_defaults(config, settings))
 
 
@@ -117,12 +139,14 @@ def apply_edit(
     options: ApplyOptions | None = None,
     reporter: Reporter | None = None,
     **settings: Any,
-) -> EditResult:
-    """Compute the closed-form edit from a locate artifact and write the edited checkpoint to ``output``."""
+) -> Manifest:
+    """Compute the closed-form edit from a locate artifact (a ``LocateArtifact`` or its path) and write the
+    edited checkpoint to ``output``; returns its manifest."""
+    from sparse_edit.edit.manifest_schema import Manifest
     from sparse_edit.edit.run import run_apply
 
     options = options or apply_options(config, **settings)
-    return run_apply(options, _reporter(reporter), config)
+    return Manifest.model_validate(run_apply(options, _reporter(reporter), config).manifest)
 
 
 def tune(
@@ -187,13 +211,15 @@ def evaluate(
     options: EvalOptions | None = None,
     reporter: Reporter | None = None,
     **settings: Any,
-) -> EvalResult:
-    """Generate and judge replies per language; the report folder goes to ``output``.
+) -> EvalReport:
+    """Generate and judge replies per language; the report folder goes to ``output``; returns its report
+    (``report.gates`` says which ``fail_if`` gates tripped).
 
     Replies are journaled beside ``output`` while they come in, so a rerun with the same settings resumes.
     """
     from sparse_edit.evaluation.gates import check_gates
-    from sparse_edit.evaluation.report import write_report
+    from sparse_edit.evaluation.report import finite, write_report
+    from sparse_edit.evaluation.report_schema import EvalReport
     from sparse_edit.evaluation.run import run_eval
     from sparse_edit.io.inputs import command_inputs
     from sparse_edit.io.outputs import claimed_output
@@ -210,7 +236,7 @@ def evaluate(
         write_report(result, options.output, options.overwrite, options.artifact, report)
         if result.journal is not None:
             result.journal.finish()  # the report holds every reply now
-    return result
+    return EvalReport.model_validate(finite(result.report))  # what report.json holds
 
 
 def gates_options(config: Path | None = None, **settings: Any) -> GateOptions:

@@ -112,7 +112,9 @@ def run_apply(config: Path | None, settings: dict[str, Any], reporter: Any, as_j
     The model, prompt sources, languages and limit default to the artifact's.
     """
     options = api.apply_options(config, **settings)
-    manifest = api.apply_edit(config, options=options, reporter=reporter).manifest
+    manifest = api.apply_edit(config, options=options, reporter=reporter).model_dump(
+        mode="json", exclude_unset=True
+    )
     if as_json:
         return _print_json(manifest)
     diag = manifest["diagnostics"]
@@ -155,14 +157,16 @@ def run_eval(config: Path | None, settings: dict[str, Any], reporter: Any, as_js
     from sparse_edit.evaluation.report import finite, markdown
 
     options = api.eval_options(config, **settings)
-    result = api.evaluate(config, options=options, reporter=reporter)
+    report = api.evaluate(config, options=options, reporter=reporter)
+    payload = finite(report.model_dump(mode="json", exclude_unset=True))
     if as_json:
-        _print_json(finite(result.report))
+        _print_json(payload)
     else:
-        typer.echo(markdown(finite(result.report)))
+        typer.echo(markdown(payload))
         typer.echo(f"wrote {options.output}")
-    if result.tripped:
-        raise CheckFailed(f"gate(s) tripped: {'; '.join(result.tripped)}")
+    tripped = [gate.expression for gate in report.gates if gate.tripped]
+    if tripped:
+        raise CheckFailed(f"gate(s) tripped: {'; '.join(tripped)}")
 
 
 def run_gates(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:

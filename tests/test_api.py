@@ -22,17 +22,26 @@ def test_the_whole_job_through_the_library(tiny_models, prompts, tmp_path):
     written = se.locate(model=model, tau_stat=0.3, output=artifact, **common)
     assert written.to_bytes() == in_memory.to_bytes() == artifact.read_bytes()
 
-    # apply inherits model and prompts from the artifact, as the CLI does.
-    edit = se.apply_edit(artifact=artifact, output=tmp_path / "edited", layer="1", strategy=["paper"])
-    assert isinstance(edit, se.EditResult)
-    assert edit.manifest == json.loads((tmp_path / "edited" / MANIFEST_FILE).read_text())
+    # An artifact never written has no file for the manifest to name: one line, nothing written.
+    with pytest.raises(SparseEditError, match="never written to a file"):
+        se.apply_edit(artifact=in_memory, output=tmp_path / "unwritten", layer="1")
+    assert not (tmp_path / "unwritten").exists()
+    # apply takes locate's object (or its path) and inherits model and prompts from it, as the CLI does.
+    assert written.path == artifact
+    manifest = se.apply_edit(artifact=written, output=tmp_path / "edited", layer="1", strategy=["paper"])
+    assert isinstance(manifest, se.Manifest) and manifest.artifact.path == str(artifact)
+    assert manifest.model_dump(mode="json", exclude_unset=True) == json.loads(
+        (tmp_path / "edited" / MANIFEST_FILE).read_text()
+    )
     report = se.verify(model, tmp_path / "edited", run_forward=False)
     assert isinstance(report, se.VerifyReport) and report.ok, report.failed
 
     result = se.evaluate(
         model=tmp_path / "edited", base=model, max_new_tokens=4, output=tmp_path / "report", **common
     )
-    assert result.report["summary"]["mean_asr"] is not None and (tmp_path / "report" / "report.json").is_file()
+    assert isinstance(result, se.EvalReport) and result.summary["mean_asr"] is not None
+    written_report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert json.loads(result.model_dump_json(exclude_unset=True)) == written_report
 
     study = se.tune(artifact=artifact, output=tmp_path / "study", trials=2, max_new_tokens=4, dev_fraction=0.3)
     assert isinstance(study, se.TuneResult) and len(study.payload["trials"]) == 2

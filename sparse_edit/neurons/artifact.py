@@ -66,6 +66,8 @@ class LocateArtifact:
     recommended_rule: str
     tool_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
+    # The file this artifact was read from or last written to (None: in memory only); not part of the artifact.
+    path: Path | None = field(default=None, compare=False, repr=False)
 
     # ---- derived views -------------------------------------------------------------
     def set_sizes(self) -> dict[str, list[int]]:
@@ -166,6 +168,7 @@ class LocateArtifact:
 
     def save(self, path: Path) -> None:
         atomic_write_bytes(Path(path), self.to_bytes())
+        self.path = Path(path)
 
     @classmethod
     def load(cls, path: Path) -> LocateArtifact:
@@ -217,6 +220,7 @@ class LocateArtifact:
             recommended_rule=meta["recommended_rule"],
             tool_version=meta["tool_version"],
             extra=meta.get("extra", {}),
+            path=path,
         )
 
 
