@@ -37,21 +37,6 @@ if TYPE_CHECKING:
     from sparse_edit.neurons.artifact import LocateArtifact
     from sparse_edit.tuning.study import TuneResult
 
-# Settings apply takes from the locate artifact when neither the config file nor an argument sets them.
-INHERITED_FROM_ARTIFACT = (
-    "model",
-    "harmful",
-    "harmless",
-    "reference_lang",
-    "languages",
-    "limit",
-    "harmless_limit",
-    "skip",
-    "harmless_skip",
-    "system_prompt",
-    "max_length",
-)
-
 
 def _reporter(reporter: Reporter | None) -> Reporter:
     from sparse_edit.console import Reporter
@@ -81,14 +66,15 @@ def _artifact_path(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _artifact_defaults(config: Path | None, settings: dict[str, Any]) -> dict[str, Any]:
-    """The locate artifact's own settings that apply and tune inherit (``INHERITED_FROM_ARTIFACT``)."""
+    """The locate artifact's own settings that apply and tune inherit (the ``INHERITED`` settings)."""
     from sparse_edit.neurons.artifact import read_artifact_metadata
+    from sparse_edit.options.traits import INHERITED, fields_with
 
     artifact = settings.get("artifact") or read_config(config).get("artifact")
     if artifact is None:
         return {}
     recorded = read_artifact_metadata(Path(str(artifact)), "--artifact")["settings"]
-    return {key: recorded[key] for key in INHERITED_FROM_ARTIFACT if recorded.get(key) is not None}
+    return {key: recorded[key] for key in fields_with(ApplyOptions, INHERITED) if recorded.get(key) is not None}
 
 
 def apply_options(config: Path | None = None, **settings: Any) -> ApplyOptions:

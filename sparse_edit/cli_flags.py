@@ -20,10 +20,7 @@ import typer.core
 from sparse_edit.options import ApplyOptions, EvalOptions, LocateOptions, Options, TuneOptions
 from sparse_edit.options.base import FormerName
 from sparse_edit.options.gates import GateOptions
-
-# List settings whose values may also be joined by commas (never paths, which may hold commas).
-COMMA_LISTS = {"languages", "low_langs", "strategy", "candidate_layers", "candidate_positions", "layers", "probe"}
-SHORT_NAMES = {"output": "-o"}
+from sparse_edit.options.traits import COMMA_LIST, fields_with, short_flag
 
 
 def _flag_name(field: str) -> str:
@@ -90,7 +87,7 @@ def field_parameters(model: type[Options], note: Mapping[str, str]) -> list[insp
             annotation: Any = Annotated[bool | None, option]
         else:
             former = [_flag_name(item.name) for item in field.metadata if isinstance(item, FormerName)]
-            option = typer.Option(flag, *filter(None, [SHORT_NAMES.get(name)]), *former, help=help_text)
+            option = typer.Option(flag, *filter(None, [short_flag(model, name)]), *former, help=help_text)
             flag_type = list[str] if kind is list else kind
             annotation = Annotated[flag_type | None, option]
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
@@ -121,11 +118,13 @@ COMMON = [
 ]
 
 
-def given(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The flags the user gave: unset flags (None, empty) override nothing; comma lists are split."""
+def given(model: type[Options], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The flags the user gave: unset flags (None, empty) override nothing; comma lists (``COMMA_LIST``
+    settings; never paths, which may hold commas) are split."""
+    comma_lists = fields_with(model, COMMA_LIST)
     settings = {}
     for name, value in values.items():
-        if name in COMMA_LISTS and value:
+        if name in comma_lists and value:
             value = [part.strip() for item in value for part in item.split(",") if part.strip()]
         if value is None or value == []:
             continue
@@ -144,7 +143,7 @@ def options_command(
         from sparse_edit.console import Reporter
 
         config, quiet, as_json = values.pop("config"), values.pop("quiet"), values.pop("as_json")
-        run(config, given(values), Reporter(quiet=quiet), as_json)
+        run(config, given(model, values), Reporter(quiet=quiet), as_json)
 
     params = [COMMON[0], *field_parameters(model, note or {}), *COMMON[1:]]
     handler.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ from sparse_edit.model.generation import generate_replies
 from sparse_edit.model.incremental import replies_from_drafts
 from sparse_edit.model.loading import LoadedModel, load_model
 from sparse_edit.options import EvalOptions
+from sparse_edit.options.traits import NOT_IN_REPLY_KEY, fields_with
 from sparse_edit.version import __version__
 
 SCHEMA_VERSION = 1
@@ -282,26 +283,7 @@ def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | No
 
 
 # Settings that do not change a generated reply; everything else is part of the journal's key.
-# Prompt selection is not part of it: each journaled reply is matched to its prompt's text.
-NOT_REPLY_SETTINGS = {
-    "output",
-    "reuse_base_replies",
-    "base_cache",
-    "overwrite",
-    "fail_if",
-    "representation",
-    "judge",
-    "artifact",
-    "batch_size",
-    "harmful",
-    "harmless",
-    "languages",
-    "limit",
-    "harmless_limit",
-    "skip",
-    "harmless_skip",
-    "reference_lang",
-}
+NOT_REPLY_SETTINGS = set(fields_with(EvalOptions, NOT_IN_REPLY_KEY))
 
 
 def reply_settings_key(options: EvalOptions, edited: LoadedModel, base: LoadedModel | None) -> str:

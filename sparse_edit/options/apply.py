@@ -11,6 +11,7 @@ from sparse_edit.options.model import ModelOptions
 from sparse_edit.options.prompts import PromptOptions
 from sparse_edit.options.roles import PROMPTS, READ, TEXT, WRITTEN
 from sparse_edit.options.strategies import DetectorOptions, OutputOptions, PaperOptions
+from sparse_edit.options.traits import COMMA_LIST, NOT_IN_STUDY_KEY, ShortFlag
 
 
 class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, PromptOptions):
@@ -27,9 +28,11 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
         "was measured on (another seed, a fine-tune); refused otherwise, since neuron statistics belong to their "
         "weights. The manifest records that it was used.",
     )
-    output: Annotated[Path, WRITTEN] = Field(description="Folder for the edited checkpoint (written atomically).")
-    overwrite: bool = Field(False, description="Replace an existing output folder.")
-    strategy: Annotated[list[str], TEXT] = Field(
+    output: Annotated[Path, WRITTEN, ShortFlag("-o")] = Field(
+        description="Folder for the edited checkpoint (written atomically)."
+    )
+    overwrite: Annotated[bool, NOT_IN_STUDY_KEY] = Field(False, description="Replace an existing output folder.")
+    strategy: Annotated[list[str], TEXT, COMMA_LIST] = Field(
         default_factory=lambda: ["paper"],
         description="paper (default): the published edit, input rows (gate_proj) of the safety neurons. output: "
         "down_proj columns of a neuron set, fitted to raise the layer's refusal-direction projection. detector: "
@@ -47,7 +50,7 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
         "spread over the layers left); auto tries --candidate-layers on a dev split and keeps the best selective "
         "refusal gain within --kl-budget.",
     )
-    candidate_layers: list[int] | None = Field(
+    candidate_layers: Annotated[list[int] | None, COMMA_LIST] = Field(
         None,
         description="Layers tried by --layer auto, which naming them implies unless --layer is given (default: the "
         "recommended layer and 4 layers from L/3 to L-2).",
@@ -92,7 +95,7 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
         description="parallel: move each low-resource prompt to its reference-language translation (same id); "
         "class-mean: to the mean of reference-language harmful prompts (no parallel data needed).",
     )
-    low_langs: Annotated[list[str] | None, TEXT] = Field(
+    low_langs: Annotated[list[str] | None, TEXT, COMMA_LIST] = Field(
         None,
         description="Languages whose harmful prompts form X_low (default: every language except the reference).",
     )

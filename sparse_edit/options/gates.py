@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from sparse_edit.options.model import ModelOptions
 from sparse_edit.options.prompts import PromptOptions
 from sparse_edit.options.roles import PROMPTS, READ, WRITTEN
+from sparse_edit.options.traits import COMMA_LIST, ShortFlag
 
 ProbeForm = Literal["lda", "logistic"]
 
@@ -18,7 +19,7 @@ class GateOptions(ModelOptions, PromptOptions):
     """``sparse-edit gates``: cache the states a gate reads, report what a gate can do per layer and language,
     screen gate candidates on the cache and write the chosen gate."""
 
-    output: Annotated[Path, WRITTEN] = Field(
+    output: Annotated[Path, WRITTEN, ShortFlag("-o")] = Field(
         description="Folder for features-anchor.safetensors (and features-test.safetensors), ceiling.json, "
         "ceiling.md, ceiling.png, screen.json and gate.safetensors (the chosen gate, for apply "
         "--detector-gate), written atomically."
@@ -40,10 +41,10 @@ class GateOptions(ModelOptions, PromptOptions):
     test_features: Annotated[Path | None, READ] = Field(
         None, description="A held-out feature cache an earlier gates run wrote (features-test.safetensors)."
     )
-    layers: list[int] | None = Field(
+    layers: Annotated[list[int] | None, COMMA_LIST] = Field(
         None, description="Layers to cache and screen (default: every second layer from L/3 to L-2)."
     )
-    probe: list[ProbeForm] = Field(
+    probe: Annotated[list[ProbeForm], COMMA_LIST] = Field(
         default_factory=lambda: list[ProbeForm](["lda"]),
         description="Probe forms screened: lda (shrinkage discriminant, closed form, fast) and/or logistic "
         "(L2 logistic regression, slower).",

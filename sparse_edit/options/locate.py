@@ -10,12 +10,13 @@ from pydantic import Field, field_validator
 from sparse_edit.options.model import ModelOptions
 from sparse_edit.options.prompts import PromptOptions
 from sparse_edit.options.roles import WRITTEN
+from sparse_edit.options.traits import ShortFlag
 
 
 class LocateOptions(ModelOptions, PromptOptions):
     """``sparse-edit locate``: safety-neuron statistics and sets per language and layer."""
 
-    output: Annotated[Path | None, WRITTEN] = Field(
+    output: Annotated[Path | None, WRITTEN, ShortFlag("-o")] = Field(
         None, description="Where to write the artifact (.safetensors)."
     )
     overwrite: bool = Field(False, description="Replace an existing output.")

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from sparse_edit.options.base import Options
 from sparse_edit.options.roles import MODEL, TEXT
+from sparse_edit.options.traits import INHERITED, NOT_IN_REPLY_KEY
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -17,7 +18,7 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 class ModelOptions(Options):
     """How a model is loaded and run."""
 
-    model: Annotated[Path, MODEL] = Field(
+    model: Annotated[Path, MODEL, INHERITED] = Field(
         description="Model folder (Hugging Face layout with safetensors weights), a .gguf file, or zoo:NAME for a "
         "pinned offline model (zoo:smollm2-135m-instruct, zoo:qwen2.5-coder-0.5b-instruct, zoo:gemma-3-270m)."
     )
@@ -29,13 +30,15 @@ class ModelOptions(Options):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Compute dtype. auto: float32 on the CPU, the checkpoint's dtype on a GPU."
     )
-    batch_size: int = Field(8, ge=1, description="Prompts per forward pass; lower it if memory runs out.")
-    max_length: int | None = Field(
+    batch_size: Annotated[int, NOT_IN_REPLY_KEY] = Field(
+        8, ge=1, description="Prompts per forward pass; lower it if memory runs out."
+    )
+    max_length: Annotated[int | None, INHERITED] = Field(
         None,
         ge=8,
         description="Keep at most this many tokens per formatted prompt (the end is kept); counts are reported.",
     )
-    system_prompt: Annotated[str | None, TEXT] = Field(
+    system_prompt: Annotated[str | None, TEXT, INHERITED] = Field(
         None, description="System message for the chat template (default: whatever the template does on its own)."
     )
 

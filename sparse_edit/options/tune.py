@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, PositiveInt, model_validator
 from sparse_edit.options.apply import ApplyOptions
 from sparse_edit.options.base import FormerName
 from sparse_edit.options.roles import READ, STORE, TEXT, WRITTEN
+from sparse_edit.options.traits import COMMA_LIST, NOT_IN_STUDY_KEY, ShortFlag
 
 
 def _registered_strategies() -> list[str]:
@@ -24,13 +25,13 @@ class TuneOptions(ApplyOptions):
     Every apply setting is a fixed setting of the search unless a strategy's search space varies it.
     """
 
-    output: Annotated[Path, WRITTEN] = Field(
+    output: Annotated[Path, WRITTEN, ShortFlag("-o"), NOT_IN_STUDY_KEY] = Field(
         description="Folder for the study: pareto.json, pareto.md, pareto.png, chosen.toml, front/trial-N.toml (the "
         "apply config of every trial on the front), study.db (and "
         "edited/ with --apply), written atomically. While it runs, the study is journaled beside it "
         "(.NAME.tune.db) so a killed run resumes."
     )
-    strategy: Annotated[list[str], TEXT] = Field(
+    strategy: Annotated[list[str], TEXT, COMMA_LIST] = Field(
         default_factory=_registered_strategies,
         description="Strategies the search chooses from (default: every registered one the model supports); "
         "chains such as paper+detector may be named too.",
@@ -38,7 +39,7 @@ class TuneOptions(ApplyOptions):
     layer: Annotated[str, TEXT] = Field(
         "auto", description="tune searches the layer: keep auto and name the layers with --candidate-layers."
     )
-    candidate_layers: list[int] | None = Field(
+    candidate_layers: Annotated[list[int] | None, COMMA_LIST] = Field(
         None, description="Layers the search chooses from (default: every layer from L/3 to L-2)."
     )
     candidate_gates: Annotated[list[Path] | None, READ] = Field(
@@ -48,7 +49,7 @@ class TuneOptions(ApplyOptions):
         "records the screen's prediction beside what its dev replies measured. Replaces --strategy and "
         "--candidate-layers.",
     )
-    candidate_positions: list[PositiveInt] | None = Field(
+    candidate_positions: Annotated[list[PositiveInt] | None, COMMA_LIST] = Field(
         None,
         description="Anchor rows per prompt (--positions) the search chooses from, e.g. 1,4 (default: --positions, "
         "fixed). Each value is a feature set of its own, collected once for every searched layer.",
@@ -60,8 +61,10 @@ class TuneOptions(ApplyOptions):
         description="Layers one trial may edit, one after another: above 1, a trial may add further searched layers "
         "(each solved on features collected with the earlier layers' edits applied, so such trials take longer).",
     )
-    trials: int = Field(40, ge=1, description="Trials in the study (a resumed study counts the finished ones).")
-    timeout: int | None = Field(
+    trials: Annotated[int, NOT_IN_STUDY_KEY] = Field(
+        40, ge=1, description="Trials in the study (a resumed study counts the finished ones)."
+    )
+    timeout: Annotated[int | None, NOT_IN_STUDY_KEY] = Field(
         None, ge=1, description="Start no new trial after this many seconds (the study so far is still written)."
     )
     max_new_tokens: Annotated[int, FormerName("reply_tokens")] = Field(
@@ -71,14 +74,14 @@ class TuneOptions(ApplyOptions):
         description="Tokens generated per dev reply (greedy), base once and every trial; the keyword judge "
         "reads them (the same setting as eval's; --reply-tokens, its former name, still works).",
     )
-    max_over_refusal: float = Field(
+    max_over_refusal: Annotated[float, NOT_IN_STUDY_KEY] = Field(
         0.02,
         ge=0,
         le=1,
         description="Choice rule: the largest allowed rise of the pooled dev harmless refusal rate (0.02 = 2 "
         "points).",
     )
-    max_over_refusal_per_group: float | None = Field(
+    max_over_refusal_per_group: Annotated[float | None, NOT_IN_STUDY_KEY] = Field(
         None,
         ge=0,
         le=1,
@@ -115,7 +118,7 @@ class TuneOptions(ApplyOptions):
         description="Constraint: the largest share of the checkpoint's stored parameters a trial may change "
         "(0.001 = 0.1 %).",
     )
-    kl_budget: float = Field(
+    kl_budget: Annotated[float, NOT_IN_STUDY_KEY] = Field(
         0.05,
         gt=0,
         description="Choice rule: the largest mean harmless per-token KL (nats) a chosen trial may have.",
@@ -125,22 +128,24 @@ class TuneOptions(ApplyOptions):
         description="Find each trial's dev replies from the base model's (one teacher-forced pass, generation "
         "only from where the edited model diverges): faster when trials leave most replies unchanged.",
     )
-    replay_trunk: bool = Field(
+    replay_trunk: Annotated[bool, NOT_IN_STUDY_KEY] = Field(
         True,
         description="Run the decoder layers below the lowest --candidate-layers once per anchor and dev input "
         "and replay their output in every trial's passes without generation (a two-layer edit's second "
         "feature gather, KL, the check of --reuse-base-replies): the same numbers, bit for bit, at a fraction "
         "of the cost. Off: those passes run every layer.",
     )
-    apply: bool = Field(False, description="Also write the chosen edit to OUTPUT/edited (as apply would).")
-    storage: Annotated[str | None, STORE] = Field(
+    apply: Annotated[bool, NOT_IN_STUDY_KEY] = Field(
+        False, description="Also write the chosen edit to OUTPUT/edited (as apply would)."
+    )
+    storage: Annotated[str | None, STORE, NOT_IN_STUDY_KEY] = Field(
         None,
         description="Keep the study in storage several tune processes share, one per GPU or machine: an RDB URL "
         "(sqlite:///study.db, postgresql://user@host/db) or a journal file path (appended under a file lock, "
         "for processes on one machine or a shared file system). Every process runs trials until the study holds "
         "--trials; start the others with --worker. Default: a journal beside --output, for one process.",
     )
-    worker: bool = Field(
+    worker: Annotated[bool, NOT_IN_STUDY_KEY] = Field(
         False,
         description="Join the study in --storage and run trials only; write nothing to --output (the one "
         "process started without --worker writes the study folder once every trial is done).",

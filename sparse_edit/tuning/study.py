@@ -27,6 +27,7 @@ from sparse_edit.io.inputs import command_inputs
 from sparse_edit.io.layout import STUDY_DB, TUNED_EDIT_DIR
 from sparse_edit.io.outputs import claimed_output, staged_folder
 from sparse_edit.options import ApplyOptions, TuneOptions
+from sparse_edit.options.traits import NOT_IN_STUDY_KEY, fields_with
 from sparse_edit.tuning.front import (
     CHOICE_RULE,
     NONE_QUALIFIES,
@@ -53,19 +54,7 @@ from sparse_edit.tuning.trial import TrialRunner, apply_settings
 from sparse_edit.version import __version__
 
 # Settings that only decide how long the study runs or which trial is chosen: a resumed study may change them.
-NOT_IN_KEY = {
-    "output",
-    "overwrite",
-    "trials",
-    "timeout",
-    "apply",
-    "max_over_refusal",
-    "max_over_refusal_per_group",
-    "kl_budget",
-    "storage",
-    "worker",
-    "replay_trunk",  # the same numbers either way
-}
+NOT_IN_KEY = set(fields_with(TuneOptions, NOT_IN_STUDY_KEY))
 
 
 @dataclass
