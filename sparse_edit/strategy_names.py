@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-# In the order --help lists them; the first is the default.
+# In the order --help lists them (the default strategy is ApplyOptions.strategy's: paper).
 NAMES: tuple[str, ...] = ("output", "detector", "paper")
 CHAIN = "+"
 

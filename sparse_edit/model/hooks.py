@@ -15,7 +15,7 @@ import torch
 
 from sparse_edit.architectures import Family
 
-Site = Literal["neurons", "mlp_input"]
+HookSite = Literal["neurons", "mlp_input"]  # the sites a forward hook reads (features.Site adds the residual)
 Pooling = Literal["last", "mean", "max"]
 
 
@@ -30,7 +30,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: Pooling) -> torch.Tensor
     return filled.max(1).values
 
 
-def site_module(family: Family, model: torch.nn.Module, layer: int, site: Site) -> torch.nn.Module:
+def site_module(family: Family, model: torch.nn.Module, layer: int, site: HookSite) -> torch.nn.Module:
     return family.out_proj(model, layer) if site == "neurons" else family.mlp(model, layer)
 
 
@@ -39,7 +39,7 @@ def capture(
     family: Family,
     model: torch.nn.Module,
     layers: Sequence[int],
-    site: Site,
+    site: HookSite,
     sink: Callable[[int, torch.Tensor], None],
 ) -> Iterator[None]:
     """Call ``sink(layer, activation[B, T, D])`` for every forward pass while active."""
