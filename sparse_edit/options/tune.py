@@ -152,6 +152,14 @@ class TuneOptions(ApplyOptions):
     )
 
     @model_validator(mode="after")
+    def _layer_is_searched(self) -> TuneOptions:
+        if self.layer != "auto":
+            raise ValueError(
+                "--layer: tune searches the layer; name the layers to choose from with --candidate-layers"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _worker_needs_storage(self) -> TuneOptions:
         if self.worker and not self.storage:
             raise ValueError("a worker joins a shared study: give --storage (the same as the other processes')")

@@ -92,10 +92,6 @@ def choice(options: TuneOptions) -> Choice:
 
 def run_tune(options: TuneOptions, reporter: Reporter, config: Path | None = None) -> TuneResult:
     """Search the edit's settings on the dev split; write the front, the plot and the chosen apply config."""
-    if options.layer != "auto":
-        raise SparseEditError(
-            "--layer: tune searches the layer; name the layers to choose from with --candidate-layers"
-        )
     inputs = command_inputs(options, config)  # refuses --storage inside an input
     store = StudyStore.of(options.storage, options.output)
     check_reachable(store)
