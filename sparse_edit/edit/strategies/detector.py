@@ -4,6 +4,7 @@ The layer's quietest neuron (least output energy on harmless tokens) gets gate r
 row ``w`` and down column ``scale × refusal direction``, where ``w`` is a ridge probe on the MLP
 input; it adds the refusal direction only when the probe fires (see ``detector_math``).
 ``--detector-mode release`` swaps the probe's classes and lowers harmless prompts' projection.
+``--detector-response step`` writes two neurons per probe whose push saturates past the threshold.
 """
 
 from __future__ import annotations
@@ -177,9 +178,8 @@ def detector_candidate(
     if avoid is not None and avoid.numel():
         energy = energy.clone()
         energy[avoid] = float("inf")  # another part of a chain edits them
-    index = torch.argsort(energy, stable=True)[
-        : per_probe * len(probes)
-    ]  # the neurons harmless prompts miss least
+    # The neurons harmless prompts would miss least.
+    index = torch.argsort(energy, stable=True)[: per_probe * len(probes)]
 
     direction = refusal_direction(data)
     assert data.ref_harmless_residual is not None
