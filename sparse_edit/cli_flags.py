@@ -18,7 +18,7 @@ import typer
 import typer.core
 
 from sparse_edit.options import ApplyOptions, EvalOptions, LocateOptions, Options, TuneOptions
-from sparse_edit.options.base import FormerName
+from sparse_edit.options.base import FormerName, panel_of
 from sparse_edit.options.gates import GateOptions
 from sparse_edit.options.traits import COMMA_LIST, fields_with, short_flag
 
@@ -82,12 +82,14 @@ def field_parameters(model: type[Options], note: Mapping[str, str]) -> list[insp
         flag = _flag_name(name)
         kind = _flag_type(field.annotation)
         help_text = " ".join(filter(None, [field.description, note.get(name)]))
+        panel = panel_of(model, name)
         if kind is bool:
-            option = typer.Option(f"{flag}/--no-{name.replace('_', '-')}", help=help_text)
+            option = typer.Option(f"{flag}/--no-{name.replace('_', '-')}", help=help_text, rich_help_panel=panel)
             annotation: Any = Annotated[bool | None, option]
         else:
             former = [_flag_name(item.name) for item in field.metadata if isinstance(item, FormerName)]
-            option = typer.Option(flag, *filter(None, [short_flag(model, name)]), *former, help=help_text)
+            names = [flag, *filter(None, [short_flag(model, name)]), *former]
+            option = typer.Option(*names, help=help_text, rich_help_panel=panel)
             flag_type = list[str] if kind is list else kind
             annotation = Annotated[flag_type | None, option]
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -17,6 +17,8 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 class ModelOptions(Options):
     """How a model is loaded and run."""
+
+    panel: ClassVar[str | None] = "model"
 
     model: Annotated[Path, MODEL, INHERITED] = Field(
         description="Model folder (Hugging Face layout with safetensors weights), a .gguf file, or zoo:NAME for a "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
@@ -12,6 +12,10 @@ from sparse_edit.options.traits import COMMA_LIST, INHERITED, NOT_IN_REPLY_KEY
 
 
 class PromptOptions(Options):
+    """Which prompts a command reads."""
+
+    panel: ClassVar[str | None] = "prompts"
+
     harmful: Annotated[list[str], PROMPTS, NOT_IN_REPLY_KEY, INHERITED] = Field(
         min_length=1,
         description="Harmful prompt sources: files or glob patterns (.jsonl, .json per language, wide .csv); "

@@ -9,7 +9,7 @@ and one TOML key) and options must not import the strategies' torch code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -24,6 +24,8 @@ DetectorResponse = Literal["square", "step"]
 class RidgeOptions(Options):
     """The ridge weight every closed-form fit shares."""
 
+    panel: ClassVar[str | None] = "every strategy"
+
     lam: float = Field(
         1e-2, gt=0, description="Ridge weight, relative to the mean squared key norm per dimension."
     )
@@ -31,6 +33,8 @@ class RidgeOptions(Options):
 
 class SolverOptions(RidgeOptions):
     """The low-rank solve of the paper and output strategies."""
+
+    panel: ClassVar[str | None] = "paper and output strategies"
 
     rank: int = Field(32, ge=1, description="Maximum rank of the update.")
     nullspace: Literal["soft", "hard"] = Field(
@@ -46,6 +50,8 @@ class SolverOptions(RidgeOptions):
 class GainOptions(Options):
     """How far past the reference level the output and detector strategies aim."""
 
+    panel: ClassVar[str | None] = "output and detector strategies"
+
     gain: float = Field(
         16.0,
         gt=0,
@@ -57,6 +63,9 @@ class GainOptions(Options):
 
 class PaperOptions(SolverOptions):
     """``paper``: the published edit of the safety neurons' input rows."""
+
+    panel: ClassVar[str | None] = "paper strategy"
+    table: ClassVar[str | None] = "paper"
 
     neuron_lang: Annotated[str | None, TEXT] = Field(
         None, description="Whose safety-neuron set to edit (default: the reference language's)."
@@ -74,6 +83,9 @@ class PaperOptions(SolverOptions):
 
 class OutputOptions(SolverOptions, GainOptions):
     """``output``: down_proj columns of a neuron set."""
+
+    panel: ClassVar[str | None] = "output strategy"
+    table: ClassVar[str | None] = "output"
 
     output_neurons: NeuronChoice = Field(
         "low-union",
@@ -108,6 +120,9 @@ class OutputOptions(SolverOptions, GainOptions):
 
 class DetectorOptions(RidgeOptions, GainOptions):
     """``detector``: one neuron rewritten as a thresholded harmfulness detector."""
+
+    panel: ClassVar[str | None] = "detector strategy"
+    table: ClassVar[str | None] = "detector"
 
     detector_margin: float = Field(
         1.0,
