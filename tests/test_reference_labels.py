@@ -101,7 +101,8 @@ def test_apply_with_reference_verdict_labels_anchors_by_the_english_verdicts(loc
         strategy=["paper"],
         anchor_labels="reference-verdict",
     )
-    before, after = plain.manifest["anchors"], edit.manifest["anchors"]
+    before, after = plain.anchors, edit.anchors
+    assert before is not None and after is not None
     assert seen and after["low_train"] == before["low_train"] - 2  # th and yo versions of the answered id
     assert after["ref_train"] == before["ref_train"] - 1
     assert after["safe_train"] == before["safe_train"] + 3

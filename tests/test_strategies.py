@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
-import types
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 
-from sparse_edit import strategy_names
 from sparse_edit.edit import strategies
-from sparse_edit.edit.delta import SliceEdit
-from sparse_edit.edit.strategies.base import FeatureNeeds, SolveJob, Strategy
+from sparse_edit.edit.strategies.base import Strategy
 from sparse_edit.errors import SparseEditError
 from sparse_edit.options import ApplyOptions, load_options
 from tests.helpers import apply_args, changed_rows, run_cli
@@ -21,7 +18,7 @@ from tests.helpers import apply_args, changed_rows, run_cli
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "method.md"
 
 
-@pytest.mark.parametrize("name", strategies.NAMES)
+@pytest.mark.parametrize("name", strategies.BUILT_IN)
 def test_every_registered_strategy_is_a_complete_documented_strategy(name):
     strategy = strategies.get(name)
     assert isinstance(strategy, Strategy) and strategy.name == name and strategy.summary
@@ -41,7 +38,7 @@ def test_a_strategy_reads_its_own_settings_off_the_apply_options():
     assert paper.gamma == 0.5 and not hasattr(paper, "gain")
     assert (detector.gain, detector.detector_margin) == (3.0, 2.0) and not hasattr(detector, "gamma")
     # The flags and TOML keys stay flat: one per field, whichever strategy declares it.
-    owned = [name for s in strategies.NAMES for name in strategies.get(s).settings_model.model_fields]
+    owned = [name for s in strategies.BUILT_IN for name in strategies.get(s).settings_model.model_fields]
     assert set(owned) <= set(ApplyOptions.model_fields)
 
 
@@ -51,14 +48,23 @@ def test_an_unregistered_strategy_is_refused_by_name():
         load_options(ApplyOptions, None, {**settings, "strategy": ["lora"]})
 
 
+PLUG_IN = """
+from typing import Any
+
+import torch
+
+from sparse_edit.edit.delta import SliceEdit
+from sparse_edit.edit.strategies.base import FeatureNeeds, SolveJob, Strategy
+
+
 class OneColumn(Strategy):
-    """A strategy defined outside the package: adds a fixed rank-1 update to one down_proj column."""
+    \"\"\"Defined outside the package: adds a fixed rank-1 update to one down_proj column.\"\"\"
 
     name = "one_column"
     summary = "test only"
     gram_site = None
 
-    def needs(self, options: ApplyOptions) -> FeatureNeeds:
+    def needs(self, options) -> FeatureNeeds:
         return FeatureNeeds(sites=("neurons",))
 
     def solve(self, job: SolveJob) -> tuple[list[SliceEdit], dict[str, Any]]:
@@ -71,17 +77,40 @@ class OneColumn(Strategy):
         return [edit], {"rank": 1, "jitter": 0.0, "nullspace_dim": None}
 
 
-def test_a_new_strategy_is_one_module_and_its_name(located, tmp_path, monkeypatch):
-    module = types.ModuleType("sparse_edit.edit.strategies.one_column")
-    module.STRATEGY = OneColumn()  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setattr(strategy_names, "NAMES", (*strategy_names.NAMES, "one_column"))
-    strategies.get.cache_clear()
+STRATEGY = OneColumn()
+"""
+
+
+def plug_in_package(root: Path) -> Path:
+    """A package installed beside sparse-edit (a module and its dist-info on the path) registering a strategy
+    through its entry point, as ``pip install`` of a package with that entry point would."""
+    site = root / "site"
+    (site / "one_column_strategy-0.1.dist-info").mkdir(parents=True)
+    (site / "one_column_strategy.py").write_text(PLUG_IN)
+    info = site / "one_column_strategy-0.1.dist-info"
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: one-column-strategy\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[sparse_edit.strategies]\none_column = one_column_strategy:STRATEGY\n")
+    return site
+
+
+def test_a_strategy_from_another_package_registers_itself_and_runs_through_apply(located, tmp_path):
     model, artifact = located("llama")
+    site = plug_in_package(tmp_path)
     out = tmp_path / "edited"
-    run_cli(*apply_args(artifact, out, "--strategy", "one_column"))
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(repo)])}
+    command = [
+        sys.executable,
+        "-m",
+        "sparse_edit",
+        *map(str, apply_args(artifact, out, "--strategy", "one_column")),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
     changed = changed_rows(model, out)
     assert list(changed) == ["model.layers.1.mlp.down_proj.weight"]
     assert changed["model.layers.1.mlp.down_proj.weight"].nonzero()[:, 1].unique().tolist() == [5]
     assert "ok" in run_cli("verify", model, out, "--skip-forward").output
-    strategies.get.cache_clear()
+    # Without the package the name is unknown: one line naming the registered ones.
+    result = subprocess.run(command, env={**env, "PYTHONPATH": str(repo)}, capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown strategy 'one_column'" in result.stderr

@@ -374,7 +374,7 @@ def test_every_searchable_setting_is_a_setting_its_strategy_reads():
     from sparse_edit.edit import strategies
     from sparse_edit.options import ApplyOptions
 
-    for name in strategies.NAMES:
+    for name in strategies.BUILT_IN:
         strategy = strategies.get(name)
         assert strategy.search_space, f"{name} declares nothing to search"
         for tunable in strategy.search_space:

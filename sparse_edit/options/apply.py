@@ -136,11 +136,12 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
     @classmethod
     def _strategy(cls, value: list[str]) -> list[str]:
         # The registry's names only: nothing heavy is imported.
-        from sparse_edit.strategy_names import NAMES, chain_parts
+        from sparse_edit.strategy_names import chain_parts, registered
 
-        unknown = [part for name in value for part in chain_parts(name) if part not in NAMES]
+        names = registered()
+        unknown = [part for name in value for part in chain_parts(name) if part not in names]
         if unknown:
-            raise ValueError(f"unknown strategy {unknown[0]!r}; registered: {', '.join(NAMES)}")
+            raise ValueError(f"unknown strategy {unknown[0]!r}; registered: {', '.join(names)}")
         repeated = [name for name in value if len(set(chain_parts(name))) < len(chain_parts(name))]
         if repeated:
             raise ValueError(f"{repeated[0]!r} names a strategy twice; a chain names each strategy once")

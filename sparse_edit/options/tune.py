@@ -14,9 +14,9 @@ from sparse_edit.options.traits import COMMA_LIST, NOT_IN_STUDY_KEY, ShortFlag
 
 
 def _registered_strategies() -> list[str]:
-    from sparse_edit.strategy_names import NAMES
+    from sparse_edit.strategy_names import registered
 
-    return list(NAMES)
+    return list(registered())
 
 
 class TuneOptions(ApplyOptions):

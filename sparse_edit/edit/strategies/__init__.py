@@ -1,10 +1,10 @@
 """Edit strategies, one module each, and the registry apply reads them from.
 
-``NAMES`` (in ``strategy_names``) is the registry: a strategy ``NAME`` lives in
-``sparse_edit.edit.strategies.NAME`` and defines ``STRATEGY``, an instance of ``Strategy`` (see
-``base``). The modules are imported on first use, so naming the strategies costs nothing. Adding a
-strategy: one module here, its name in ``strategy_names``, and its tests. ``paper+detector`` names a chain: each part solved in turn at every layer
-of the edit, on features collected with the earlier parts' edits applied.
+A built-in strategy ``NAME`` (``strategy_names.BUILT_IN``) lives in ``sparse_edit.edit.strategies.NAME``
+and defines ``STRATEGY``, an instance of ``Strategy`` (see ``base``); one from another package is found by
+its entry point (``strategy_names.plugged_in``). Both are imported on first use, so naming the strategies
+costs nothing. ``paper+detector`` names a chain: each part solved in turn at every layer of the edit, on
+features collected with the earlier parts' edits applied.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import importlib
 from functools import cache
 from typing import TYPE_CHECKING
 
-from sparse_edit import strategy_names
-from sparse_edit.strategy_names import CHAIN, NAMES, all_parts, chain_parts
+from sparse_edit.errors import SparseEditError
+from sparse_edit.strategy_names import BUILT_IN, CHAIN, all_parts, chain_parts, plugged_in, registered
 
-__all__ = ["CHAIN", "NAMES", "all_parts", "chain_parts", "get"]
+__all__ = ["BUILT_IN", "CHAIN", "all_parts", "chain_parts", "get", "registered"]
 
 if TYPE_CHECKING:
     from sparse_edit.edit.strategies.base import Strategy
@@ -25,9 +25,22 @@ if TYPE_CHECKING:
 @cache
 def get(name: str) -> Strategy:
     """The registered strategy ``name``."""
-    registered = strategy_names.NAMES  # read at call time, so a strategy named there is found
-    if name not in registered:
-        raise KeyError(f"no strategy {name!r}; registered: {', '.join(registered)}")
-    module = importlib.import_module(f"sparse_edit.edit.strategies.{name}")
-    strategy: Strategy = module.STRATEGY
+    from sparse_edit.edit.strategies.base import Strategy
+    from sparse_edit.options import ApplyOptions
+
+    if name in BUILT_IN:
+        strategy = importlib.import_module(f"sparse_edit.edit.strategies.{name}").STRATEGY
+    else:
+        entry = plugged_in().get(name)
+        if entry is None:
+            raise KeyError(f"no strategy {name!r}; registered: {', '.join(registered())}")
+        strategy = entry.load()
+        if isinstance(strategy, type):
+            strategy = strategy()
+    where = f"strategy {name!r}"
+    if not isinstance(strategy, Strategy) or strategy.name != name:
+        raise SparseEditError(f"{where}: its entry point must give a Strategy whose name is {name!r}")
+    foreign = sorted(set(strategy.settings_model.model_fields) - set(ApplyOptions.model_fields))
+    if foreign:
+        raise SparseEditError(f"{where}: its settings {foreign} are not apply settings")
     return strategy
