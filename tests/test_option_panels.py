@@ -62,3 +62,15 @@ def test_a_strategy_table_holding_another_setting_or_a_second_value_is_one_line(
     with pytest.raises(SparseEditError, match=mentions.replace("[", r"\[").replace("]", r"\]")) as caught:
         load_options(ApplyOptions, config, REQUIRED)
     assert "\n" not in str(caught.value) and str(config) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "mentions"),
+    [
+        ({"detector_mode": "release", "detector_neurons": "per-language"}, "--detector-neurons per-language"),
+        ({"detector_mode": "release", "detector_reference": "quiet"}, "--detector-reference quiet"),
+    ],
+)
+def test_strategy_settings_that_cannot_go_together_fail_with_the_settings(settings, mentions):
+    with pytest.raises(SparseEditError, match=f"{mentions} works in --detector-mode refuse only"):
+        load_options(ApplyOptions, None, {**REQUIRED, **settings})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sparse_edit.options.base import Options
 from sparse_edit.options.roles import READ, TEXT
@@ -175,3 +175,13 @@ class DetectorOptions(RidgeOptions, GainOptions):
         "neuron per low-resource language, each probe fitted on that language's harmful anchors against all harmless "
         "ones, their output scales fitted jointly and kept non-negative (refuse mode only).",
     )
+
+    @model_validator(mode="after")
+    def _refuse_mode_settings(self) -> DetectorOptions:
+        # Checked with the settings, before any model loads.
+        if self.detector_mode != "refuse":
+            if self.detector_neurons == "per-language":
+                raise ValueError("--detector-neurons per-language works in --detector-mode refuse only")
+            if self.detector_reference == "quiet":
+                raise ValueError("--detector-reference quiet works in --detector-mode refuse only")
+        return self

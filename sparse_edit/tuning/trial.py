@@ -23,6 +23,7 @@ from sparse_edit.edit.delta import applied_in_memory
 from sparse_edit.edit.gather import gather, requests
 from sparse_edit.edit.layer_data import LayerData
 from sparse_edit.edit.plan import make_plan
+from sparse_edit.errors import SparseEditError
 from sparse_edit.measure.judge import KeywordJudge
 from sparse_edit.measure.probes import KeptLogits, base_logits, token_kl
 from sparse_edit.model.features import FeatureRequest
@@ -124,8 +125,14 @@ class TrialRunner:
             return base_logits(self.loaded)(inputs)
 
     def trial_options(self, settings: dict[str, Any]) -> ApplyOptions:
+        """The trial's apply options; settings the options model refuses together skip the trial."""
+        from pydantic import ValidationError
+
         values = apply_settings(self.options, settings)
-        return ApplyOptions.model_validate({**values, "output": self.options.output / "edited"})
+        try:
+            return ApplyOptions.model_validate({**values, "output": self.options.output / "edited"})
+        except ValidationError as exc:
+            raise SparseEditError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
     def verdicts(self, edit: Callable[[], AbstractContextManager[object]] | None = None) -> Verdicts:
         """Greedy dev replies of the base model (or with ``edit`` applied), judged; a reply stops once its

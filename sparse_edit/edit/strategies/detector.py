@@ -72,11 +72,7 @@ class DetectorStrategy(Strategy):
         detector_activation(checkpoint)
 
     def solve(self, job: SolveJob) -> tuple[list[SliceEdit], dict[str, Any]]:
-        own = DetectorOptions.of(job.options)
-        if own.detector_neurons == "per-language" and own.detector_mode != "refuse":
-            raise SparseEditError("--detector-neurons per-language works in --detector-mode refuse only")
-        if own.detector_reference == "quiet" and own.detector_mode != "refuse":
-            raise SparseEditError("--detector-reference quiet works in --detector-mode refuse only")
+        own = DetectorOptions.of(job.options)  # its validator refused settings that cannot go together
         return detector_candidate(
             job.layer,
             job.checkpoint,
