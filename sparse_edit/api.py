@@ -212,13 +212,13 @@ def evaluate(
     from sparse_edit.neurons.artifact import LocateArtifact
 
     options = options or eval_options(config, **settings)
-    check_gates(options.fail_if, has_base=options.base is not None)  # a gate typo fails before any work
+    gates = check_gates(options.fail_if, has_base=options.base is not None)  # a gate typo fails before any work
     if options.artifact is not None:
         LocateArtifact.load(options.artifact)  # a damaged artifact fails now, not after generation
     # One run per report folder (and so per journal) at a time.
     with claimed_output(options.output, "eval", command_inputs(options, config), options.overwrite):
         report = _reporter(reporter)
-        result = run_eval(options, report, journal_folder=options.output)
+        result = run_eval(options, report, journal_folder=options.output, gates=gates)
         write_report(result, options.output, options.overwrite, options.artifact, report)
         if result.journal is not None:
             result.journal.finish()  # the report holds every reply now

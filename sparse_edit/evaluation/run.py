@@ -165,10 +165,13 @@ class EvalResult:
         return [gate["expression"] for gate in self.gates if gate["tripped"]]
 
 
-def run_eval(options: EvalOptions, reporter: Reporter, journal_folder: Path | None = None) -> EvalResult:
+def run_eval(
+    options: EvalOptions, reporter: Reporter, journal_folder: Path | None = None, gates: list[Gate] | None = None
+) -> EvalResult:
     """Generate, judge and measure; with ``journal_folder``, replies are journaled beside it as they come
-    in and a rerun with the same settings resumes from them."""
-    gates: list[Gate] = check_gates(options.fail_if, has_base=options.base is not None)
+    in and a rerun with the same settings resumes from them. ``gates``: ``options.fail_if`` already parsed."""
+    if gates is None:
+        gates = check_gates(options.fail_if, has_base=options.base is not None)
     torch.manual_seed(options.seed)
     sets = prepare_prompts(options, reporter, both_classes=False)
     check_gate_languages(
