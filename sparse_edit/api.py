@@ -104,8 +104,9 @@ def locate(
 
     ``options`` (built by ``locate_options``) replaces ``config`` and ``settings``.
     """
+    from sparse_edit.io.claims import claimed_output
+    from sparse_edit.io.destination import check_output
     from sparse_edit.io.inputs import command_inputs
-    from sparse_edit.io.outputs import check_output, claimed_output
     from sparse_edit.neurons.locate import run_locate
 
     options = options or locate_options(config, **settings)
@@ -207,8 +208,8 @@ def evaluate(
     from sparse_edit.evaluation.report import finite, write_report
     from sparse_edit.evaluation.report_schema import EvalReport
     from sparse_edit.evaluation.run import run_eval
+    from sparse_edit.io.claims import claimed_output
     from sparse_edit.io.inputs import command_inputs
-    from sparse_edit.io.outputs import claimed_output
     from sparse_edit.neurons.artifact import LocateArtifact
 
     options = options or eval_options(config, **settings)
@@ -319,7 +320,7 @@ def revert(edited: str | Path, output: str | Path, *, overwrite: bool = False) -
     """Write the base checkpoint back from an edited folder; returns the rewritten shards."""
     from sparse_edit.edit.gguf_output import is_gguf, revert_gguf
     from sparse_edit.edit.verify import revert as run_revert
-    from sparse_edit.io.outputs import claimed
+    from sparse_edit.io.claims import claimed
 
     with claimed(Path(output)):
         if is_gguf(edited):

@@ -16,8 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from sparse_edit.io.destination import OUTPUT_MARKER
 from sparse_edit.io.layout import MANIFEST_FILE
-from sparse_edit.io.outputs import OUTPUT_MARKER, STAGING_MARKER
+from sparse_edit.io.staging import STAGING_MARKER
 from tests.helpers import apply_args, dead_pid, locate_and_apply, refused, run_cli, write_jsonl
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sparse_edit.io.outputs import OUTPUT_MARKER
+from sparse_edit.io.destination import OUTPUT_MARKER
 from sparse_edit.testing import build_tiny_model
 from tests.helpers import locate_and_apply, refused
 from tests.test_bad_inputs_tune_eval_gguf import EVAL, cli

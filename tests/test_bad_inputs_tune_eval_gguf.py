@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from sparse_edit.evaluation.journal import journal_path as eval_journal_path
+from sparse_edit.io.claims import CLAIM_SUFFIX, claimed
+from sparse_edit.io.destination import OUTPUT_MARKER
 from sparse_edit.io.layout import JOURNAL_KIND
-from sparse_edit.io.outputs import CLAIM_SUFFIX, OUTPUT_MARKER, claimed
 from sparse_edit.testing import build_tiny_model
 from sparse_edit.tuning.storage import journal_path as tune_journal_path
 from tests.helpers import CLI, apply_args, dead_pid, locate_and_apply, refused
@@ -346,10 +347,10 @@ def test_two_runs_racing_to_one_output_leave_one_whole_output(ws):
 
 KILLED_WHILE_MOVING_INTO_PLACE = """
 import os, signal, sys
-import sparse_edit.io.outputs as outputs
+import sparse_edit.io.staging as staging
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
-outputs._move_into_place = die
+staging._move_into_place = die
 from sparse_edit.cli import main
 sys.argv = ["sparse-edit", *sys.argv[1:]]
 main()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.destination import check_output
 from sparse_edit.io.inputs import command_inputs
-from sparse_edit.io.outputs import check_output
 from sparse_edit.options import ApplyOptions, EvalOptions, LocateOptions, Options, TuneOptions, load_options
 from sparse_edit.options.gates import GateOptions
 from sparse_edit.options.roles import flag_of, role_of

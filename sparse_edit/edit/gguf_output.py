@@ -27,11 +27,12 @@ from sparse_edit.edit.verify import VerifyReport, manifest_mismatches
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io import gguf_file
 from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.destination import check_output
 from sparse_edit.io.files import file_sha256
 from sparse_edit.io.gguf import KEY_PREFIX
 from sparse_edit.io.gguf import read as read_gguf
 from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, META_KEY
-from sparse_edit.io.outputs import check_output, staged_folder
+from sparse_edit.io.staging import staged_folder
 from sparse_edit.version import __version__
 
 SIDECAR_SUFFIX = ".sparse_edit"

@@ -21,9 +21,9 @@ from sparse_edit.edit.plan import Plan, check_gate_model, check_settings, make_p
 from sparse_edit.edit.selection import choose, format_table, measure_candidates
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
+from sparse_edit.io.claims import claimed_output
 from sparse_edit.io.inputs import command_inputs
 from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, MODEL_CARD_FILE
-from sparse_edit.io.outputs import claimed_output
 from sparse_edit.io.writer import write_checkpoint
 from sparse_edit.model.loading import LoadedModel, load_model
 from sparse_edit.neurons.artifact import LocateArtifact

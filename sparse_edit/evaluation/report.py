@@ -11,7 +11,7 @@ from sparse_edit.console import Reporter
 from sparse_edit.evaluation.report_schema import EvalReport
 from sparse_edit.evaluation.run import EvalResult
 from sparse_edit.io.layout import REPLIES_FILE, REPORT_JSON, REPORT_MARKDOWN
-from sparse_edit.io.outputs import staged_folder
+from sparse_edit.io.staging import staged_folder
 
 
 def finite(payload: Any) -> Any:

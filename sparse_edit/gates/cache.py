@@ -23,7 +23,7 @@ from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.layout import FEATURES_KIND, META_KEY, checked_metadata
-from sparse_edit.io.outputs import atomic_write_bytes
+from sparse_edit.io.staging import atomic_write_bytes
 from sparse_edit.model.loading import LoadedModel
 
 SCHEMA_VERSION = 1

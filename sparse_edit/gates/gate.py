@@ -26,7 +26,7 @@ from sparse_edit.gates.cache import FeatureCache
 from sparse_edit.gates.probes import LdaBasis, Probe, ProbeForm, balanced_weights, fit_probe, language_readout
 from sparse_edit.gates.thresholds import fold_of, lowest_threshold, per_language_thresholds
 from sparse_edit.io.layout import GATE_KIND, META_KEY, checked_metadata
-from sparse_edit.io.outputs import atomic_write_bytes
+from sparse_edit.io.staging import atomic_write_bytes
 
 Calibration = Literal["global", "per-language"]
 SCHEMA_VERSION = 1

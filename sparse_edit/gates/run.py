@@ -24,8 +24,9 @@ from sparse_edit.gates.screen import (
     limiting_sources,
     screen,
 )
+from sparse_edit.io.claims import claimed_output
 from sparse_edit.io.inputs import command_inputs
-from sparse_edit.io.outputs import claimed_output, staged_folder
+from sparse_edit.io.staging import staged_folder
 from sparse_edit.options.gates import GateOptions
 from sparse_edit.version import __version__
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.gguf import KEY_PREFIX, gguf_package, read
-from sparse_edit.io.outputs import staged_file
+from sparse_edit.io.staging import staged_file
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sparse_edit.io.outputs import check_store
+from sparse_edit.io.destination import check_store
 from sparse_edit.io.sources import source_files
 from sparse_edit.options.roles import RoleKind, ValueForm, flag_of, role_of
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from sparse_edit.io.checkpoint import FOREIGN_WEIGHT_PATTERNS, INDEX_FILE, Checkpoint, read_header_bytes
+from sparse_edit.io.destination import Command, check_output
 from sparse_edit.io.layout import TOOL_DIR
-from sparse_edit.io.outputs import Command, check_output, staged_folder
+from sparse_edit.io.staging import staged_folder
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -21,7 +21,7 @@ from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.io.layout import LOCATE_KIND as KIND
 from sparse_edit.io.layout import META_KEY, read_metadata
-from sparse_edit.io.outputs import atomic_write_bytes
+from sparse_edit.io.staging import atomic_write_bytes
 from sparse_edit.neurons.scores import ClassStats, Scores, jaccard
 from sparse_edit.version import __version__
 

@@ -1,7 +1,7 @@
 """What a run does with each path-valued setting: reads it, writes it, or both.
 
 A field's role is declared where the field is declared, as ``Annotated`` metadata
-(``Annotated[Path, READ]``); the destination rules (``io.inputs``, ``io.outputs``) derive every list of
+(``Annotated[Path, READ]``); the destination rules (``io.inputs``, ``io.destination``) derive every list of
 inputs, outputs and stores from these markers, so a new path setting cannot be forgotten by one of them.
 A setting that holds text, not a path, says so with ``TEXT``: every string or path field carries one of
 the markers, and a test fails when one does not.

@@ -22,10 +22,11 @@ from sparse_edit.console import Reporter
 from sparse_edit.edit.anchors import build_anchors
 from sparse_edit.edit.run import load_edit_inputs, run_apply
 from sparse_edit.errors import SparseEditError
+from sparse_edit.io.claims import claimed_output
 from sparse_edit.io.files import file_sha256
 from sparse_edit.io.inputs import command_inputs
 from sparse_edit.io.layout import STUDY_DB, TUNED_EDIT_DIR
-from sparse_edit.io.outputs import claimed_output, staged_folder
+from sparse_edit.io.staging import staged_folder
 from sparse_edit.options import ApplyOptions, TuneOptions
 from sparse_edit.options.traits import NOT_IN_STUDY_KEY, fields_with
 from sparse_edit.tuning.front import (
