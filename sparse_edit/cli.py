@@ -79,7 +79,7 @@ def _print_table(rows: list[tuple[str, Any]]) -> None:
         typer.echo(f"{key:<{width}}  {shown}")
 
 
-def run_locate(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
+def locate_command(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
     """Find safety neurons per language and layer; write them with their statistics to an artifact."""
     from sparse_edit.neurons.locate import layer_table
 
@@ -106,7 +106,7 @@ APPLY_SUMMARY = (
 )
 
 
-def run_apply(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
+def apply_command(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
     """Compute the closed-form edit from a locate artifact and write the edited checkpoint.
 
     The model, prompt sources, languages and limit default to the artifact's.
@@ -128,7 +128,7 @@ def run_apply(config: Path | None, settings: dict[str, Any], reporter: Any, as_j
     typer.echo(f"wrote {options.output}")
 
 
-def run_tune(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
+def tune_command(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
     """Search the edit's settings on the dev split: an Optuna study whose trials are judged on generated
     replies (attack success, over-refusal, KL). Writes the Pareto front and chosen.toml, an apply config.
 
@@ -149,7 +149,7 @@ def run_tune(config: Path | None, settings: dict[str, Any], reporter: Any, as_js
         raise CheckFailed(NONE_QUALIFIES)
 
 
-def run_eval(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
+def eval_command(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
     """Generate and judge replies per language; report attack success, over-refusal, KL and gates.
 
     Exit codes: 0 all gates passed, 1 a --fail-if gate tripped (the report is still written), 2 error.
@@ -169,7 +169,7 @@ def run_eval(config: Path | None, settings: dict[str, Any], reporter: Any, as_js
         raise CheckFailed(f"gate(s) tripped: {'; '.join(tripped)}")
 
 
-def run_gates(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
+def gates_command(config: Path | None, settings: dict[str, Any], reporter: Any, as_json: bool) -> None:
     """Cache the MLP input at the last prompt token (one forward pass per prompt), screen gate candidates on
     the cache with out-of-fold thresholds, report per layer and language what a gate can catch within the
     harmless firing limit, and write the chosen gate for apply --strategy detector --detector-gate."""
@@ -181,12 +181,12 @@ def run_gates(config: Path | None, settings: dict[str, Any], reporter: Any, as_j
     typer.echo(f"wrote {options.output}")
 
 
-command(options_command(LocateOptions, run_locate), name="locate")
-command(options_command(GateOptions, run_gates), name="gates")
+command(options_command(LocateOptions, locate_command), name="locate")
+command(options_command(GateOptions, gates_command), name="gates")
 # apply inherits the prompt settings of its artifact, so none of them is required on the command line.
-command(options_command(ApplyOptions, run_apply, note={"harmful": "Default: the artifact's."}), name="apply")
-command(options_command(TuneOptions, run_tune, note={"harmful": "Default: the artifact's."}), name="tune")
-command(options_command(EvalOptions, run_eval), name="eval")
+command(options_command(ApplyOptions, apply_command, note={"harmful": "Default: the artifact's."}), name="apply")
+command(options_command(TuneOptions, tune_command, note={"harmful": "Default: the artifact's."}), name="tune")
+command(options_command(EvalOptions, eval_command), name="eval")
 
 
 def inspect(

@@ -151,5 +151,5 @@ def options_command(
     handler.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     handler.__annotations__ = {param.name: param.annotation for param in params}
     handler.__doc__ = run.__doc__
-    handler.__name__ = run.__name__.removeprefix("run_")
+    handler.__name__ = run.__name__.removesuffix("_command")
     return handler
