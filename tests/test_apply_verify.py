@@ -408,7 +408,7 @@ def test_dev_generate_ranks_candidates_by_judged_replies(located, tmp_path):
 def test_choice_prefers_judged_replies_over_first_token_log_odds():
     from sparse_edit.console import Reporter
     from sparse_edit.edit.candidates import Candidate
-    from sparse_edit.edit.selection import choose
+    from sparse_edit.edit.dev_choice import choose
 
     log_odds_favourite = Candidate("output", (1,), diagnostics={"selective_gain": 2.0, "kl_harmless": 0.01})
     log_odds_favourite.diagnostics["generated_selective_gain"] = 0.1

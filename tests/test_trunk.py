@@ -154,7 +154,7 @@ def test_trials_replaying_the_trunk_measure_what_trials_without_it_measure(locat
 
 
 def test_apply_measures_its_candidates_the_same_with_the_trunk_replayed(located, tmp_path, monkeypatch):
-    from sparse_edit.edit import selection
+    from sparse_edit.edit import dev_choice
     from tests.helpers import run_cli
 
     _, artifact = located("llama", layers=4)
@@ -170,7 +170,7 @@ def test_apply_measures_its_candidates_the_same_with_the_trunk_replayed(located,
         return TrunkCache(loaded, 0)
 
     replayed = apply("replayed")
-    monkeypatch.setattr(selection, "TrunkCache", every_layer)
+    monkeypatch.setattr(dev_choice, "TrunkCache", every_layer)
     plain = apply("plain")
     assert depths == [2]  # the candidates' lowest layer, run in full here
     assert replayed["candidates"] == plain["candidates"]
