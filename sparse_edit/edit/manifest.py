@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from sparse_edit.edit.candidates import Candidate
-from sparse_edit.edit.manifest_schema import Manifest
 from sparse_edit.edit.dev_choice import SELECTION_RULE
+from sparse_edit.edit.manifest_schema import Manifest
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.io.layout import MANIFEST_KIND
 from sparse_edit.neurons.artifact import read_artifact_metadata, weights_check

@@ -14,11 +14,11 @@ from sparse_edit.edit.anchor_prompts import AnchorPrompts
 from sparse_edit.edit.anchors import Anchors, add_replies, build_anchors, select_anchor_prompts
 from sparse_edit.edit.candidates import Candidate, build_candidates, storage_for
 from sparse_edit.edit.delta import EditDelta, write_back
+from sparse_edit.edit.dev_choice import choose, format_table, measure_candidates
 from sparse_edit.edit.estimate import count_work, describe, time_first_batch
 from sparse_edit.edit.gguf_output import check_gguf_source, is_gguf, write_gguf_edit
 from sparse_edit.edit.manifest import build_manifest, checked, model_card
 from sparse_edit.edit.plan import Plan, check_gate_model, check_settings, make_plan, rank_by_attribution
-from sparse_edit.edit.dev_choice import choose, format_table, measure_candidates
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.io.claims import claimed_output
