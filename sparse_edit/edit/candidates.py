@@ -42,7 +42,7 @@ def build_candidates(
     anchors: Anchors,
     plan: Plan,
     options: ApplyOptions,
-    storage: dict[str, torch.dtype],
+    stored_dtypes: dict[str, torch.dtype],
     reporter: Reporter,
     shared: dict[int, LayerData] | None = None,
     trunk: TrunkCache | None = None,
@@ -75,7 +75,7 @@ def build_candidates(
                     for i, part in enumerate(parts)
                 ]
                 per_layer = [
-                    solve_step(loaded, anchors, plan, options, storage, reporter, candidate, step, shared)
+                    solve_step(loaded, anchors, plan, options, stored_dtypes, reporter, candidate, step, shared)
                     for step in steps
                 ]
                 candidate.diagnostics = summarise_layers(per_layer)
@@ -98,7 +98,7 @@ def solve_step(
     anchors: Anchors,
     plan: Plan,
     options: ApplyOptions,
-    storage: dict[str, torch.dtype],
+    stored_dtypes: dict[str, torch.dtype],
     reporter: Reporter,
     candidate: Candidate,
     step: Step,
@@ -111,7 +111,9 @@ def solve_step(
         data = shared[layer]  # nothing edited yet: the features collected for this layer alone
     else:
         # Sequential: features come from the model with the earlier steps' edits applied.
-        with applied_in_memory(loaded.model, candidate.edits, storage_for(checkpoint, candidate.edits, storage)):
+        with applied_in_memory(
+            loaded.model, candidate.edits, stored_dtypes_for(checkpoint, candidate.edits, stored_dtypes)
+        ):
             data = gather(loaded, anchors, [layer], plan, options, reporter)[layer]
     strategy = plan.strategy(step.part)
     job = SolveJob(
@@ -173,7 +175,7 @@ def edit_rows(edit: SliceEdit) -> set[tuple[str, int, int]]:
     return {(edit.slice.tensor, edit.slice.axis, edit.slice.offset + int(n)) for n in edit.neurons.tolist()}
 
 
-def storage_for(
+def stored_dtypes_for(
     checkpoint: Checkpoint, edits: Sequence[SliceEdit], known: dict[str, torch.dtype]
 ) -> dict[str, torch.dtype]:
     """The checkpoint dtype of every tensor ``edits`` touch (the in-memory edit rounds as the file will)."""

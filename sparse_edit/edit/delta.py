@@ -56,14 +56,14 @@ class SliceEdit:
         return int(self.neurons.numel()) * int(self.b.shape[1])
 
 
-def apply_rows(rows: torch.Tensor, delta: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
+def apply_rows(rows: torch.Tensor, delta: torch.Tensor, stored_dtype: torch.dtype) -> torch.Tensor:
     """The edited rows as stored: float32 add, then one cast to the checkpoint dtype."""
-    return (rows.float() + delta.to(rows.device)).to(storage)
+    return (rows.float() + delta.to(rows.device)).to(stored_dtype)
 
 
 @contextmanager
 def applied_in_memory(
-    model: torch.nn.Module, edits: Sequence[SliceEdit], storage: dict[str, torch.dtype]
+    model: torch.nn.Module, edits: Sequence[SliceEdit], stored_dtypes: dict[str, torch.dtype]
 ) -> Iterator[None]:
     """Apply edits to a loaded model's parameters, rounding as the written checkpoint will, then restore."""
     saved: list[tuple[torch.Tensor, SliceEdit, torch.Tensor]] = []
@@ -74,7 +74,7 @@ def applied_in_memory(
                 index = edit.neurons.to(param.device)
                 rows = edit.slice.read(param.data, index).clone(memory_format=torch.contiguous_format)
                 saved.append((param.data, edit, rows))
-                new = apply_rows(rows, edit.rows_delta, storage[edit.slice.tensor]).to(param.dtype)
+                new = apply_rows(rows, edit.rows_delta, stored_dtypes[edit.slice.tensor]).to(param.dtype)
                 edit.slice.write(param.data, index, new)
         yield
     finally:

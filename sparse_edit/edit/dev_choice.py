@@ -30,7 +30,7 @@ def measure_candidates(
     loaded: LoadedModel,
     candidates: list[Candidate],
     anchors: Anchors,
-    storage: dict[str, torch.dtype],
+    stored_dtypes: dict[str, torch.dtype],
     options: ApplyOptions,
     reporter: Reporter,
 ) -> None:
@@ -52,7 +52,7 @@ def measure_candidates(
             for candidate in candidates:
 
                 def edit(candidate: Candidate = candidate) -> Any:
-                    return applied_in_memory(loaded.model, candidate.edits, storage)
+                    return applied_in_memory(loaded.model, candidate.edits, stored_dtypes)
 
                 diag = candidate.diagnostics
                 if harmful:

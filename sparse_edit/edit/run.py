@@ -12,7 +12,7 @@ import torch
 from sparse_edit.console import Reporter
 from sparse_edit.edit.anchor_prompts import AnchorPrompts
 from sparse_edit.edit.anchors import Anchors, add_replies, build_anchors, select_anchor_prompts
-from sparse_edit.edit.candidates import Candidate, build_candidates, storage_for
+from sparse_edit.edit.candidates import Candidate, build_candidates, stored_dtypes_for
 from sparse_edit.edit.delta import EditDelta, write_back
 from sparse_edit.edit.dev_choice import choose, format_table, measure_candidates
 from sparse_edit.edit.estimate import count_work, describe, time_first_batch
@@ -58,12 +58,12 @@ def _run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
     anchors = add_replies(anchors, loaded, options, reporter)
     if options.neuron_score == "attribution":
         rank_by_attribution(loaded, anchors, plan, options, reporter)
-    storage: dict[str, torch.dtype] = {}
-    candidates = build_candidates(loaded, anchors, plan, options, storage, reporter)
+    stored_dtypes: dict[str, torch.dtype] = {}
+    candidates = build_candidates(loaded, anchors, plan, options, stored_dtypes, reporter)
     for candidate in candidates:
-        storage_for(checkpoint, candidate.edits, storage)
+        stored_dtypes_for(checkpoint, candidate.edits, stored_dtypes)
     if anchors.low_dev or anchors.safe_dev:
-        measure_candidates(loaded, candidates, anchors, storage, options, reporter)
+        measure_candidates(loaded, candidates, anchors, stored_dtypes, options, reporter)
     chosen = choose(candidates, options.kl_budget, reporter) if len(candidates) > 1 else candidates[0]
     reporter.info(format_table(candidates, chosen))
     manifest = write_edit(options, checkpoint, candidates, chosen, anchors.counts(), low_langs, reporter)

@@ -18,7 +18,7 @@ import torch
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.edit.anchors import Anchors
-from sparse_edit.edit.candidates import build_candidates, storage_for
+from sparse_edit.edit.candidates import build_candidates, stored_dtypes_for
 from sparse_edit.edit.delta import applied_in_memory
 from sparse_edit.edit.gather import gather, requests
 from sparse_edit.edit.layer_data import LayerData
@@ -108,7 +108,7 @@ class TrialRunner:
         self.dev = DevSet.from_anchors(anchors, low_langs, options.reference_lang)
         self.judge = KeywordJudge()
         self._features: dict[str, dict[int, LayerData]] = {}
-        self._storage: dict[str, torch.dtype] = {}
+        self._stored_dtypes: dict[str, torch.dtype] = {}
         if trunk_depth is None:
             trunk_depth = min(self.layers) if options.replay_trunk else 0
         self.trunk = TrunkCache(loaded, trunk_depth, TRUNK_BUDGET)
@@ -188,13 +188,13 @@ class TrialRunner:
         shared = self.features(options)
         clock.lap("features")
         (candidate,) = build_candidates(
-            self.loaded, self.anchors, plan, options, self._storage, self.reporter, shared, self.trunk
+            self.loaded, self.anchors, plan, options, self._stored_dtypes, self.reporter, shared, self.trunk
         )
-        storage = storage_for(self.loaded.checkpoint, candidate.edits, self._storage)
+        stored_dtypes = stored_dtypes_for(self.loaded.checkpoint, candidate.edits, self._stored_dtypes)
         clock.lap("solve")
 
         def edit() -> AbstractContextManager[object]:
-            return applied_in_memory(self.loaded.model, candidate.edits, storage)
+            return applied_in_memory(self.loaded.model, candidate.edits, stored_dtypes)
 
         edited_layers = sorted({e.layer for e in candidate.edits})
         trunk = self.trunk.replaying(edited_layers) if self.trunk.covers(edited_layers) else nullcontext()
