@@ -137,8 +137,8 @@ def solve_step(
     candidate.edits += edits
     if strategy.gram_site is not None:
         # The harmless Gram of this layer's keys, as the solve saw it: verify recomputes the leak.
-        candidate.grams[layer] = data.safe_gram[strategy.gram_site]
-        candidate.gram_tokens = data.safe_tokens
+        candidate.grams[layer] = data.harmless_gram[strategy.gram_site]
+        candidate.gram_tokens = data.harmless_tokens
     return {
         "layer": layer,
         **({"strategy": step.part} if chained else {}),

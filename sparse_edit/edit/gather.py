@@ -155,7 +155,7 @@ def _layer_data(
             _grams_at(dev_safe, layer),
             dev_safe.tokens,
             None,
-            safe_rows=_at(dev_safe, layer, sites),
+            harmless_rows=_at(dev_safe, layer, sites),
             low_row_langs=langs[1],
         )
     return LayerData(

@@ -141,6 +141,6 @@ def solve_diagnostics(
         "nullspace_dim": nullspace_dim,
         "anchors_train": int(train.keys.shape[0]),
         "fit_train": fit_ratio(train.keys, train.targets, delta),
-        "leak_train": leak_ratio(data.safe_gram[site], delta, w_s),
+        "leak_train": leak_ratio(data.harmless_gram[site], delta, w_s),
         "relative_norm": float(delta.norm() / w_s.norm()) if float(w_s.norm()) > 0 else 0.0,
     }

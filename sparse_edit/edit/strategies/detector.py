@@ -155,13 +155,13 @@ def detector_candidate(
     """
     family, d_ff, mode = checkpoint.family, checkpoint.dims.mlp_width, settings.mode
     activation = detector_activation(checkpoint)
-    harmless = data.safe_rows.get("mlp_input", data.low_rows["mlp_input"][:0])
+    harmless = data.harmless_rows.get("mlp_input", data.low_rows["mlp_input"][:0])
     quiet = settings.reference_quiet and mode == "refuse"
     probes = [settings.gate] if settings.gate is not None else ridge_probes(data, settings, harmless, quiet)
     detectors = torch.stack(probes)  # [n, d]
     step = settings.response == "step"
     bias = (
-        bias_direction(data.safe_gram["mlp_input"], data.safe_sums["mlp_input"], data.safe_tokens)
+        bias_direction(data.harmless_gram["mlp_input"], data.harmless_sums["mlp_input"], data.harmless_tokens)
         if step
         else None
     )
@@ -169,7 +169,7 @@ def detector_candidate(
     slices = {p: family.neuron_slice(layer, p, d_ff) for p in ("gate", "up", "down")}
     weights = {name: checkpoint.load_tensor(name) for name in {s.tensor for s in slices.values()}}
     energy = harmless_output_energy(
-        data.safe_squares["neurons"], slices["down"].read(weights[slices["down"].tensor], torch.arange(d_ff))
+        data.harmless_squares["neurons"], slices["down"].read(weights[slices["down"].tensor], torch.arange(d_ff))
     )
     if avoid is not None and avoid.numel():
         energy = energy.clone()
@@ -239,7 +239,7 @@ def ridge_probes(
     data: LayerData, settings: DetectorSettings, harmless: torch.Tensor, quiet: bool
 ) -> list[torch.Tensor]:
     """The ridge probe of each probe group (``probe_groups``), fitted in closed form (``fit_detector``)."""
-    sums, gram = data.safe_sums["mlp_input"], data.safe_gram["mlp_input"]
+    sums, gram = data.harmless_sums["mlp_input"], data.harmless_gram["mlp_input"]
     reference = data.ref_rows["mlp_input"]
     probes = []
     for mask in probe_groups(data, settings.per_language):
@@ -249,7 +249,7 @@ def ridge_probes(
         if quiet:
             negative = torch.cat([negative, reference])
         probes.append(
-            fit_detector(positive, negative, gram, sums, data.safe_tokens, settings.margin, settings.lam)
+            fit_detector(positive, negative, gram, sums, data.harmless_tokens, settings.margin, settings.lam)
         )
     return probes
 
@@ -296,7 +296,7 @@ def probes_positive_count(data: LayerData, harmless: torch.Tensor, mode: Detecto
 
 def _keys(d: LayerData, mode: DetectorMode) -> torch.Tensor:
     """The MLP-input rows the neurons should fire on: low-resource harmful (refuse) or harmless (release)."""
-    return d.low_rows["mlp_input"] if mode == "refuse" else d.safe_rows["mlp_input"]
+    return d.low_rows["mlp_input"] if mode == "refuse" else d.harmless_rows["mlp_input"]
 
 
 def _wanted(
@@ -304,7 +304,7 @@ def _wanted(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Probe scores [rows, n] and wanted shifts [rows] of the rows the neurons should fire on (release: ≤ 0)."""
     keys = _keys(d, mode)
-    residual = d.low_rows["residual"] if mode == "refuse" else d.safe_rows["residual"]
+    residual = d.low_rows["residual"] if mode == "refuse" else d.harmless_rows["residual"]
     gap = level - residual.to(F64) @ direction
     gap = gap.clamp(min=0) if mode == "refuse" else gap.clamp(max=0)
     return keys.to(F64) @ detectors.T, gain * gap
@@ -351,7 +351,7 @@ def _detector_diagnostics(
     dev = data.dev
     if dev is not None and dev.low_rows["mlp_input"].shape[0]:
         diagnostics["fires_harmful_dev"] = fires(dev.low_rows["mlp_input"])
-        dev_tail = dev.safe_rows.get("mlp_input")
+        dev_tail = dev.harmless_rows.get("mlp_input")
         if dev_tail is not None and dev_tail.shape[0]:
             diagnostics["fires_harmless_tail_dev"] = fires(dev_tail)
     return diagnostics

@@ -143,11 +143,13 @@ def output_candidate(
         keys = d.low_rows["neurons"][low_idx].to(F64)
         projection = d.low_rows["residual"][low_idx].to(F64) @ direction
         shift = (share * gain * (level - projection)).clamp(min=0)
-        return EditProblem(keys, shift[:, None] * direction[None, :], data.safe_gram["neurons"], data.safe_tokens)
+        return EditProblem(
+            keys, shift[:, None] * direction[None, :], data.harmless_gram["neurons"], data.harmless_tokens
+        )
 
     train = problem(data)
     harmful = train.keys.shape[0]
-    fitted = with_unshifted(train, data.safe_rows.get("neurons"), tail_weight, harmful)
+    fitted = with_unshifted(train, data.harmless_rows.get("neurons"), tail_weight, harmful)
     solution = solve(with_unshifted(fitted, data.ref_rows.get("neurons"), reference_weight, harmful), settings)
     edit = SliceEdit(
         layer=layer,
@@ -166,12 +168,12 @@ def output_candidate(
     if data.dev is not None and data.dev.low_rows["neurons"].shape[0]:
         dev = problem(data.dev)
         diagnostics["fit_dev"] = fit_ratio(dev.keys, dev.targets, delta)
-        diagnostics["leak_dev"] = leak_ratio(data.dev.safe_gram["neurons"], delta, w_s)
-        tail_ratio = shift_ratio(data.dev.safe_rows.get("neurons"), dev, delta, direction)
+        diagnostics["leak_dev"] = leak_ratio(data.dev.harmless_gram["neurons"], delta, w_s)
+        tail_ratio = shift_ratio(data.dev.harmless_rows.get("neurons"), dev, delta, direction)
         if tail_ratio is not None:
             diagnostics["harmless_tail_ratio_dev"] = tail_ratio
     for name, rows in (
-        ("harmless_tail", data.safe_rows.get("neurons")),
+        ("harmless_tail", data.harmless_rows.get("neurons")),
         ("reference", data.ref_rows.get("neurons")),
     ):
         ratio = shift_ratio(rows, train, delta, direction)

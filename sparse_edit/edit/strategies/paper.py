@@ -76,7 +76,9 @@ def paper_candidate(
 
     def problem(d: LayerData) -> EditProblem:
         keys, targets = target_points(d, "mlp_input")
-        return EditProblem(keys, share * (targets - keys) @ w_s, data.safe_gram["mlp_input"], data.safe_tokens)
+        return EditProblem(
+            keys, share * (targets - keys) @ w_s, data.harmless_gram["mlp_input"], data.harmless_tokens
+        )
 
     train = problem(data)
     solution = solve(train, settings)
@@ -100,7 +102,7 @@ def paper_candidate(
     if data.dev is not None and data.dev.low_rows["mlp_input"].shape[0]:
         dev = problem(data.dev)
         diagnostics["fit_dev"] = fit_ratio(dev.keys, dev.targets, delta)
-        diagnostics["leak_dev"] = leak_ratio(data.dev.safe_gram["mlp_input"], delta, w_s)
+        diagnostics["leak_dev"] = leak_ratio(data.dev.harmless_gram["mlp_input"], delta, w_s)
     return edits, diagnostics
 
 
