@@ -52,15 +52,8 @@ def gated(tmp_path_factory) -> Path:
         "--detector-reference",
         "fire",
     )
-    run_cli(
-        *apply_args(root / "art.safetensors", root / "edited-step"),
-        "--strategy",
-        "detector",
-        "--detector-gate",
-        gate,
-        "--detector-response",
-        "step",
-    )
+    step = ["--strategy", "detector", "--detector-gate", str(gate), "--detector-response", "step"]
+    run_cli(*apply_args(root / "art.safetensors", root / "edited-step", *step))
     return root
 
 
@@ -135,6 +128,61 @@ def test_a_step_pair_fires_where_the_gate_does_and_pushes_every_firing_prompt_al
     assert len(past) and len(below)
     assert float(past.std() / past.mean()) < 0.05
     assert float(below.abs().max()) < 0.1 * float(past.mean())
+
+
+def test_gates_at_two_layers_are_written_in_one_edit_each_at_its_layer(gated):
+    # A second gate, at layer 2, from the cache the first run wrote (its prompts; a layer-2 pass is made).
+    common = [
+        "--model",
+        gated / "base",
+        "--harmful",
+        gated / "harmful.jsonl",
+        "--harmless",
+        gated / "harmless.jsonl",
+    ]
+    run_cli(
+        "gates",
+        *common,
+        "--layers",
+        "2",
+        "--folds",
+        "4",
+        "--max-firing",
+        "0.1",
+        "--no-heatmap",
+        "--device",
+        "cpu",
+        "-q",
+        "-o",
+        gated / "gates-2",
+    )
+    gates = [gated / "gates" / "gate.safetensors", gated / "gates-2" / "gate.safetensors"]
+    out = gated / "edited-two"
+    extra = ["--layer", "1,2", "--strategy", "detector", "--detector-gate", *map(str, gates)]
+    run_cli(*apply_args(gated / "art.safetensors", out, *extra, "--detector-response", "step"))
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["strategy"] == "detector"
+    assert [row["layer"] for row in manifest["diagnostics"]["per_layer"]] == [1, 2]
+    assert "ok" in run_cli("verify", gated / "base", out, "--skip-forward").output
+    for path in gates:
+        gate = Gate.load(path)
+        layer = gate.settings.layer
+        cache = FeatureCache.load(path.parent / "features-anchor.safetensors")
+        x = cache.rows(layer)
+        assert agreement_on_states(gate, written_gate_row(out, layer), x, x).share >= 0.99
+    # The layers must be exactly the gates' layers.
+    refused(
+        gated,
+        *APPLY_GATE,
+        *map(str, gates),
+        "--layer",
+        "1",
+        "--device",
+        "cpu",
+        "-o",
+        "out",
+        mentions=("pass --layer 1,2",),
+    )
 
 
 def test_tune_confirms_screened_gates_on_replies_and_reports_the_prediction_beside_them(gated, tmp_path):

@@ -105,16 +105,19 @@ def check_settings(options: ApplyOptions, artifact: LocateArtifact) -> None:
 
 
 def check_gate(options: ApplyOptions, sets: list[tuple[int, ...]]) -> None:
-    """A --detector-gate reads one layer: the edit must be at that layer, one detector neuron, refuse mode."""
+    """Each --detector-gate reads one layer: the edit must be at exactly the gates' layers, one each, with one
+    detector neuron in refuse mode."""
     from sparse_edit.gates.gate import Gate
 
     assert options.detector_gate is not None
-    gate = Gate.load(options.detector_gate)
-    flag = f"--detector-gate {options.detector_gate}"
-    if any(layers != (gate.settings.layer,) for layers in sets):
-        raise SparseEditError(
-            f"{flag}: the gate reads layer {gate.settings.layer}; pass --layer {gate.settings.layer}"
-        )
+    flag = "--detector-gate " + " ".join(map(str, options.detector_gate))
+    layers = [Gate.load(path).settings.layer for path in options.detector_gate]
+    if len(set(layers)) < len(layers):
+        raise SparseEditError(f"{flag}: two gates read the same layer; give one gate per layer")
+    wanted = tuple(sorted(layers))
+    if any(tuple(sorted(edited)) != wanted for edited in sets):
+        named = ",".join(map(str, wanted))
+        raise SparseEditError(f"{flag}: the gates read layer(s) {named}; pass --layer {named}")
     if options.detector_neurons != "one" or options.detector_mode != "refuse":
         raise SparseEditError(
             f"{flag}: a gate is one neuron in refuse mode; drop --detector-neurons/--detector-mode"
@@ -122,19 +125,19 @@ def check_gate(options: ApplyOptions, sets: list[tuple[int, ...]]) -> None:
 
 
 def check_gate_model(options: ApplyOptions, checkpoint: Checkpoint) -> None:
-    """A --detector-gate must have been fitted on this model's states (same weights layout and width)."""
+    """Every --detector-gate must have been fitted on this model's states (same weights layout and width)."""
     from sparse_edit.gates.gate import Gate
 
-    if options.detector_gate is None:
-        return
-    gate = Gate.load(options.detector_gate)
-    flag = f"--detector-gate {options.detector_gate}"
-    if gate.model_fingerprint != checkpoint.fingerprint():
-        raise SparseEditError(f"{flag}: fitted on another model's states; run sparse-edit gates on --model")
-    if gate.direction.shape[0] != checkpoint.dims.hidden_size:
-        raise SparseEditError(
-            f"{flag}: a gate of width {gate.direction.shape[0]}; the model's states have {checkpoint.dims.hidden_size}"
-        )
+    for path in options.detector_gate or []:
+        gate = Gate.load(path)
+        flag = f"--detector-gate {path}"
+        if gate.model_fingerprint != checkpoint.fingerprint():
+            raise SparseEditError(f"{flag}: fitted on another model's states; run sparse-edit gates on --model")
+        if gate.direction.shape[0] != checkpoint.dims.hidden_size:
+            raise SparseEditError(
+                f"{flag}: a gate of width {gate.direction.shape[0]}; the model's states have "
+                f"{checkpoint.dims.hidden_size}"
+            )
 
 
 def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, low_langs: list[str]) -> Plan:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sparse_edit.options.base import Options
 from sparse_edit.options.roles import READ, TEXT
@@ -150,12 +150,19 @@ class DetectorOptions(RidgeOptions, GainOptions):
         "on the reference language of either class and the reference behaviour, the one the edit copies, does "
         "not move).",
     )
-    detector_gate: Annotated[Path | None, READ] = Field(
+    detector_gate: Annotated[list[Path] | None, READ] = Field(
         None,
-        description="detector strategy: a gate written by sparse-edit gates (gate.safetensors): the neuron computes "
-        "that gate (a classifier probe whose per-language thresholds are read from the state) instead of "
-        "fitting a ridge probe; --layer must be the gate's layer, refuse mode, one neuron.",
+        description="detector strategy: gates written by sparse-edit gates (gate.safetensors), one per edited layer: "
+        "the neuron at each layer computes that layer's gate (a classifier probe whose per-language thresholds are "
+        "read from the state) instead of fitting a ridge probe; --layer must name exactly the gates' layers "
+        "(--layer 12,20 with a gate of each), refuse mode, one neuron (pair) per layer.",
     )
+
+    @field_validator("detector_gate", mode="before")
+    @classmethod
+    def _one_gate_is_a_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str | Path) else value
+
     detector_response: DetectorResponse = Field(
         "square",
         description="detector strategy: square (one neuron, gate and up rows the detector, its push grows as the "

@@ -85,7 +85,7 @@ class DetectorStrategy(Strategy):
                 own.detector_mode,
                 own.detector_neurons == "per-language",
                 own.detector_reference == "quiet",
-                _gate_direction(job.options),
+                _gate_direction(job.options, job.layer),
                 own.detector_response,
                 own.detector_ramp,
             ),
@@ -108,14 +108,13 @@ class DetectorSettings:
     ramp: float = 0.25  # step: the score at which the push reaches its full height
 
 
-def _gate(options: ApplyOptions) -> Gate | None:
-    path = DetectorOptions.of(options).detector_gate
-    return Gate.load(path) if path is not None else None
-
-
-def _gate_direction(options: ApplyOptions) -> torch.Tensor | None:
-    gate = _gate(options)
-    return torch.from_numpy(gate.direction).to(F64) if gate is not None else None
+def _gate_direction(options: ApplyOptions, layer: int) -> torch.Tensor | None:
+    """The direction of the --detector-gate that reads ``layer`` (plan.check_gate made sure there is one)."""
+    paths = DetectorOptions.of(options).detector_gate
+    if not paths:
+        return None
+    gate = next(gate for gate in map(Gate.load, paths) if gate.settings.layer == layer)
+    return torch.from_numpy(gate.direction).to(F64)
 
 
 def detector_activation(checkpoint: Checkpoint) -> Activation:
