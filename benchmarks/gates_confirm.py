@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from runner import ROOT, read_replies, save
 
 import sparse_edit as se
@@ -31,11 +32,35 @@ def _ranges(text: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in (part.split("-") for part in text.split(","))]
 
 
+def _agreement(args: argparse.Namespace, gate: se.Gate, path: Path, cache: se.FeatureCache) -> dict[str, Any]:
+    """Where the edited model's written gate row fires against ``gate``: on the cached states (``--states-only``)
+    or running the edited model."""
+    if args.states_only:
+        agreement = se.gate_agreement_on_cache(args.edited, gate, cache)
+    else:
+        agreement = se.gate_agreement(
+            args.edited, path, args.gates / "features-test.safetensors", dtype=args.dtype
+        )
+    return {
+        "share": agreement.share,
+        "prompts": agreement.prompts,
+        "written_fires": agreement.written_fires,
+        "gate_fires": agreement.gate_fires,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gates", type=Path, default=ROOT / "runs" / "gates")
     parser.add_argument("--report", type=Path, default=ROOT / "runs" / "gates-eval")
-    parser.add_argument("--gate", type=Path, default=None, help="default: GATES/gate.safetensors")
+    parser.add_argument(
+        "--gate",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="default: GATES/gate.safetensors; several (gates at several layers, all in GATES's test cache): the "
+        "prediction is where any of them fires",
+    )
     parser.add_argument("--reference", default="en")
     parser.add_argument("--id-ranges", default="20-59,60-99", help="harmful id ranges reported apart")
     parser.add_argument("--name", default="gates-confirm")
@@ -50,9 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         "pass; exact where the edited layer's MLP input is the base model's, as for a one-layer edit)",
     )
     args = parser.parse_args(argv)
-    gate = se.Gate.load(args.gate or args.gates / "gate.safetensors")
+    gate_paths = args.gate or [args.gates / "gate.safetensors"]
+    gates = [se.Gate.load(path) for path in gate_paths]
     cache = se.FeatureCache.load(args.gates / "features-test.safetensors")
-    fires = gate.fires(cache.rows(gate.settings.layer))
+    fires = np.any([gate.fires(cache.rows(gate.settings.layer)) for gate in gates], axis=0)
     fired = {(p.label, p.lang, p.id): bool(f) for p, f in zip(cache.prompts, fires, strict=True)}
     group = {(p.label, p.lang, p.id): p.group for p in cache.prompts}
     verdicts: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
@@ -104,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     base_refused = [k for k in joined if k[0] == "harmful" and joined[k]["base"] == REFUSAL]
     payload = {
         "command": "python benchmarks/gates_confirm.py " + " ".join(argv or []),
-        "gate": gate.settings.label(),
+        "gate": " | ".join(gate.settings.label() for gate in gates),
         "prompts_joined": len(joined),
         "harmful_non_reference": harmful,
         "attack_success_by_ids": cuts,
@@ -115,26 +141,10 @@ def main(argv: list[str] | None = None) -> None:
         - (share([joined[k]["base"] == REFUSAL for k in english]) or 0.0),
         "newly_answered_share": share([joined[k]["edited"] != REFUSAL for k in base_refused]),
     }
-    if args.edited is not None and args.states_only:
-        agreement = se.gate_agreement_on_cache(args.edited, gate, cache)
-        payload["agreement_on_cached_states"] = {
-            "share": agreement.share,
-            "prompts": agreement.prompts,
-            "written_fires": agreement.written_fires,
-            "gate_fires": agreement.gate_fires,
-        }
-    elif args.edited is not None:
-        agreement = se.gate_agreement(
-            args.edited,
-            args.gate or args.gates / "gate.safetensors",
-            args.gates / "features-test.safetensors",
-            dtype=args.dtype,
-        )
-        payload["agreement"] = {
-            "share": agreement.share,
-            "prompts": agreement.prompts,
-            "written_fires": agreement.written_fires,
-            "gate_fires": agreement.gate_fires,
+    if args.edited is not None:
+        payload["agreement_on_cached_states" if args.states_only else "agreement"] = {
+            gate.settings.label(): _agreement(args, gate, path, cache)
+            for gate, path in zip(gates, gate_paths, strict=True)
         }
     path = save(args.name, payload)
     print(json.dumps(payload, indent=2))
