@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from typer.testing import CliRunner
 
@@ -59,7 +61,7 @@ def test_a_strategy_table_sets_that_strategys_settings(tmp_path, model):
 def test_a_strategy_table_holding_another_setting_or_a_second_value_is_one_line(tmp_path, text, mentions):
     config = tmp_path / "apply.toml"
     config.write_text(text)
-    with pytest.raises(SparseEditError, match=mentions.replace("[", r"\[").replace("]", r"\]")) as caught:
+    with pytest.raises(SparseEditError, match=re.escape(mentions)) as caught:
         load_options(ApplyOptions, config, REQUIRED)
     assert "\n" not in str(caught.value) and str(config) in str(caught.value)
 
