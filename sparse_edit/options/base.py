@@ -57,9 +57,7 @@ def read_config(config_file: Path | None) -> dict[str, Any]:
 
 def declaring_class(model: type[Options], name: str) -> type[Options]:
     """The class of ``model``'s bases that declares the field ``name`` (the first in method resolution order)."""
-    return next(
-        cls for cls in model.__mro__ if issubclass(cls, Options) and name in inspect.get_annotations(cls)
-    )
+    return next(cls for cls in model.__mro__ if issubclass(cls, Options) and name in inspect.get_annotations(cls))
 
 
 def panel_of(model: type[Options], name: str) -> str | None:
