@@ -205,8 +205,7 @@ def evaluate(
     Replies are journaled beside ``output`` while they come in, so a rerun with the same settings resumes.
     """
     from sparse_edit.evaluation.gates import check_gates
-    from sparse_edit.evaluation.report import finite, write_report
-    from sparse_edit.evaluation.report_schema import EvalReport
+    from sparse_edit.evaluation.report import write_report
     from sparse_edit.evaluation.run import run_eval
     from sparse_edit.io.claims import claimed_output
     from sparse_edit.io.inputs import command_inputs
@@ -220,10 +219,10 @@ def evaluate(
     with claimed_output(options.output, "eval", command_inputs(options, config), options.overwrite):
         report = _reporter(reporter)
         result = run_eval(options, report, journal_folder=options.output, gates=gates)
-        write_report(result, options.output, options.overwrite, options.artifact, report)
+        written = write_report(result, options.output, options.overwrite, options.artifact, report)
         if result.journal is not None:
             result.journal.finish()  # the report holds every reply now
-    return EvalReport.model_validate(finite(result.report))  # what report.json holds
+    return written
 
 
 def gates_options(config: Path | None = None, **settings: Any) -> GateOptions:

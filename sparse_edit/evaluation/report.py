@@ -244,12 +244,13 @@ def charts(report: dict[str, Any], folder: Path, artifact_summary: dict[str, Any
 
 def write_report(
     result: EvalResult, folder: Path, overwrite: bool, artifact: Path | None, reporter: Reporter
-) -> None:
+) -> EvalReport:
+    """Write the report folder; returns the report as written (validated against its schema)."""
     from sparse_edit.neurons.artifact import LocateArtifact
 
     artifact_summary = LocateArtifact.load(artifact).summary() if artifact is not None else None
     report = finite(result.report)
-    EvalReport.model_validate(report)  # a report that breaks its own schema is a bug, not a result
+    validated = EvalReport.model_validate(report)  # a report that breaks its own schema is a bug, not a result
     with staged_folder(folder, overwrite, "eval") as staging:
         (staging / REPORT_JSON).write_text(
             json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -261,3 +262,4 @@ def write_report(
         written = charts(report, staging, artifact_summary)
         if not written:
             reporter.warn("matplotlib is not installed; charts skipped (pip install 'sparse-edit[plot]')")
+    return validated
