@@ -104,20 +104,11 @@ def locate(
 
     ``options`` (built by ``locate_options``) replaces ``config`` and ``settings``.
     """
-    from sparse_edit.io.claims import claimed_output
-    from sparse_edit.io.destination import check_output
-    from sparse_edit.io.inputs import command_inputs
-    from sparse_edit.neurons.locate import run_locate
+    from sparse_edit.neurons.locate import locate_steps
+    from sparse_edit.runner import run_command
 
     options = options or locate_options(config, **settings)
-    if options.output is None:
-        return run_locate(options, _reporter(reporter))
-    inputs = command_inputs(options, config)
-    with claimed_output(options.output, "locate", inputs, options.overwrite):
-        artifact = run_locate(options, _reporter(reporter))
-        check_output(options.output, "locate", inputs, options.overwrite)  # nothing appeared meanwhile
-        artifact.save(options.output)
-    return artifact
+    return run_command(locate_steps(), options, _reporter(reporter), config)
 
 
 def apply_edit(
@@ -129,11 +120,11 @@ def apply_edit(
 ) -> Manifest:
     """Compute the closed-form edit from a locate artifact (a ``LocateArtifact`` or its path) and write the
     edited checkpoint to ``output``; returns its manifest."""
-    from sparse_edit.edit.manifest_schema import Manifest
-    from sparse_edit.edit.run import run_apply
+    from sparse_edit.edit.run import apply_steps
+    from sparse_edit.runner import run_command
 
     options = options or apply_options(config, **settings)
-    return Manifest.model_validate(run_apply(options, _reporter(reporter), config).manifest)
+    return run_command(apply_steps(), options, _reporter(reporter), config)
 
 
 def tune(
@@ -148,10 +139,11 @@ def tune(
 
     The study is journaled beside ``output`` while it runs, so a rerun with the same settings resumes.
     """
-    from sparse_edit.tuning.study import run_tune
+    from sparse_edit.runner import run_command
+    from sparse_edit.tuning.study import tune_steps
 
     options = options or tune_options(config, **settings)
-    return run_tune(options, _reporter(reporter), config)
+    return run_command(tune_steps(), options, _reporter(reporter), config)
 
 
 def model_folder(model: str | Path) -> Path:
@@ -204,25 +196,11 @@ def evaluate(
 
     Replies are journaled beside ``output`` while they come in, so a rerun with the same settings resumes.
     """
-    from sparse_edit.evaluation.gates import check_gates
-    from sparse_edit.evaluation.report import write_report
-    from sparse_edit.evaluation.run import run_eval
-    from sparse_edit.io.claims import claimed_output
-    from sparse_edit.io.inputs import command_inputs
-    from sparse_edit.neurons.artifact import LocateArtifact
+    from sparse_edit.evaluation.report import eval_steps
+    from sparse_edit.runner import run_command
 
     options = options or eval_options(config, **settings)
-    gates = check_gates(options.fail_if, has_base=options.base is not None)  # a gate typo fails before any work
-    if options.artifact is not None:
-        LocateArtifact.load(options.artifact)  # a damaged artifact fails now, not after generation
-    # One run per report folder (and so per journal) at a time.
-    with claimed_output(options.output, "eval", command_inputs(options, config), options.overwrite):
-        report = _reporter(reporter)
-        result = run_eval(options, report, journal_folder=options.output, gates=gates)
-        written = write_report(result, options.output, options.overwrite, options.artifact, report)
-        if result.journal is not None:
-            result.journal.finish()  # the report holds every reply now
-    return written
+    return run_command(eval_steps(), options, _reporter(reporter), config)
 
 
 def gates_options(config: Path | None = None, **settings: Any) -> GateOptions:
@@ -238,10 +216,11 @@ def gates(
 ) -> GatesResult:
     """Cache the states a gate reads (one forward pass per prompt), screen gate candidates on them, report
     what a gate can do per layer and language, and write the chosen gate (for apply --detector-gate)."""
-    from sparse_edit.gates.run import run_gates
+    from sparse_edit.gates.run import gates_steps
+    from sparse_edit.runner import run_command
 
     options = options or gates_options(config, **settings)
-    return run_gates(options, _reporter(reporter), config)
+    return run_command(gates_steps(), options, _reporter(reporter), config)
 
 
 def screen_gates(

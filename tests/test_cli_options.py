@@ -20,11 +20,11 @@ def _apply_options(monkeypatch, tmp_path, *flags: str):
     )
     seen = []
 
-    def capture(options, reporter, config=None):
+    def capture(options, checked, reporter):
         seen.append(options)
         raise SparseEditError("stop")
 
-    monkeypatch.setattr(sparse_edit.edit.run, "run_apply", capture)
+    monkeypatch.setattr(sparse_edit.edit.run, "solve_edit", capture)
     monkeypatch.setattr(
         sparse_edit.neurons.artifact, "read_artifact_metadata", lambda path, flag: {"settings": {}}
     )

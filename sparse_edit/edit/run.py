@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,35 +17,43 @@ from sparse_edit.edit.dev_choice import choose, format_table, measure_candidates
 from sparse_edit.edit.estimate import count_work, describe, time_first_batch
 from sparse_edit.edit.gguf_output import check_gguf_source, is_gguf, write_gguf_edit
 from sparse_edit.edit.manifest import build_manifest, checked, model_card
+from sparse_edit.edit.manifest_schema import Manifest
 from sparse_edit.edit.plan import Plan, check_gate_model, check_settings, make_plan, rank_by_attribution
 from sparse_edit.errors import SparseEditError
 from sparse_edit.io.checkpoint import Checkpoint
-from sparse_edit.io.claims import claimed_output
-from sparse_edit.io.inputs import command_inputs
 from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, MODEL_CARD_FILE
 from sparse_edit.io.writer import write_checkpoint
 from sparse_edit.model.loading import LoadedModel, load_model
 from sparse_edit.neurons.artifact import LocateArtifact
 from sparse_edit.options import ApplyOptions
+from sparse_edit.runner import Steps
 
 
 @dataclass
-class EditResult:
-    manifest: dict[str, Any]
+class SolvedEdit:
+    """What apply's work leaves for its write: the candidates solved and measured, and the one chosen."""
+
+    checkpoint: Checkpoint
+    candidates: list[Candidate]
     chosen: Candidate
+    anchor_counts: dict[str, int]
+    low_langs: list[str]
 
 
-def run_apply(options: ApplyOptions, reporter: Reporter, config: Path | None = None) -> EditResult:
-    """Plan, solve and choose an edit on the dev split, then write the edited checkpoint.
-
-    ``config`` is the TOML file the options came from, if any: an input the output may not touch.
-    """
-    check_gguf_source(options.model, options.output)  # known now, not after the solve
-    with claimed_output(options.output, "apply", command_inputs(options, config), options.overwrite):
-        return _run_apply(options, reporter)
+def check_apply(options: ApplyOptions) -> None:
+    """What apply can refuse before any work (the settings themselves were validated with the options)."""
+    check_gguf_source(options.model, options.output)
 
 
-def _run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
+def run_apply(options: ApplyOptions, reporter: Reporter) -> dict[str, Any]:
+    """Check, solve and write without claiming ``options.output``: for a caller that owns the destination
+    already (tune writes its chosen edit inside its own staged folder). Returns the manifest."""
+    check_apply(options)
+    return write_solved(options, solve_edit(options, None, reporter), reporter)
+
+
+def solve_edit(options: ApplyOptions, _checked: None, reporter: Reporter) -> SolvedEdit:
+    """Plan, solve the candidates and choose one on the dev split (apply's work; nothing written)."""
     inputs = load_edit_inputs(options, reporter)
     artifact, loaded, low_langs = inputs.artifact, inputs.loaded, inputs.low_langs
     checkpoint = loaded.checkpoint
@@ -66,8 +73,29 @@ def _run_apply(options: ApplyOptions, reporter: Reporter) -> EditResult:
         measure_candidates(loaded, candidates, anchors, stored_dtypes, options, reporter)
     chosen = choose(candidates, options.kl_budget, reporter) if len(candidates) > 1 else candidates[0]
     reporter.info(format_table(candidates, chosen))
-    manifest = write_edit(options, checkpoint, candidates, chosen, anchors.counts(), low_langs, reporter)
-    return EditResult(manifest, chosen)
+    return SolvedEdit(checkpoint, candidates, chosen, anchors.counts(), low_langs)
+
+
+def apply_steps() -> Steps[ApplyOptions, None, SolvedEdit, Manifest]:
+    """apply's steps for ``run_command``: the result is the manifest written, as its model."""
+
+    def write(options: ApplyOptions, solved: SolvedEdit, reporter: Reporter) -> Manifest:
+        return Manifest.model_validate(write_solved(options, solved, reporter))
+
+    return Steps("apply", check_apply, solve_edit, write)
+
+
+def write_solved(options: ApplyOptions, solved: SolvedEdit, reporter: Reporter) -> dict[str, Any]:
+    """Apply's write: the chosen edit, staged; returns the manifest written."""
+    return write_edit(
+        options,
+        solved.checkpoint,
+        solved.candidates,
+        solved.chosen,
+        solved.anchor_counts,
+        solved.low_langs,
+        reporter,
+    )
 
 
 @dataclass

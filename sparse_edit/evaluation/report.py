@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from sparse_edit.console import Reporter
+from sparse_edit.evaluation.gates import Gate, check_gates
 from sparse_edit.evaluation.report_schema import EvalReport
-from sparse_edit.evaluation.run import EvalResult
+from sparse_edit.evaluation.run import EvalResult, run_eval
 from sparse_edit.io.layout import REPLIES_FILE, REPORT_JSON, REPORT_MARKDOWN
 from sparse_edit.io.staging import staged_folder
+from sparse_edit.options import EvalOptions
+from sparse_edit.runner import Steps
 
 
 def finite(payload: Any) -> Any:
@@ -263,3 +266,27 @@ def write_report(
         if not written:
             reporter.warn("matplotlib is not installed; charts skipped (pip install 'sparse-edit[plot]')")
     return validated
+
+
+def eval_steps() -> Steps[EvalOptions, list[Gate], EvalResult, EvalReport]:
+    """eval's steps for ``run_command``: the ``fail_if`` gates and the artifact are checked before any reply
+    is generated; the result is the report written, as its model."""
+
+    def check(options: EvalOptions) -> list[Gate]:
+        from sparse_edit.neurons.artifact import LocateArtifact
+
+        gates = check_gates(options.fail_if, has_base=options.base is not None)  # a gate typo fails now
+        if options.artifact is not None:
+            LocateArtifact.load(options.artifact)  # a damaged artifact fails now, not after generation
+        return gates
+
+    def work(options: EvalOptions, gates: list[Gate], reporter: Reporter) -> EvalResult:
+        return run_eval(options, reporter, journal_folder=options.output, gates=gates)
+
+    def write(options: EvalOptions, result: EvalResult, reporter: Reporter) -> EvalReport:
+        written = write_report(result, options.output, options.overwrite, options.artifact, reporter)
+        if result.journal is not None:
+            result.journal.finish()  # the report holds every reply now
+        return written
+
+    return Steps("eval", check, work, write)

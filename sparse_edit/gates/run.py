@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import Prompt
 from sparse_edit.errors import SparseEditError
 from sparse_edit.gates.cache import FeatureCache, collect_cache
-from sparse_edit.gates.gate import Gate, figures
+from sparse_edit.gates.gate import FoldFits, Gate, figures
+from sparse_edit.gates.probes import ProbeForm
 from sparse_edit.gates.report import markdown, write_heatmap
 from sparse_edit.gates.screen import (
     Candidate,
@@ -24,10 +24,9 @@ from sparse_edit.gates.screen import (
     limiting_sources,
     screen,
 )
-from sparse_edit.io.claims import claimed_output
-from sparse_edit.io.inputs import command_inputs
 from sparse_edit.io.staging import staged_folder
 from sparse_edit.options.gates import GateOptions
+from sparse_edit.runner import Steps
 from sparse_edit.version import __version__
 
 ANCHOR_FEATURES = "features-anchor.safetensors"
@@ -42,57 +41,79 @@ class GatesResult:
     gate: Gate | None
 
 
-def run_gates(options: GateOptions, reporter: Reporter, config: Path | None = None) -> GatesResult:
-    with claimed_output(options.output, "gates", command_inputs(options, config), options.overwrite):
-        stored_anchors, test = caches(options, reporter)
-        anchors = stored_anchors.with_token_rows()
-        layers = tuple(options.layers or anchors.layers)
-        missing = [layer for layer in layers if layer not in anchors.layers]
-        if missing:
-            raise SparseEditError(
-                f"--layers {missing}: not in the anchor feature cache (it holds {list(anchors.layers)})"
-            )
-        grid = ScreenGrid(layers=layers, forms=tuple(options.probe))
-        reporter.info(
-            f"gates: screening {grid.size()} candidates on {len(stored_anchors)} cached anchor prompts and "
-            f"{len(anchors) - len(stored_anchors)} earlier-token rows"
+@dataclass
+class Screened:
+    """What the gates work leaves for its write: the caches, the candidates and their fold fits, the report."""
+
+    stored_anchors: FeatureCache
+    anchors: FeatureCache  # with the earlier-token rows, if any
+    test: FeatureCache | None
+    candidates: list[Candidate]
+    fits: dict[tuple[int, ProbeForm], FoldFits]
+    result: GatesResult
+
+
+def gates_steps() -> Steps[GateOptions, None, Screened, GatesResult]:
+    """gates' steps for ``run_command``."""
+    return Steps("gates", lambda options: None, cache_and_screen, write_gates)
+
+
+def cache_and_screen(options: GateOptions, _checked: None, reporter: Reporter) -> Screened:
+    """Cache the states (or read the caches given), screen the candidates, build the report."""
+    stored_anchors, test = caches(options, reporter)
+    anchors = stored_anchors.with_token_rows()
+    layers = tuple(options.layers or anchors.layers)
+    missing = [layer for layer in layers if layer not in anchors.layers]
+    if missing:
+        raise SparseEditError(
+            f"--layers {missing}: not in the anchor feature cache (it holds {list(anchors.layers)})"
         )
-        candidates, fits, seconds = screen(anchors, grid, options.folds, reporter)
-        chosen = choose(candidates, options.max_firing)
-        gate = chosen_gate(anchors, chosen, fits) if chosen is not None else None
-        payload = {
-            "kind": "sparse-edit/gates",
-            "schema_version": 1,
-            "tool_version": __version__,
-            "python": platform.python_version(),
-            "settings": options.model_dump(mode="json", exclude={"output", "overwrite"}),
-            "anchors": stored_anchors.describe(),
-            "test": test.describe() if test is not None else None,
-            "screen": {"candidates": len(candidates), "seconds": seconds},
-            "ceiling": ceiling(anchors, candidates, fits, options.max_firing, test, options.reference_lang),
-            "front": [c.as_dict() for c in front(candidates)],
-            "chosen": _chosen(chosen, gate, test),
-            "limiting": limiting_sources(anchors, chosen, fits) if chosen is not None else None,
-        }
-        if chosen is None:
-            reporter.warn(
-                f"no gate keeps every harmless anchor source at or under --max-firing {options.max_firing}"
-            )
-        with staged_folder(options.output, options.overwrite, "gates") as staging:
-            stored_anchors.save(staging / ANCHOR_FEATURES)
-            if test is not None:
-                test.save(staging / TEST_FEATURES)
-            if gate is not None:
-                gate.save(staging / GATE_FILE)
-            for index, candidate in front_within(candidates, options.max_firing, options.front_gates):
-                (staging / FRONT_DIR).mkdir(exist_ok=True)
-                chosen_gate(anchors, candidate, fits).save(staging / FRONT_DIR / f"gate-{index}.safetensors")
-            (staging / "ceiling.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-            (staging / "screen.json").write_text(json.dumps([c.as_dict() for c in candidates]) + "\n")
-            (staging / "ceiling.md").write_text(markdown(payload), encoding="utf-8")
-            if options.heatmap:
-                write_heatmap(payload, staging / "ceiling.png")
-    return GatesResult(payload, gate)
+    grid = ScreenGrid(layers=layers, forms=tuple(options.probe))
+    reporter.info(
+        f"gates: screening {grid.size()} candidates on {len(stored_anchors)} cached anchor prompts and "
+        f"{len(anchors) - len(stored_anchors)} earlier-token rows"
+    )
+    candidates, fits, seconds = screen(anchors, grid, options.folds, reporter)
+    chosen = choose(candidates, options.max_firing)
+    gate = chosen_gate(anchors, chosen, fits) if chosen is not None else None
+    payload = {
+        "kind": "sparse-edit/gates",
+        "schema_version": 1,
+        "tool_version": __version__,
+        "python": platform.python_version(),
+        "settings": options.model_dump(mode="json", exclude={"output", "overwrite"}),
+        "anchors": stored_anchors.describe(),
+        "test": test.describe() if test is not None else None,
+        "screen": {"candidates": len(candidates), "seconds": seconds},
+        "ceiling": ceiling(anchors, candidates, fits, options.max_firing, test, options.reference_lang),
+        "front": [c.as_dict() for c in front(candidates)],
+        "chosen": _chosen(chosen, gate, test),
+        "limiting": limiting_sources(anchors, chosen, fits) if chosen is not None else None,
+    }
+    if chosen is None:
+        reporter.warn(f"no gate keeps every harmless anchor source at or under --max-firing {options.max_firing}")
+    return Screened(stored_anchors, anchors, test, candidates, fits, GatesResult(payload, gate))
+
+
+def write_gates(options: GateOptions, screened: Screened, reporter: Reporter) -> GatesResult:
+    """The gates folder, staged: the caches, the chosen gate (and the front's), the report and heat map."""
+    payload, gate = screened.result.payload, screened.result.gate
+    with staged_folder(options.output, options.overwrite, "gates") as staging:
+        screened.stored_anchors.save(staging / ANCHOR_FEATURES)
+        if screened.test is not None:
+            screened.test.save(staging / TEST_FEATURES)
+        if gate is not None:
+            gate.save(staging / GATE_FILE)
+        for index, candidate in front_within(screened.candidates, options.max_firing, options.front_gates):
+            (staging / FRONT_DIR).mkdir(exist_ok=True)
+            front_gate = chosen_gate(screened.anchors, candidate, screened.fits)
+            front_gate.save(staging / FRONT_DIR / f"gate-{index}.safetensors")
+        (staging / "ceiling.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        (staging / "screen.json").write_text(json.dumps([c.as_dict() for c in screened.candidates]) + "\n")
+        (staging / "ceiling.md").write_text(markdown(payload), encoding="utf-8")
+        if options.heatmap:
+            write_heatmap(payload, staging / "ceiling.png")
+    return screened.result
 
 
 def _chosen(chosen: Candidate | None, gate: Gate | None, test: FeatureCache | None) -> dict[str, Any] | None:

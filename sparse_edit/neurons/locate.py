@@ -9,6 +9,7 @@ import torch
 from sparse_edit.console import Reporter
 from sparse_edit.data.prompts import LABELS, Label, Prompt
 from sparse_edit.data.selection import prepare_prompts
+from sparse_edit.io.destination import check_output
 from sparse_edit.model.batching import batch_memory_guard, batches, encode_prompts
 from sparse_edit.model.hooks import Pooling, capture, pool, run_base
 from sparse_edit.model.loading import LoadedModel, load_model
@@ -16,6 +17,7 @@ from sparse_edit.neurons.artifact import LocateArtifact
 from sparse_edit.neurons.moments import Moments
 from sparse_edit.neurons.scores import RECOMMENDED_LAYER_RULE, ClassStats, recommend_layer, score, select
 from sparse_edit.options import LocateOptions
+from sparse_edit.runner import Steps
 
 
 def collect_moments(
@@ -129,3 +131,18 @@ def layer_table(artifact: LocateArtifact) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def locate_steps() -> Steps[LocateOptions, None, LocateArtifact, LocateArtifact]:
+    """locate's steps for ``run_command``: the artifact, saved when there is an ``output``."""
+
+    def work(options: LocateOptions, _checked: None, reporter: Reporter) -> LocateArtifact:
+        return run_locate(options, reporter)
+
+    def write(options: LocateOptions, artifact: LocateArtifact, reporter: Reporter) -> LocateArtifact:
+        if options.output is not None:
+            check_output(options.output, "locate", [], options.overwrite)  # nothing appeared meanwhile
+            artifact.save(options.output)
+        return artifact
+
+    return Steps("locate", lambda options: None, work, write)

@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,12 @@ from sparse_edit.console import Reporter
 from sparse_edit.edit.anchors import build_anchors
 from sparse_edit.edit.run import load_edit_inputs, run_apply
 from sparse_edit.errors import SparseEditError
-from sparse_edit.io.claims import claimed_output
 from sparse_edit.io.files import file_sha256
-from sparse_edit.io.inputs import command_inputs
 from sparse_edit.io.layout import STUDY_DB, TUNED_EDIT_DIR
 from sparse_edit.io.staging import staged_folder
 from sparse_edit.options import ApplyOptions, TuneOptions
 from sparse_edit.options.traits import NOT_IN_STUDY_KEY, fields_with
+from sparse_edit.runner import Steps
 from sparse_edit.tuning.front import (
     CHOICE_RULE,
     NONE_QUALIFIES,
@@ -91,21 +90,32 @@ def choice(options: TuneOptions) -> Choice:
     return Choice(options.max_over_refusal, options.kl_budget, options.max_over_refusal_per_group)
 
 
-def run_tune(options: TuneOptions, reporter: Reporter, config: Path | None = None) -> TuneResult:
-    """Search the edit's settings on the dev split; write the front, the plot and the chosen apply config."""
-    inputs = command_inputs(options, config)  # refuses --storage inside an input
+def tune_steps() -> Steps[TuneOptions, StudyStore, StudyOutcome, TuneResult]:
+    """tune's steps for ``run_command``; a ``--worker`` claims no output (the process without it writes it)."""
+    return Steps("tune", check_tune, run_study, write_tune, claims=lambda options: not options.worker)
+
+
+def check_tune(options: TuneOptions) -> StudyStore:
+    """The study's storage, reachable."""
     store = StudyStore.of(options.storage, options.output)
     check_reachable(store)
-    if options.worker:  # runs trials of the shared study; the process without --worker writes the folder
-        return _run(options, reporter, store)
-    # One study per output (and so per journal) at a time.
-    with claimed_output(options.output, "tune", inputs, options.overwrite):
-        return _run(options, reporter, store)
+    return store
 
 
-def _run(options: TuneOptions, reporter: Reporter, store: StudyStore) -> TuneResult:
+@dataclass
+class StudyOutcome:
+    """What tune's work leaves for its write (a worker leaves only the store: it writes nothing)."""
+
+    store: StudyStore
+    payload: dict[str, Any] | None = None
+    rows: list[TrialRow] = field(default_factory=list)
+    chosen: TrialRow | None = None
+
+
+def run_study(options: TuneOptions, store: StudyStore, reporter: Reporter) -> StudyOutcome:
+    """Run the study's trials (resuming its journal), wait for other workers, and build pareto.json."""
     if not store.shared:
-        check_journal(Path(store.spec))
+        check_journal(Path(store.spec))  # under the claim: no other run is writing it
     runner, space = prepare(options, reporter)
     fingerprint = runner.loaded.checkpoint.fingerprint()
     artifact_sha = file_sha256(options.artifact)
@@ -123,7 +133,7 @@ def _run(options: TuneOptions, reporter: Reporter, store: StudyStore) -> TuneRes
         search(study, runner, space, base, options, reporter, options.trials - done)
     if options.worker:
         reporter.info(f"tune: worker done; the study in {store.spec} holds {finished(study)} finished trials")
-        return TuneResult({}, None, [])
+        return StudyOutcome(store)
     if store.shared:
         slowest = max((row.seconds for row in _rows(study)), default=0.0)
         still = wait_for_others(study, max(2 * slowest, 60.0), reporter)
@@ -137,10 +147,17 @@ def _run(options: TuneOptions, reporter: Reporter, store: StudyStore) -> TuneRes
         reporter.warn(NONE_QUALIFIES)
     payload = _payload(options, study, rows, chosen, base, runner, fingerprint, artifact_sha)
     payload["study"]["seconds_this_run"] = time.perf_counter() - started
-    written = write_study(options, store, payload, rows, chosen, reporter)
-    if not store.shared:
-        Path(store.spec).unlink(missing_ok=True)
-    return TuneResult(payload, chosen, written)
+    return StudyOutcome(store, payload, rows, chosen)
+
+
+def write_tune(options: TuneOptions, outcome: StudyOutcome, reporter: Reporter) -> TuneResult:
+    """The tune folder, staged; then the local journal goes (the folder holds the study now)."""
+    if outcome.payload is None:
+        return TuneResult({}, None, [])
+    written = write_study(options, outcome.store, outcome.payload, outcome.rows, outcome.chosen, reporter)
+    if not outcome.store.shared:
+        Path(outcome.store.spec).unlink(missing_ok=True)
+    return TuneResult(outcome.payload, outcome.chosen, written)
 
 
 def prepare(options: TuneOptions, reporter: Reporter) -> tuple[TrialRunner, SearchSpace]:
