@@ -2,8 +2,8 @@
 
 Counting, on one ``se.apply_edit`` of a tiny Llama (the detector strategy, whose solve reads its own settings):
 a call *carries* the options when one of the callee's arguments is the ``ApplyOptions`` object itself or
-holds it as an attribute (a dataclass such as a solve job). Every carrying call made while ``apply_edit``
-runs is recorded with the module (the "room") of the callee.
+holds it as an attribute (a dataclass such as a solve job); the object's own methods do not count. Every
+carrying call made while ``apply_edit`` runs is recorded with the module (the "room") of the callee.
 
 - rooms entered: the distinct modules of the callees (``sparse_edit.api`` itself not counted);
 - climbs back up: carrying calls into a module already on the carrying call stack above the caller
@@ -27,60 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sparse_edit as se  # noqa: E402
 from sparse_edit.testing import build_tiny_model  # noqa: E402
-from tests.helpers import parallel_prompt_files  # noqa: E402
-
-
-def _carries(value: Any, options: Any) -> bool:
-    if value is options:
-        return True
-    fields = getattr(value, "__dict__", None)
-    return isinstance(fields, dict) and any(item is options for item in fields.values())
-
-
-def trace_reach(run: Any, options: Any) -> dict[str, Any]:
-    """Run ``run()`` and follow ``options`` through the package's calls (see the module's docstring)."""
-    stack: list[tuple[int, str]] = []  # (frame id, module) of the carrying calls still running
-    rooms: list[str] = []
-    climbs: list[str] = []
-    returns: list[str] = []
-
-    def profile(frame: Any, event: str, _arg: Any) -> None:
-        if event == "return" and stack and stack[-1][0] == id(frame):
-            stack.pop()
-            return
-        if event != "call":
-            return
-        module = frame.f_globals.get("__name__", "")
-        if not module.startswith("sparse_edit") or module == "sparse_edit.api":
-            return
-        code = frame.f_code
-        arguments = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
-        if not any(_carries(frame.f_locals.get(name), options) for name in arguments):
-            return
-        above = [room for _, room in stack[:-1]]
-        caller = stack[-1][1] if stack else None
-        if module != caller:
-            if module in above:
-                climbs.append(f"{caller} -> {module}.{code.co_name}")
-            elif module in rooms:
-                returns.append(f"{caller} -> {module}.{code.co_name}")
-        if module not in rooms:
-            rooms.append(module)
-        stack.append((id(frame), module))
-
-    sys.setprofile(profile)
-    try:
-        run()
-    finally:
-        sys.setprofile(None)
-    return {
-        "rooms_entered": len(rooms),
-        "climbs_back_up": len(climbs),
-        "returns_to_a_room_left": len(returns),
-        "rooms": rooms,
-        "climbs": climbs,
-        "returns": returns,
-    }
+from tests.helpers import options_reach, parallel_prompt_files  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -97,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         options = se.apply_options(
             artifact=artifact, output=root / "edited", strategy=[args.strategy], layer="1", dev_generate=2
         )
-        reach = trace_reach(lambda: se.apply_edit(options=options), options)
+        reach = options_reach(lambda: se.apply_edit(options=options), options)
     print(json.dumps(reach if args.json else {k: v for k, v in reach.items() if isinstance(v, int)}, indent=1))
     return reach
 

@@ -10,6 +10,7 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from typer.testing import CliRunner
@@ -215,3 +216,59 @@ def dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def _carries(value: Any, options: Any) -> bool:
+    if value is options:
+        return True
+    fields = getattr(value, "__dict__", None)
+    return isinstance(fields, dict) and any(item is options for item in fields.values())
+
+
+def options_reach(run: Any, options: Any) -> dict[str, Any]:
+    """Run ``run()`` and follow ``options`` through the package's calls (``benchmarks/options_reach.py`` says how
+    they are counted): the modules (rooms) it enters, climbs back up and returns to a room it had left."""
+    stack: list[tuple[int, str]] = []  # (frame id, module) of the carrying calls still running
+    rooms: list[str] = []
+    climbs: list[str] = []
+    returns: list[str] = []
+
+    def profile(frame: Any, event: str, _arg: Any) -> None:
+        if event == "return" and stack and stack[-1][0] == id(frame):
+            stack.pop()
+            return
+        if event != "call":
+            return
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith("sparse_edit") or module == "sparse_edit.api":
+            return
+        code = frame.f_code
+        arguments = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+        if arguments[:1] == ("self",) and frame.f_locals.get("self") is options:
+            return  # the object's own method: it is at home, not carried anywhere
+        if not any(_carries(frame.f_locals.get(name), options) for name in arguments):
+            return
+        above = [room for _, room in stack[:-1]]
+        caller = stack[-1][1] if stack else None
+        if module != caller:
+            if module in above:
+                climbs.append(f"{caller} -> {module}.{code.co_name}")
+            elif module in rooms:
+                returns.append(f"{caller} -> {module}.{code.co_name}")
+        if module not in rooms:
+            rooms.append(module)
+        stack.append((id(frame), module))
+
+    sys.setprofile(profile)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return {
+        "rooms_entered": len(rooms),
+        "climbs_back_up": len(climbs),
+        "returns_to_a_room_left": len(returns),
+        "rooms": rooms,
+        "climbs": climbs,
+        "returns": returns,
+    }

@@ -23,7 +23,7 @@ def test_every_registered_strategy_is_a_complete_documented_strategy(name):
     strategy = strategies.get(name)
     assert isinstance(strategy, Strategy) and strategy.name == name and strategy.summary
     options = ApplyOptions(model="m", harmful=["h"], harmless=["s"], artifact="a", output="o")
-    needs = strategy.needs(options)
+    needs = strategy.needs(strategy.settings_model.of(options))
     assert needs.sites and set(needs.sites) <= {"mlp_input", "neurons", "residual"}
     assert strategy.gram_site is None or strategy.gram_site in needs.sites
     assert issubclass(ApplyOptions, strategy.settings_model), "every strategy's settings are apply settings"

@@ -14,7 +14,7 @@ from sparse_edit.errors import SparseEditError
 from sparse_edit.model.batching import Encoded, encode_prompts
 from sparse_edit.model.generation import generate_replies
 from sparse_edit.model.loading import LoadedModel
-from sparse_edit.options import ApplyOptions
+from sparse_edit.options import ApplyOptions, PromptOptions
 
 
 def is_dev(prompt_id: str, fraction: float, seed: int) -> bool:
@@ -73,7 +73,7 @@ def _cap_per_language(prompts: list[Prompt], limit: int) -> list[Prompt]:
 
 def select_anchor_prompts(options: ApplyOptions, low_langs: list[str], reporter: Reporter) -> AnchorPrompts:
     """Load the prompt sources and split them by id into train and dev for each role."""
-    sets = prepare_prompts(options, reporter)
+    sets = prepare_prompts(PromptOptions.of(options), reporter)
     ref = options.reference_lang
 
     def split(prompts: list[Prompt], dev_limit: int, in_turn: bool = False) -> tuple[list[Prompt], list[Prompt]]:

@@ -121,7 +121,7 @@ def solve_step(
         data=data,
         neurons=plan.neurons.get((step.part, layer)),
         checkpoint=checkpoint,
-        options=options,
+        settings=plan.settings[step.part],
         share=1.0 / (len(layers) - step.position),  # the remaining gap, spread over the layers left
         avoid=chain_neurons(candidate, plan, layer, step.part),
     )

@@ -47,7 +47,7 @@ def pair_rows(
 
 def requests(plan: Plan, layers: Sequence[int], options: ApplyOptions) -> tuple[FeatureRequest, FeatureRequest]:
     """(rows of the harmful groups, Gram and rows of the harmless group) for the planned strategies."""
-    needs = [plan.strategy(name).needs(options) for name in plan.parts]
+    needs = [plan.strategy(name).needs(plan.settings[name]) for name in plan.parts]
     subsets = {
         layer: plan.neurons[(name, layer)]
         for name, need in zip(plan.parts, needs, strict=True)

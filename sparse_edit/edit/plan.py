@@ -17,7 +17,7 @@ from sparse_edit.model.features import Site
 from sparse_edit.model.loading import LoadedModel
 from sparse_edit.neurons.artifact import LocateArtifact
 from sparse_edit.neurons.scores import jaccard
-from sparse_edit.options import ApplyOptions
+from sparse_edit.options import ApplyOptions, Options
 
 
 def default_candidates(num_layers: int, recommended: int | None) -> list[int]:
@@ -36,6 +36,7 @@ class Plan:
     layer_sets: list[tuple[int, ...]]
     neurons: dict[tuple[str, int], torch.Tensor]
     sites: list[Site]
+    settings: dict[str, Options]  # each part's own settings (its strategy's settings model), read once
     notes: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)  # per-layer diagnostics
 
     def strategy(self, name: str) -> Strategy:
@@ -144,20 +145,21 @@ def make_plan(options: ApplyOptions, artifact: LocateArtifact, num_layers: int, 
     check_settings(options, artifact)
     sets = layer_sets(options, artifact, num_layers)
     parts = strategies.all_parts(options.strategy)
+    settings = {name: strategies.get(name).settings_model.of(options) for name in parts}
     neurons: dict[tuple[str, int], torch.Tensor] = {}
     for name in parts:
         strategy = strategies.get(name)
         for layers in sets:
             for layer in layers:
-                chosen = strategy.neurons(artifact, layer, options, low_langs)
+                chosen = strategy.neurons(artifact, layer, settings[name], options.reference_lang, low_langs)
                 if chosen is not None:  # None: the strategy picks its neurons when solving
                     neurons[(name, layer)] = chosen
     usable = [ls for ls in sets if all(index.numel() for (_, layer), index in neurons.items() if layer in ls)]
     if not usable:
         raise SparseEditError("no neurons to edit at the requested layer(s); pick another --layer or neuron set")
-    wanted = {site for name in parts for site in strategies.get(name).needs(options).sites}
+    wanted = {site for name in parts for site in strategies.get(name).needs(settings[name]).sites}
     sites: list[Site] = [site for site in SITE_ORDER if site in wanted]
-    return Plan(list(options.strategy), usable, neurons, sites)
+    return Plan(list(options.strategy), usable, neurons, sites, settings)
 
 
 def check_chain(name: str) -> None:

@@ -25,7 +25,7 @@ from sparse_edit.io.layout import DELTA_FILE, MANIFEST_FILE, MODEL_CARD_FILE
 from sparse_edit.io.writer import write_checkpoint
 from sparse_edit.model.loading import LoadedModel, load_model
 from sparse_edit.neurons.artifact import LocateArtifact
-from sparse_edit.options import ApplyOptions
+from sparse_edit.options import ApplyOptions, ModelOptions
 from sparse_edit.runner import Steps
 
 
@@ -116,7 +116,7 @@ def load_edit_inputs(options: ApplyOptions, reporter: Reporter) -> EditInputs:
     if not low_langs:
         raise SparseEditError("--low-langs: no low-resource language to edit for (all equal the reference)")
     prompts = select_anchor_prompts(options, low_langs, reporter)
-    loaded = load_model(options)
+    loaded = load_model(ModelOptions.of(options))
     where = f"--artifact {options.artifact}"
     for warning in artifact.check_model(loaded.checkpoint, where, options.allow_other_weights):
         reporter.warn(warning)

@@ -24,7 +24,7 @@ from sparse_edit.model.batching import Batch, Encoded, encode_prompts
 from sparse_edit.model.generation import generate_replies
 from sparse_edit.model.incremental import replies_from_drafts
 from sparse_edit.model.loading import LoadedModel, load_model
-from sparse_edit.options import EvalOptions
+from sparse_edit.options import EvalOptions, ModelOptions, PromptOptions
 from sparse_edit.options.traits import NOT_IN_REPLY_KEY, fields_with
 from sparse_edit.version import __version__
 
@@ -173,7 +173,7 @@ def run_eval(
     if gates is None:
         gates = check_gates(options.fail_if, has_base=options.base is not None)
     torch.manual_seed(options.seed)
-    sets = prepare_prompts(options, reporter, both_classes=False)
+    sets = prepare_prompts(PromptOptions.of(options), reporter, both_classes=False)
     check_gate_languages(
         gates,
         {
@@ -183,8 +183,9 @@ def run_eval(
         },
     )
     judge = make_judge(options)
-    edited_model = load_model(options)
-    base_model = load_model(options, options.base) if options.base is not None else None
+    model_settings = ModelOptions.of(options)
+    edited_model = load_model(model_settings)
+    base_model = load_model(model_settings, options.base) if options.base is not None else None
 
     def encode(loaded: LoadedModel, prompts: list[Any]) -> list[Encoded]:
         return encode_prompts(loaded.tokenizer, prompts, options.system_prompt, options.max_length)

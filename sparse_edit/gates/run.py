@@ -25,6 +25,7 @@ from sparse_edit.gates.screen import (
     screen,
 )
 from sparse_edit.io.staging import staged_folder
+from sparse_edit.options import ModelOptions, PromptOptions
 from sparse_edit.options.gates import GateOptions
 from sparse_edit.runner import Steps
 from sparse_edit.version import __version__
@@ -146,7 +147,7 @@ def caches(options: GateOptions, reporter: Reporter) -> tuple[FeatureCache, Feat
         return anchors, test
     from sparse_edit.model.loading import load_model
 
-    loaded = load_model(options)
+    loaded = load_model(ModelOptions.of(options))
     layers = list(options.layers or (anchors.layers if anchors else default_layers(loaded.num_layers)))
     outside = [layer for layer in layers if not 0 <= layer < loaded.num_layers]
     if outside:
@@ -182,7 +183,7 @@ def _prompts(options: GateOptions, reporter: Reporter, held_out: bool) -> list[P
         chosen = options.model_copy(update={"harmful": options.test_harmful, "harmless": options.test_harmless})
         sets = prepare_prompts(chosen, reporter, both_classes=False)
     else:
-        sets = prepare_prompts(options, reporter)
+        sets = prepare_prompts(PromptOptions.of(options), reporter)
     return per_source_limit(sets.harmful + sets.harmless, options.source_limit)
 
 

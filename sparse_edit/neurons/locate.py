@@ -16,7 +16,7 @@ from sparse_edit.model.loading import LoadedModel, load_model
 from sparse_edit.neurons.artifact import LocateArtifact
 from sparse_edit.neurons.moments import Moments
 from sparse_edit.neurons.scores import RECOMMENDED_LAYER_RULE, ClassStats, recommend_layer, score, select
-from sparse_edit.options import LocateOptions
+from sparse_edit.options import LocateOptions, ModelOptions, PromptOptions
 from sparse_edit.runner import Steps
 
 
@@ -60,8 +60,8 @@ def collect_moments(
 
 
 def run_locate(options: LocateOptions, reporter: Reporter) -> LocateArtifact:
-    prompt_sets = prepare_prompts(options, reporter)
-    loaded = load_model(options)
+    prompt_sets = prepare_prompts(PromptOptions.of(options), reporter)
+    loaded = load_model(ModelOptions.of(options))
     reporter.info(
         f"model: {loaded.checkpoint.path} ({loaded.family.name}, {loaded.num_layers} layers, "
         f"MLP width {loaded.checkpoint.dims.mlp_width}) on {loaded.device}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
 
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from sparse_edit.edit.layer_data import LayerData
     from sparse_edit.io.checkpoint import Checkpoint
     from sparse_edit.neurons.artifact import LocateArtifact
-    from sparse_edit.options import ApplyOptions
 
+SettingsT = TypeVar("SettingsT", bound=Options)
 F64 = torch.float64
 SITE_ORDER: tuple[Site, ...] = ("mlp_input", "neurons", "residual")
 
@@ -53,21 +53,22 @@ class Tunable:
 
 
 @dataclass
-class SolveJob:
+class SolveJob(Generic[SettingsT]):
     """One strategy's solve at one layer of a candidate."""
 
     layer: int
     data: LayerData
     neurons: torch.Tensor | None  # the planned neuron set (None for strategies that pick their own)
     checkpoint: Checkpoint
-    options: ApplyOptions
+    settings: SettingsT  # the strategy's own settings (its ``settings_model`` read off apply's options)
     share: float  # the part of the remaining gap this layer takes (sequential edits)
     # Neurons the other parts of a chain edit at this layer: a strategy that picks its own leaves them out.
     avoid: torch.Tensor | None = None
 
 
-class Strategy(ABC):
-    """A way to edit one layer in closed form."""
+class Strategy(ABC, Generic[SettingsT]):
+    """A way to edit one layer in closed form. Every method gets the strategy's own settings (an instance of
+    ``settings_model``), never the whole apply options."""
 
     name: ClassVar[str]
     # One line for the documentation table.
@@ -80,20 +81,21 @@ class Strategy(ABC):
     search_space: ClassVar[tuple[Tunable, ...]] = ()
 
     @abstractmethod
-    def needs(self, options: ApplyOptions) -> FeatureNeeds:
-        """The features this strategy reads with these options."""
+    def needs(self, settings: SettingsT) -> FeatureNeeds:
+        """The features this strategy reads with these settings."""
 
     def check(self, checkpoint: Checkpoint) -> None:  # noqa: B027 - most strategies fit every family
         """Refuse a model this strategy cannot edit, before any forward pass."""
 
     def neurons(
-        self, artifact: LocateArtifact, layer: int, options: ApplyOptions, low_langs: list[str]
+        self, artifact: LocateArtifact, layer: int, settings: SettingsT, reference: str, low_langs: list[str]
     ) -> torch.Tensor | None:
-        """The neuron set to edit at ``layer``, from the locate artifact; None if the strategy picks its own."""
+        """The neuron set to edit at ``layer``, from the locate artifact (``reference``: the reference language,
+        ``low_langs``: the languages edited for); None if the strategy picks its own."""
         return None
 
     @abstractmethod
-    def solve(self, job: SolveJob) -> tuple[list[SliceEdit], dict[str, Any]]:
+    def solve(self, job: SolveJob[SettingsT]) -> tuple[list[SliceEdit], dict[str, Any]]:
         """The slice edits at ``job.layer`` and their diagnostics."""
 
 

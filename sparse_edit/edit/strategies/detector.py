@@ -37,13 +37,13 @@ from sparse_edit.edit.strategies.detector_math import (
 from sparse_edit.errors import SparseEditError
 from sparse_edit.gates.gate import Gate
 from sparse_edit.io.checkpoint import Checkpoint
-from sparse_edit.options import ApplyOptions, DetectorMode, DetectorOptions, DetectorResponse
+from sparse_edit.options import DetectorMode, DetectorOptions, DetectorResponse
 
 if TYPE_CHECKING:
     from sparse_edit.edit.layer_data import LayerData
 
 
-class DetectorStrategy(Strategy):
+class DetectorStrategy(Strategy[DetectorOptions]):
     name = "detector"
     summary = (
         "the layer's quietest neuron (or one per low-resource language) rewritten as a thresholded probe that adds "
@@ -59,20 +59,20 @@ class DetectorStrategy(Strategy):
         Tunable("detector_reference", choices=("fire", "quiet")),
     )
 
-    def needs(self, options: ApplyOptions) -> FeatureNeeds:
+    def needs(self, settings: DetectorOptions) -> FeatureNeeds:
         return FeatureNeeds(
             sites=("mlp_input", "residual"),
             harmless_tail_rows=True,
             harmless_moments=("mlp_input", "neurons"),
             # release fits harmless prompts' refusal projections
-            harmless_residual_rows=DetectorOptions.of(options).detector_mode == "release",
+            harmless_residual_rows=settings.detector_mode == "release",
         )
 
     def check(self, checkpoint: Checkpoint) -> None:
         detector_activation(checkpoint)
 
-    def solve(self, job: SolveJob) -> tuple[list[SliceEdit], dict[str, Any]]:
-        own = DetectorOptions.of(job.options)  # its validator refused settings that cannot go together
+    def solve(self, job: SolveJob[DetectorOptions]) -> tuple[list[SliceEdit], dict[str, Any]]:
+        own = job.settings  # its validators refused settings that cannot go together
         return detector_candidate(
             job.layer,
             job.checkpoint,
@@ -85,7 +85,7 @@ class DetectorStrategy(Strategy):
                 own.detector_mode,
                 own.detector_neurons == "per-language",
                 own.detector_reference == "quiet",
-                _gate_direction(job.options, job.layer),
+                _gate_direction(own, job.layer),
                 own.detector_response,
                 own.detector_ramp,
             ),
@@ -108,9 +108,9 @@ class DetectorSettings:
     ramp: float = 0.25  # step: the score at which the push reaches its full height
 
 
-def _gate_direction(options: ApplyOptions, layer: int) -> torch.Tensor | None:
+def _gate_direction(settings: DetectorOptions, layer: int) -> torch.Tensor | None:
     """The direction of the --detector-gate that reads ``layer`` (plan.check_gate made sure there is one)."""
-    paths = DetectorOptions.of(options).detector_gate
+    paths = settings.detector_gate
     if not paths:
         return None
     gate = next(gate for gate in map(Gate.load, paths) if gate.settings.layer == layer)

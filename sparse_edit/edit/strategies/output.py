@@ -28,13 +28,13 @@ from sparse_edit.edit.strategies.base import (
 )
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.neurons.artifact import LocateArtifact
-from sparse_edit.options import ApplyOptions, NeuronChoice, OutputOptions
+from sparse_edit.options import NeuronChoice, OutputOptions
 
 if TYPE_CHECKING:
     from sparse_edit.edit.layer_data import LayerData
 
 
-class OutputStrategy(Strategy):
+class OutputStrategy(Strategy[OutputOptions]):
     name = "output"
     summary = (
         "down_proj columns of a neuron set, fitted to raise the layer's refusal-direction projection of "
@@ -50,20 +50,19 @@ class OutputStrategy(Strategy):
         Tunable("reference_weight", 0.0, 2.0),
     )
 
-    def needs(self, options: ApplyOptions) -> FeatureNeeds:
+    def needs(self, settings: OutputOptions) -> FeatureNeeds:
         return FeatureNeeds(sites=("neurons", "residual"), neuron_subset=True, harmless_tail_rows=True)
 
     def neurons(
-        self, artifact: LocateArtifact, layer: int, options: ApplyOptions, low_langs: list[str]
+        self, artifact: LocateArtifact, layer: int, settings: OutputOptions, reference: str, low_langs: list[str]
     ) -> torch.Tensor:
-        own = OutputOptions.of(options)
         return edit_neurons(
-            artifact, layer, own.output_neurons, options.reference_lang, low_langs, own.max_edit_neurons
+            artifact, layer, settings.output_neurons, reference, low_langs, settings.max_edit_neurons
         )
 
-    def solve(self, job: SolveJob) -> tuple[list[SliceEdit], dict[str, Any]]:
+    def solve(self, job: SolveJob[OutputOptions]) -> tuple[list[SliceEdit], dict[str, Any]]:
         assert job.neurons is not None
-        own = OutputOptions.of(job.options)
+        own = job.settings
         settings = SolveSettings(own.output_gamma, own.lam, own.rank, own.nullspace, own.nullspace_threshold)
         return output_candidate(
             job.layer,

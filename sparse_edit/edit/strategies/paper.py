@@ -25,13 +25,13 @@ from sparse_edit.edit.strategies.base import (
 )
 from sparse_edit.io.checkpoint import Checkpoint
 from sparse_edit.neurons.artifact import LocateArtifact
-from sparse_edit.options import ApplyOptions, PaperOptions
+from sparse_edit.options import PaperOptions
 
 if TYPE_CHECKING:
     from sparse_edit.edit.layer_data import LayerData
 
 
-class PaperStrategy(Strategy):
+class PaperStrategy(Strategy[PaperOptions]):
     name = "paper"
     summary = (
         "input rows (gate_proj, optionally up_proj) of the safety neurons, fitted to move low-resource MLP "
@@ -41,17 +41,17 @@ class PaperStrategy(Strategy):
     settings_model = PaperOptions
     search_space = (Tunable("gamma", 0.1, 10.0, log=True), Tunable("proj", choices=("gate", "gate,up")))
 
-    def needs(self, options: ApplyOptions) -> FeatureNeeds:
+    def needs(self, settings: PaperOptions) -> FeatureNeeds:
         return FeatureNeeds(sites=("mlp_input",))
 
     def neurons(
-        self, artifact: LocateArtifact, layer: int, options: ApplyOptions, low_langs: list[str]
+        self, artifact: LocateArtifact, layer: int, settings: PaperOptions, reference: str, low_langs: list[str]
     ) -> torch.Tensor:
-        return artifact.neuron_set(PaperOptions.of(options).neuron_lang or options.reference_lang, layer)
+        return artifact.neuron_set(settings.neuron_lang or reference, layer)
 
-    def solve(self, job: SolveJob) -> tuple[list[SliceEdit], dict[str, Any]]:
+    def solve(self, job: SolveJob[PaperOptions]) -> tuple[list[SliceEdit], dict[str, Any]]:
         assert job.neurons is not None
-        own = PaperOptions.of(job.options)
+        own = job.settings
         projections: list[Projection] = ["gate", "up"] if own.proj == "gate,up" else ["gate"]
         settings = SolveSettings(own.gamma, own.lam, own.rank, own.nullspace, own.nullspace_threshold)
         return paper_candidate(job.layer, job.neurons, job.checkpoint, projections, job.data, settings, job.share)
