@@ -113,6 +113,28 @@ def test_the_screen_scores_every_candidate_and_its_choice_keeps_the_firing_limit
     assert choose(candidates, -1.0) is None
 
 
+def test_a_group_exempt_from_the_limit_no_longer_bounds_the_threshold_but_its_firing_is_still_counted(tmp_path):
+    cache = shifted_cache(np.random.default_rng(4), per=60)
+    fits = fold_fits(cache, 3, 5, "lda", 1e-3)
+    bound = GateSettings(3, "lda", 1.0, "global", 0.0)
+    relaxed = GateSettings(3, "lda", 1.0, "global", 0.0, exempt=("chat",))
+    oof = out_of_fold(cache, bound, fits)
+    strict = calibrate(cache, oof, "global", 0.0)
+    loose = calibrate(cache, oof, "global", 0.0, relaxed.exempt)
+    groups, harmless = np.asarray(cache.groups), ~cache.harmful
+    # With "chat" left out, the threshold is the highest score among the other harmless groups only.
+    assert loose[0] == pytest.approx(oof.scores[harmless & (groups == "questions")].max())
+    assert loose[0] <= strict[0]
+    result = figures(cache, oof.deployed(loose) > 0, exempt=relaxed.exempt)
+    assert result["firing"]["questions"] == 0.0 and "chat" in result["firing"]
+    assert result["firing_max"] == 0.0  # the exempt group's firing does not count against the limit
+    assert figures(cache, oof.deployed(loose) > 0)["firing_max"] == result["firing"]["chat"]
+    gate = fit_gate(cache, relaxed, fits=fits)
+    assert gate.thresholds[0] == pytest.approx(loose[0]) and "exempt 1" in relaxed.label()
+    gate.save(tmp_path / "gate.safetensors")
+    assert Gate.load(tmp_path / "gate.safetensors").settings == relaxed
+
+
 def test_feature_cache_and_gate_round_trip(tmp_path):
     cache = shifted_cache(np.random.default_rng(3), per=10)
     harmless = np.flatnonzero(~cache.harmful)[:5]

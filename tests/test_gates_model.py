@@ -210,6 +210,7 @@ APPLY_GATE = ["apply", "--artifact", "art.safetensors", "--strategy", "detector"
     [
         ([*GATES, "--layers", "9"], ("--layers 9", "layers 0..2")),
         ([*GATES, "--test-harmful", "harmful.jsonl"], ("--test-harmless",)),
+        ([*GATES, "--limit-exempt", "nowhere"], ("--limit-exempt 'nowhere'", "no harmless anchor group")),
         ([*APPLY_GATE, "gates/gate.safetensors", "--layer", "2"], ("--detector-gate", "pass --layer 1")),
         (
             [*APPLY_GATE, "gates/features-anchor.safetensors", "--layer", "1"],

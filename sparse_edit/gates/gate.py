@@ -14,6 +14,7 @@ gate cannot see. The thresholds themselves are set on out-of-fold scores (``thre
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,9 +41,11 @@ class GateSettings:
     calibration: Calibration = "per-language"
     limit: float = 0.02  # the threshold rule's firing limit per harmless group
     readout_ridge: float = 1e-3
+    exempt: tuple[str, ...] = ()  # harmless groups left out of the threshold rule (--limit-exempt)
 
     def label(self) -> str:
-        return f"{self.form}({self.strength:g})@{self.layer} {self.calibration} ≤{self.limit:g}"
+        label = f"{self.form}({self.strength:g})@{self.layer} {self.calibration} ≤{self.limit:g}"
+        return f"{label} exempt {len(self.exempt)}" if self.exempt else label
 
 
 @dataclass
@@ -106,14 +109,14 @@ def out_of_fold(cache: FeatureCache, settings: GateSettings, fits: FoldFits) -> 
 
 
 def calibrate(
-    cache: FeatureCache, oof: OutOfFold, calibration: Calibration, limit: float, exempt: str | None = None
+    cache: FeatureCache, oof: OutOfFold, calibration: Calibration, limit: float, exempt: Sequence[str] = ()
 ) -> np.ndarray:
     """Thresholds per language from the harmless prompts' out-of-fold scores (the language is the label here:
-    calibration happens on labelled anchors; the gate then reads the language from the state). ``exempt``: a
-    harmless group left out of the rule (what lifting its limit would buy)."""
+    calibration happens on labelled anchors; the gate then reads the language from the state). ``exempt``:
+    harmless groups left out of the rule (what lifting their limits buys)."""
     harmless = ~cache.harmful
-    if exempt is not None:
-        harmless &= np.asarray(cache.groups) != exempt
+    if exempt:
+        harmless &= ~np.isin(np.asarray(cache.groups), list(exempt))
     scores = oof.scores[harmless]
     langs = np.asarray(cache.langs)[harmless]
     groups = np.asarray(cache.groups)[harmless]
@@ -163,7 +166,7 @@ class Gate:
         if direction is None or direction.dim() != 1:
             raise SparseEditError(f"{flag} {path}: the gate's direction tensor is missing or not a vector")
         return cls(
-            GateSettings(**meta["settings"]),
+            GateSettings(**{**meta["settings"], "exempt": tuple(meta["settings"].get("exempt", ()))}),
             direction.numpy().astype(np.float64),
             list(meta["languages"]),
             np.asarray(meta["thresholds"], dtype=np.float64),
@@ -177,19 +180,22 @@ def fit_gate(cache: FeatureCache, settings: GateSettings, folds: int = 5, fits: 
     scores on the harmful anchors have unit spread (the neuron's sharpness then means the same on any model)."""
     fits = fits or fold_fits(cache, settings.layer, folds, settings.form, settings.readout_ridge)
     oof = out_of_fold(cache, settings, fits)
-    thresholds = calibrate(cache, oof, settings.calibration, settings.limit)
+    thresholds = calibrate(cache, oof, settings.calibration, settings.limit, settings.exempt)
     x, harmful = cache.rows(settings.layer), cache.harmful
     weights = balanced_weights(harmful, cache.langs, cache.groups)
     probe: Probe = fit_probe(x, harmful, weights, settings.form, settings.strength)
     readout = language_readout(x, cache.langs, fits.languages, settings.readout_ridge)
     direction = probe.direction + readout @ (probe.bias - thresholds)
     spread = float(np.std(x[harmful] @ direction)) or 1.0
-    predicted = figures(cache, oof.deployed(thresholds) > 0)
+    predicted = figures(cache, oof.deployed(thresholds) > 0, exempt=settings.exempt)
     return Gate(settings, direction / spread, fits.languages, thresholds, cache.model_fingerprint, predicted)
 
 
-def figures(cache: FeatureCache, fires: np.ndarray, reference: str = "en") -> dict[str, Any]:
-    """Catch per harmful language, firing per harmless group and language, and the summaries the choice uses."""
+def figures(
+    cache: FeatureCache, fires: np.ndarray, reference: str = "en", exempt: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Catch per harmful language, firing per harmless group and language, and the summaries the choice uses
+    (``firing_max`` over the groups not ``exempt`` from the limit; every group's firing is still listed)."""
     harmful = cache.harmful
     langs, groups = np.asarray(cache.langs), np.asarray(cache.groups)
     catch = {lang: float(fires[harmful & (langs == lang)].mean()) for lang in sorted(set(langs[harmful]))}
@@ -201,7 +207,7 @@ def figures(cache: FeatureCache, fires: np.ndarray, reference: str = "en") -> di
         "catch": catch,
         "catch_non_reference": float(np.mean(others)) if others else float("nan"),
         "firing": firing,
-        "firing_max": max(firing.values(), default=0.0),
+        "firing_max": max((value for group, value in firing.items() if group not in exempt), default=0.0),
         "firing_pooled": float(fires[~harmful].mean()) if (~harmful).any() else 0.0,
         "firing_by_lang": firing_by_lang,
     }

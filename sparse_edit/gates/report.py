@@ -76,6 +76,13 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Screen: {payload['screen']['candidates']} candidates in {payload['screen']['seconds']:.1f} s.",
         "",
     ]
+    exempt = payload["settings"].get("limit_exempt")
+    if exempt:
+        lines += [
+            f"Left out of the firing limit (`--limit-exempt {','.join(exempt)}`): every harmless group whose name "
+            "contains one of these. Their firing is still counted in the tables but no longer bounds the threshold.",
+            "",
+        ]
     sides = [("anchor", "anchor side, out of fold")]
     if payload.get("test"):
         sides.append(("test", "test side, gates fitted on the anchors"))

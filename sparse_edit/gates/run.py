@@ -69,7 +69,11 @@ def cache_and_screen(options: GateOptions, _checked: None, reporter: Reporter) -
         raise SparseEditError(
             f"--layers {missing}: not in the anchor feature cache (it holds {list(anchors.layers)})"
         )
-    grid = ScreenGrid(layers=layers, forms=tuple(options.probe))
+    grid = ScreenGrid(
+        layers=layers,
+        forms=tuple(options.probe),
+        exempt=exempt_groups(stored_anchors.prompts, options.limit_exempt),
+    )
     reporter.info(
         f"gates: screening {grid.size()} candidates on {len(stored_anchors)} cached anchor prompts and "
         f"{len(anchors) - len(stored_anchors)} earlier-token rows"
@@ -122,8 +126,23 @@ def _chosen(chosen: Candidate | None, gate: Gate | None, test: FeatureCache | No
         return None
     entry = chosen.as_dict()
     if test is not None:
-        entry["test"] = figures(test, gate.fires(test.rows(chosen.settings.layer)))
+        entry["test"] = figures(test, gate.fires(test.rows(chosen.settings.layer)), exempt=chosen.settings.exempt)
     return entry
+
+
+def exempt_groups(anchors: list[Prompt], patterns: list[str] | None) -> tuple[str, ...]:
+    """The harmless anchor groups ``--limit-exempt`` names (each pattern a part of a group's name)."""
+    groups = sorted({prompt.group for prompt in anchors if prompt.label == "harmless"})
+    chosen: list[str] = []
+    for pattern in patterns or []:
+        found = [group for group in groups if pattern in group]
+        if not found:
+            raise SparseEditError(
+                f"--limit-exempt {pattern!r}: no harmless anchor group's name contains it; the groups: "
+                + ", ".join(groups)
+            )
+        chosen += [group for group in found if group not in chosen]
+    return tuple(chosen)
 
 
 def front_within(candidates: list[Candidate], max_firing: float, count: int) -> list[tuple[int, Candidate]]:
@@ -142,6 +161,7 @@ def caches(options: GateOptions, reporter: Reporter) -> tuple[FeatureCache, Feat
     want_test = options.test_harmful is not None and test is None
     anchor_prompts = _prompts(options, reporter, held_out=False) if anchors is None else None
     test_prompts = _prompts(options, reporter, held_out=True) if want_test else None
+    exempt_groups(anchor_prompts or (anchors.prompts if anchors else []), options.limit_exempt)  # before the work
     if anchor_prompts is None and test_prompts is None:
         assert anchors is not None
         return anchors, test

@@ -41,6 +41,7 @@ class ScreenGrid:
     strengths: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
     calibrations: tuple[Calibration, ...] = ("global", "per-language")
     limits: tuple[float, ...] = (0.0, 0.005, 0.01, 0.015, 0.02)
+    exempt: tuple[str, ...] = ()  # harmless groups left out of every candidate's threshold rule
 
     def size(self) -> int:
         return len(self.layers) * len(self.forms) * len(self.strengths) * len(self.calibrations) * len(self.limits)
@@ -81,13 +82,13 @@ def screen(
             for strength in grid.strengths:
                 shared = out_of_fold(cache, GateSettings(layer, form, strength, readout_ridge=readout_ridge), fits)
                 for calibration, limit in itertools.product(grid.calibrations, grid.limits):
-                    settings = GateSettings(layer, form, strength, calibration, limit, readout_ridge)
+                    settings = GateSettings(layer, form, strength, calibration, limit, readout_ridge, grid.exempt)
                     if share_fits:
                         oof = shared
                     else:
                         oof = out_of_fold(cache, settings, fold_fits(cache, layer, folds, form, readout_ridge))
-                    fires = oof.deployed(calibrate(cache, oof, calibration, limit)) > 0
-                    candidates.append(Candidate(settings, figures(cache, fires)))
+                    fires = oof.deployed(calibrate(cache, oof, calibration, limit, grid.exempt)) > 0
+                    candidates.append(Candidate(settings, figures(cache, fires, exempt=grid.exempt)))
                     progress.advance(1)
     return candidates, all_fits, time.perf_counter() - started
 
@@ -159,10 +160,12 @@ def _anchor_row(
         row["auc"] = {
             lang: roc_auc(oof.scores[harmful & (langs == lang)], negatives) for lang in sorted(set(langs[harmful]))
         }
-        thresholds = calibrate(cache, oof, "per-language", per_language.settings.limit)
+        thresholds = calibrate(
+            cache, oof, "per-language", per_language.settings.limit, per_language.settings.exempt
+        )
         index = {lang: i for i, lang in enumerate(oof.languages)}
         by_label = oof.scores > thresholds[[index[lang] for lang in langs]]
-        row["per_language_label"] = figures(cache, by_label)
+        row["per_language_label"] = figures(cache, by_label, exempt=per_language.settings.exempt)
         row["per_language_read"] = per_language.predicted
     if best["global"] is not None:
         row["global"] = best["global"].predicted
@@ -182,7 +185,7 @@ def _test_row(
             continue
         gate = fit_gate(anchors, candidate.settings, fits=fits[(layer, candidate.settings.form)])
         key = "global" if calibration == "global" else "per_language_read"
-        row[key] = figures(test, gate.fires(test.rows(layer)))
+        row[key] = figures(test, gate.fires(test.rows(layer)), exempt=candidate.settings.exempt)
         if calibration == "per-language":
             x = anchors.rows(layer)
             weights = balanced_weights(anchors.harmful, anchors.langs, anchors.groups)
@@ -208,12 +211,14 @@ def limiting_sources(
     settings = candidate.settings
     oof = out_of_fold(cache, settings, fits[(settings.layer, settings.form)])
 
-    def at(limit: float, exempt: str | None = None) -> dict[str, Any]:
-        return figures(cache, oof.deployed(calibrate(cache, oof, settings.calibration, limit, exempt)) > 0)
+    def at(limit: float, exempt: tuple[str, ...] = ()) -> dict[str, Any]:
+        exempt = (*settings.exempt, *exempt)
+        thresholds = calibrate(cache, oof, settings.calibration, limit, exempt)
+        return figures(cache, oof.deployed(thresholds) > 0, exempt=exempt)
 
     lifted = {}
-    for group in sorted(set(np.asarray(cache.groups)[~cache.harmful])):
-        result = at(settings.limit, group)
+    for group in sorted(set(np.asarray(cache.groups)[~cache.harmful]) - set(settings.exempt)):
+        result = at(settings.limit, (group,))
         lifted[group] = {"catch_non_reference": result["catch_non_reference"], "firing": result["firing"][group]}
     return {
         "label": settings.label(),

@@ -56,6 +56,12 @@ class GateOptions(ModelOptions, PromptOptions):
         description="The choice rule: every harmless source (and kind) may fire at most this share, out of fold "
         "on the anchors; of the gates that keep it, the one catching most non-reference harmful prompts wins.",
     )
+    limit_exempt: Annotated[list[str] | None, COMMA_LIST] = Field(
+        None,
+        description="Harmless groups (a source, or source/kind: any whose name contains one of these) left out of "
+        "the --max-firing rule; their firing is still reported. What relaxing the limits only for the sources the "
+        "report's 'What limits' table names would buy: a choice against their over-refusal, made in the open.",
+    )
     folds: int = Field(5, ge=2, le=20, description="Folds for out-of-fold scores (a prompt id stays in one fold).")
     source_limit: int | None = Field(
         None,
