@@ -200,6 +200,28 @@ def inspect(
     _print_json(summary) if as_json else _print_table(list(summary.items()))
 
 
+def strategies(
+    as_json: JsonFlag = False,
+    as_markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the strategy table of docs/method.md (Markdown).")
+    ] = False,
+) -> None:
+    """List the registered edit strategies (built in, and those other packages register): what each edits and
+    the settings it reads."""
+    from sparse_edit.edit.strategies import describe_registered, markdown_table
+
+    if as_markdown:
+        typer.echo(markdown_table(), nl=False)
+        return
+    found = describe_registered()
+    if as_json:
+        _print_json(found)
+        return
+    for entry in found:
+        typer.echo(f"{entry['name']} ({entry['from']}): {entry['summary']}")
+        typer.echo(f"    settings: {' '.join(entry['settings']) or '(none of its own)'}")
+
+
 def verify(
     base: Annotated[Path, typer.Argument(help="The unedited model folder (or .gguf, zoo:NAME).")],
     edited: Annotated[Path, typer.Argument(help="The folder written by sparse-edit apply.")],
@@ -228,7 +250,7 @@ def revert(
     typer.echo(f"restored {len(rewritten)} shard(s) into {output}")
 
 
-for _function in (inspect, verify, revert):
+for _function in (inspect, strategies, verify, revert):
     command(_function)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,7 +28,24 @@ def test_every_registered_strategy_is_a_complete_documented_strategy(name):
     assert needs.sites and set(needs.sites) <= {"mlp_input", "neurons", "residual"}
     assert strategy.gram_site is None or strategy.gram_site in needs.sites
     assert issubclass(ApplyOptions, strategy.settings_model), "every strategy's settings are apply settings"
-    assert f"| `{name}` |" in DOCS.read_text(encoding="utf-8"), f"docs/method.md has no row for {name}"
+    assert strategy.table_row is not None, f"{name} has no row for the strategy table"
+
+
+def test_the_docs_strategy_table_is_the_one_the_registry_writes():
+    text = DOCS.read_text(encoding="utf-8")
+    begin, end = "<!-- strategy table:", "<!-- end of strategy table -->"
+    table = text[text.index("\n", text.index(begin)) + 1 : text.index(end)]
+    assert table == strategies.markdown_table(strategies.BUILT_IN), (
+        "docs/method.md's strategy table is stale: paste `sparse-edit strategies --markdown` between its markers"
+    )
+
+
+def test_the_strategies_command_lists_each_strategy_with_its_own_settings():
+    listed = json.loads(run_cli("strategies", "--json").output)
+    assert [entry["name"] for entry in listed] == list(strategies.BUILT_IN)
+    detector = next(entry for entry in listed if entry["name"] == "detector")
+    assert "--detector-gate" in detector["settings"] and "--gamma" not in detector["settings"]
+    assert detector["summary"] == strategies.get("detector").summary
 
 
 def test_a_strategy_reads_its_own_settings_off_the_apply_options():

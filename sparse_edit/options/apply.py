@@ -12,6 +12,7 @@ from sparse_edit.options.prompts import PromptOptions
 from sparse_edit.options.roles import PROMPTS, READ, TEXT, WRITTEN
 from sparse_edit.options.strategies import DetectorOptions, OutputOptions, PaperOptions
 from sparse_edit.options.traits import COMMA_LIST, NOT_IN_STUDY_KEY, ShortFlag
+from sparse_edit.strategy_names import BUILT_IN
 
 
 class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, PromptOptions):
@@ -34,10 +35,9 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
     overwrite: Annotated[bool, NOT_IN_STUDY_KEY] = Field(False, description="Replace an existing output folder.")
     strategy: Annotated[list[str], TEXT, COMMA_LIST] = Field(
         default_factory=lambda: ["paper"],
-        description="paper (default): the published edit, input rows (gate_proj) of the safety neurons. output: "
-        "down_proj columns of a neuron set, fitted to raise the layer's refusal-direction projection. detector: "
-        "the layer's quietest neuron rewritten as a thresholded harmfulness detector that adds the refusal "
-        "direction only when it fires. Several (paper,output,detector) are compared on the dev split, like "
+        description=f"One of the registered strategies ({', '.join(BUILT_IN)}, or one another package "
+        "registers; `sparse-edit strategies` lists them with what each edits and the settings it reads). paper, "
+        "the default, is the published edit. Several (paper,output,detector) are compared on the dev split, like "
         "layers. A chain (paper+detector) solves each part in turn, the later on features with the earlier "
         "edits applied; the parts share the flags they read. The defaults of strategy, --layer, --gamma and "
         "--proj are a configuration sparse-edit tune chose on a small instruct model; "

@@ -39,6 +39,15 @@ class FeatureNeeds:
 
 
 @dataclass(frozen=True)
+class TableRow:
+    """A strategy's row of the strategy table (docs/method.md and ``sparse-edit strategies --markdown``)."""
+
+    keys: str  # what the solve reads
+    target: str  # what it fits them to
+    writes: str  # which weights it writes
+
+
+@dataclass(frozen=True)
 class Tunable:
     """A setting ``sparse-edit tune`` may vary for a strategy: an ApplyOptions field and its range.
 
@@ -71,8 +80,10 @@ class Strategy(ABC, Generic[SettingsT]):
     ``settings_model``), never the whole apply options."""
 
     name: ClassVar[str]
-    # One line for the documentation table.
+    # One line: what it edits (``sparse-edit strategies``).
     summary: ClassVar[str]
+    # Its row of the strategy table; a strategy without one shows its summary there.
+    table_row: ClassVar[TableRow | None] = None
     # The key site whose harmless Gram is stored in the delta for verify's leak check (None: no check).
     gram_site: ClassVar[Site | None]
     # The strategy's own settings (a part of ApplyOptions): its solve reads them through this model.

@@ -21,6 +21,7 @@ from sparse_edit.edit.strategies.base import (
     FeatureNeeds,
     SolveJob,
     Strategy,
+    TableRow,
     Tunable,
     refusal_direction,
 )
@@ -48,6 +49,16 @@ class DetectorStrategy(Strategy[DetectorOptions]):
     summary = (
         "the layer's quietest neuron (or one per low-resource language) rewritten as a thresholded probe that adds "
         "the refusal direction only when it fires (gate, up and down of the neuron; gated MLPs only)"
+    )
+    table_row = TableRow(
+        keys="MLP input (last `--positions` tokens) of harmful prompts, low-resource and reference, scored +1; "
+        "harmless last tokens and every harmless token scored −`--detector-margin` (a ridge probe `w`, closed "
+        "form), or a gate fitted by `sparse-edit gates` (`--detector-gate`)",
+        target="the same refusal-direction gap × `--gain`, fitted by one output scale",
+        writes="the layer's quietest neuron (least output energy on harmless tokens; with `--detector-neurons "
+        "per-language` one per low-resource language, with `--detector-response step` a pair) rewritten: "
+        "`gate_proj` row = k·w, `up_proj` row = w (step: a bias direction), `down_proj` column = scale × refusal "
+        "direction (gated MLPs only)",
     )
     gram_site = None  # rewritten neurons: no leak of a low-rank update to recompute
     settings_model = DetectorOptions

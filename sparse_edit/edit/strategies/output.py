@@ -21,6 +21,7 @@ from sparse_edit.edit.strategies.base import (
     FeatureNeeds,
     SolveJob,
     Strategy,
+    TableRow,
     Tunable,
     refusal_direction,
     shift_ratio,
@@ -39,6 +40,13 @@ class OutputStrategy(Strategy[OutputOptions]):
     summary = (
         "down_proj columns of a neuron set, fitted to raise the layer's refusal-direction projection of "
         "low-resource harmful prompts to the reference level (× gain), harmless tail rows held still"
+    )
+    table_row = TableRow(
+        keys="activations of a neuron set (union of the low-resource languages' safety neurons, capped by "
+        "`--max-edit-neurons`)",
+        target="raise the prompt's projection on the layer's refusal direction (reference harmful − harmless mean "
+        "of the layer output) to the reference harmful level, × `--gain`",
+        writes="`down_proj` columns of that set (GPT-2: `c_proj` rows)",
     )
     gram_site = "neurons"
     settings_model = OutputOptions

@@ -19,6 +19,7 @@ from sparse_edit.edit.strategies.base import (
     FeatureNeeds,
     SolveJob,
     Strategy,
+    TableRow,
     Tunable,
     solve_diagnostics,
     target_points,
@@ -36,6 +37,13 @@ class PaperStrategy(Strategy[PaperOptions]):
     summary = (
         "input rows (gate_proj, optionally up_proj) of the safety neurons, fitted to move low-resource MLP "
         "inputs to the reference-language pre-activation"
+    )
+    table_row = TableRow(
+        keys="MLP input of low-resource harmful prompts",
+        target="reference pre-activation of the safety neurons, `(X_ref − X_low) W_S` (parallel by id, or the "
+        "reference class mean with `--target class-mean`)",
+        writes="`gate_proj` rows of the reference safety neurons (`--proj gate,up` adds `up_proj`; GPT-2: `c_fc` "
+        "columns; Phi-3: fused rows at offset 0 and d_ff)",
     )
     gram_site = "mlp_input"
     settings_model = PaperOptions
