@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,39 @@ def _agreement(args: argparse.Namespace, gate: se.Gate, path: Path, cache: se.Fe
         "written_fires": agreement.written_fires,
         "gate_fires": agreement.gate_fires,
     }
+
+
+def _newly_answered(
+    joined: dict[tuple[str, str, str], dict[str, str]],
+    replies: dict[tuple[str, str, str], dict[str, str]],
+    fired: dict[tuple[str, str, str], bool],
+    base_refused: list[tuple[str, str, str]],
+) -> dict[str, Any]:
+    """Harmful prompts the base model refused and the edit answers, split by whether a gate fires on the prompt's
+    last token: where it fires, the push itself undid a refusal; where it does not, the change came from
+    elsewhere (the written neurons firing at another position, a prompt token or a reply token).
+    ``same_first_word``: the edited reply starts with the base reply's first word, so the two parted inside
+    the reply."""
+
+    def first_word(text: str) -> str:
+        words = text.split()
+        return words[0] if words else ""
+
+    split: dict[str, Any] = {}
+    for name, wanted in (("where_a_gate_fires", True), ("where_no_gate_fires", False)):
+        keys = [k for k in base_refused if fired[k] is wanted]
+        flipped = [k for k in keys if joined[k]["edited"] != REFUSAL]
+        split[name] = {
+            "base_refused": len(keys),
+            "newly_answered": len(flipped),
+            "same_first_word": sum(
+                bool(first_word(replies[k]["base"]))
+                and first_word(replies[k]["base"]) == first_word(replies[k]["edited"])
+                for k in flipped
+            ),
+            "by_language": dict(Counter(k[1] for k in flipped).most_common()),
+        }
+    return split
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,8 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     fired = {(p.label, p.lang, p.id): bool(f) for p, f in zip(cache.prompts, fires, strict=True)}
     group = {(p.label, p.lang, p.id): p.group for p in cache.prompts}
     verdicts: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
+    replies: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
     for row in read_replies(args.report):
         verdicts[(row["class"], row["lang"], str(row["id"]))][row["model"]] = row["verdict"]
+        replies[(row["class"], row["lang"], str(row["id"]))][row["model"]] = row.get("reply", "")
     joined = {key: v for key, v in verdicts.items() if "base" in v and "edited" in v and key in fired}
     if not joined:
         raise SystemExit(f"no prompt of {args.report} is in the test feature cache of {args.gates}")
@@ -140,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         "english_harmless_refusal_rise": (share([joined[k]["edited"] == REFUSAL for k in english]) or 0.0)
         - (share([joined[k]["base"] == REFUSAL for k in english]) or 0.0),
         "newly_answered_share": share([joined[k]["edited"] != REFUSAL for k in base_refused]),
+        "newly_answered": _newly_answered(joined, replies, fired, base_refused),
     }
     if args.edited is not None:
         payload["agreement_on_cached_states" if args.states_only else "agreement"] = {
