@@ -18,6 +18,7 @@ Results are typed: ``apply_edit`` returns the edited folder's ``Manifest``, ``ev
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -282,6 +283,29 @@ def gate_agreement_on_cache(edited: str | Path, gate: Gate, features: FeatureCac
     layer = gate.settings.layer
     row = written_gate_row(Path(edited), layer)
     return agreement_on_states(gate, row, features.rows(layer), features.rows(layer))
+
+
+def apply_to_model(model: Any, edited: str | Path) -> None:
+    """Apply the edit an ``apply`` folder records to a model loaded in memory (a transformers model of the same
+    weights), in place: its parameters then equal the edited folder's. Refused, with nothing changed, when the
+    model does not hold the base rows the edit records."""
+    from sparse_edit.edit.in_memory import apply_to_model as apply_in_place
+
+    apply_in_place(model, Path(edited))
+
+
+def revert_on_model(model: Any, edited: str | Path) -> None:
+    """Take the edit of an ``apply`` folder back from a model in memory, exactly (the original rows are stored)."""
+    from sparse_edit.edit.in_memory import revert_on_model as revert_in_place
+
+    revert_in_place(model, Path(edited))
+
+
+def edited_model(model: Any, edited: str | Path) -> AbstractContextManager[Any]:
+    """``with se.edited_model(model, "runs/edited"):`` the edit applied to ``model`` for the block, reverted after."""
+    from sparse_edit.edit.in_memory import edited_model as edited_in_place
+
+    return edited_in_place(model, Path(edited))
 
 
 def verify(base: str | Path, edited: str | Path, *, run_forward: bool = True) -> VerifyReport:

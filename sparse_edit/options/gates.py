@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from sparse_edit.options.model import ModelOptions
 from sparse_edit.options.prompts import PromptOptions
-from sparse_edit.options.roles import PROMPTS, READ, WRITTEN
+from sparse_edit.options.roles import PROMPTS, READ, TEXT, WRITTEN
 from sparse_edit.options.traits import COMMA_LIST, ShortFlag
 
 ProbeForm = Literal["lda", "logistic"]
@@ -56,7 +56,7 @@ class GateOptions(ModelOptions, PromptOptions):
         description="The choice rule: every harmless source (and kind) may fire at most this share, out of fold "
         "on the anchors; of the gates that keep it, the one catching most non-reference harmful prompts wins.",
     )
-    limit_exempt: Annotated[list[str] | None, COMMA_LIST] = Field(
+    limit_exempt: Annotated[list[str] | None, TEXT, COMMA_LIST] = Field(
         None,
         description="Harmless groups (a source, or source/kind: any whose name contains one of these) left out of "
         "the --max-firing rule; their firing is still reported. What relaxing the limits only for the sources the "
