@@ -37,8 +37,6 @@ from sparse_edit.tuning.front import (
     TrialRow,
     choose,
     pareto_front,
-    trial_config,
-    write_files,
 )
 from sparse_edit.tuning.outcome import Verdicts
 from sparse_edit.tuning.space import SearchSpace, describe
@@ -50,6 +48,7 @@ from sparse_edit.tuning.storage import (
     open_study,
     wait_for_others,
 )
+from sparse_edit.tuning.study_files import trial_config, write_files
 from sparse_edit.tuning.trial import TrialRunner, apply_settings
 from sparse_edit.version import __version__
 
