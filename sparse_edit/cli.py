@@ -154,7 +154,8 @@ def eval_command(config: Path | None, settings: dict[str, Any], reporter: Any, a
 
     Exit codes: 0 all gates passed, 1 a --fail-if gate tripped (the report is still written), 2 error.
     """
-    from sparse_edit.evaluation.report import finite, markdown
+    from sparse_edit.evaluation.report import markdown
+    from sparse_edit.evaluation.report_schema import finite
 
     options = api.eval_options(config, **settings)
     report = api.evaluate(config, options=options, reporter=reporter)

@@ -9,23 +9,12 @@ from typing import Any
 
 from sparse_edit.console import Reporter
 from sparse_edit.evaluation.gates import Gate, check_gates
-from sparse_edit.evaluation.report_schema import EvalReport
+from sparse_edit.evaluation.report_schema import EvalReport, finite
 from sparse_edit.evaluation.run import EvalResult, run_eval
 from sparse_edit.io.layout import REPLIES_FILE, REPORT_JSON, REPORT_MARKDOWN
 from sparse_edit.io.staging import staged_folder
 from sparse_edit.options import EvalOptions
 from sparse_edit.runner import Steps
-
-
-def finite(payload: Any) -> Any:
-    """NaN and infinities become null, so report.json is strict JSON."""
-    if isinstance(payload, float):
-        return payload if math.isfinite(payload) else None
-    if isinstance(payload, dict):
-        return {key: finite(value) for key, value in payload.items()}
-    if isinstance(payload, list | tuple):
-        return [finite(value) for value in payload]
-    return payload
 
 
 def _pct(rate: dict[str, Any]) -> str:
@@ -248,12 +237,11 @@ def charts(report: dict[str, Any], folder: Path, artifact_summary: dict[str, Any
 def write_report(
     result: EvalResult, folder: Path, overwrite: bool, artifact: Path | None, reporter: Reporter
 ) -> EvalReport:
-    """Write the report folder; returns the report as written (validated against its schema)."""
+    """Write the report folder; returns the report it was written from."""
     from sparse_edit.neurons.artifact import LocateArtifact
 
     artifact_summary = LocateArtifact.load(artifact).summary() if artifact is not None else None
-    report = finite(result.report)
-    validated = EvalReport.model_validate(report)  # a report that breaks its own schema is a bug, not a result
+    report = finite(result.report.model_dump(mode="json", exclude_unset=True))  # the fields the run set
     with staged_folder(folder, overwrite, "eval") as staging:
         (staging / REPORT_JSON).write_text(
             json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -265,7 +253,7 @@ def write_report(
         written = charts(report, staging, artifact_summary)
         if not written:
             reporter.warn("matplotlib is not installed; charts skipped (pip install 'sparse-edit[plot]')")
-    return validated
+    return result.report
 
 
 def eval_steps() -> Steps[EvalOptions, list[Gate], EvalResult, EvalReport]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -120,3 +121,14 @@ class EvalReport(_Strict):
     changed: ChangedVerdicts | None = None  # with --base: the prompts behind over-refusal and newly answered
     parity: ParityReport | None = None  # with --base: parity with the base model's reference-language verdicts
     gates: list[GateRow]
+
+
+def finite(payload: Any) -> Any:
+    """NaN and infinities become null, so report.json is strict JSON."""
+    if isinstance(payload, float):
+        return payload if math.isfinite(payload) else None
+    if isinstance(payload, dict):
+        return {key: finite(value) for key, value in payload.items()}
+    if isinstance(payload, list | tuple):
+        return [finite(value) for value in payload]
+    return payload

@@ -15,6 +15,7 @@ from sparse_edit.data.selection import prepare_prompts
 from sparse_edit.evaluation.gates import Gate, check_gate_languages, check_gates
 from sparse_edit.evaluation.journal import ReplyJournal, base_cache_journal, settings_key
 from sparse_edit.evaluation.parity import parallel_languages, parity_report
+from sparse_edit.evaluation.report_schema import EvalReport, finite
 from sparse_edit.evaluation.tables import ModelRun, changed_prompts, language_table, pooled_tests, summary_metrics
 from sparse_edit.io.layout import EVAL_KIND
 from sparse_edit.measure.judge import GuardJudge, Judge, KeywordJudge
@@ -155,7 +156,7 @@ def paired_harmless_passes(
 
 @dataclass
 class EvalResult:
-    report: dict[str, Any]
+    report: EvalReport  # built as the model report.json is written from
     replies: list[dict[str, Any]]
     gates: list[dict[str, Any]]
     journal: ReplyJournal | None = None
@@ -259,27 +260,32 @@ def run_eval(
     for gate in gates:
         tripped, value = gate.evaluate(metrics)
         gate_rows.append({"expression": gate.text, "value": value, "tripped": tripped})
-    report = {
-        "kind": EVAL_KIND,
-        "schema_version": SCHEMA_VERSION,
-        "tool_version": __version__,
-        "settings": options.model_dump(mode="json", exclude={"output", "overwrite"}),
-        "judge": judge.name,
-        "models": {"edited": str(options.model), "base": str(options.base) if options.base else None},
-        "reference_lang": options.reference_lang,
-        "counts": {
-            lang: {"harmful": len(h), "harmless": len(by_language(sets.harmless).get(lang, []))}
-            for lang, h in by_language(sets.harmful).items()
-        },
-        "languages": table,
-        "summary": metrics,
-        "pooled_tests": pooled_tests(harmful, harmless, edited_run, base_run, options.reference_lang)
-        if base_run is not None
-        else None,
-        "changed": changed,
-        "parity": parity,
-        "gates": gate_rows,
-    }
+    # The run returns the typed report (NaN as null): a field that breaks its schema fails here, where it is made.
+    report = EvalReport.model_validate(
+        finite(
+            {
+                "kind": EVAL_KIND,
+                "schema_version": SCHEMA_VERSION,
+                "tool_version": __version__,
+                "settings": options.model_dump(mode="json", exclude={"output", "overwrite"}),
+                "judge": judge.name,
+                "models": {"edited": str(options.model), "base": str(options.base) if options.base else None},
+                "reference_lang": options.reference_lang,
+                "counts": {
+                    lang: {"harmful": len(h), "harmless": len(by_language(sets.harmless).get(lang, []))}
+                    for lang, h in by_language(sets.harmful).items()
+                },
+                "languages": table,
+                "summary": metrics,
+                "pooled_tests": pooled_tests(harmful, harmless, edited_run, base_run, options.reference_lang)
+                if base_run is not None
+                else None,
+                "changed": changed,
+                "parity": parity,
+                "gates": gate_rows,
+            }
+        )
+    )
     replies = _reply_rows(harmful, harmless, edited_run, "edited")
     if base_run is not None:
         replies += _reply_rows(harmful, harmless, base_run, "base")
