@@ -50,10 +50,10 @@ def _agreement(args: argparse.Namespace, gate: se.Gate, path: Path, cache: se.Fe
 
 
 def _newly_answered(
-    joined: dict[tuple[str, str, str], dict[str, str]],
-    replies: dict[tuple[str, str, str], dict[str, str]],
-    fired: dict[tuple[str, str, str], bool],
-    base_refused: list[tuple[str, str, str]],
+    joined: dict[Any, dict[str, str]],
+    replies: dict[Any, dict[str, str]],
+    fired: dict[Any, bool],
+    base_refused: list[Any],
 ) -> dict[str, Any]:
     """Harmful prompts the base model refused and the edit answers, split by whether a gate fires on the prompt's
     last token: where it fires, the push itself undid a refusal; where it does not, the change came from
