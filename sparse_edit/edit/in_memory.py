@@ -26,72 +26,73 @@ def load_delta(edited: Path) -> EditDelta:
     return EditDelta.load(edited / DELTA_FILE if edited.is_dir() else edited)
 
 
-def _blocks(model: torch.nn.Module, delta: EditDelta, where: str) -> list[tuple[torch.Tensor, SliceEdit]]:
+def _blocks(
+    model: torch.nn.Module, delta: EditDelta, where: str
+) -> list[tuple[torch.Tensor, SliceEdit, torch.Tensor]]:
+    """(parameter data, edit, its original rows) per edited block; refused when the model lacks a parameter or
+    the delta keeps no original rows."""
     found = []
     for edit in delta.edits:
+        if edit.original is None:
+            raise SparseEditError(f"{where}: the delta keeps no original rows of {edit.slice.tensor}")
         try:
             parameter = model.get_parameter(edit.slice.tensor)
         except AttributeError:
             raise SparseEditError(
                 f"{where}: the model has no parameter {edit.slice.tensor}; it is not the model this edit was made for"
             ) from None
-        found.append((parameter.data, edit))
+        found.append((parameter.data, edit, edit.original.to(parameter.device)))
     return found
 
 
-def _rows(data: torch.Tensor, edit: SliceEdit) -> torch.Tensor:
-    return edit.slice.read(data, edit.neurons.to(data.device))
-
-
-def _edited_rows(data: torch.Tensor, edit: SliceEdit) -> torch.Tensor:
-    assert edit.original is not None
-    original = edit.original.to(data.device)
-    return apply_rows(original, edit.rows_delta, original.dtype).to(data.dtype)
-
-
-def _require(data: torch.Tensor, edit: SliceEdit, expected: torch.Tensor, where: str, state: str) -> None:
-    if not torch.equal(_rows(data, edit), expected):
-        raise SparseEditError(
-            f"{where}: {edit.slice.tensor} does not hold the {state} rows this edit records; the loaded model is not "
-            "the one it was made for (or is already edited / reverted)"
-        )
+def _move(model: torch.nn.Module, edited: Path, delta: EditDelta, forward: bool) -> None:
+    """Every block from its base rows to its edited rows (``forward``) or back, after checking that each holds
+    the rows it starts from: a refusal changes nothing."""
+    where = f"edit {edited}"
+    blocks = _blocks(model, delta, where)
+    with torch.no_grad():
+        states = [
+            (
+                data,
+                edit,
+                original.to(data.dtype),
+                apply_rows(original, edit.rows_delta, original.dtype).to(data.dtype),
+            )
+            for data, edit, original in blocks
+        ]
+        for data, edit, base, changed in states:
+            if not torch.equal(edit.slice.read(data, edit.neurons.to(data.device)), base if forward else changed):
+                raise SparseEditError(
+                    f"{where}: {edit.slice.tensor} does not hold the {'base' if forward else 'edited'} rows this edit "
+                    "records; the loaded model is not the one it was made for (or is already edited / reverted)"
+                )
+        for data, edit, base, changed in states if forward else reversed(states):
+            edit.slice.write(data, edit.neurons.to(data.device), changed if forward else base)
 
 
 def apply_to_model(model: torch.nn.Module, edited: Path) -> EditDelta:
     """Apply the edit of the folder ``edited`` to ``model``'s parameters in place (rounded as the written
     checkpoint is); refused, with nothing changed, unless every block holds the base rows the edit records."""
-    where = f"edit {edited}"
     delta = load_delta(edited)
-    blocks = _blocks(model, delta, where)
-    with torch.no_grad():
-        for data, edit in blocks:
-            assert edit.original is not None
-            _require(data, edit, edit.original.to(data.device, data.dtype), where, "base")
-        for data, edit in blocks:
-            edit.slice.write(data, edit.neurons.to(data.device), _edited_rows(data, edit))
+    _move(model, edited, delta, forward=True)
     return delta
 
 
 def revert_on_model(model: torch.nn.Module, edited: Path) -> EditDelta:
     """Take the edit of the folder ``edited`` back from ``model`` in place: the original rows, exactly; refused,
     with nothing changed, unless every block holds the edited rows."""
-    where = f"edit {edited}"
     delta = load_delta(edited)
-    blocks = _blocks(model, delta, where)
-    with torch.no_grad():
-        for data, edit in blocks:
-            _require(data, edit, _edited_rows(data, edit), where, "edited")
-        for data, edit in reversed(blocks):
-            assert edit.original is not None
-            edit.slice.write(data, edit.neurons.to(data.device), edit.original.to(data.device, data.dtype))
+    _move(model, edited, delta, forward=False)
     return delta
 
 
 @contextmanager
 def edited_model(model: Any, edited: Path) -> Iterator[Any]:
-    """``model`` with the edit applied for the duration of the block, reverted after it (also on error)."""
-    apply_to_model(model, edited)
+    """``model`` with the edit applied for the duration of the block, reverted after it (also on error); the
+    delta is read once."""
+    delta = load_delta(edited)
+    _move(model, edited, delta, forward=True)
     try:
         yield model
     finally:
-        revert_on_model(model, edited)
+        _move(model, edited, delta, forward=False)
