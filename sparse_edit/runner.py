@@ -16,6 +16,7 @@ its ``write`` step decides.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -57,9 +58,9 @@ def run_command(
     """Run ``steps`` on ``options``; ``config``: the TOML file the options came from (an input like any other)."""
     checked = steps.check(options)
     inputs = command_inputs(options, config)  # also refuses a store (a journal, say) inside an input
-    if not steps.claims(options):
-        return steps.write(options, steps.work(options, checked, reporter), reporter)
-    output = Path(options.output)  # type: ignore[attr-defined]  # claims() said there is one
-    overwrite = bool(getattr(options, "overwrite", False))
-    with claimed_output(output, steps.name, inputs, overwrite):
+    claim: AbstractContextManager[None] = nullcontext()
+    if steps.claims(options):
+        output = Path(options.output)  # type: ignore[attr-defined]  # claims() said there is one
+        claim = claimed_output(output, steps.name, inputs, bool(getattr(options, "overwrite", False)))
+    with claim:
         return steps.write(options, steps.work(options, checked, reporter), reporter)
