@@ -42,6 +42,7 @@ BENCHMARKS = {
     "trials": "bench_trials",
     "gates": "bench_gates",
     "gates-confirm": "gates_confirm",
+    "gates-positions": "gates_positions",
     "judge": "judge_calibration",
     "tune-study": "tune_study",
 }

@@ -51,9 +51,14 @@ def gated(tmp_path_factory) -> Path:
         gate,
         "--detector-reference",
         "fire",
+        "--detector-response",
+        "square",
     )
     step = ["--strategy", "detector", "--detector-gate", str(gate), "--detector-response", "step"]
-    run_cli(*apply_args(root / "art.safetensors", root / "edited-step", *step))
+    run_cli(
+        *apply_args(root / "art.safetensors", root / "edited-step", *step, "--detector-push-at", "every-token")
+    )
+    run_cli(*apply_args(root / "art.safetensors", root / "edited-end", *step, "--detector-push-at", "prompt-end"))
     return root
 
 
@@ -105,18 +110,25 @@ def test_the_agreement_check_fails_when_the_written_gate_is_perturbed(gated):
     assert agreement_on_states(gate, -row, x, x).share < 0.5
 
 
+def _pair_rows(edited: Path, layer: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The manifest row, the gate rows and the up rows of the step pair ``apply`` wrote at ``layer``."""
+    row = json.loads((edited / MANIFEST_FILE).read_text())["diagnostics"]["per_layer"][0]
+    checkpoint = Checkpoint.open(edited)
+    neurons = torch.tensor(row["repurposed_neuron"])
+    rows = {
+        name: checkpoint.family.neuron_slice(layer, name, checkpoint.dims.mlp_width) for name in ("gate", "up")
+    }
+    gates, ups = (rows[n].read(checkpoint.load_tensor(rows[n].tensor), neurons).double() for n in ("gate", "up"))
+    return row, gates, ups
+
+
 def test_a_step_pair_fires_where_the_gate_does_and_pushes_every_firing_prompt_alike(gated):
-    manifest = json.loads((gated / "edited-step" / MANIFEST_FILE).read_text())
-    row = manifest["diagnostics"]["per_layer"][0]
+    row, gates, ups = _pair_rows(gated / "edited-step", 1)
     assert row["detector_response"] == "step" and len(row["repurposed_neuron"]) == 2
     gate = Gate.load(gated / "gates" / "gate.safetensors")
     cache = FeatureCache.load(gated / "gates" / "features-anchor.safetensors")
     x = cache.rows(1)
     assert agreement_on_states(gate, written_gate_row(gated / "edited-step", 1), x, x).share >= 0.99
-    checkpoint = Checkpoint.open(gated / "edited-step")
-    neurons = torch.tensor(row["repurposed_neuron"])
-    rows = {name: checkpoint.family.neuron_slice(1, name, checkpoint.dims.mlp_width) for name in ("gate", "up")}
-    gates, ups = (rows[n].read(checkpoint.load_tensor(rows[n].tensor), neurons).double() for n in ("gate", "up"))
     states = torch.from_numpy(x)
     bias = states @ ups[0]  # u·x: near 1 on real models (spread 1 %); a random tiny model's is wider
     assert torch.allclose(ups[0], ups[1]) and abs(float(bias.mean()) - 1) < 0.1
@@ -128,6 +140,65 @@ def test_a_step_pair_fires_where_the_gate_does_and_pushes_every_firing_prompt_al
     assert len(past) and len(below)
     assert float(past.std() / past.mean()) < 0.05
     assert float(below.abs().max()) < 0.1 * float(past.mean())
+
+
+def test_a_prompt_end_pair_pushes_at_the_prompts_last_tokens_and_not_on_earlier_ones(gated):
+    row, gates, ups = _pair_rows(gated / "edited-end", 1)
+    assert row["detector_push_at"] == "prompt-end"
+    gate = Gate.load(gated / "gates" / "gate.safetensors")
+    cache = FeatureCache.load(gated / "gates" / "features-anchor.safetensors")
+    ends, earlier = torch.from_numpy(cache.rows(1)), torch.from_numpy(cache.token_rows(1))
+    # The gate row is the gate's, as with every-token up rows: the agreement check still holds.
+    assert agreement_on_states(gate, gates[0].numpy(), cache.rows(1), cache.rows(1)).share >= 0.99
+    end_read, earlier_read = ends @ ups[0], earlier @ ups[0]
+    assert abs(float(end_read.mean()) - 1) < 0.2
+    assert float(earlier_read.pow(2).mean().sqrt()) < 0.5 * float(end_read.mean())
+    assert row["up_rms_harmless_tokens"] < 0.5
+
+    silu = torch.nn.functional.silu
+
+    def push(states: torch.Tensor, gate_rows: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return ((silu(states @ gate_rows[0]) - silu(states @ gate_rows[1])) * (states @ up)).abs()
+
+    # Earlier tokens where the gate row fires: the every-token pair pushes there, the prompt-end pair much less.
+    firing = earlier[(earlier @ gates[0]) > 0]
+    _, step_gates, step_ups = _pair_rows(gated / "edited-step", 1)
+    assert len(firing), "the tiny gate fires on some earlier token"
+    assert float(push(firing, gates, ups[0]).mean()) < 0.5 * float(push(firing, step_gates, step_ups[0]).mean())
+
+
+def test_naming_gates_alone_applies_the_gate_edit_at_the_gates_layers(gated, tmp_path):
+    gate = gated / "gates" / "gate.safetensors"
+    out = tmp_path / "implied"
+    run_cli(
+        "apply",
+        "--artifact",
+        gated / "art.safetensors",
+        "--detector-gate",
+        gate,
+        "--device",
+        "cpu",
+        "-q",
+        "-o",
+        out,
+    )
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    row = manifest["diagnostics"]["per_layer"][0]
+    assert manifest["strategy"] == "detector" and row["layer"] == Gate.load(gate).settings.layer
+    assert row["detector_response"] == "step" and row["detector_push_at"] == "prompt-end"
+    assert manifest["settings"]["gain"] == 16.0 and manifest["settings"]["harmless_reply_tokens"] == 24
+    # A setting given beside the gate holds; two gates double the implied gain.
+    art = gated / "art.safetensors"
+    given = se.apply_options(
+        artifact=art, output="o", detector_gate=[gate, gate], detector_response="square", gain=4.0
+    )
+    assert (given.layer, given.detector_response, given.detector_push_at, given.gain) == (
+        "gates",
+        "square",
+        "every-token",
+        4.0,
+    )
+    assert se.apply_options(artifact=art, output="o", detector_gate=[gate, gate]).gain == 32.0
 
 
 def test_gates_at_two_layers_are_written_in_one_edit_each_at_its_layer(gated):
@@ -215,6 +286,17 @@ APPLY_GATE = ["apply", "--artifact", "art.safetensors", "--strategy", "detector"
         (
             [*APPLY_GATE, "gates/features-anchor.safetensors", "--layer", "1"],
             ("--detector-gate", "not a sparse-edit gate"),
+        ),
+        (
+            [
+                *APPLY_GATE,
+                "gates/gate.safetensors",
+                "--detector-response",
+                "square",
+                "--detector-push-at",
+                "prompt-end",
+            ],
+            ("--detector-push-at prompt-end needs --detector-response step",),
         ),
     ],
 )

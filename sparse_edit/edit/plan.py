@@ -79,7 +79,7 @@ def rank_by_attribution(
 
 def layer_sets(options: ApplyOptions, artifact: LocateArtifact, num_layers: int) -> list[tuple[int, ...]]:
     """The layer sets apply tries (one fixed set, or one candidate layer each), checked against the depth."""
-    fixed = options.fixed_layers(num_layers)
+    fixed = gate_layers(options) if options.layer == "gates" else options.fixed_layers(num_layers)
     sets: list[tuple[int, ...]] = (
         [fixed]
         if fixed
@@ -96,6 +96,13 @@ def layer_sets(options: ApplyOptions, artifact: LocateArtifact, num_layers: int)
     return sets
 
 
+def gate_layers(options: ApplyOptions) -> tuple[int, ...]:
+    """``--layer gates``: the layers the --detector-gate files read, in order."""
+    from sparse_edit.gates.gate import Gate
+
+    return tuple(sorted(Gate.load(path).settings.layer for path in options.detector_gate or []))
+
+
 def check_settings(options: ApplyOptions, artifact: LocateArtifact) -> None:
     """What can be checked against the artifact alone, before the model is loaded: layers and chains."""
     sets = layer_sets(options, artifact, artifact.num_layers)
@@ -108,14 +115,11 @@ def check_settings(options: ApplyOptions, artifact: LocateArtifact) -> None:
 def check_gate(options: ApplyOptions, sets: list[tuple[int, ...]]) -> None:
     """Each --detector-gate reads one layer: the edit must be at exactly the gates' layers, one each, with one
     detector neuron in refuse mode."""
-    from sparse_edit.gates.gate import Gate
-
     assert options.detector_gate is not None
     flag = "--detector-gate " + " ".join(map(str, options.detector_gate))
-    layers = [Gate.load(path).settings.layer for path in options.detector_gate]
-    if len(set(layers)) < len(layers):
+    wanted = gate_layers(options)
+    if len(set(wanted)) < len(wanted):
         raise SparseEditError(f"{flag}: two gates read the same layer; give one gate per layer")
-    wanted = tuple(sorted(layers))
     if any(tuple(sorted(edited)) != wanted for edited in sets):
         named = ",".join(map(str, wanted))
         raise SparseEditError(f"{flag}: the gates read layer(s) {named}; pass --layer {named}")

@@ -14,6 +14,7 @@ from sparse_edit.options.prompts import PromptOptions
 from sparse_edit.options.strategies import (
     DetectorMode,
     DetectorOptions,
+    DetectorPushAt,
     DetectorResponse,
     NeuronChoice,
     OutputOptions,
@@ -24,6 +25,7 @@ from sparse_edit.options.tune import TuneOptions
 __all__ = [
     "ApplyOptions",
     "DetectorMode",
+    "DetectorPushAt",
     "DetectorResponse",
     "DetectorOptions",
     "EvalOptions",

@@ -14,6 +14,18 @@ from sparse_edit.options.strategies import DetectorOptions, OutputOptions, Paper
 from sparse_edit.options.traits import COMMA_LIST, NOT_IN_STUDY_KEY, ShortFlag
 from sparse_edit.strategy_names import BUILT_IN
 
+# What naming --detector-gate implies, unless the setting is given too: the gate edit docs/results/gates.md
+# measures (each gate a step pair at its own layer, pushing at the prompt's end), and GATE_GAIN per gate, so that
+# with the gap spread over the gates' layers each layer gets the push GATE_GAIN gave one gate alone.
+GATE_EDIT: dict[str, Any] = {
+    "strategy": ["detector"],
+    "layer": "gates",
+    "detector_response": "step",
+    "detector_push_at": "prompt-end",
+    "harmless_reply_tokens": 24,  # the prompt-end direction is fitted to stay near 0 on replies too
+}
+GATE_GAIN = 16.0
+
 
 class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, PromptOptions):
     """``sparse-edit apply``: compute the closed-form edit and write the edited checkpoint.
@@ -48,7 +60,7 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
         description="Layer to edit: a number; a fraction of the depth (0.75: layer 18 of 24); N,M,... edits those "
         "layers one after another (features re-collected from the partially edited model, the remaining gap "
         "spread over the layers left); auto tries --candidate-layers on a dev split and keeps the best selective "
-        "refusal gain within --kl-budget.",
+        "refusal gain within --kl-budget; gates (the default with --detector-gate) edits the gates' layers.",
     )
     candidate_layers: Annotated[list[int] | None, COMMA_LIST] = Field(
         None,
@@ -153,13 +165,20 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
     @classmethod
     def _layer(cls, value: str) -> str:
         value = value.strip()
-        if value == "auto" or depth_fraction(value) is not None:
+        if value in ("auto", "gates") or depth_fraction(value) is not None:
             return value
         if not all(part.strip().isdigit() for part in value.split(",")):
             raise ValueError(
-                "use a layer number, a comma-separated list of layers, a depth fraction such as 0.75, or auto"
+                "use a layer number, a comma-separated list of layers, a depth fraction such as 0.75, auto, or "
+                "gates"
             )
         return value
+
+    @model_validator(mode="after")
+    def _gates_layer_needs_gates(self) -> ApplyOptions:
+        if self.layer == "gates" and not self.detector_gate:
+            raise ValueError("--layer gates edits the layers of the --detector-gate files; name them")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -169,9 +188,27 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
             return {**data, "layer": "auto"}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _gates_mean_the_gate_edit(cls, data: Any) -> Any:
+        # Naming gates asks for the edit measured with them (docs/results/gates.md) unless a setting is named.
+        if not isinstance(data, dict) or not data.get("detector_gate"):
+            return data
+        gates = data["detector_gate"]
+        implied = cls.implied_by_gates(1 if isinstance(gates, str | Path) else len(gates))
+        if data.get("detector_response", "step") != "step":
+            del implied["detector_push_at"]  # the square response has no up row to place the push with
+        return {**implied, **data}
+
+    @classmethod
+    def implied_by_gates(cls, count: int) -> dict[str, Any]:
+        """The settings naming ``count`` gates implies (GATE_EDIT and its gain)."""
+        return {**GATE_EDIT, "gain": GATE_GAIN * count}
+
     def fixed_layers(self, num_layers: int) -> tuple[int, ...] | None:
-        """The layers ``--layer`` names for a model of ``num_layers`` layers; None for auto."""
-        if self.layer == "auto":
+        """The layers ``--layer`` names for a model of ``num_layers`` layers; None for auto and for gates (the
+        gates' files name them: ``plan.layer_sets``)."""
+        if self.layer in ("auto", "gates"):
             return None
         fraction = depth_fraction(self.layer)
         if fraction is not None:

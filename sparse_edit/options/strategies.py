@@ -19,6 +19,7 @@ from sparse_edit.options.roles import READ, TEXT
 NeuronChoice = Literal["low-union", "low-only", "reference", "all"]
 DetectorMode = Literal["refuse", "release"]
 DetectorResponse = Literal["square", "step"]
+DetectorPushAt = Literal["every-token", "prompt-end"]
 
 
 class RidgeOptions(Options):
@@ -155,7 +156,9 @@ class DetectorOptions(RidgeOptions, GainOptions):
         description="detector strategy: gates written by sparse-edit gates (gate.safetensors), one per edited layer: "
         "the neuron at each layer computes that layer's gate (a classifier probe whose per-language thresholds are "
         "read from the state) instead of fitting a ridge probe; --layer must name exactly the gates' layers "
-        "(--layer 12,20 with a gate of each), refuse mode, one neuron (pair) per layer.",
+        "(--layer 12,20 with a gate of each), refuse mode, one neuron (pair) per layer. Naming gates implies, unless "
+        "given: --strategy detector, --layer gates, --detector-response step, --detector-push-at prompt-end and "
+        "--gain 16 per gate, --harmless-reply-tokens 24.",
     )
 
     @field_validator("detector_gate", mode="before")
@@ -176,6 +179,13 @@ class DetectorOptions(RidgeOptions, GainOptions):
         description="detector strategy, step response: the detector score at which the push reaches its full "
         "height (a gate's scores have unit spread on its harmful anchors); below it the push ramps up from 0.",
     )
+    detector_push_at: DetectorPushAt = Field(
+        "every-token",
+        description="detector strategy, step response: where a firing pair may push. every-token (its up rows are a "
+        "bias direction, about 1 on every token) or prompt-end (its up rows are a direction about 1 on the prompts' "
+        "last tokens and about 0 on every harmless prompt and reply token, so the pair stays still while the model "
+        "reads the prompt's content and while it writes its reply, even where its gate row fires).",
+    )
     detector_neurons: Literal["one", "per-language"] = Field(
         "one",
         description="detector strategy: one neuron with one probe fitted on every low-resource language, or one "
@@ -186,6 +196,8 @@ class DetectorOptions(RidgeOptions, GainOptions):
     @model_validator(mode="after")
     def _refuse_mode_settings(self) -> DetectorOptions:
         # Checked with the settings, before any model loads.
+        if self.detector_push_at == "prompt-end" and self.detector_response != "step":
+            raise ValueError("--detector-push-at prompt-end needs --detector-response step (the pair's up rows)")
         if self.detector_mode != "refuse":
             if self.detector_neurons == "per-language":
                 raise ValueError("--detector-neurons per-language works in --detector-mode refuse only")

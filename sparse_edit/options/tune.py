@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, PositiveInt, model_validator
 
@@ -150,6 +150,12 @@ class TuneOptions(ApplyOptions):
         description="Join the study in --storage and run trials only; write nothing to --output (the one "
         "process started without --worker writes the study folder once every trial is done).",
     )
+
+    @classmethod
+    def implied_by_gates(cls, count: int) -> dict[str, Any]:
+        # The search chooses the strategy, the layer and the gain; naming gates fixes only how they are written.
+        searched = ("strategy", "layer", "gain")
+        return {key: value for key, value in super().implied_by_gates(count).items() if key not in searched}
 
     @model_validator(mode="after")
     def _layer_is_searched(self) -> TuneOptions:

@@ -31,6 +31,7 @@ from sparse_edit.edit.strategies.detector_math import (
     fit_detector,
     harmless_output_energy,
     output_scale,
+    prompt_end_direction,
     require_firing,
     response,
     step_response,
@@ -38,7 +39,7 @@ from sparse_edit.edit.strategies.detector_math import (
 from sparse_edit.errors import SparseEditError
 from sparse_edit.gates.gate import Gate
 from sparse_edit.io.checkpoint import Checkpoint
-from sparse_edit.options import DetectorMode, DetectorOptions, DetectorResponse
+from sparse_edit.options import DetectorMode, DetectorOptions, DetectorPushAt, DetectorResponse
 
 if TYPE_CHECKING:
     from sparse_edit.edit.layer_data import LayerData
@@ -57,8 +58,9 @@ class DetectorStrategy(Strategy[DetectorOptions]):
         target="the same refusal-direction gap × `--gain`, fitted by one output scale",
         writes="the layer's quietest neuron (least output energy on harmless tokens; with `--detector-neurons "
         "per-language` one per low-resource language, with `--detector-response step` a pair) rewritten: "
-        "`gate_proj` row = k·w, `up_proj` row = w (step: a bias direction), `down_proj` column = scale × refusal "
-        "direction (gated MLPs only)",
+        "`gate_proj` row = k·w, `up_proj` row = w (step: a bias direction, or with `--detector-push-at "
+        "prompt-end` a direction that reads about 1 on the prompts' last tokens only), `down_proj` column = "
+        "scale × refusal direction (gated MLPs only)",
     )
     gram_site = None  # rewritten neurons: no leak of a low-rank update to recompute
     settings_model = DetectorOptions
@@ -99,6 +101,7 @@ class DetectorStrategy(Strategy[DetectorOptions]):
                 _gate_direction(own, job.layer),
                 own.detector_response,
                 own.detector_ramp,
+                own.detector_push_at,
             ),
             job.share,
             job.avoid,
@@ -117,6 +120,7 @@ class DetectorSettings:
     gate: torch.Tensor | None = None  # [d] a fitted gate's direction (sparse-edit gates): no ridge probe
     response: DetectorResponse = "square"  # step: a neuron pair per probe whose push saturates (detector_math)
     ramp: float = 0.25  # step: the score at which the push reaches its full height
+    push_at: DetectorPushAt = "every-token"  # step: prompt-end keeps the pair still off the prompts' last tokens
 
 
 def _gate_direction(settings: DetectorOptions, layer: int) -> torch.Tensor | None:
@@ -170,11 +174,7 @@ def detector_candidate(
     probes = [settings.gate] if settings.gate is not None else ridge_probes(data, settings, harmless, quiet)
     detectors = torch.stack(probes)  # [n, d]
     step = settings.response == "step"
-    bias = (
-        bias_direction(data.harmless_gram["mlp_input"], data.harmless_sums["mlp_input"], data.harmless_tokens)
-        if step
-        else None
-    )
+    bias = _up_direction(data, settings, harmless) if step else None
     per_probe = 2 if step else 1
     slices = {p: family.neuron_slice(layer, p, d_ff) for p in ("gate", "up", "down")}
     weights = {name: checkpoint.load_tensor(name) for name in {s.tensor for s in slices.values()}}
@@ -234,8 +234,12 @@ def detector_candidate(
             "refusal_level": reference_level,
         }
     )
-    if bias is not None:  # how near-constant the bias read-out is on the harmless last tokens
+    if bias is not None:  # how near-constant the up read-out is on the harmless last tokens
         diagnostics["bias_spread"] = float((harmless.to(F64) @ bias).std()) if harmless.shape[0] > 1 else 0.0
+        diagnostics["detector_push_at"] = settings.push_at
+        # its root mean square over every harmless token: about 1 for a bias direction, near 0 for prompt-end
+        gram, tokens = data.harmless_gram["mlp_input"].to(F64), data.harmless_tokens
+        diagnostics["up_rms_harmless_tokens"] = float((bias @ gram @ bias / max(tokens, 1)).clamp(min=0).sqrt())
     if data.dev is not None and data.dev.low_rows["mlp_input"].shape[0]:
         dev_responses, dev_shift = responses_and_shift(
             data.dev
@@ -243,6 +247,16 @@ def detector_candidate(
         if float(dev_shift.norm()) > 0:
             diagnostics["fit_dev"] = float((dev_responses @ scales - dev_shift).norm() / dev_shift.norm())
     return edits, diagnostics
+
+
+def _up_direction(data: LayerData, settings: DetectorSettings, harmless: torch.Tensor) -> torch.Tensor:
+    """The step pair's up row: a bias direction (every token) or a prompt-end direction fitted on the last-token
+    rows of every anchor group against the harmless tokens."""
+    gram, tokens = data.harmless_gram["mlp_input"], data.harmless_tokens
+    if settings.push_at == "every-token":
+        return bias_direction(gram, data.harmless_sums["mlp_input"], tokens)
+    ends = torch.cat([data.low_rows["mlp_input"], data.ref_rows["mlp_input"], harmless])
+    return prompt_end_direction(ends, gram, tokens)
 
 
 def ridge_probes(

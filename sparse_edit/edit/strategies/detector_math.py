@@ -16,7 +16,9 @@ The response ``κ s²`` gives prompts just past the threshold almost no push and
 far too much. ``step`` writes two neurons instead, both with up row ``u`` (a bias direction: ``u·x ≈ 1``
 on every token, fitted on the harmless token moments) and gate rows ``κ w`` and ``κ (w − δ u)``, their
 output columns opposite: ``act(κ s) − act(κ (s − δ))`` ramps from 0 at the threshold to ``κ δ`` at
-``s = δ`` and stays there, so every prompt the detector fires on gets the same push.
+``s = δ`` and stays there, so every prompt the detector fires on gets the same push. With up row ``u`` a
+direction that reads about 1 only on the prompts' last tokens (``prompt_end_direction``) instead, the pair
+pushes there alone: a gate row that also fires on content or reply tokens moves nothing at those tokens.
 
 ``release`` mode swaps the two prompt classes: the probe fires on harmless prompts' last tokens
 and the scale (negative) lowers their refusal projection to the reference harmless level; run
@@ -83,6 +85,22 @@ def bias_direction(
     normal = token_gram.to(F64) / tokens
     ridge = lam * float(torch.trace(normal)) / normal.shape[0]
     return torch.linalg.solve(normal + ridge * torch.eye(normal.shape[0], dtype=F64), token_sum.to(F64) / tokens)
+
+
+def prompt_end_direction(
+    ends: torch.Tensor, token_gram: torch.Tensor, tokens: int, lam: float = 1e-3
+) -> torch.Tensor:
+    """``u`` [d] with ``u·x ≈ 1`` on the prompts' last tokens (``ends`` [n, d]) and ``≈ 0`` on every harmless
+    token (Gram over ``tokens``): ridge least squares, the two groups weighted equally. As a step pair's up row it
+    keeps the pair still wherever ``u·x ≈ 0``, whatever its gate row reads there: the template's last token is
+    the same in every prompt, so its state is told apart from content and reply tokens."""
+    if tokens <= 0 or not ends.shape[0]:
+        raise SparseEditError("--detector-push-at prompt-end: no harmless tokens or prompt ends to fit it on")
+    ends = ends.to(F64)
+    normal = ends.T @ ends / ends.shape[0] + token_gram.to(F64) / tokens
+    ridge = lam * float(torch.trace(normal)) / normal.shape[0]
+    target = ends.sum(0) / ends.shape[0]
+    return torch.linalg.solve(normal + ridge * torch.eye(normal.shape[0], dtype=F64), target)
 
 
 def step_response(
