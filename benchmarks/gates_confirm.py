@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     english = [k for k in harmless_keys if k[1] == args.reference]
     base_refused = [k for k in joined if k[0] == "harmful" and joined[k]["base"] == REFUSAL]
     payload = {
-        "command": "python benchmarks/gates_confirm.py " + " ".join(argv or []),
+        "command": "python benchmarks/gates_confirm.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "gate": " | ".join(gate.settings.label() for gate in gates),
         "prompts_joined": len(joined),
         "harmful_non_reference": harmful,

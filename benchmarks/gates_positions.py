@@ -7,7 +7,7 @@ the norm of what the written neurons add to the MLP output. Prompts are grouped 
 their verdict (base refused / answered -> edited refused / answered), so the push on the replies that
 changed is seen beside the push on those that did not.
 
-    python benchmarks/gates_positions.py --report runs/gates-step-1220-eval --edited runs/gates-step-1220-g32
+    python benchmarks/gates_positions.py --report runs/gates-end-1220-eval --edited runs/gates-end-1220-g32
 
 Per group and edited layer: the mean push at the last prompt token, the mean of the largest push over the
 earlier prompt tokens and over the reply tokens, the mean push over the reply tokens, and the share of
@@ -28,6 +28,12 @@ import torch
 from runner import ROOT, RUNS, Skipped, read_replies, save
 
 GROUPS = ("refused -> answered", "refused -> refused", "answered -> refused", "answered -> answered")
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the command line would name it from the repository root."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
 
 
 def _groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
                 per_layer[layer] = (float(push[end]), float(push[:end].max()), push[end + 1 :])
             pushes[name].append(per_layer)
 
-    result: dict[str, Any] = {"report": str(args.report), "edited": str(args.edited), "groups": {}}
+    result: dict[str, Any] = {"report": _shown(args.report), "edited": _shown(args.edited), "groups": {}}
     for layer in neurons:
         ends = torch.tensor([p[layer][0] for group in pushes.values() for p in group])
         full = float(torch.quantile(ends[ends > 1e-3], 0.95)) if bool((ends > 1e-3).any()) else 0.0
