@@ -93,3 +93,23 @@ def test_candidate_layers_imply_auto_unless_a_layer_is_named(monkeypatch, tmp_pa
     assert _apply_options(monkeypatch, tmp_path, "--candidate-layers", "1", "2").fixed_layers(4) is None
     named = _apply_options(monkeypatch, tmp_path, "--candidate-layers", "1", "2", "--layer", "3")
     assert named.fixed_layers(4) == (3,)
+
+
+def test_gates_in_tune_fix_how_they_are_written_but_leave_the_searched_settings_alone(tmp_path):
+    from sparse_edit.options.apply import ApplyOptions
+    from sparse_edit.options.tune import TuneOptions
+
+    common = {
+        "artifact": tmp_path / "a.safetensors",
+        "model": "m",
+        "harmful": ["h.jsonl"],
+        "harmless": ["s.jsonl"],
+        "output": tmp_path / "out",
+        "detector_gate": [tmp_path / "g12.safetensors", tmp_path / "g20.safetensors"],
+    }
+    applied = ApplyOptions.model_validate(common)
+    tuned = TuneOptions.model_validate(common)
+    assert (applied.strategy, applied.layer, applied.gain) == (["detector"], "gates", 32.0)
+    assert tuned.layer == "auto" and tuned.strategy != ["detector"] and tuned.gain != 32.0
+    for options in (applied, tuned):
+        assert (options.detector_response, options.detector_push_at) == ("step", "prompt-end")
