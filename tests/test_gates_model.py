@@ -55,9 +55,9 @@ def gated(tmp_path_factory) -> Path:
         "square",
     )
     step = ["--strategy", "detector", "--detector-gate", str(gate), "--detector-response", "step"]
-    run_cli(
-        *apply_args(root / "art.safetensors", root / "edited-step", *step, "--detector-push-at", "every-token")
-    )
+    # The same anchors for both pairs (harmless replies included), so only where they push differs.
+    every_token = ["--detector-push-at", "every-token", "--harmless-reply-tokens", "24"]
+    run_cli(*apply_args(root / "art.safetensors", root / "edited-step", *step, *every_token))
     run_cli(*apply_args(root / "art.safetensors", root / "edited-end", *step, "--detector-push-at", "prompt-end"))
     return root
 
@@ -198,6 +198,7 @@ def test_naming_gates_alone_applies_the_gate_edit_at_the_gates_layers(gated, tmp
         "every-token",
         4.0,
     )
+    assert given.harmless_reply_tokens == 0  # only the prompt-end fit reads harmless replies
     assert se.apply_options(artifact=art, output="o", detector_gate=[gate, gate]).gain == 32.0
 
 

@@ -22,7 +22,7 @@ GATE_EDIT: dict[str, Any] = {
     "layer": "gates",
     "detector_response": "step",
     "detector_push_at": "prompt-end",
-    "harmless_reply_tokens": 24,  # the prompt-end direction is fitted to stay near 0 on replies too
+    "harmless_reply_tokens": 24,  # with prompt-end: its direction is fitted to stay near 0 on replies too
 }
 GATE_GAIN = 16.0
 
@@ -198,6 +198,8 @@ class ApplyOptions(PaperOptions, OutputOptions, DetectorOptions, ModelOptions, P
         implied = cls.implied_by_gates(1 if isinstance(gates, str | Path) else len(gates))
         if data.get("detector_response", "step") != "step":
             del implied["detector_push_at"]  # the square response has no up row to place the push with
+        if data.get("detector_push_at", implied.get("detector_push_at")) != "prompt-end":
+            implied.pop("harmless_reply_tokens", None)  # only the prompt-end fit reads the harmless replies
         return {**implied, **data}
 
     @classmethod

@@ -155,10 +155,10 @@ class DetectorOptions(RidgeOptions, GainOptions):
         None,
         description="detector strategy: gates written by sparse-edit gates (gate.safetensors), one per edited layer: "
         "the neuron at each layer computes that layer's gate (a classifier probe whose per-language thresholds are "
-        "read from the state) instead of fitting a ridge probe; --layer must name exactly the gates' layers "
-        "(--layer 12,20 with a gate of each), refuse mode, one neuron (pair) per layer. Naming gates implies, unless "
-        "given: --strategy detector, --layer gates, --detector-response step, --detector-push-at prompt-end and "
-        "--gain 16 per gate, --harmless-reply-tokens 24.",
+        "read from the state) instead of fitting a ridge probe; the edited layers are exactly the gates' layers (one "
+        "gate per layer), refuse mode, one neuron (pair) per layer. Naming gates implies, unless given: --strategy "
+        "detector, --layer gates, --detector-response step, --detector-push-at prompt-end (with "
+        "--harmless-reply-tokens 24) and --gain 16 per gate.",
     )
 
     @field_validator("detector_gate", mode="before")
