@@ -65,7 +65,7 @@ mkdir -p "$out"
 
 # Seconds each stage took in the run the README quotes (2 CPU cores; fetch includes the first
 # download and conversion, a few seconds once cached), for the "left" estimate of each stage line.
-if [[ -n "$data" ]]; then typical=(65 416 755 824 1223); else typical=(65 60 0 30 60); fi
+if [[ -n "$data" ]]; then typical=(65 416 755 824 1223); else typical=(65 40 0 57 261); fi
 start=$SECONDS
 stage_start=$SECONDS
 stage() {  # stage N NAME: say where the demo is, how long it has run and about how long is left
