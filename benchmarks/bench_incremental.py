@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runner import ANCHOR_LOCATE, MULTIJAIL_LANGS, QWEN, SHARED, need_shared_data, read_replies, save, timed
+from runner import ANCHOR_LOCATE, MULTIJAIL_LANGS, QWEN, SHARED, need_shared_data, replies_by_prompt, save, timed
 from runner import RUNS as ALL_RUNS
 
 import sparse_edit as se
@@ -119,9 +119,10 @@ def eval_pass(runs: Path, label: str, edited_path: Path, dtype: str, modes: tupl
 
     # The plain run fills the cache as it goes (the cost of a first eval against this base), the later ones read it.
     plain, plain_s = run("plain", reuse=False, cached=True)
-    replies: dict[tuple[str, str, str], dict[str, str]] = {}
-    for row in read_replies(runs / f"eval-plain-{tag}"):
-        replies.setdefault((row["class"], row["lang"], row["id"]), {})[row["model"]] = row["reply"]
+    replies = {
+        key: {model: row["reply"] for model, row in rows.items()}
+        for key, rows in replies_by_prompt(runs / f"eval-plain-{tag}").items()
+    }
     changed = [key for key, pair in replies.items() if len(set(pair.values())) > 1]
     result: dict[str, Any] = {
         "replies": len(replies),

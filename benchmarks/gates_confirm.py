@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from runner import ROOT, read_replies, save
+from runner import ROOT, replies_by_prompt, save
 
 import sparse_edit as se
 
@@ -186,12 +186,13 @@ def main(argv: list[str] | None = None) -> None:
     fires = np.any([gate.fires(cache.rows(gate.settings.layer)) for gate in gates], axis=0)
     fired = {(p.label, p.lang, p.id): bool(f) for p, f in zip(cache.prompts, fires, strict=True)}
     group = {(p.label, p.lang, p.id): p.group for p in cache.prompts}
-    verdicts: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
-    replies: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
-    for row in read_replies(args.report):
-        verdicts[(row["class"], row["lang"], str(row["id"]))][row["model"]] = row["verdict"]
-        replies[(row["class"], row["lang"], str(row["id"]))][row["model"]] = row.get("reply", "")
-    joined = {key: v for key, v in verdicts.items() if "base" in v and "edited" in v and key in fired}
+    paired = {
+        key: rows
+        for key, rows in replies_by_prompt(args.report).items()
+        if "base" in rows and "edited" in rows and key in fired
+    }
+    joined = {key: {model: row["verdict"] for model, row in rows.items()} for key, rows in paired.items()}
+    replies = {key: {model: row.get("reply", "") for model, row in rows.items()} for key, rows in paired.items()}
     if not joined:
         raise SystemExit(f"no prompt of {args.report} is in the test feature cache of {args.gates}")
 

@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from runner import ROOT, RUNS, Skipped, read_replies, save
+from runner import ROOT, RUNS, Skipped, replies_by_prompt, save
 
 GROUPS = ("refused -> answered", "refused -> refused", "answered -> refused", "answered -> answered")
 
@@ -36,15 +35,11 @@ def _shown(path: Path) -> str:
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
 
 
-def _groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def _groups(report: Path) -> dict[str, list[dict[str, Any]]]:
     """Harmful prompts with both replies, by how the edit moved the verdict; each entry is the edited row."""
-    pairs: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
-    for row in rows:
-        if row["class"] == "harmful":
-            pairs[(row["id"], row["lang"])][row["model"]] = row
     groups: dict[str, list[dict[str, Any]]] = {name: [] for name in GROUPS}
-    for pair in pairs.values():
-        if "base" in pair and "edited" in pair:
+    for (label, _lang, _id), pair in replies_by_prompt(report).items():
+        if label == "harmful" and "base" in pair and "edited" in pair:
             before = "refused" if pair["base"]["verdict"] == "refusal" else "answered"
             after = "refused" if pair["edited"]["verdict"] == "refusal" else "answered"
             groups[f"{before} -> {after}"].append(pair["edited"])
@@ -87,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     neurons = _written_neurons(args.edited)
-    groups = _groups(read_replies(args.report))
+    groups = _groups(args.report)
     tokenizer = AutoTokenizer.from_pretrained(args.edited)
     model = AutoModelForCausalLM.from_pretrained(args.edited, dtype=torch.bfloat16).eval()
     layers = model.model.layers

@@ -157,6 +157,14 @@ def read_replies(report: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def replies_by_prompt(report: Path) -> dict[tuple[str, str, str], dict[str, dict[str, Any]]]:
+    """An eval report's rows by prompt, ``(class, lang, id)``, then by model (``base``, ``edited``)."""
+    by_prompt: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+    for row in read_replies(report):
+        by_prompt.setdefault((row["class"], row["lang"], str(row["id"])), {})[row["model"]] = row
+    return by_prompt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the benchmarks; results land in benchmarks/results/.")
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
