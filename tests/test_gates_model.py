@@ -299,6 +299,10 @@ APPLY_GATE = ["apply", "--artifact", "art.safetensors", "--strategy", "detector"
             ],
             ("--detector-push-at prompt-end needs --detector-response step",),
         ),
+        (
+            ["apply", "--artifact", "art.safetensors", "--strategy", "detector", "--layer", "gates"],
+            ("--layer gates", "--detector-gate"),
+        ),
     ],
 )
 def test_a_gate_setting_that_cannot_work_is_one_line_and_writes_nothing(gated, args, mentions):
